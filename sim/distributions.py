@@ -1,0 +1,249 @@
+"""Distributions a scenario can draw from: small tables such as
+``{dist = "lognormal", mean = "80ms", sd = "40ms"}``.
+
+Two families: :data:`DurationDist` (values are durations, sampled in seconds) and
+:data:`CountDist` (whole numbers: tabs, burst sizes). A bare value is shorthand for a constant.
+Every distribution samples from a ``numpy.random.Generator`` it is handed; none owns randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BeforeValidator, Field, model_validator
+
+from sim.model import Model
+from sim.units import Duration, SignedDuration
+
+
+class _Dist(Model):
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Return ``size`` draws as a float array (seconds for durations)."""
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> float:
+        """The distribution's mean, in the same unit as its samples."""
+        raise NotImplementedError
+
+
+class Constant(_Dist):
+    """Always the same value."""
+
+    dist: Literal["constant"] = "constant"
+    value: SignedDuration
+
+    def sample(self, rng, size):
+        return np.full(size, self.value)
+
+    @property
+    def mean(self):
+        return self.value
+
+
+class Exponential(_Dist):
+    """Memoryless waits with the given mean (Poisson arrivals between them)."""
+
+    dist: Literal["exponential"] = "exponential"
+    mean_: Duration = Field(alias="mean")
+
+    def sample(self, rng, size):
+        return rng.exponential(self.mean_, size)
+
+    @property
+    def mean(self):
+        return self.mean_
+
+
+class Uniform(_Dist):
+    """Uniform on ``[low, high]``."""
+
+    dist: Literal["uniform"] = "uniform"
+    low: SignedDuration
+    high: SignedDuration
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError("expected high >= low")
+        return self
+
+    def sample(self, rng, size):
+        return rng.uniform(self.low, self.high, size)
+
+    @property
+    def mean(self):
+        return (self.low + self.high) / 2
+
+
+class Normal(_Dist):
+    """Normal with mean and standard deviation. Used for durations that cannot be negative,
+    draws are clipped at zero by the engine; clock skew keeps its sign."""
+
+    dist: Literal["normal"] = "normal"
+    mean_: SignedDuration = Field(alias="mean")
+    sd: Duration
+
+    def sample(self, rng, size):
+        return rng.normal(self.mean_, self.sd, size)
+
+    @property
+    def mean(self):
+        return self.mean_
+
+
+class Lognormal(_Dist):
+    """Lognormal given by the mean and standard deviation *of the durations themselves*
+    (not of their logarithm), as latency is usually reported."""
+
+    dist: Literal["lognormal"] = "lognormal"
+    mean_: Duration = Field(alias="mean")
+    sd: Duration
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if self.mean_ <= 0:
+            raise ValueError("expected mean > 0")
+        return self
+
+    def sample(self, rng, size):
+        sigma2 = math.log1p((self.sd / self.mean_) ** 2)
+        mu = math.log(self.mean_) - sigma2 / 2
+        return rng.lognormal(mu, math.sqrt(sigma2), size)
+
+    @property
+    def mean(self):
+        return self.mean_
+
+
+class Empirical(_Dist):
+    """Draws from a list of observed values, optionally weighted."""
+
+    dist: Literal["empirical"] = "empirical"
+    values: list[SignedDuration] = Field(min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self):
+        _check_weights(self.values, self.weights)
+        return self
+
+    def sample(self, rng, size):
+        return rng.choice(np.asarray(self.values, float), size, p=_probabilities(self.weights))
+
+    @property
+    def mean(self):
+        return float(np.average(self.values, weights=self.weights))
+
+
+def _check_weights(values, weights):
+    if weights is not None:
+        if len(weights) != len(values):
+            raise ValueError("expected as many weights as values")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("expected non-negative weights with a positive sum")
+
+
+def _probabilities(weights):
+    if weights is None:
+        return None
+    w = np.asarray(weights, float)
+    return w / w.sum()
+
+
+def _constant_shorthand(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return {"dist": "constant", "value": value}
+    return value
+
+
+DurationDist = Annotated[
+    Union[Constant, Exponential, Uniform, Normal, Lognormal, Empirical],
+    Field(discriminator="dist"),
+    BeforeValidator(_constant_shorthand),
+]
+
+
+class CountConstant(_Dist):
+    """Always the same whole number."""
+
+    dist: Literal["constant"] = "constant"
+    value: int = Field(ge=0)
+
+    def sample(self, rng, size):
+        return np.full(size, self.value, dtype=np.int64)
+
+    @property
+    def mean(self):
+        return float(self.value)
+
+
+class CountUniform(_Dist):
+    """A whole number from ``low`` to ``high``, both included."""
+
+    dist: Literal["uniform"] = "uniform"
+    low: int = Field(ge=0)
+    high: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError("expected high >= low")
+        return self
+
+    def sample(self, rng, size):
+        return rng.integers(self.low, self.high + 1, size)
+
+    @property
+    def mean(self):
+        return (self.low + self.high) / 2
+
+
+class CountPoisson(_Dist):
+    """``min`` plus a Poisson number with mean ``mean - min``."""
+
+    dist: Literal["poisson"] = "poisson"
+    mean_: float = Field(alias="mean", gt=0)
+    min: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _above_min(self):
+        if self.mean_ < self.min:
+            raise ValueError("expected mean >= min")
+        return self
+
+    def sample(self, rng, size):
+        return self.min + rng.poisson(self.mean_ - self.min, size)
+
+    @property
+    def mean(self):
+        return self.mean_
+
+
+class CountEmpirical(_Dist):
+    """Draws from a list of whole numbers, optionally weighted."""
+
+    dist: Literal["empirical"] = "empirical"
+    values: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self):
+        _check_weights(self.values, self.weights)
+        return self
+
+    def sample(self, rng, size):
+        return rng.choice(np.asarray(self.values, np.int64), size, p=_probabilities(self.weights))
+
+    @property
+    def mean(self):
+        return float(np.average(self.values, weights=self.weights))
+
+
+CountDist = Annotated[
+    Union[CountConstant, CountUniform, CountPoisson, CountEmpirical],
+    Field(discriminator="dist"),
+    BeforeValidator(_constant_shorthand),
+]

@@ -1,0 +1,170 @@
+"""Client policies (token users), sans-IO: when to send, renew, wait, retry or give up.
+
+A policy is told what its tab holds and what time the *client's* clock says; it answers with an
+:class:`Action`. It never sleeps, sends or locks: the simulator (:mod:`sim.engine`) and the Locust
+users (:mod:`loadtests`) carry the actions out, each with its own clock, network and locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field
+
+from sim.model import Model
+from sim.units import Duration
+
+
+class Action(StrEnum):
+    """What a client policy tells its driver to do."""
+
+    SEND = "send"  # send the request with the token held
+    REFRESH = "refresh"  # start a refresh, then send (or, after a response, resend)
+    WAIT = "wait"  # join the refresh already in flight, then send / resend
+    RETRY = "retry"  # resend now (a newer token is already held, or the answer was lost)
+    DONE = "done"  # the request succeeded
+    ADOPT = "adopt"  # the request succeeded and carried a re-issued token: store it
+    LOGIN = "login"  # the session is gone: the user must log in again
+    FAIL = "fail"  # give up on this request
+    NOTHING = "nothing"  # (timer) no renewal needed
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a client knows of the access token it holds: an opaque id and the ``exp`` claim
+    (server-clock seconds)."""
+
+    id: Any
+    expires_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TabView:
+    """A tab as its policy sees it: the token it would send, and whether a refresh that it may
+    join (single-flight scope: the tab, or every tab with a cross-tab lock) is in flight."""
+
+    held: Held | None
+    refreshing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An API answer: ``status`` 200, 401, or 0 when no answer came back in time (lost or
+    timed out); ``reissued`` is a token a sliding server sent along."""
+
+    status: int
+    reissued: Held | None = None
+
+
+class ClientPolicy(Model):
+    """Base of client behaviours: sends what it holds, and on a 401 refreshes then retries.
+
+    Options common to every client:
+    - ``single_flight``: needs that arise while this tab's refresh is in flight wait for it
+      instead of starting another; a 401 for a token already replaced is retried with the newer one;
+    - ``cross_tab_lock``: the single-flight scope is every tab of the user (auth0-spa-js's lock);
+    - ``storage``: ``shared`` (one access token for all tabs, like localStorage) or ``per_tab``;
+    - ``max_retries``: resends allowed after a 401 or a lost answer.
+    """
+
+    trigger: str
+    single_flight: bool = False
+    cross_tab_lock: bool = False
+    storage: Literal["shared", "per_tab"] = "shared"
+    max_retries: int = Field(default=1, ge=0)
+    preset: str | None = None
+
+    #: seconds between timer ticks; None means the policy has no timer
+    @property
+    def timer_interval_s(self) -> float | None:
+        return None
+
+    def before_send(self, tab: TabView, now: float) -> Action:
+        """About to send a request. ``now`` is the client's clock. Returns SEND, REFRESH or WAIT."""
+        return self.renew(tab) if tab.held is None else Action.SEND
+
+    def on_response(self, tab: TabView, sent: Held, response: Response, attempt: int, now: float) -> Action:
+        """An attempt (1 = first send) with token ``sent`` got ``response``. Returns DONE or ADOPT
+        on success; REFRESH, WAIT or RETRY to resend; LOGIN or FAIL to give up."""
+        if response.status == 200:
+            return Action.DONE
+        if attempt > self.max_retries:
+            return Action.FAIL
+        if response.status != 401:
+            return Action.RETRY
+        if self.single_flight and tab.held is not None and tab.held.id != sent.id:
+            return Action.RETRY
+        return self.renew(tab)
+
+    def on_timer(self, tab: TabView, now: float) -> Action:
+        """A timer tick (only when :attr:`timer_interval_s` is set). Returns NOTHING, REFRESH or WAIT."""
+        return Action.NOTHING
+
+    def renew(self, tab: TabView) -> Action:
+        """A renewal is needed: join the one in flight if single-flight allows, else start one."""
+        return Action.WAIT if self.single_flight and tab.refreshing else Action.REFRESH
+
+    def remaining_s(self, held: Held, now: float) -> float:
+        """Seconds of validity left by the client's own clock."""
+        return held.expires_at_s - now
+
+
+class ReactiveClient(ClientPolicy):
+    """Renews only when the API answers 401, then retries (``fetchWithRefresh``, axios-auth-refresh)."""
+
+    trigger: Literal["reactive"] = "reactive"
+
+
+class ProactiveClient(ClientPolicy):
+    """Before each request, renews first when the token's remaining life is at most ``threshold``
+    (keycloak-js ``updateToken(minValidity)``, auth0-spa-js, MSAL); 401s still renew reactively."""
+
+    trigger: Literal["proactive"] = "proactive"
+    threshold_s: Duration = Field(alias="threshold")
+
+    def before_send(self, tab, now):
+        if tab.held is None or self.remaining_s(tab.held, now) <= self.threshold_s:
+            return self.renew(tab)
+        return Action.SEND
+
+
+class TimerClient(ClientPolicy):
+    """Silent refresh: every ``check_interval`` (also while the user idles), renews when the
+    remaining life is at most ``threshold`` (oidc-client-ts); 401s still renew reactively."""
+
+    trigger: Literal["timer"] = "timer"
+    check_interval_s: Duration = Field(alias="check_interval", gt=0)
+    threshold_s: Duration = Field(alias="threshold")
+
+    @property
+    def timer_interval_s(self):
+        return self.check_interval_s
+
+    def on_timer(self, tab, now):
+        if tab.held is not None and self.remaining_s(tab.held, now) <= self.threshold_s:
+            return self.renew(tab)
+        return Action.NOTHING
+
+
+class SlidingClient(ClientPolicy):
+    """For sliding-expiration servers: adopts the token re-issued with a response; a 401 means the
+    session lapsed, so the user logs in again."""
+
+    trigger: Literal["sliding"] = "sliding"
+
+    def before_send(self, tab, now):
+        return Action.SEND if tab.held is not None else Action.LOGIN
+
+    def on_response(self, tab, sent, response, attempt, now):
+        if response.status == 200:
+            return Action.ADOPT if response.reissued is not None else Action.DONE
+        if response.status == 401:
+            return Action.LOGIN
+        return Action.RETRY if attempt <= self.max_retries else Action.FAIL
+
+
+AnyClientPolicy = Annotated[
+    Union[ReactiveClient, ProactiveClient, TimerClient, SlidingClient], Field(discriminator="trigger")
+]

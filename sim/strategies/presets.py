@@ -1,0 +1,63 @@
+"""Named behaviours of real issuers and client SDKs (facts in docs/reference.md).
+
+A preset is a table of scenario-file fields; the fields a scenario writes next to ``preset = …``
+win over the preset's. Lifetimes a preset leaves out come from the scenario's ``[tokens]``.
+"""
+
+SERVER_PRESETS: dict[str, dict] = {
+    # rotation per application; breach detection revokes the family; reuse interval (leeway) 0 s
+    "auth0": {"kind": "dual_token", "rotation": True, "reuse_detection": "family", "grace_period": "0s"},
+    "auth0-non-rotating": {"kind": "dual_token", "rotation": False},
+    # rotation default for SPAs; grace 30 s; reuse outside it revokes tokens since authentication
+    "okta": {
+        "kind": "dual_token", "rotation": True, "reuse_detection": "family", "grace_period": "30s",
+        "revoke_access_on_reuse": True,
+    },
+    # access 300 s; SSO idle 1800 s (+120 s window); SSO max 36000 s; revokeRefreshToken false:
+    # a new refresh token each time, the old one stays valid
+    "keycloak": {
+        "kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "10h", "refresh_idle_ttl": "32m",
+        "rotation": True, "reuse_detection": "none",
+    },
+    # revokeRefreshToken true, refreshTokenMaxReuse 0: a reused token is refused
+    "keycloak-revoke": {
+        "kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "10h", "refresh_idle_ttl": "32m",
+        "rotation": True, "reuse_detection": "token",
+    },
+    # rotation_grace_period 0; reuse after grace revokes the whole chain
+    "hydra": {"kind": "dual_token", "rotation": True, "reuse_detection": "family", "grace_period": "0s"},
+    # reuseRefreshTokens true (no rotation); access 5 min, refresh 60 min
+    "spring-authorization-server": {
+        "kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "60m", "rotation": False,
+    },
+    # access 5 min, refresh 1 day, ROTATE_REFRESH_TOKENS false
+    "simplejwt": {"kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "1d", "rotation": False},
+    # ROTATE_REFRESH_TOKENS + BLACKLIST_AFTER_ROTATION: a reused token fails alone, no grace
+    "simplejwt-blacklist": {
+        "kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "1d", "rotation": True,
+        "reuse_detection": "token",
+    },
+}
+
+CLIENT_PRESETS: dict[str, dict] = {
+    # the seed article's fetchWithRefresh: refresh on 401, retry once, no dedup
+    "fetch-with-refresh": {"trigger": "reactive", "single_flight": False, "storage": "shared"},
+    # timer polls every 5 s, fires at expires_in - 60 s; per-tab sessionStorage, no cross-tab
+    "oidc-client-ts": {
+        "trigger": "timer", "check_interval": "5s", "threshold": "60s", "storage": "per_tab",
+        "single_flight": False,
+    },
+    # cached token stale 60 s before expiry; lock across tabs
+    "auth0-spa-js": {
+        "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
+        "storage": "per_tab",
+    },
+    # tokenRenewalOffsetSeconds 300; concurrent calls share one promise; per-tab sessionStorage
+    "msal": {"trigger": "proactive", "threshold": "300s", "single_flight": True, "storage": "per_tab"},
+    # updateToken(minValidity=5) before a call; refresh queue
+    "keycloak-js": {"trigger": "proactive", "threshold": "5s", "single_flight": True, "storage": "per_tab"},
+    # reactive on 401, one shared refresh promise per axios instance
+    "axios-auth-refresh": {"trigger": "reactive", "single_flight": True, "storage": "shared"},
+    # proactive with leeway 60 s, single-flight with a lock
+    "authlib": {"trigger": "proactive", "threshold": "60s", "single_flight": True},
+}

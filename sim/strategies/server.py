@@ -1,0 +1,247 @@
+"""Server policies (token issuers), sans-IO: what to answer to a login, an API call and a refresh.
+
+A policy holds no state and reads no clock; the :class:`~sim.strategies.ledger.Ledger` it is handed
+holds the tokens. Drivers: :mod:`sim.engine` (virtual time) and :mod:`loadtests.server` (HTTP).
+
+Refresh is split in two so that drivers can place the service time between them:
+:meth:`ServerPolicy.begin_refresh` runs when a worker picks the call up, and
+:meth:`ServerPolicy.finish_refresh` when it writes its answer. An ``atomic`` server decides
+everything in ``finish``; a check-then-write server checks in ``begin`` and writes in ``finish``
+without looking again, which is how concurrent refreshes of one token both succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from sim.model import Model
+from sim.strategies.ledger import Ledger, Session, Token
+from sim.units import Duration
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Tokens handed to a client: an access token and, for dual-token servers, a refresh token."""
+
+    access: Token
+    refresh: Token | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused refresh. ``reason``: ``expired``, ``revoked``, ``reuse_detected``,
+    ``unsupported`` (no refresh tokens on this server). The HTTP form is
+    ``400 {"error": "invalid_grant"}`` (``unsupported_grant_type`` for ``unsupported``)."""
+
+    reason: str
+
+    @property
+    def error(self) -> str:
+        return "unsupported_grant_type" if self.reason == "unsupported" else "invalid_grant"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The API tier's answer to a presented access token.
+
+    ``status``: ``ok``, ``expired`` (401, counted as an expiry failure) or ``invalid`` (401: revoked
+    or unknown). ``reissued`` is a new token a sliding server returns alongside an ``ok``.
+    """
+
+    status: Literal["ok", "expired", "invalid"]
+    reissued: Token | None = None
+
+
+OK = Verdict("ok")
+EXPIRED = Verdict("expired")
+INVALID = Verdict("invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRefresh:
+    """A refresh between :meth:`~ServerPolicy.begin_refresh` and :meth:`~ServerPolicy.finish_refresh`."""
+
+    token: Token
+    basis: int | None
+    #: the outcome of the check, for check-then-write servers; None means decide at finish
+    decision: str | None
+
+
+class ServerPolicy(Model):
+    """Base of issuer behaviours. Lifetimes default to the scenario's ``[tokens]`` table."""
+
+    kind: str
+    access_ttl_s: Duration = Field(alias="access_ttl", gt=0)
+    refresh_ttl_s: Duration = Field(default="7d", alias="refresh_ttl", gt=0)
+    #: idle lifetime of the refresh family: unused this long, it expires (Keycloak's SSO idle)
+    refresh_idle_ttl_s: Duration | None = Field(default=None, alias="refresh_idle_ttl", gt=0)
+    preset: str | None = None
+
+    def login(self, ledger: Ledger, user: int, now: float) -> Grant:
+        """Open a session for ``user`` and mint its first tokens."""
+        raise NotImplementedError
+
+    def authorize(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> Verdict:
+        """Check an access token at the moment the API processes the request.
+
+        Expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        if now > token.expires_at_s + leeway_s:
+            return EXPIRED
+        return OK
+
+    def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
+        """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``."""
+        ledger.counters["refresh_calls"] += 1
+        return PendingRefresh(token, basis, "unsupported")
+
+    def finish_refresh(self, ledger: Ledger, pending: PendingRefresh, now: float) -> Grant | Rejection:
+        """The worker writes its answer: new tokens, or a rejection."""
+        return Rejection("unsupported")
+
+    def refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> Grant | Rejection:
+        """Begin and finish at one instant (no service time between)."""
+        return self.finish_refresh(ledger, self.begin_refresh(ledger, token, basis, now), now)
+
+    def access_expiry(self, session: Session, now: float) -> float:
+        return now + self.access_ttl_s
+
+    def mints_per_refresh(self) -> int:
+        """Signatures one successful refresh costs (access + rotated refresh token)."""
+        return 1
+
+
+class DualTokenServer(ServerPolicy):
+    """Short access tokens renewed with a refresh token at a token endpoint.
+
+    ``rotation``: each refresh returns a new refresh token. ``reuse_detection`` decides what a
+    rotated refresh token presented again does: ``none`` accepts it (it stays valid, as Keycloak's
+    and simplejwt's defaults), ``token`` rejects it alone (simplejwt's blacklist), ``family``
+    revokes the session (Auth0, Hydra, Okta). Inside ``grace_period`` (and at most
+    ``grace_reuse_count`` times, 0 = unlimited) a reuse is accepted and returns a ``new_pair``
+    (Auth0, Hydra) or the ``same_pair`` the rotation returned (FusionAuth). ``revoke_access_on_reuse``
+    also makes the family's access tokens invalid at the API (Okta).
+    """
+
+    kind: Literal["dual_token"] = "dual_token"
+    rotation: bool = False
+    reuse_detection: Literal["none", "token", "family"] = "none"
+    grace_period_s: Duration = Field(default="0s", alias="grace_period")
+    grace_reuse_count: int = Field(default=0, ge=0)
+    grace_returns: Literal["new_pair", "same_pair"] = "new_pair"
+    atomic: bool = True
+    revoke_access_on_reuse: bool = False
+
+    @model_validator(mode="after")
+    def _coherent(self):
+        if not self.rotation and (self.reuse_detection != "none" or self.grace_period_s > 0):
+            raise ValueError("reuse_detection and grace_period need rotation = true")
+        return self
+
+    def login(self, ledger, user, now):
+        session = ledger.new_session(user, now)
+        access = ledger.mint("access", session, now, self.access_expiry(session, now), cause="login")
+        refresh = ledger.mint("refresh", session, now, self._refresh_expiry(session, now), cause="login")
+        return Grant(access, refresh)
+
+    def authorize(self, ledger, token, now, leeway_s=0.0):
+        if self.revoke_access_on_reuse and ledger.sessions[token.session].revoked:
+            return INVALID
+        return super().authorize(ledger, token, now, leeway_s)
+
+    def begin_refresh(self, ledger, token, basis, now):
+        ledger.counters["refresh_calls"] += 1
+        return PendingRefresh(token, basis, None if self.atomic else self._check(ledger, token, now))
+
+    def finish_refresh(self, ledger, pending, now):
+        token = pending.token
+        decision = pending.decision or self._check(ledger, token, now)
+        if decision in ("expired", "revoked"):
+            return Rejection(decision)
+        if decision == "reuse_detected":
+            ledger.note_reuse(token, "reuse_detected", now)
+            if self.reuse_detection == "family":
+                ledger.revoke_session(ledger.session_of(token), now)
+            return Rejection("reuse_detected")
+        session = ledger.session_of(token)
+        session.last_refresh_at_s = now
+        if decision == "grace_reuse":
+            ledger.note_reuse(token, "grace_reuse", now)
+            token.grace_uses += 1
+            if self.grace_returns == "same_pair" and token.successor:
+                access_id, refresh_id = token.successor
+                return Grant(ledger.tokens[access_id], ledger.tokens[refresh_id])
+        cause = "grace" if decision == "grace_reuse" else "refresh"
+        access = ledger.mint(
+            "access", session, now, self.access_expiry(session, now),
+            cause=cause, parent=token.id, basis=pending.basis,
+        )
+        if not self.rotation:
+            return Grant(access, token)
+        refresh = ledger.mint(
+            "refresh", session, now, self._refresh_expiry(session, now), cause=cause, parent=token.id
+        )
+        if token.rotated_at_s is None:
+            token.rotated_at_s = now
+            token.successor = (access.id, refresh.id)
+        return Grant(access, refresh)
+
+    def mints_per_refresh(self):
+        return 2 if self.rotation else 1
+
+    def _check(self, ledger: Ledger, token: Token, now: float) -> str:
+        session = ledger.session_of(token)
+        if token.revoked or session.revoked:
+            return "revoked"
+        if now > token.expires_at_s or (
+            self.refresh_idle_ttl_s is not None and now - session.last_refresh_at_s > self.refresh_idle_ttl_s
+        ):
+            return "expired"
+        if token.rotated_at_s is None or self.reuse_detection == "none":
+            return "ok"
+        within = now - token.rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
+        if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
+            return "grace_reuse"
+        return "reuse_detected"
+
+    def _refresh_expiry(self, session: Session, now: float) -> float:
+        absolute = session.started_at_s + self.refresh_ttl_s
+        if self.refresh_idle_ttl_s is None:
+            return absolute
+        return min(absolute, now + self.refresh_idle_ttl_s)
+
+
+class SlidingServer(ServerPolicy):
+    """Sliding expiration: one token, re-issued by the API on use when its remaining life is under
+    ``window`` (a window >= the lifetime re-issues on every request). No refresh endpoint; an
+    expired token means a new login. ``absolute_max`` caps a session's life however active."""
+
+    kind: Literal["sliding"] = "sliding"
+    window_s: Duration = Field(alias="window", gt=0)
+    absolute_max_s: Duration | None = Field(default=None, alias="absolute_max", gt=0)
+
+    def login(self, ledger, user, now):
+        session = ledger.new_session(user, now)
+        return Grant(ledger.mint("access", session, now, self.access_expiry(session, now), cause="login"), None)
+
+    def authorize(self, ledger, token, now, leeway_s=0.0):
+        verdict = super().authorize(ledger, token, now, leeway_s)
+        if verdict.status != "ok" or token.expires_at_s - now >= self.window_s:
+            return verdict
+        session = ledger.session_of(token)
+        expiry = self.access_expiry(session, now)
+        if expiry <= token.expires_at_s:
+            return verdict  # capped by absolute_max: nothing newer to give
+        reissued = ledger.mint("access", session, now, expiry, cause="reissue", parent=token.id, basis=token.id)
+        return Verdict("ok", reissued)
+
+    def access_expiry(self, session, now):
+        expiry = now + self.access_ttl_s
+        if self.absolute_max_s is not None:
+            expiry = min(expiry, session.started_at_s + self.absolute_max_s)
+        return expiry
+
+
+AnyServerPolicy = Annotated[Union[DualTokenServer, SlidingServer], Field(discriminator="kind")]
