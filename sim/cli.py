@@ -40,16 +40,18 @@ EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.par
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [
-    ("refresh_rate_per_s", "refresh/s"),
-    ("refresh_rate_peak_per_s", "peak/s"),
-    ("duplicate_tokens", "duplicates"),
-    ("reuse_detections", "reuse det."),
-    ("expiry_failures", "expiry 401s"),
-    ("failed_requests", "failed req."),
+    ("requests", "requests"),
+    ("refresh_calls", "refresh calls"),
+    ("refresh_rate_per_s", "renewals per s"),
+    ("refresh_rate_peak_per_s", "renewals, peak per s"),
+    ("duplicate_tokens", "duplicate tokens"),
+    ("reuse_detections", "reuse detections"),
+    ("expiry_failures", "expiry failures (401)"),
+    ("failed_requests", "failed requests"),
     ("forced_logins", "forced logins"),
-    ("added_latency_ms_p99", "p99 added ms"),
-    ("auth_utilization", "auth util."),
-    ("exposure_s_mean", "exposure s"),
+    ("added_latency_ms_p99", "added latency p99, ms"),
+    ("auth_utilization", "auth utilization"),
+    ("exposure_s_mean", "exposure after leaving, s"),
 ]
 
 
@@ -106,17 +108,18 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False):
 
 
 def headline_table(result, title: str) -> Table:
+    """The headline metrics, one row each, one column per variant (mean ± 95% CI half-width)."""
     agg = result.aggregate
     table = Table(title=title, title_justify="left")
-    table.add_column("strategy", style="bold")
-    for _, label in HEADLINE:
-        table.add_column(label, justify="right")
-    for name, row in agg.iterrows():
+    table.add_column("metric", style="bold")
+    for name in agg.index:
+        table.add_column(name, justify="right", overflow="fold")
+    for col, label in HEADLINE:
         cells = []
-        for col, _ in HEADLINE:
+        for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")
             cells.append(_fmt(value) + (f" ±{_fmt(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
-        table.add_row(name, *cells)
+        table.add_row(label, *cells)
     return table
 
 

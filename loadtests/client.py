@@ -1,0 +1,558 @@
+"""The client side of a load test: a :class:`~sim.strategies.client.ClientPolicy` carried out over
+real HTTP with gevent, with the semantics of the simulator's engine (:mod:`sim.engine.model`).
+
+One :class:`UserDriver` is one user: visits (login, tabs, leave), tabs as greenlets doing page
+views (bursts of parallel requests, so races are real), a timer greenlet per tab when the policy
+has one, single-flight refreshes and logins. Every decision is the policy's; this module only acts
+and records, in *scenario time* (wall seconds since ``t0`` times the time scale, the same clock
+as the reference server's ledger).
+
+HTTP goes through a :class:`Transport` (the Locust user supplies one over its ``FastHttpSession``),
+so nothing here imports Locust.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import gevent
+import jwt
+from gevent.event import AsyncResult
+from gevent.pool import Group
+
+from sim.engine.streams import UserStreams, arrival_times, user_traits
+from sim.scenario import Scenario, Variant
+from sim.strategies.client import Action, Held, Response, TabView
+
+RENEW = (Action.REFRESH, Action.WAIT)
+#: columns of the client's record files: the ``events`` columns without strategy/replication,
+#: plus ``expires_s`` (scenario expiry of the token a ``mint`` or ``logout`` row is about)
+RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
+#: seconds (scenario) a user waits before trying a failed login again, as the engine does
+LOGIN_RETRY_S = 1.0
+
+
+class ScenarioClock:
+    """Scenario time of a load-test process: ``(wall − t0) × time_scale``.
+
+    Receives the time scale (scenario seconds per wall second) and ``t0`` (epoch seconds, set
+    later with :meth:`start` when None). Converts epoch instants (JWT ``exp``) and wall durations."""
+
+    def __init__(self, time_scale: float, t0_unix_s: float | None = None) -> None:
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        self.time_scale = float(time_scale)
+        self.t0_unix_s = t0_unix_s
+
+    def start(self, t0_unix_s: float | None = None) -> None:
+        """Set scenario time 0 to ``t0_unix_s`` (now when None), unless already set."""
+        if self.t0_unix_s is None:
+            self.t0_unix_s = time.time() if t0_unix_s is None else t0_unix_s
+
+    def now_s(self) -> float:
+        """Scenario seconds since t0."""
+        return (time.time() - self.t0_unix_s) * self.time_scale
+
+    def at_unix(self, unix_s: float) -> float:
+        """The scenario time of an epoch instant."""
+        return (unix_s - self.t0_unix_s) * self.time_scale
+
+    def wall(self, seconds: float) -> float:
+        """A scenario duration in wall seconds."""
+        return seconds / self.time_scale
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep a scenario duration."""
+        gevent.sleep(max(seconds, 0.0) / self.time_scale)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What a transport got back: ``status`` (0 when no answer came: refused, reset, timed out),
+    the JSON body (None when none), ``reissued`` / ``reissued_expires_in`` (sliding header pair),
+    ``error`` (``error_description`` of a 400 or 401), and ``received_unix_s`` (epoch seconds)."""
+
+    status: int
+    body: dict | None = None
+    reissued: str | None = None
+    reissued_expires_in: float | None = None
+    error: str | None = None
+    received_unix_s: float = 0.0
+
+
+class Transport(Protocol):
+    """The three HTTP calls a client makes; each returns a :class:`Reply` and never raises for
+    network or HTTP errors."""
+
+    def login(self, username: str) -> Reply: ...
+
+    def refresh(self, refresh_token: str, basis: str | None) -> Reply: ...
+
+    def api(self, access_token: str) -> Reply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token as the client holds it: the JWT string, what the policy sees of it (``held``:
+    ``jti`` and expiry in scenario seconds), and its ``sid`` claim."""
+
+    raw: str
+    held: Held
+    session: str | None
+
+    @property
+    def id(self) -> str:
+        return self.held.id
+
+
+def read_token(raw: str, clock: ScenarioClock, received_unix_s: float, expires_in: Any = None) -> Token:
+    """Decode a JWT without verifying it (the client only learns ``jti``, ``sid`` and ``exp``).
+
+    ``exp`` is whole seconds, up to one second earlier than the server's own expiry; when the
+    answer also said ``expires_in`` and it agrees with ``exp`` to the second, the finer value is
+    used (what OAuth clients do with ``expires_in``)."""
+    claims = jwt.decode(raw, options={"verify_signature": False})
+    exp = claims.get("exp")
+    expires_unix = float(exp) if exp is not None else math.inf
+    if expires_in is not None:
+        try:
+            finer = received_unix_s + float(expires_in)
+        except (TypeError, ValueError):
+            finer = math.nan
+        if expires_unix <= finer < expires_unix + 1.0 or exp is None:
+            expires_unix = finer
+    sid = claims.get("sid")
+    return Token(raw, Held(str(claims.get("jti")), clock.at_unix(expires_unix)), None if sid is None else str(sid))
+
+
+class RecordSink:
+    """A process's client records and counters.
+
+    Rows (:data:`RECORD_COLUMNS`) are kept in memory and written as parquet chunks
+    ``client-<pid>-<n>.parquet`` into ``folder`` when ``chunk_rows`` accumulate and on :meth:`flush`;
+    with no folder, only the counters are kept. ``counters`` are running totals (see
+    :data:`COUNTERS`); :meth:`take_counters` hands out what accumulated since the last call."""
+
+    def __init__(self, folder: str | Path | None = None, chunk_rows: int = 200_000) -> None:
+        self.folder = Path(folder) if folder else None
+        self.chunk_rows = chunk_rows
+        self.rows: list[tuple] = []
+        self.counters: Counter[str] = Counter()
+        self._unsent: Counter[str] = Counter()
+        self._chunks = itertools.count()
+
+    def record(self, t_s: float, user: int, tab: int | None, session: str | None, event: str,
+               token: str | None = None, basis: str | None = None, outcome: str = "",
+               latency_ms: float = math.nan, expires_s: float = math.nan) -> None:
+        """Keep one row (the vocabulary of :mod:`sim.metrics`)."""
+        if self.folder is None:
+            return
+        self.rows.append((t_s, user, tab, session, event, token, basis, outcome, latency_ms, expires_s))
+        if len(self.rows) >= self.chunk_rows:
+            self.flush()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``."""
+        self.counters[name] += n
+        self._unsent[name] += n
+
+    def take_counters(self) -> dict[str, int]:
+        """The counts accumulated since the previous call (to send to a Locust master)."""
+        out, self._unsent = dict(self._unsent), Counter()
+        return out
+
+    def flush(self) -> Path | None:
+        """Write the kept rows as one parquet chunk; returns its path (None when nothing to write)."""
+        rows, self.rows = self.rows, []
+        return self.write_chunk("client", RECORD_COLUMNS, rows, strings=("session", "token", "basis"))
+
+    def write_chunk(self, prefix: str, columns: list[str], rows: list[tuple], strings: tuple[str, ...] = ()) -> Path | None:
+        """Write ``rows`` as ``<prefix>-<pid>-<n>.parquet`` into the folder (``strings``: columns
+        stored as text); returns the path, or None when there is no folder or no row."""
+        if self.folder is None or not rows:
+            return None
+        import pandas as pd
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{prefix}-{os.getpid()}-{next(self._chunks)}.parquet"
+        frame = pd.DataFrame(rows, columns=columns)
+        for col in strings:
+            frame[col] = frame[col].astype("string")
+        frame.to_parquet(path, index=False)
+        return path
+
+    def write_meta(self, **meta: Any) -> None:
+        """Write ``meta-<pid>.json`` (this process's t0, time scale, counters, …) into the folder."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        body = {"pid": os.getpid(), "counters": dict(self.counters), **meta}
+        (self.folder / f"meta-{os.getpid()}.json").write_text(json.dumps(body, indent=2, default=str) + "\n")
+
+
+#: the counters a :class:`RecordSink` keeps (client-side view of the run)
+COUNTERS = (
+    "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
+    "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
+)
+
+
+class Population:
+    """Who the users are: arrival times, tabs and clock skews drawn from the simulator's own
+    streams (:mod:`sim.engine.streams`), so a load test's users do what the simulated ones do.
+
+    Receives the scenario (users, seed); arrays grow when a user index beyond the scenario's
+    population is asked for (more Locust users than the scenario has)."""
+
+    def __init__(self, scenario: Scenario, replication: int = 0) -> None:
+        self.scenario = scenario
+        self.replication = replication
+        self._size = 0
+        self._grow(scenario.population.users)
+
+    def _grow(self, n: int) -> None:
+        scenario = self.scenario.replace(population={"users": n}) if n != self.scenario.population.users else self.scenario
+        seed = scenario.run.seed
+        self.arrivals = arrival_times(scenario, seed, self.replication)
+        self.tabs, self.skews = user_traits(scenario, seed, self.replication)
+        self._size = n
+
+    def user(self, index: int) -> tuple[float, int, float, UserStreams]:
+        """User ``index``'s arrival (scenario s), tab count, clock skew (s) and draw streams."""
+        if index >= self._size:
+            self._grow(max(index + 1, 2 * self._size))
+        streams = UserStreams(self.scenario, self.scenario.run.seed, self.replication, index)
+        return float(self.arrivals[index]), int(self.tabs[index]), float(self.skews[index]), streams
+
+
+@dataclass(eq=False)
+class Store:
+    """Where an access token lives: shared by a user's tabs, or one per tab."""
+
+    token: Token | None = None
+
+
+@dataclass(eq=False)
+class Flight:
+    """The single-flight scope of refreshes (a tab, or the user with a cross-tab lock): the
+    refresh in flight, whose value is True when it left its tab holding a new token."""
+
+    inflight: AsyncResult | None = None
+
+
+@dataclass(eq=False)
+class Visit:
+    """One presence of a user between login and leaving: the cookie jar (refresh token), the
+    session, the login in progress (one at a time per user) and the user-wide flight."""
+
+    jar: str | None = None
+    session: str | None = None
+    over: bool = False
+    login: AsyncResult | None = None
+    flight: Flight = field(default_factory=Flight)
+    newest: Token | None = None
+
+
+@dataclass(eq=False)
+class Tab:
+    index: int
+    visit: Visit
+    store: Store
+    flight: Flight
+
+
+class UserDriver:
+    """One user carrying out ``variant.client`` against a server through ``transport``.
+
+    Receives the scenario and variant, the user's global ``index`` (its draws come from the
+    simulator's streams for that index), a :class:`Transport`, the process's :class:`ScenarioClock`
+    (started) and :class:`RecordSink`. :meth:`run` lives the user's visits until the scenario's end
+    (``run.warmup + run.duration``) and returns; :meth:`stop` kills what is still running.
+    """
+
+    def __init__(self, scenario: Scenario, variant: Variant, index: int, transport: Transport,
+                 clock: ScenarioClock, sink: RecordSink, population: Population | None = None) -> None:
+        self.scenario = scenario
+        self.policy = variant.client
+        self.index = index
+        self.username = f"user-{index}"
+        self.transport = transport
+        self.clock = clock
+        self.sink = sink
+        self.end_s = scenario.run.end_s
+        self.arrival_s, self.n_tabs, self.skew_s, self.streams = (population or Population(scenario)).user(index)
+        self.greenlets = Group()
+        self.bases: set[tuple[str | None, str]] = set()
+
+    # -- top level --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Arrive, then visit (and come back after ``away``) until the scenario's end."""
+        s = self.streams
+        if not self._sleep_until(self.arrival_s):
+            return
+        while self.clock.now_s() < self.end_s:
+            length = s.visit_length() if s.visit_length else math.inf
+            self.visit(Visit(), length)
+            if s.away is None or not self._sleep_until(self.clock.now_s() + s.away()):
+                return
+
+    def stop(self) -> None:
+        """Kill this user's tabs, timers and requests (the load test is stopping)."""
+        self.greenlets.kill(block=True, timeout=5)
+
+    def visit(self, visit: Visit, length_s: float) -> None:
+        started = self.clock.now_s()
+        policy = self.policy
+        shared = Store()
+        first = Tab(0, visit, shared if policy.storage == "shared" else Store(), Flight())
+        self.login(first, forced=False)
+        tabs = [first] + [Tab(i, visit, shared if policy.storage == "shared" else Store(), Flight())
+                          for i in range(1, self.n_tabs)]
+        workers = []
+        for tab in tabs:
+            if policy.cross_tab_lock:
+                tab.flight = visit.flight
+            workers.append(self.greenlets.spawn(self.tab, tab))
+            if policy.timer_interval_s is not None:
+                workers.append(self.greenlets.spawn(self.timer, tab))
+        left = self._sleep_until(started + length_s)
+        visit.over = True
+        gevent.joinall(workers)
+        if left:
+            now = self.clock.now_s()
+            newest = visit.newest
+            self.sink.record(now, self.index, None, visit.session, "logout",
+                             expires_s=newest.held.expires_at_s if newest else math.nan)
+
+    # -- tabs -------------------------------------------------------------------------------
+
+    def tab(self, tab: Tab) -> None:
+        s = self.streams
+        p_idle = self.scenario.population.idle_probability
+        while not tab.visit.over:
+            burst = [self.greenlets.spawn(self.request, tab) for _ in range(int(s.burst()) - 1)]
+            self.request(tab)
+            gevent.joinall(burst)
+            if p_idle and s.idle_coin() < p_idle:
+                if not self._sleep_while(tab.visit, s.idle_gap()):
+                    return
+            if not self._sleep_while(tab.visit, s.think()):
+                return
+
+    def timer(self, tab: Tab) -> None:
+        interval = self.policy.timer_interval_s
+        while self._sleep_while(tab.visit, interval):
+            action = self.policy.on_timer(self.view(tab), self.clock.now_s() + self.skew_s)
+            if action in RENEW:
+                self.renew(tab, action)
+
+    def view(self, tab: Tab) -> TabView:
+        token = tab.store.token
+        return TabView(token.held if token else None, tab.flight.inflight is not None)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request(self, tab: Tab) -> None:
+        """One request: before_send, attempts and renewals as the policy says; records one
+        ``request`` row at its issue time."""
+        clock, policy, visit = self.clock, self.policy, tab.visit
+        issued, issued_wall = clock.now_s(), time.perf_counter()
+        session = visit.session
+        attempt, action = 0, policy.before_send(self.view(tab), issued + self.skew_s)
+        while True:
+            if action in RENEW:
+                if not self.renew(tab, action):
+                    break
+            elif action is Action.LOGIN:
+                self.login(tab, forced=True)
+                break
+            elif action is Action.FAIL:
+                break
+            sent = tab.store.token
+            if sent is None:
+                break
+            attempt += 1
+            reply, rtt_wall = self.attempt(tab, sent)
+            reissued = self._reissued(reply, sent, visit)
+            response = Response(reply.status if reply.status in (200, 401) else 0,
+                                reissued.held if reissued else None)
+            action = policy.on_response(self.view(tab), sent.held, response, attempt, clock.now_s() + self.skew_s)
+            if action in (Action.DONE, Action.ADOPT):
+                if action is Action.ADOPT:
+                    tab.store.token = reissued
+                added_ms = max((time.perf_counter() - issued_wall - rtt_wall) * 1000.0 * clock.time_scale, 0.0)
+                self._request_done(issued, tab, session, added_ms)
+                return
+        self._request_done(issued, tab, session, math.nan)
+
+    def _request_done(self, issued: float, tab: Tab, session: str | None, added_ms: float) -> None:
+        self.sink.record(issued, self.index, tab.index, session, "request",
+                         outcome="failed" if added_ms != added_ms else "ok", latency_ms=added_ms)
+        self.sink.count("requests")
+        if added_ms != added_ms:
+            self.sink.count("failed_requests")
+
+    def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
+        """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
+        sent_at, started = self.clock.now_s(), time.perf_counter()
+        reply = self.transport.api(sent.raw)
+        rtt = time.perf_counter() - started
+        if reply.status == 200:
+            outcome = "ok"
+        elif reply.status == 401:
+            outcome = "expired" if reply.error == "expired" else "invalid"
+        else:
+            outcome = "lost"
+        self.sink.record(sent_at, self.index, tab.index, sent.session, "attempt", sent.id, outcome=outcome,
+                         latency_ms=rtt * 1000.0 * self.clock.time_scale)
+        self.sink.count("attempts")
+        if outcome == "expired":
+            self.sink.count("expiry_failures")
+        return reply, rtt
+
+    def _reissued(self, reply: Reply, sent: Token, visit: Visit) -> Token | None:
+        """The token a sliding server re-issued with ``reply`` on behalf of ``sent``, else None."""
+        if reply.status != 200 or not reply.reissued:
+            return None
+        token = read_token(reply.reissued, self.clock, reply.received_unix_s, reply.reissued_expires_in)
+        self._minted(token, "access_reissue", sent.id, visit)
+        return token
+
+    # -- renewal ----------------------------------------------------------------------------
+
+    def renew(self, tab: Tab, action: Action) -> bool:
+        """Carry out REFRESH or WAIT; True when the tab then holds a token to send."""
+        flight = tab.flight
+        if action is Action.WAIT and flight.inflight is not None:
+            return flight.inflight.get()
+        done = AsyncResult()
+        if self.policy.single_flight:
+            flight.inflight = done
+        ok = False
+        try:
+            ok = self.refresh(tab)
+        finally:
+            if flight.inflight is done:
+                flight.inflight = None
+            done.set(ok)
+        return ok
+
+    def refresh(self, tab: Tab) -> bool:
+        """One refresh call with the jar's refresh token; on success the tab's store gets the
+        access token; a rejection forces a login (503 or no answer does not)."""
+        clock, visit, sink = self.clock, tab.visit, self.sink
+        if visit.login is not None:  # a login is replacing the session: its tokens will do
+            visit.login.get()
+            return tab.store.token is not None
+        jar = visit.jar
+        if jar is None:
+            return False
+        basis = tab.store.token.id if tab.store.token else None
+        sent_at, started = clock.now_s(), time.perf_counter()
+        jar_id = _jti(jar)
+        sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
+        sink.count("refresh_calls")
+        reply = self.transport.refresh(jar, basis)
+        latency_ms = (time.perf_counter() - started) * 1000.0 * clock.time_scale
+        if reply.status == 200 and reply.body and "access_token" in reply.body:
+            outcome = "ok"
+        elif reply.status == 400:
+            outcome = reply.error if reply.error in ("expired", "revoked", "reuse_detected") else "revoked"
+        elif reply.status == 503:
+            outcome = "unavailable"
+        else:
+            outcome = "lost"
+        sink.record(clock.now_s(), self.index, tab.index, visit.session, "refresh_end", jar_id, basis,
+                    outcome=outcome, latency_ms=latency_ms)
+        if outcome == "ok":
+            token = read_token(reply.body["access_token"], clock, reply.received_unix_s, reply.body.get("expires_in"))
+            self._minted(token, "access_refresh", basis, visit)
+            tab.store.token = token
+            new_jar = reply.body.get("refresh_token")
+            if new_jar and new_jar != jar:
+                self._minted(read_token(new_jar, clock, reply.received_unix_s), "refresh_refresh", None, visit)
+                if visit.jar == jar:  # a newer refresh token that arrived first stays
+                    visit.jar = new_jar
+            return True
+        sink.count("refresh_failures")
+        if outcome == "reuse_detected":
+            sink.count("reuse_detected")
+        if reply.status == 400:
+            self.login(tab, forced=True)
+        return False
+
+    def login(self, tab: Tab, *, forced: bool) -> None:
+        """Log the user in (again, when ``forced``); one login at a time per user. The tab that
+        logs in gets the access token; the jar gets the refresh token."""
+        clock, visit, sink = self.clock, tab.visit, self.sink
+        if visit.login is not None:
+            visit.login.get()
+            return
+        visit.login = AsyncResult()
+        try:
+            sink.record(clock.now_s(), self.index, tab.index, visit.session, "login",
+                        outcome="forced" if forced else "visit")
+            sink.count("forced_logins" if forced else "logins")
+            while True:
+                reply = self.transport.login(self.username)
+                if reply.status == 200 and reply.body and "access_token" in reply.body:
+                    break
+                if not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
+                    return
+            body = reply.body
+            token = read_token(body["access_token"], clock, reply.received_unix_s, body.get("expires_in"))
+            self._minted(token, "access_login", None, visit)
+            visit.session, visit.jar = token.session, body.get("refresh_token")
+            if visit.jar:
+                self._minted(read_token(visit.jar, clock, reply.received_unix_s), "refresh_login", None, visit)
+            tab.store.token = token
+        finally:
+            done, visit.login = visit.login, None
+            done.set(True)
+
+    def _minted(self, token: Token, outcome: str, basis: str | None, visit: Visit) -> None:
+        """Record a mint as the client sees it (a token it received), flagging an access token
+        whose (session, basis) the user has received before as a duplicate."""
+        if outcome.startswith("access"):
+            visit.newest = token
+            self.sink.count("access_mints")
+            if outcome != "access_login":
+                self.sink.count("renewal_mints")
+                if basis is not None:
+                    key = (token.session, basis)
+                    if key in self.bases:
+                        outcome += "_duplicate"
+                        self.sink.count("duplicate_tokens")
+                    else:
+                        self.bases.add(key)
+        self.sink.record(self.clock.now_s(), self.index, None, token.session, "mint", token.id, basis,
+                         outcome=outcome, expires_s=token.held.expires_at_s)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def _sleep_until(self, t_s: float) -> bool:
+        """Sleep until scenario time ``t_s``, at most until the scenario's end; False when the
+        end came first."""
+        now = self.clock.now_s()
+        self.clock.sleep(min(t_s, self.end_s) - now)
+        return t_s < self.end_s
+
+    def _sleep_while(self, visit: Visit, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the scenario ends first; False when the visit is over."""
+        return self._sleep_until(self.clock.now_s() + seconds) and not visit.over
+
+
+def _jti(raw: str) -> str | None:
+    try:
+        return str(jwt.decode(raw, options={"verify_signature": False}).get("jti"))
+    except jwt.InvalidTokenError:
+        return None

@@ -1,0 +1,244 @@
+"""Locust users that behave as a scenario's client policy says (``loadtests.client``).
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 \\
+        --scenario scenarios/validation.toml --strategy dual_token --time-scale 30 \\
+        [--records-dir runs/records] [--headless -u 100 -r 100 -t 60s] [--processes 2]
+
+Each Locust user is one scenario user (arrival, tabs, think times, bursts drawn from the
+simulator's streams); login, refresh and API calls appear in Locust's statistics as ``login``,
+``refresh`` and the API path. With ``--records-dir``, every process writes its client records
+(``client-*.parquet``), Locust's raw request rows (``locust-*.parquet``) and ``meta-<pid>.json``
+there; the master (or the only process) also writes ``counters.json`` with the custom counters
+summed over workers, which travel through ``report_to_master`` / ``worker_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import gevent
+from locust import FastHttpUser, events, task
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtests.client import COUNTERS, Population, RecordSink, Reply, ScenarioClock, UserDriver
+from loadtests.server import protocol as p
+from sim.scenario import ScenarioError, load_scenario
+
+log = logging.getLogger("refreshlab")
+
+LOCUST_COLUMNS = ["t_s", "request_type", "name", "response_time_ms", "response_length", "exception"]
+_DESCRIPTION = re.compile(r'error_description="([^"]*)"')
+T0_MESSAGE = "refreshlab_t0"
+
+
+class _State:
+    """What this process shares between its users: scenario, variant, clock, sink, counters."""
+
+    scenario = None
+    variant = None
+    population: Population | None = None
+    clock: ScenarioClock | None = None
+    sink = RecordSink()
+    api_path = p.API_ITEMS_PATH
+    locust_rows: list[tuple] = []
+    master_counters: Counter = Counter()
+    users_started = 0
+    stride = 1
+    offset = 0
+
+
+state = _State()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    group = parser.add_argument_group("refreshlab")
+    group.add_argument("--scenario", type=str, default="", help="Scenario file (TOML).")
+    group.add_argument("--strategy", type=str, default="", help="Strategy variant (its name in the scenario).")
+    group.add_argument("--time-scale", type=float, default=1.0,
+                       help="Scenario seconds per wall second; must match the server's.")
+    group.add_argument("--records-dir", type=str, default="",
+                       help="Folder for client records, Locust request rows and counters.")
+    group.add_argument("--api-path", type=str, default=p.API_ITEMS_PATH,
+                       help="Protected path the users call (default %(default)s).")
+
+
+@events.init.add_listener
+def _init(environment, **kwargs):
+    options = environment.parsed_options
+    if options is None or not getattr(options, "scenario", ""):
+        return
+    try:
+        scenario = load_scenario(options.scenario)
+        variant = scenario.variant(options.strategy or scenario.names[0])
+    except ScenarioError as exc:
+        raise SystemExit(f"refreshlab: {exc.render()}") from None
+    except KeyError as exc:
+        raise SystemExit(f"refreshlab: {exc.args[0]}") from None
+    state.scenario, state.variant = scenario, variant
+    state.population = Population(scenario)
+    state.clock = ScenarioClock(options.time_scale)
+    state.sink = RecordSink(options.records_dir or None)
+    state.api_path = options.api_path
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(T0_MESSAGE, _on_t0)
+    timeout_s = scenario.network.timeout_s / options.time_scale
+    PolicyUser.network_timeout = PolicyUser.connection_timeout = timeout_s
+
+
+def _on_t0(environment, msg, **kwargs):
+    """A worker learns the master's t0 and the user numbering (index = offset + k × stride)."""
+    state.clock.t0_unix_s = msg.data["t0"]
+    state.stride = max(1, msg.data["workers"])
+    state.offset = environment.runner.worker_index
+    state.users_started = 0
+
+
+@events.test_start.add_listener
+def _test_start(environment, **kwargs):
+    if state.clock is None:
+        return
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return  # t0 comes from the master
+    state.clock.t0_unix_s = time.time()
+    state.users_started = 0
+    if isinstance(runner, MasterRunner):
+        state.master_counters.clear()
+        runner.send_message(T0_MESSAGE, {"t0": state.clock.t0_unix_s, "workers": runner.worker_count})
+
+
+@events.request.add_listener
+def _request(request_type, name, response_time, response_length, exception, start_time=None, **kwargs):
+    if state.sink.folder is None or state.clock is None or state.clock.t0_unix_s is None:
+        return
+    t_s = state.clock.at_unix(start_time) if start_time else math.nan
+    state.locust_rows.append((t_s, request_type, name, response_time, response_length,
+                              None if exception is None else str(exception)))
+
+
+@events.report_to_master.add_listener
+def _report(client_id, data, **kwargs):
+    data["refreshlab"] = state.sink.take_counters()
+
+
+@events.worker_report.add_listener
+def _worker_report(client_id, data, **kwargs):
+    state.master_counters.update(data.get("refreshlab", {}))
+
+
+def _write_out(environment) -> None:
+    """Flush this process's rows; the master or the only process also writes ``counters.json``."""
+    if state.clock is None:
+        return
+    sink, runner = state.sink, environment.runner
+    sink.flush()
+    rows, state.locust_rows = state.locust_rows, []
+    sink.write_chunk("locust", LOCUST_COLUMNS, rows)
+    role = "master" if isinstance(runner, MasterRunner) else "worker" if isinstance(runner, WorkerRunner) else "local"
+    sink.write_meta(role=role, t0_unix_s=state.clock.t0_unix_s, time_scale=state.clock.time_scale,
+                    strategy=state.variant.name, worker_index=getattr(runner, "worker_index", 0))
+    if role != "worker":
+        counters = {k: int(state.master_counters[k] if role == "master" else sink.counters[k]) for k in COUNTERS}
+        log.info("refreshlab counters: %s", json.dumps(counters))
+        if sink.folder is not None:
+            sink.folder.mkdir(parents=True, exist_ok=True)
+            (sink.folder / "counters.json").write_text(json.dumps({"role": role, **counters}, indent=2) + "\n")
+
+
+@events.test_stop.add_listener
+def _test_stop(environment, **kwargs):
+    _write_out(environment)
+
+
+@events.quitting.add_listener
+def _quitting(environment, **kwargs):
+    _write_out(environment)
+
+
+class FastHttpTransport:
+    """:class:`loadtests.client.Transport` over a Locust ``FastHttpSession``: every call shows in
+    Locust's statistics (``login``, ``refresh``, the API path), 4xx/5xx as failures named by the
+    server's ``error_description``."""
+
+    def __init__(self, session, api_path: str = p.API_ITEMS_PATH) -> None:
+        self.session = session
+        self.api_path = api_path
+
+    def login(self, username: str) -> Reply:
+        return self._call("POST", p.LOGIN_PATH, "login",
+                          data={p.USERNAME_FIELD: username, p.PASSWORD_FIELD: p.TEST_PASSWORD})
+
+    def refresh(self, refresh_token: str, basis: str | None) -> Reply:
+        data = {p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: refresh_token}
+        if basis is not None:
+            data[p.BASIS_FIELD] = basis
+        return self._call("POST", p.TOKEN_PATH, "refresh", data=data)
+
+    def api(self, access_token: str) -> Reply:
+        return self._call("GET", self.api_path, self.api_path, headers={"Authorization": f"Bearer {access_token}"})
+
+    def _call(self, method: str, path: str, name: str, **kwargs) -> Reply:
+        with self.session.request(method, path, name=name, catch_response=True, **kwargs) as response:
+            reply = Reply(response.status_code or 0, received_unix_s=time.time())
+            headers = response.headers or {}
+            if reply.status == 200:
+                reply.reissued = headers.get(p.REFRESHED_TOKEN_HEADER)
+                reply.reissued_expires_in = headers.get(p.REFRESHED_EXPIRES_IN_HEADER)
+                if method == "POST":
+                    reply.body = _json(response)
+                response.success()
+            elif reply.status == 401 and path != p.LOGIN_PATH:
+                match = _DESCRIPTION.search(headers.get(p.WWW_AUTHENTICATE_HEADER, "") or "")
+                reply.error = match.group(1) if match else (_json(response) or {}).get("error_description")
+                response.failure(f"401 {reply.error}")
+            elif reply.status:
+                reply.error = (_json(response) or {}).get("error_description")
+                response.failure(f"{reply.status} {reply.error or ''}".strip())
+            else:
+                response.failure(f"no answer: {response.error!r}")
+        return reply
+
+
+def _json(response) -> dict | None:
+    try:
+        body = response.json()
+    except Exception:  # any undecodable body is simply no body
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class PolicyUser(FastHttpUser):
+    """One scenario user driven by the strategy variant's client policy (``--strategy``)."""
+
+    # a tab's burst and its timer run in parallel on this user's connections
+    concurrency = 32
+
+    def on_start(self):
+        if state.scenario is None:
+            raise SystemExit("refreshlab: pass --scenario FILE (and --strategy NAME) to this locustfile")
+        state.clock.start()
+        index = state.offset + state.users_started * state.stride
+        state.users_started += 1
+        self.driver = UserDriver(state.scenario, state.variant, index,
+                                 FastHttpTransport(self.client, state.api_path),
+                                 state.clock, state.sink, state.population)
+
+    @task
+    def live(self):
+        self.driver.run()
+        # the scenario is over for this user: stay idle until Locust stops the test
+        while True:
+            gevent.sleep(3600)
+
+    def on_stop(self):
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            driver.stop()

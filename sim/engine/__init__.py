@@ -1,0 +1,76 @@
+"""Runs scenarios: every (replication, variant) pair is an independent simulation, run in
+parallel processes when there are several; the tables of all of them make one RunResult."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from sim.engine.model import Simulation
+from sim.metrics import summarize, summary_table
+from sim.results import RunResult
+from sim.scenario import Scenario
+
+
+def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, events: bool):
+    """One variant, one replication: (summary row, timeseries, latency histogram, events)."""
+    variant = scenario.variant(name)
+    rec = Simulation(scenario, variant, replication, seed, events).run()
+    row, series, latency = summarize(
+        rec.tally, strategy=name, replication=replication, users=scenario.population.users,
+        warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=scenario.auth.workers,
+    )
+    return row, series, latency, rec.events()
+
+
+def run(
+    scenario: Scenario,
+    *,
+    seed: int | None = None,
+    replications: int | None = None,
+    events: bool = False,
+    strategies: Iterable[str] | None = None,
+    processes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
+
+    ``seed`` and ``replications`` override the scenario's. ``processes``: worker processes
+    (default: one per core when there is more than one job; 1 runs in this process).
+    ``progress(done, total)`` is called as jobs finish. Returns a :class:`RunResult`.
+    """
+    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
+    if overrides:
+        scenario = scenario.replace(run=overrides)
+    names = list(strategies) if strategies is not None else scenario.names
+    for name in names:
+        scenario.variant(name)
+    jobs = [(name, r) for r in range(scenario.run.replications) for name in names]
+    processes = processes or min(len(jobs), os.cpu_count() or 1)
+    report = progress or (lambda done, total: None)
+    report(0, len(jobs))
+    results = {}
+    if processes <= 1:
+        for i, job in enumerate(jobs, 1):
+            results[job] = simulate_one(scenario, *job, scenario.run.seed, events)
+            report(i, len(jobs))
+    else:
+        with ProcessPoolExecutor(max_workers=processes) as pool:
+            futures = {pool.submit(simulate_one, scenario, *job, scenario.run.seed, events): job for job in jobs}
+            for i, future in enumerate(as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                report(i, len(jobs))
+    ordered = [results[job] for job in jobs]
+    per_replication = pd.DataFrame([r[0] for r in ordered])
+    event_tables = [r[3] for r in ordered if r[3] is not None]
+    return RunResult(
+        scenario=scenario,
+        summary=summary_table(per_replication),
+        timeseries=pd.concat([r[1] for r in ordered], ignore_index=True),
+        latency=pd.concat([r[2] for r in ordered], ignore_index=True),
+        events=pd.concat(event_tables, ignore_index=True) if event_tables else None,
+        meta={"strategies": names},
+    )

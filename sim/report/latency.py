@@ -1,0 +1,100 @@
+"""Chart 4, added latency: the distribution over requests per variant, as a cumulative curve
+read off the ``latency`` histogram (all replications pooled)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from sim.metrics import LATENCY_BINS_MS, latency_quantile
+from sim.report import style
+from sim.results import RunResult
+
+#: shares of requests the y axis can mark; the axis spans those the data needs
+Y_TICKS = [0.01, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 0.9999, 0.99999, 0.999999]
+
+
+def histogram(result: RunResult, name: str) -> pd.DataFrame:
+    """The added-latency histogram of one variant, replications pooled: ``lower_ms``,
+    ``upper_ms`` (bin edges), ``requests`` and ``cum_share`` (share of requests at or below
+    the upper edge), sorted, empty bins left out."""
+    lat = result.latency
+    lat = lat[lat["strategy"] == name] if "strategy" in lat else lat.iloc[0:0]
+    counts = lat.groupby("added_latency_ms")["requests"].sum().sort_index()
+    counts = counts[counts > 0]
+    lower = counts.index.to_numpy(float)
+    nxt = np.searchsorted(LATENCY_BINS_MS, lower, side="right")
+    upper = np.where(nxt < len(LATENCY_BINS_MS), LATENCY_BINS_MS[np.minimum(nxt, len(LATENCY_BINS_MS) - 1)],
+                     lower * LATENCY_BINS_MS[-1] / LATENCY_BINS_MS[-2])
+    total = counts.sum()
+    return pd.DataFrame({
+        "lower_ms": lower, "upper_ms": upper, "requests": counts.to_numpy(),
+        "cum_share": counts.cumsum().to_numpy() / total if total else np.zeros(len(counts)),
+    })
+
+
+def cdf_points(hist: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Corners of the piecewise-linear CDF: flat between filled bins, rising across each one;
+    points at zero latency are left out (the axis is logarithmic)."""
+    before = np.concatenate([[0.0], hist["cum_share"].to_numpy()[:-1]])
+    x = np.column_stack([hist["lower_ms"], hist["upper_ms"]]).ravel()
+    y = np.column_stack([before, hist["cum_share"]]).ravel()
+    keep = x > 0
+    return x[keep], y[keep]
+
+
+def figure(result: RunResult) -> Figure:
+    """Cumulative share of requests whose added latency is at most x (log x, logit y so that
+    the tail shows), one curve per variant; receives a run, returns a Figure."""
+    variants = style.VariantStyle.of(result)
+    curves = {n: histogram(result, n) for n in result.scenario.names}
+    curves = {n: h for n, h in curves.items() if len(h)}
+    with style.styled():
+        fig = style.new_figure()
+        ax = fig.add_subplot()
+        if not curves:
+            style.no_data(ax, "no latency histogram in this run")
+        else:
+            first = min(float(np.interp(LATENCY_BINS_MS[1], *cdf_points(h))) for h in curves.values())
+            total = max(h["requests"].sum() for h in curves.values())
+            lo = max([t for t in Y_TICKS if t <= first] or [Y_TICKS[0]])
+            hi = min([t for t in Y_TICKS if t >= 1 - 1 / total] or [Y_TICKS[-1]])
+            x_right = max(h["upper_ms"].max() for h in curves.values()) * 1.5
+            for name, h in curves.items():
+                x, y = cdf_points(h)
+                style_kw = variants.line(name)
+                if (h["lower_ms"] == 0).all():
+                    style_kw["label"] = f"{name} (no request delayed)"
+                ax.plot(np.append(x, x_right), np.clip(np.append(y, 1.0), lo, hi), clip_on=False, **style_kw)
+            ax.set_xscale("log")
+            ax.set_xlim(LATENCY_BINS_MS[1], x_right)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: style.fmt(v)))
+            ax.set_yscale("logit")
+            ax.set_ylim(lo, hi)
+            ax.yaxis.set_major_locator(FixedLocator([t for t in Y_TICKS if lo <= t <= hi]))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.10g}%"))
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.set_xlabel("added latency per request (ms, log scale; < 0.1 ms counts as none)")
+            ax.set_ylabel("requests with at most this added latency")
+            style.legend(fig, [ax])
+        style.title(fig, "Added latency: how many requests wait, and how long", result)
+    return fig
+
+
+def table(result: RunResult) -> pd.DataFrame:
+    """Per variant, from the histogram: requests, share with no added latency, and the p50,
+    p95, p99 and largest bin (lower edges, ms)."""
+    rows = {}
+    for name in result.scenario.names:
+        h = histogram(result, name)
+        hist = h.rename(columns={"lower_ms": "added_latency_ms"})
+        none = h.loc[h["lower_ms"] == 0, "requests"].sum() / h["requests"].sum() if len(h) else np.nan
+        rows[name] = {
+            "requests": h["requests"].sum() if len(h) else np.nan,
+            "no added latency (%)": 100 * none,
+            **{f"p{q} (ms)": latency_quantile(hist, q / 100) for q in (50, 95, 99)},
+            "largest (ms)": h["lower_ms"].max() if len(h) else np.nan,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")

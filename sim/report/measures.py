@@ -1,0 +1,84 @@
+"""The headline measures of a report: summary columns, some normalised to a rate, each with its
+mean and 95% confidence half-width per variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from sim.results import RunResult
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One headline number: ``column`` of the aggregated summary, divided by ``per(row)`` when
+    given (the CI half-width is divided by the same mean denominator)."""
+
+    key: str
+    label: str
+    unit: str
+    column: str
+    per: Callable[[pd.Series], float] | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} ({self.unit})"
+
+    def of(self, row: pd.Series) -> tuple[float, float]:
+        """(mean, 95% CI half-width) of this measure for one aggregated summary row; NaN where
+        the run lacks the number."""
+        value = _num(row.get(self.column))
+        ci = _num(row.get(f"{self.column}_ci95"))
+        if self.per is not None:
+            denominator = self.per(row)
+            if not denominator or np.isnan(denominator):
+                return np.nan, np.nan
+            value, ci = value / denominator, ci / denominator
+        return value, ci
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _thousand_requests(row: pd.Series) -> float:
+    return _num(row.get("requests")) / 1000
+
+
+def _thousand_user_hours(row: pd.Series) -> float:
+    return _num(row.get("users")) * _num(row.get("window_s")) / 3600 / 1000
+
+
+REFRESH_RATE = Measure("refresh_rate", "Refresh rate", "mints/s", "refresh_rate_per_s")
+DUPLICATES = Measure("duplicates", "Duplicate tokens", "per 1k refreshes", "duplicate_per_1k_refresh")
+EXPIRY_FAILURES = Measure("expiry_failures", "Expiry failures", "401s per 1k requests", "expiry_failures",
+                          _thousand_requests)
+FORCED_LOGINS = Measure("forced_logins", "Forced logins", "per 1k user-hours", "forced_logins",
+                        _thousand_user_hours)
+P99_LATENCY = Measure("p99_latency", "p99 added latency", "ms", "added_latency_ms_p99")
+EXPOSURE = Measure("exposure", "Exposure window", "s", "exposure_s_mean")
+AUTH_UTILIZATION = Measure("auth_utilization", "Auth utilisation", "share of workers", "auth_utilization")
+QUEUE_WAIT_P99 = Measure("queue_wait_p99", "p99 auth queue wait", "ms", "auth_queue_wait_ms_p99")
+
+HEADLINE = [REFRESH_RATE, DUPLICATES, EXPIRY_FAILURES, FORCED_LOGINS, P99_LATENCY]
+
+#: what a user of the system experiences as a failure, summed in the report's summary
+FAILURE_COLUMNS = ["expiry_failures", "failed_requests", "forced_logins"]
+
+
+def measure_table(result: RunResult, measures: list[Measure] = HEADLINE) -> pd.DataFrame:
+    """Per variant (index, scenario order): for each measure its mean (column ``m.title``) and
+    CI half-width (column ``m.title + " ci95"``)."""
+    agg = result.aggregate
+    columns: dict[str, list[float]] = {}
+    for m in measures:
+        pairs = [m.of(row) for _, row in agg.iterrows()]
+        columns[m.title] = [v for v, _ in pairs]
+        columns[f"{m.title} ci95"] = [c for _, c in pairs]
+    return pd.DataFrame(columns, index=pd.Index(agg.index, name="variant"))

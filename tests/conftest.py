@@ -1,0 +1,47 @@
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "scenarios"
+
+
+def scenario_dict(**sections) -> dict:
+    """A scenario in file form: one user, constant inputs, zero latency, unless overridden."""
+    base = {
+        "run": {"seed": 1, "duration": "30m", "warmup": "0s", "replications": 1},
+        "population": {"users": 1, "arrival": {"pattern": "all_at_once"}},
+        "workload": {"think_time": "60s", "burst_size": 1},
+        "network": {"rtt": "0s"},
+        "auth": {"login_time": "0s", "refresh_time": "0s", "sign_time": "0s", "verify_time": "0s"},
+        "api": {"verify_time": "0s"},
+        "tokens": {"access_ttl": "5m"},
+        "strategies": [{"name": "reactive", "client": {"trigger": "reactive"}, "server": {"kind": "dual_token"}}],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture
+def make_scenario():
+    from sim.scenario import parse_scenario
+
+    return lambda **sections: parse_scenario(scenario_dict(**sections))
+
+
+@pytest.fixture
+def cli():
+    """Run the console script in a subprocess: returns (exit code, stdout, stderr)."""
+    import subprocess
+
+    def run(*args, cwd=ROOT, timeout=300):
+        proc = subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return run

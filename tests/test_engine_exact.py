@@ -1,0 +1,128 @@
+"""Exact event logs on constant inputs: fixed think time, fixed latency, known instants."""
+
+import numpy as np
+import pytest
+
+import sim
+
+
+def event_times(result, event, outcome=None):
+    ev = result.events
+    rows = ev[(ev["event"] == event) & ((ev["outcome"] == outcome) if outcome is not None else True)]
+    return rows["t_s"].round(6).tolist()
+
+
+def test_reactive_refreshes_at_the_first_request_after_expiry(make_scenario):
+    # login at 0 (token valid to 300); requests every 60 s; the one at 360 finds it expired
+    result = sim.run(make_scenario(), events=True)
+    assert event_times(result, "mint", "access_login") == [0.0]
+    assert event_times(result, "refresh_start") == [360.0, 720.0, 1080.0, 1440.0]
+    assert event_times(result, "attempt", "expired") == [360.0, 720.0, 1080.0, 1440.0]
+    assert event_times(result, "request", "ok")[:7] == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0]
+    row = result.replications.iloc[0]
+    assert row["requests"] == 30 and row["attempts"] == 34 and row["failed_requests"] == 0
+    assert row["duplicate_tokens"] == 0
+
+
+def test_token_valid_when_sent_expires_in_flight(make_scenario):
+    # 200 ms round trip: login mints at 0.1 (exp 300.1); requests leave at 0.2 + 60.2 k; the one
+    # sent at 301.2 is expired on arrival at 301.3; with a 2 s leeway it still passes
+    scenario = make_scenario(network={"rtt": "200ms"})
+    result = sim.run(scenario, events=True)
+    assert event_times(result, "mint", "access_login") == [0.1]
+    assert event_times(result, "attempt", "expired")[0] == pytest.approx(301.2)
+    lenient = sim.run(make_scenario(network={"rtt": "200ms"}, clocks={"leeway": "2s"}), events=True)
+    assert event_times(lenient, "attempt", "expired")[0] > 302
+
+
+def test_timer_refreshes_on_its_ticks(make_scenario):
+    # ticks every 60 s; renew when at most 120 s remain: at 180 (exp 300), then 360 (exp 480), …
+    scenario = make_scenario(strategies=[{
+        "name": "timer", "client": {"trigger": "timer", "check_interval": "60s", "threshold": "2m"},
+        "server": {"kind": "dual_token"}}])
+    result = sim.run(scenario, events=True)
+    assert event_times(result, "refresh_start") == [180.0, 360.0, 540.0, 720.0, 900.0, 1080.0, 1260.0, 1440.0, 1620.0]
+    assert event_times(result, "attempt", "expired") == []
+
+
+def test_proactive_renews_before_the_request(make_scenario):
+    scenario = make_scenario(strategies=[{
+        "name": "proactive", "client": {"trigger": "proactive", "threshold": "30s"},
+        "server": {"kind": "dual_token"}}])
+    result = sim.run(scenario, events=True)
+    # at 300 only 0 s remain (≤ 30 s): renew before sending
+    assert event_times(result, "refresh_start")[:3] == [300.0, 600.0, 900.0]
+    assert event_times(result, "attempt", "expired") == []
+
+
+def test_sliding_reissues_inside_the_window_and_lapses_after_idling(make_scenario):
+    scenario = make_scenario(strategies=[{
+        "name": "sliding", "client": {"trigger": "sliding"},
+        "server": {"kind": "sliding", "access_ttl": "5m", "window": "2m"}}])
+    result = sim.run(scenario, events=True)
+    # token minted at 0 (exp 300): 240 is the first request with < 120 s left
+    assert event_times(result, "mint", "access_reissue")[:3] == [240.0, 480.0, 720.0]
+    assert event_times(result, "refresh_start") == []
+    idle = sim.run(make_scenario(
+        workload={"think_time": "6m"},
+        strategies=[{"name": "sliding", "client": {"trigger": "sliding"},
+                     "server": {"kind": "sliding", "access_ttl": "5m", "window": "2m"}}]), events=True)
+    # every request after a 6-minute think finds the token lapsed: a forced login, a failed request
+    assert event_times(idle, "login", "forced") == [360.0, 720.0, 1080.0, 1440.0]
+    assert idle.replications.iloc[0]["failed_requests"] == 4
+
+
+def test_burst_without_single_flight_mints_one_token_per_401(make_scenario):
+    scenario = make_scenario(workload={"burst_size": 3},
+                             auth={"refresh_time": "1ms"})
+    result = sim.run(scenario, events=True)
+    assert event_times(result, "refresh_start")[:3] == [360.0, 360.0, 360.0]
+    row = result.replications.iloc[0]
+    assert row["duplicate_tokens"] == 2 * 4 and row["valid_tokens_per_session_max"] == 3
+
+
+def test_rotation_with_family_reuse_detection_logs_two_racing_tabs_out(make_scenario):
+    # two tabs, per-tab storage, both timers fire together: the second presents a rotated token
+    scenario = make_scenario(
+        population={"tabs": 2},
+        auth={"refresh_time": "10ms"},
+        strategies=[{"name": "auth0", "client": {"trigger": "timer", "check_interval": "60s",
+                                                  "threshold": "150s", "storage": "per_tab"},
+                     "server": {"preset": "auth0"}}])
+    result = sim.run(scenario, events=True)
+    assert event_times(result, "reuse_detected")[0] == pytest.approx(180.01)
+    assert event_times(result, "revoke")[0] == pytest.approx(180.01)
+    assert event_times(result, "login", "forced")[0] == pytest.approx(180.01)
+    graceful = sim.run(make_scenario(
+        population={"tabs": 2}, auth={"refresh_time": "10ms"},
+        strategies=[{"name": "okta", "client": {"trigger": "timer", "check_interval": "60s",
+                                                "threshold": "150s", "storage": "per_tab"},
+                     "server": {"preset": "okta"}}]), events=True)
+    assert event_times(graceful, "reuse_detected") == [] and len(event_times(graceful, "grace_reuse")) > 0
+
+
+def test_check_then_write_lets_concurrent_refreshes_both_succeed(make_scenario):
+    def run(atomic):
+        return sim.run(make_scenario(
+            population={"tabs": 2}, auth={"refresh_time": "10ms"},
+            strategies=[{"name": "x", "client": {"trigger": "timer", "check_interval": "60s",
+                                                 "threshold": "150s", "storage": "per_tab"},
+                         "server": {"kind": "dual_token", "rotation": True, "reuse_detection": "family",
+                                    "atomic": atomic}}]), events=True)
+
+    assert len(event_times(run(True), "reuse_detected")) > 0
+    racy = run(False)
+    assert event_times(racy, "reuse_detected") == []
+    assert event_times(racy, "refresh_end", "ok")[1:3] == [pytest.approx(180.01)] * 2
+
+
+def test_same_seed_same_result_and_variants_share_users(make_scenario):
+    base = sim.load_scenario(sim_path := __import__("pathlib").Path(__file__).parents[1] / "scenarios/smoke.toml")
+    small = base.replace(population={"users": 10}, run={"duration_s": 300.0, "replications": 1})
+    a = sim.run(small, processes=1)
+    b = sim.run(small, processes=1)
+    assert a.summary.equals(b.summary)
+    per = a.replications.set_index("strategy")
+    # common random numbers: the same users make the same page views under every variant
+    assert per.loc["dual_token", "requests"] == per.loc["dual_token_single_flight", "requests"]
+    assert sim_path.exists()

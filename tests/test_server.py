@@ -1,0 +1,344 @@
+"""The reference token server, end to end: real uvicorn processes on 127.0.0.1, real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from loadtests.server import protocol as p
+from loadtests.server.process import serve_in_subprocess
+
+pytestmark = pytest.mark.timeout(120)
+
+DATA = Path(__file__).parent / "data"
+LIFETIMES = DATA / "server-lifetimes.toml"  # access tokens of 20 scenario seconds
+RACE = DATA / "server-race.toml"  # refreshes hold a worker 300 ms
+QUEUE = DATA / "server-queue.toml"  # one worker, queue timeout 200 ms, refresh 600 ms
+#: scenario seconds per wall second for LIFETIMES: its access tokens last 1 s of wall time
+SCALE = 20.0
+ACCESS_WALL_S = 20 / SCALE
+
+
+@pytest.fixture(scope="module")
+def server():
+    """``server(scenario_path, strategy, time_scale=1.0, **options)`` -> base URL; each distinct
+    server is started once per module and stopped at its end."""
+    running: dict[tuple, str] = {}
+    with ExitStack() as stack:
+        def get(path: Path, strategy: str, time_scale: float = 1.0, **options) -> str:
+            key = (str(path), strategy, time_scale, tuple(sorted(options.items())))
+            if key not in running:
+                running[key] = stack.enter_context(serve_in_subprocess(path, strategy, time_scale, **options))
+            return running[key]
+
+        yield get
+
+
+def login(client: httpx.Client, username: str = "ann") -> dict:
+    answer = client.post(p.LOGIN_PATH, data={p.USERNAME_FIELD: username, p.PASSWORD_FIELD: p.TEST_PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def refresh(client: httpx.Client, refresh_token: str, basis: str | None = None) -> httpx.Response:
+    form = {p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: refresh_token}
+    if basis is not None:
+        form[p.BASIS_FIELD] = basis
+    return client.post(p.TOKEN_PATH, data=form)
+
+
+def call_api(client: httpx.Client, access_token: str, path: str = p.API_ITEMS_PATH) -> httpx.Response:
+    return client.get(path, headers={"Authorization": f"Bearer {access_token}"})
+
+
+def claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def totals(client: httpx.Client) -> dict:
+    return client.get(p.LEDGER_PATH).json()["totals"]
+
+
+def test_login_then_api(server):
+    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+        assert client.get(p.PING_PATH).text == "pong"
+        health = client.get(p.HEALTH_PATH).json()
+        assert (health["strategy"], health["server"], health["time_scale"]) == ("plain", "dual_token", SCALE)
+        grant = login(client, "bob")
+        assert grant["token_type"] == "Bearer" and grant["expires_in"] == ACCESS_WALL_S
+        for path in p.API_PATHS:
+            assert call_api(client, grant["access_token"], path).status_code == 200
+        profile = call_api(client, grant["access_token"], p.API_PROFILE_PATH).json()
+        access = claims(grant["access_token"])
+        assert profile == {"sub": "bob", "sid": access["sid"]}
+        assert access["typ"] == p.ACCESS_TYP and claims(grant["refresh_token"])["typ"] == p.REFRESH_TYP
+        assert isinstance(access["exp"], int) and access["exp"] - time.time() <= ACCESS_WALL_S
+
+
+def test_bad_login_and_missing_or_forged_tokens(server):
+    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+        wrong = client.post(p.LOGIN_PATH, json={p.USERNAME_FIELD: "ann", p.PASSWORD_FIELD: "nope"})
+        assert wrong.status_code == 401
+        assert client.post(p.LOGIN_PATH, json={p.USERNAME_FIELD: "ann", p.PASSWORD_FIELD: p.TEST_PASSWORD}).status_code == 200
+        missing = client.get(p.API_ITEMS_PATH)
+        assert missing.status_code == 401 and missing.headers[p.WWW_AUTHENTICATE_HEADER].startswith("Bearer")
+        grant = login(client)
+        forged = jwt.encode({**claims(grant["access_token"])}, "a key that is not the server's key, 32+ bytes", algorithm="HS256")
+        for token in (forged, "garbage", grant["refresh_token"]):
+            answer = call_api(client, token)
+            assert answer.status_code == 401
+            assert answer.headers[p.WWW_AUTHENTICATE_HEADER] == (
+                'Bearer error="invalid_token", error_description="invalid"')
+
+
+def test_expired_access_token_is_refused_then_refresh_works(server):
+    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+        grant = login(client)
+        assert call_api(client, grant["access_token"]).status_code == 200
+        time.sleep(ACCESS_WALL_S + 0.2)
+        expired = call_api(client, grant["access_token"])
+        assert expired.status_code == 401
+        assert expired.headers[p.WWW_AUTHENTICATE_HEADER] == 'Bearer error="invalid_token", error_description="expired"'
+        renewed = refresh(client, grant["refresh_token"], basis=claims(grant["access_token"])["jti"])
+        assert renewed.status_code == 200, renewed.text
+        assert renewed.headers["cache-control"] == "no-store" and renewed.headers["pragma"] == "no-cache"
+        body = renewed.json()
+        assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+        assert body["refresh_token"] != grant["refresh_token"]  # rotation
+        assert call_api(client, body["access_token"]).status_code == 200
+
+
+def test_reuse_detection_revokes_the_family(server):
+    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+        before = totals(client)
+        grant = login(client)
+        first = refresh(client, grant["refresh_token"])
+        assert first.status_code == 200
+        reuse = refresh(client, grant["refresh_token"])
+        assert reuse.status_code == 400
+        assert reuse.json() == {"error": "invalid_grant", "error_description": "reuse_detected"}
+        sibling = refresh(client, first.json()["refresh_token"])
+        assert sibling.status_code == 400
+        assert sibling.json() == {"error": "invalid_grant", "error_description": "revoked"}
+        after = totals(client)
+        assert after["reuse_detections"] - before["reuse_detections"] == 1
+        assert after["revocations"] - before["revocations"] == 1
+        records = client.get(p.LEDGER_PATH, params={"records": 1}).json()["records"]
+        session = int(claims(grant["access_token"])["sid"])
+        assert [r["event"] for r in records if r["session"] == session][-2:] == ["reuse_detected", "revoke"]
+
+
+def test_grace_period_accepts_reuse(server):
+    with httpx.Client(base_url=server(LIFETIMES, "grace", SCALE)) as client:
+        before = totals(client)
+        grant = login(client)
+        first = refresh(client, grant["refresh_token"])
+        again = refresh(client, grant["refresh_token"])
+        assert first.status_code == again.status_code == 200
+        assert again.json()["refresh_token"] != first.json()["refresh_token"]  # new_pair
+        assert refresh(client, first.json()["refresh_token"]).status_code == 200
+        after = totals(client)
+        assert after["grace_reuses"] - before["grace_reuses"] == 1
+        assert after["reuse_detections"] == before["reuse_detections"]
+
+
+def test_no_rotation_returns_the_same_refresh_token_and_counts_duplicates_by_basis(server):
+    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+        before = totals(client)
+        grant = login(client)
+        basis = claims(grant["access_token"])["jti"]
+        answers = [refresh(client, grant["refresh_token"], basis=basis) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert {a.json()["refresh_token"] for a in answers} == {grant["refresh_token"]}
+        unbased = refresh(client, grant["refresh_token"])  # no basis: never a duplicate
+        assert unbased.status_code == 200
+        after = totals(client)
+        assert after["duplicate_tokens"] - before["duplicate_tokens"] == 2
+        assert after["renewal_access_mints"] - before["renewal_access_mints"] == 4
+        mints = [r for r in client.get(p.LEDGER_PATH, params={"records": "1"}).json()["records"]
+                 if r["event"] == "mint" and r["session"] == int(claims(grant["access_token"])["sid"])]
+        assert [r["outcome"] for r in mints] == [
+            "access_login", "refresh_login", "access_refresh", "access_refresh_duplicate",
+            "access_refresh_duplicate", "access_refresh"]
+        assert [r["basis"] for r in mints[2:]] == [int(basis)] * 3 + [None]
+        assert "records" not in client.get(p.LEDGER_PATH).json()
+
+
+def concurrently(base_url: str, refresh_token: str, basis: str, n: int = 2) -> list[httpx.Response]:
+    """``n`` refreshes of one token sent at the same instant from ``n`` connections."""
+    barrier = threading.Barrier(n)
+    answers: list[httpx.Response | None] = [None] * n
+
+    def send(i: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            client.get(p.PING_PATH)  # connect before the barrier
+            barrier.wait()
+            answers[i] = refresh(client, refresh_token, basis)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+@pytest.mark.parametrize("strategy, statuses, duplicates", [
+    ("check-then-write", [200, 200], 1),
+    ("atomic", [200, 400], 0),
+])
+def test_concurrent_refreshes_of_one_token(server, strategy, statuses, duplicates):
+    base_url = server(RACE, strategy)
+    with httpx.Client(base_url=base_url) as client:
+        grant = login(client)
+        before = totals(client)
+        answers = concurrently(base_url, grant["refresh_token"], claims(grant["access_token"])["jti"])
+        assert sorted(a.status_code for a in answers) == statuses
+        rejected = [a.json() for a in answers if a.status_code != 200]
+        assert rejected == [{"error": "invalid_grant", "error_description": "reuse_detected"}] * len(rejected)
+        after = totals(client)
+        assert after["duplicate_tokens"] - before["duplicate_tokens"] == duplicates
+        assert after["refresh_calls"] - before["refresh_calls"] == 2
+        busy = client.get(p.LEDGER_PATH).json()["auth"]["busy_worker_s"]
+        assert sum(busy) >= 0.6  # two refreshes of 300 ms each
+
+
+def test_queue_timeout_answers_503(server):
+    base_url = server(QUEUE, "plain")
+    with httpx.Client(base_url=base_url) as client:
+        grant = login(client)
+        answers = concurrently(base_url, grant["refresh_token"], claims(grant["access_token"])["jti"])
+        assert sorted(a.status_code for a in answers) == [200, 503]
+        assert [a.json()["error"] for a in answers if a.status_code == 503] == ["temporarily_unavailable"]
+        auth = client.get(p.LEDGER_PATH).json()["auth"]
+        assert auth["unavailable"] == 1 and sum(auth["queued_s"]) >= 0.2
+
+
+def test_sliding_server_reissues_in_a_header(server):
+    with httpx.Client(base_url=server(LIFETIMES, "sliding", SCALE)) as client:
+        grant = login(client)
+        assert "refresh_token" not in grant
+        answer = call_api(client, grant["access_token"])
+        assert answer.status_code == 200
+        reissued = answer.headers[p.REFRESHED_TOKEN_HEADER]
+        assert float(answer.headers[p.REFRESHED_EXPIRES_IN_HEADER]) == ACCESS_WALL_S
+        assert claims(reissued)["sid"] == claims(grant["access_token"])["sid"]
+        time.sleep(ACCESS_WALL_S * 0.6)
+        midway = call_api(client, reissued)
+        assert midway.status_code == 200
+        time.sleep(ACCESS_WALL_S * 0.6)
+        # the login token has lapsed; the one re-issued mid-way has not
+        lapsed = call_api(client, grant["access_token"])
+        assert lapsed.status_code == 401 and 'error_description="expired"' in lapsed.headers[p.WWW_AUTHENTICATE_HEADER]
+        assert call_api(client, midway.headers[p.REFRESHED_TOKEN_HEADER]).status_code == 200
+        no_refresh = refresh(client, grant["access_token"])
+        assert no_refresh.status_code == 400 and no_refresh.json()["error"] == "invalid_grant"
+        records = client.get(p.LEDGER_PATH, params={"records": 1}).json()["records"]
+        reissues = [r for r in records if r["outcome"] == "access_reissue"]
+        assert reissues[0]["basis"] == int(claims(grant["access_token"])["jti"])
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
+def test_asymmetric_algorithms(server, algorithm):
+    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE, algorithm=algorithm)) as client:
+        assert client.get(p.HEALTH_PATH).json()["algorithm"] == algorithm
+        grant = login(client)
+        assert jwt.get_unverified_header(grant["access_token"])["alg"] == algorithm
+        assert call_api(client, grant["access_token"]).status_code == 200
+        renewed = refresh(client, grant["refresh_token"])
+        assert renewed.status_code == 200
+        assert call_api(client, renewed.json()["access_token"]).status_code == 200
+
+
+def test_token_endpoint_errors(server):
+    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+        grant = login(client)
+        cases = [
+            ({}, "invalid_request"),
+            ({p.GRANT_TYPE_FIELD: "password", "username": "ann"}, "unsupported_grant_type"),
+            ({p.GRANT_TYPE_FIELD: p.REFRESH_GRANT}, "invalid_request"),
+            ({p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: "garbage"}, "invalid_grant"),
+            ({p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: grant["access_token"]}, "invalid_grant"),
+            ({p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: grant["refresh_token"],
+              p.BASIS_FIELD: "x"}, "invalid_request"),
+        ]
+        for form, error in cases:
+            answer = client.post(p.TOKEN_PATH, data=form)
+            assert (answer.status_code, answer.json()["error"]) == (400, error), form
+            assert answer.headers["cache-control"] == "no-store"
+        # client authentication (HTTP Basic, or client_id in the form) and scope are ignored
+        basic = base64.b64encode(b"some-client:some-secret").decode()
+        answer = client.post(p.TOKEN_PATH, headers={"Authorization": f"Basic {basic}"}, data={
+            p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: grant["refresh_token"],
+            "client_id": "some-client", "scope": "openid"})
+        assert answer.status_code == 200
+
+
+def test_logout_revokes_the_session(server):
+    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+        grant = login(client)
+        assert client.post(p.LOGOUT_PATH, data={p.TOKEN_FIELD: grant["refresh_token"]}).json() == {"revoked": True}
+        answer = refresh(client, grant["refresh_token"])
+        assert answer.json() == {"error": "invalid_grant", "error_description": "revoked"}
+        other = login(client)
+        bearer = {"Authorization": f"Bearer {other['access_token']}"}
+        assert client.post(p.LOGOUT_PATH, headers=bearer).json() == {"revoked": True}
+        assert refresh(client, other["refresh_token"]).status_code == 400
+        assert client.post(p.LOGOUT_PATH, data={p.TOKEN_FIELD: "garbage"}).json() == {"revoked": False}
+
+
+def test_authlib_client_refreshes(server):
+    """The acceptance check: a standard OAuth 2.0 client library renews against ``/token``."""
+    from authlib.integrations.requests_client import OAuth2Session
+
+    base_url = server(LIFETIMES, "rotating-family", SCALE)
+    with httpx.Client(base_url=base_url) as client:
+        grant = login(client)
+        session = OAuth2Session("refreshlab-test", token=grant)
+        renewed = session.refresh_token(base_url + p.TOKEN_PATH, refresh_token=grant["refresh_token"])
+        assert renewed["refresh_token"] != grant["refresh_token"]
+        assert call_api(client, renewed["access_token"]).status_code == 200
+
+    # automatic renewal: authlib refreshes a token it considers expired before sending
+    seen = []
+    auto = OAuth2Session("refreshlab-test", token=dict(renewed), token_endpoint=base_url + p.TOKEN_PATH,
+                         update_token=lambda token, **_: seen.append(token), leeway=0)
+    time.sleep(ACCESS_WALL_S + 1.0)  # past the whole-second expires_at authlib computes
+    assert auto.get(base_url + p.API_PROFILE_PATH).status_code == 200
+    assert len(seen) == 1 and seen[0]["access_token"] != renewed["access_token"]
+
+
+def test_requests_oauthlib_client_refreshes(server, monkeypatch):
+    from requests_oauthlib import OAuth2Session
+
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP on 127.0.0.1
+    base_url = server(LIFETIMES, "plain", SCALE)
+    with httpx.Client(base_url=base_url) as client:
+        grant = login(client)
+        session = OAuth2Session("refreshlab-test", token=grant)
+        renewed = session.refresh_token(base_url + p.TOKEN_PATH, refresh_token=grant["refresh_token"])
+        assert renewed["access_token"] != grant["access_token"]
+        assert renewed["refresh_token"] == grant["refresh_token"]
+        assert call_api(client, renewed["access_token"]).status_code == 200
+
+
+@pytest.mark.parametrize("args, message", [
+    ([str(RACE), "--strategy", "nope"], "no strategy 'nope'"),
+    ([str(DATA / "server-missing.toml"), "--strategy", "atomic"], "no such file"),
+    ([str(RACE), "--strategy", "atomic", "--algorithm", "XS999"], "unknown algorithm 'XS999'"),
+])
+def test_serve_refuses_bad_input(args, message):
+    done = subprocess.run([sys.executable, "-m", "loadtests.server", *args, "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
