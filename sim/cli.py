@@ -7,7 +7,6 @@ through the ``refreshlab.commands`` entry-point group, so that ``sim`` never imp
 from __future__ import annotations
 
 import json
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -32,7 +31,7 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True)
 
-ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (TOML).", show_default=False)]
+ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (TOML).", show_default=False, metavar="SCENARIO")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to write [default: runs/<scenario>-<time>].")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")]
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
@@ -67,6 +66,17 @@ def read_scenario(path: Path) -> Scenario:
         return load_scenario(path)
     except ScenarioError as exc:
         raise fail(exc.render()) from None
+
+
+@contextmanager
+def interruptible(out: Path | None = None) -> Iterator[None]:
+    """Turn Ctrl-C into a one-line message and exit status 130; nothing half-written remains
+    (run folders are only renamed into place once complete)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = f"; {out} was left as it was" if out is not None else ""
+        raise fail(f"interrupted: no run folder was completed{where}", 130) from None
 
 
 def default_out(scenario_path: Path, command: str = "") -> Path:
@@ -143,8 +153,9 @@ def run(
     """Simulate every strategy variant of a scenario and write a run folder."""
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
-    result = simulate(scenario, seed, replications, events, quiet=as_json)
-    result.save(out)
+    with interruptible(out):
+        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result.save(out)
     if as_json:
         records = result.aggregate.reset_index().to_dict(orient="records")
         print(json.dumps({"out": str(out), "summary": records}, indent=2, default=float))
@@ -166,14 +177,15 @@ def compare(
 
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
-    result = simulate(scenario, seed, replications, events)
-    with atomic_dir(out) as tmp:
-        result.write_into(tmp)
-        if report:
-            from sim.report import build_report
+    with interruptible(out):
+        result = simulate(scenario, seed, replications, events)
+        with atomic_dir(out) as tmp:
+            result.write_into(tmp)
+            if report:
+                from sim.report import build_report
 
-            result.path = tmp
-            build_report([result], tmp)
+                result.path = tmp
+                build_report([result], tmp)
     result.path = out
     reps = result.replications["replication"].nunique()
     window = scenario.run.duration_s
@@ -200,7 +212,7 @@ def schema():
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.", show_default=False)],
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.", show_default=False, metavar="RUN_DIR...")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html, report.md and charts.")],
 ):
     """Turn run folders into a self-contained HTML and Markdown report with charts."""
@@ -213,7 +225,7 @@ def report(
             results.append(load_run(d))
         except (FileNotFoundError, ScenarioError) as exc:
             raise fail(str(exc)) from None
-    with atomic_dir(out) as tmp:
+    with interruptible(out), atomic_dir(out) as tmp:
         build_report(results, tmp)
     out_console.print(f"wrote {out / 'report.html'}")
 
@@ -233,11 +245,7 @@ def _register_plugins() -> None:
 
 def main() -> None:
     _register_plugins()
-    try:
-        app()
-    except KeyboardInterrupt:
-        err_console.print("interrupted: no run folder was completed")
-        sys.exit(130)
+    app()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ class Model(BaseModel):
     """Frozen, validated; Python names carry units (``access_ttl_s``), files use the alias
     (``access_ttl``). Unknown keys are refused with the list of known ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+    # strict: a scenario file has real booleans and numbers; "yes" is not a boolean
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -222,11 +222,11 @@ def resolve_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     lifetimes it does not set itself. Returns a new dict; validation comes after."""
     data = dict(raw)
     tokens = data.get("tokens", {})
-    if not isinstance(tokens, dict) or not isinstance(data.get("strategies", []), list):
+    if not isinstance(tokens, dict) or not isinstance(data.get("strategies"), list):
         return data
     token_defaults = {k: tokens[k] for k in ("access_ttl", "refresh_ttl", "refresh_idle_ttl") if k in tokens}
     strategies = []
-    for variant in data.get("strategies", []):
+    for variant in data["strategies"]:
         if isinstance(variant, dict):
             variant = dict(variant)
             for part, presets in (("client", CLIENT_PRESETS), ("server", SERVER_PRESETS)):

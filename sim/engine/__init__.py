@@ -3,8 +3,8 @@ parallel processes when there are several; the tables of all of them make one Ru
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -24,6 +24,11 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
         warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=scenario.auth.workers,
     )
     return row, series, latency, rec.events()
+
+
+def _simulate_job(task):
+    scenario, name, replication, seed, events = task
+    return (name, replication), simulate_one(scenario, name, replication, seed, events)
 
 
 def run(
@@ -58,10 +63,12 @@ def run(
             results[job] = simulate_one(scenario, *job, scenario.run.seed, events)
             report(i, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=processes) as pool:
-            futures = {pool.submit(simulate_one, scenario, *job, scenario.run.seed, events): job for job in jobs}
-            for i, future in enumerate(as_completed(futures), 1):
-                results[futures[future]] = future.result()
+        # a Pool, not a ProcessPoolExecutor: leaving its block terminates the workers at once,
+        # so an interrupted run stops now instead of finishing the jobs under way
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            tasks = [(scenario, name, r, scenario.run.seed, events) for name, r in jobs]
+            for i, (job, out) in enumerate(pool.imap_unordered(_simulate_job, tasks), 1):
+                results[job] = out
                 report(i, len(jobs))
     ordered = [results[job] for job in jobs]
     per_replication = pd.DataFrame([r[0] for r in ordered])

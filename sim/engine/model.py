@@ -187,8 +187,11 @@ class Simulation:
             elif action is Action.LOGIN:
                 yield from self.login(tab, forced=True)
                 break
-            elif action in (Action.FAIL,):
+            elif action is Action.FAIL:
                 break
+            elif action is Action.RETRY:  # every resend passes the policy's check again
+                action = client.before_send(self.view(tab), env.now + visit.skew_s)
+                continue
             attempt += 1
             sent = tab.store.held
             response, rtt_s = yield from self.attempt(tab, sent)
