@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 from loadtests.server import protocol as p
 from loadtests.server.process import serve_in_subprocess
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(120)]
 
 DATA = Path(__file__).parent / "data"
 LIFETIMES = DATA / "server-lifetimes.toml"  # access tokens of 20 scenario seconds
@@ -342,3 +341,32 @@ def test_serve_refuses_bad_input(args, message):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_private_key_file(server, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "es256.pem"
+    pem.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE, algorithm="ES256", private_key_path=pem)) as client:
+        grant = login(client)
+        # the server signs with the given key: its public half verifies the token
+        assert jwt.decode(grant["access_token"], private.public_key(), algorithms=["ES256"],
+                          options={"verify_exp": False})["typ"] == p.ACCESS_TYP
+        assert call_api(client, grant["access_token"]).status_code == 200
+
+
+def test_private_key_of_the_wrong_type_is_refused(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = tmp_path / "ed25519.pem"
+    pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
+                           "--algorithm", "RS256", "--private-key", str(pem), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "expected an RSA private key for RS256" in done.stderr

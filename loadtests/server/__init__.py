@@ -5,6 +5,13 @@
 tests. Paths, headers and fields shared with the Locust side live in :mod:`loadtests.server.protocol`.
 """
 
-from loadtests.server.app import TokenServer, create_app
-
 __all__ = ["create_app", "TokenServer"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so that ``loadtests.server.protocol`` stays light for the Locust side
+    if name in __all__:
+        from loadtests.server import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'loadtests.server' has no attribute {name!r}")

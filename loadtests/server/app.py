@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import jwt
 from starlette.applications import Starlette
@@ -105,25 +104,32 @@ class AuthTier:
         self.unavailable = 0
         self._workers = asyncio.Semaphore(settings.workers)
 
-    @asynccontextmanager
-    async def worker(self) -> AsyncIterator[None]:
-        """Hold one worker for the body; raises :class:`Unavailable` after the queue timeout."""
+    def worker(self) -> "_WorkerSlot":
+        """An async context manager holding one worker for its body; entering it raises
+        :class:`Unavailable` after the queue timeout."""
+        return _WorkerSlot(self)
+
+    async def _acquire(self) -> float:
         queued_at = self.clock.now_s()
-        try:
-            async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
-                await self._workers.acquire()
-        except TimeoutError:
-            self.unavailable += 1
-            _spread(self.queued_s, queued_at, self.clock.now_s())
-            raise Unavailable from None
+        if self._workers.locked():
+            try:
+                async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
+                    await self._workers.acquire()
+            except TimeoutError:
+                self.unavailable += 1
+                _spread(self.queued_s, queued_at, self.clock.now_s())
+                raise Unavailable from None
+        else:
+            # a free worker is taken without waiting: no timer to arm on the common path
+            await self._workers.acquire()
         started_at = self.clock.now_s()
         _spread(self.queued_s, queued_at, started_at)
         self.calls += 1
-        try:
-            yield
-        finally:
-            self._workers.release()
-            _spread(self.busy_s, started_at, self.clock.now_s())
+        return started_at
+
+    def _release(self, started_at: float) -> None:
+        self._workers.release()
+        _spread(self.busy_s, started_at, self.clock.now_s())
 
     async def spend(self, service_s: float) -> None:
         """Hold the worker for ``service_s`` scenario seconds of work (nothing when service time is off)."""
@@ -139,6 +145,19 @@ class AuthTier:
             "busy_worker_s": self.busy_s,
             "queued_s": self.queued_s,
         }
+
+
+class _WorkerSlot:
+    __slots__ = ("tier", "started_at")
+
+    def __init__(self, tier: AuthTier) -> None:
+        self.tier = tier
+
+    async def __aenter__(self) -> None:
+        self.started_at = await self.tier._acquire()
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.tier._release(self.started_at)
 
 
 def _spread(bins: list[float], start: float, end: float) -> None:

@@ -43,11 +43,11 @@ def load_keys(algorithm: str, private_key_path: str | Path | None = None) -> Sig
         if not isinstance(private, key_type) or (
             algorithm == "ES256" and not isinstance(private.curve, ec.SECP256R1)
         ):
-            raise ValueError(f"{private_key_path}: expected a {_KEY_NAMES[algorithm]} private key for {algorithm}")
+            raise ValueError(f"{private_key_path}: expected {_KEY_NAMES[algorithm]} private key for {algorithm}")
     return SigningKeys(algorithm, private, private.public_key())
 
 
-_KEY_NAMES = {"RS256": "RSA", "ES256": "P-256 (secp256r1)", "EdDSA": "Ed25519"}
+_KEY_NAMES = {"RS256": "an RSA", "ES256": "a P-256 (secp256r1)", "EdDSA": "an Ed25519"}
 _KEY_PAIRS = {
     "RS256": (rsa.RSAPrivateKey, lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)),
     "ES256": (ec.EllipticCurvePrivateKey, lambda: ec.generate_private_key(ec.SECP256R1())),

@@ -169,10 +169,14 @@ class Simulation:
                 return
             action = self.client.on_timer(self.view(tab), env.now + tab.visit.skew_s)
             if action in RENEW:
-                yield from self.renew(tab, action)
+                yield from self.renew(tab, action, self.basis(tab))
 
     def view(self, tab: Tab) -> TabView:
         return TabView(tab.store.held, tab.flight.inflight is not None)
+
+    @staticmethod
+    def basis(tab: Tab) -> int | None:
+        return tab.store.held.id if tab.store.held else None
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -180,9 +184,10 @@ class Simulation:
         env, client, visit = self.env, self.client, tab.visit
         issued = env.now
         attempt, action = 0, client.before_send(self.view(tab), issued + visit.skew_s)
+        basis = self.basis(tab)  # what the need for a new token is about (METRICS.md)
         while True:
             if action in RENEW:
-                if not (yield from self.renew(tab, action)):
+                if not (yield from self.renew(tab, action, basis)):
                     break
             elif action is Action.LOGIN:
                 yield from self.login(tab, forced=True)
@@ -190,12 +195,13 @@ class Simulation:
             elif action is Action.FAIL:
                 break
             elif action is Action.RETRY:  # every resend passes the policy's check again
-                action = client.before_send(self.view(tab), env.now + visit.skew_s)
+                action, basis = client.before_send(self.view(tab), env.now + visit.skew_s), self.basis(tab)
                 continue
             attempt += 1
             sent = tab.store.held
             response, rtt_s = yield from self.attempt(tab, sent)
             action = client.on_response(self.view(tab), sent, response, attempt, env.now + visit.skew_s)
+            basis = sent.id  # a renewal after a 401 is about the token that drew it
             if action in (Action.DONE, Action.ADOPT):
                 if action is Action.ADOPT:
                     tab.store.held = response.reissued
@@ -224,8 +230,10 @@ class Simulation:
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def renew(self, tab: Tab, action: Action):
-        """Carry out REFRESH or WAIT; returns True when the tab then holds a token to send."""
+    def renew(self, tab: Tab, action: Action, basis: int | None):
+        """Carry out REFRESH or WAIT; returns True when the tab then holds a token to send.
+        ``basis`` is the access token the need is about (the one that drew a 401, or the one
+        held when a threshold was crossed)."""
         flight = tab.flight
         while action is Action.WAIT and flight.inflight is not None:
             before = tab.store.held
@@ -239,19 +247,18 @@ class Simulation:
         done = self.env.event()
         if self.client.single_flight:
             flight.inflight = done
-        ok = yield from self.refresh(tab)
+        ok = yield from self.refresh(tab, basis)
         if flight.inflight is done:
             flight.inflight = None
         done.succeed(ok)
         return ok
 
-    def refresh(self, tab: Tab):
+    def refresh(self, tab: Tab, basis: int | None):
         env, visit, rec = self.env, tab.visit, self.rec
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield visit.login
             return tab.store.held is not None
         token = visit.jar
-        basis = tab.store.held.id if tab.store.held else None
         sent_at, rtt = env.now, visit.streams.auth_rtt()
         lost = self.loss_p and visit.streams.loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=visit.user, tab=tab.index, session=visit.session,
