@@ -119,6 +119,8 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False):
 
 def headline_table(result, title: str) -> Table:
     """The headline metrics, one row each, one column per variant (mean ± 95% CI half-width)."""
+    from sim.report.style import fmt
+
     agg = result.aggregate
     table = Table(title=title, title_justify="left")
     table.add_column("metric", style="bold")
@@ -128,17 +130,9 @@ def headline_table(result, title: str) -> Table:
         cells = []
         for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")
-            cells.append(_fmt(value) + (f" ±{_fmt(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
+            cells.append(fmt(value) + (f" ±{fmt(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
         table.add_row(label, *cells)
     return table
-
-
-def _fmt(value) -> str:
-    if value is None or value != value:
-        return "–"
-    if abs(value) >= 100 or float(value).is_integer():
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
 
 
 @app.command()

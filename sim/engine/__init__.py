@@ -26,6 +26,10 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
     return row, series, latency, rec.events()
 
 
+#: below this many user-seconds in all, a run stays in this process
+SMALL_RUN_USER_SECONDS = 5_000_000
+
+
 def _simulate_job(task):
     scenario, name, replication, seed, events = task
     return (name, replication), simulate_one(scenario, name, replication, seed, events)
@@ -44,7 +48,7 @@ def run(
     """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
 
     ``seed`` and ``replications`` override the scenario's. ``processes``: worker processes
-    (default: one per core when there is more than one job; 1 runs in this process).
+    (default: one per core for big runs; 1 runs in this process).
     ``progress(done, total)`` is called as jobs finish. Returns a :class:`RunResult`.
     """
     overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
@@ -54,7 +58,10 @@ def run(
     for name in names:
         scenario.variant(name)
     jobs = [(name, r) for r in range(scenario.run.replications) for name in names]
-    processes = processes or min(len(jobs), os.cpu_count() or 1)
+    if processes is None:
+        # starting worker processes costs seconds: only worth it when the jobs are big
+        size = scenario.population.users * scenario.run.end_s * len(jobs)
+        processes = min(len(jobs), os.cpu_count() or 1) if size > SMALL_RUN_USER_SECONDS else 1
     report = progress or (lambda done, total: None)
     report(0, len(jobs))
     results = {}

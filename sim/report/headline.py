@@ -8,15 +8,18 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sim.report import style
-from sim.report.measures import HEADLINE, Measure, measure_table
+from sim.report.measures import HEADLINE, Measure, measure_table, resolve
 from sim.results import RunResult
 
 
-def figure(result: RunResult, measures: list[Measure] = HEADLINE) -> Figure:
-    """Small multiples of horizontal bars (mean over replications, whiskers = 95% CI) for the
-    headline measures; receives a run, returns a Figure."""
+def figure(result: RunResult, measures: list[Measure | str] = HEADLINE) -> Figure:
+    """Small multiples of horizontal bars (mean over replications, whiskers = 95% CI), one
+    panel per measure (objects or keys of ``MEASURES``; default the headline five); receives a
+    run, returns a Figure."""
+    measures = resolve(measures)
     values = measure_table(result, measures)
     names = list(values.index)
     variants = style.VariantStyle.of(result)
@@ -45,16 +48,24 @@ def bars(ax, y: np.ndarray, means: pd.Series, cis: pd.Series, colors: list[str])
     cis = np.nan_to_num(cis.to_numpy(float), nan=0.0)
     shown = np.nan_to_num(means, nan=0.0)
     ax.barh(y, shown, color=colors, height=0.65)
-    ax.errorbar(shown, y, xerr=cis, fmt="none", ecolor="#333333", elinewidth=1.2, capsize=4)
+    whiskers = cis > 0
+    if whiskers.any():
+        ax.errorbar(shown[whiskers], y[whiskers], xerr=cis[whiskers], fmt="none", ecolor="#333333",
+                    elinewidth=1.2, capsize=4)
     ends = shown + cis
-    span = max(np.nanmax(np.abs(ends)) if len(ends) else 0.0, 1e-9)
+    span = float(np.max(np.abs(ends))) if len(ends) else 0.0
     for yi, mean, end in zip(y, means, ends):
         label = "n/a" if np.isnan(mean) else style.fmt(mean)
-        ax.text(end + span * 0.03, yi, label, va="center", ha="left", fontsize=11)
-    ax.set_xlim(0, span * 1.35)
+        ax.text(end + (span or 1.0) * 0.03, yi, label, va="center", ha="left", fontsize=11)
+    if span > 0:
+        ax.set_xlim(0, span * 1.35)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    else:  # all zero or missing: a unit axis instead of one scaled to rounding noise
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0])
     ax.grid(axis="y", visible=False)
 
 
-def table(result: RunResult, measures: list[Measure] = HEADLINE) -> pd.DataFrame:
+def table(result: RunResult, measures: list[Measure | str] = HEADLINE) -> pd.DataFrame:
     """The numbers behind the chart: per variant, each measure's mean and CI half-width."""
     return measure_table(result, measures)

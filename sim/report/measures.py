@@ -14,14 +14,15 @@ from sim.results import RunResult
 
 @dataclass(frozen=True)
 class Measure:
-    """One headline number: ``column`` of the aggregated summary, divided by ``per(row)`` when
-    given (the CI half-width is divided by the same mean denominator)."""
+    """One headline number: ``column`` of the aggregated summary times ``scale``, divided by
+    ``per(row)`` when given (the CI half-width is divided by the same mean denominator)."""
 
     key: str
     label: str
     unit: str
     column: str
     per: Callable[[pd.Series], float] | None = None
+    scale: float = 1.0
 
     @property
     def title(self) -> str:
@@ -30,8 +31,8 @@ class Measure:
     def of(self, row: pd.Series) -> tuple[float, float]:
         """(mean, 95% CI half-width) of this measure for one aggregated summary row; NaN where
         the run lacks the number."""
-        value = _num(row.get(self.column))
-        ci = _num(row.get(f"{self.column}_ci95"))
+        value = _num(row.get(self.column)) * self.scale
+        ci = _num(row.get(f"{self.column}_ci95")) * self.scale
         if self.per is not None:
             denominator = self.per(row)
             if not denominator or np.isnan(denominator):
@@ -63,21 +64,36 @@ FORCED_LOGINS = Measure("forced_logins", "Forced logins", "per 1k user-hours", "
                         _thousand_user_hours)
 P99_LATENCY = Measure("p99_latency", "p99 added latency", "ms", "added_latency_ms_p99")
 EXPOSURE = Measure("exposure", "Exposure window", "s", "exposure_s_mean")
-AUTH_UTILIZATION = Measure("auth_utilization", "Auth utilisation", "share of workers", "auth_utilization")
+AUTH_UTILIZATION = Measure("auth_utilization", "Auth utilisation", "% of worker time", "auth_utilization",
+                           scale=100)
 QUEUE_WAIT_P99 = Measure("queue_wait_p99", "p99 auth queue wait", "ms", "auth_queue_wait_ms_p99")
 
 HEADLINE = [REFRESH_RATE, DUPLICATES, EXPIRY_FAILURES, FORCED_LOGINS, P99_LATENCY]
+#: every measure by key, for ``measures=["refresh_rate", "queue_wait_p99"]`` in chart calls
+MEASURES = {m.key: m for m in HEADLINE + [EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99]}
+
+
+def resolve(measures: list[Measure | str]) -> list[Measure]:
+    """Measures given as objects or keys of :data:`MEASURES`; ``KeyError`` lists the keys."""
+    out = []
+    for m in measures:
+        if isinstance(m, str):
+            if m not in MEASURES:
+                raise KeyError(f"no measure {m!r}; expected one of: {', '.join(MEASURES)}")
+            m = MEASURES[m]
+        out.append(m)
+    return out
 
 #: what a user of the system experiences as a failure, summed in the report's summary
 FAILURE_COLUMNS = ["expiry_failures", "failed_requests", "forced_logins"]
 
 
-def measure_table(result: RunResult, measures: list[Measure] = HEADLINE) -> pd.DataFrame:
-    """Per variant (index, scenario order): for each measure its mean (column ``m.title``) and
-    CI half-width (column ``m.title + " ci95"``)."""
+def measure_table(result: RunResult, measures: list[Measure | str] = HEADLINE) -> pd.DataFrame:
+    """Per variant (index, scenario order): for each measure (object or key) its mean (column
+    ``m.title``) and CI half-width (column ``m.title + " ci95"``)."""
     agg = result.aggregate
     columns: dict[str, list[float]] = {}
-    for m in measures:
+    for m in resolve(measures):
         pairs = [m.of(row) for _, row in agg.iterrows()]
         columns[m.title] = [v for v, _ in pairs]
         columns[f"{m.title} ci95"] = [c for _, c in pairs]

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sim.report import style
-from sim.report.measures import HEADLINE, Measure, measure_table
+from sim.report.measures import HEADLINE, Measure, measure_table, resolve
 from sim.results import RunResult
 from sim.units import parse_duration
 
@@ -83,7 +83,16 @@ def axis(results: list[RunResult]) -> tuple[list[float], str, list[str] | None]:
     return list(range(len(results))), "run", run_labels(results)
 
 
-def table(results: list[RunResult], measures: list[Measure] = HEADLINE) -> pd.DataFrame:
+def dodge(x, index: int, count: int, positions: list[float], log_x: bool):
+    """Shift variant ``index`` of ``count`` sideways by a sliver of the axis, so that whiskers
+    at the same x do not hide each other."""
+    shift = (index - (count - 1) / 2) * 0.012
+    if log_x:
+        return x * (max(positions) / min(positions)) ** shift
+    return x + shift * ((max(positions) - min(positions)) or 1.0)
+
+
+def table(results: list[RunResult], measures: list[Measure | str] = HEADLINE) -> pd.DataFrame:
     """One row per run and variant: the run's label, the varied field's value when the axis is
     numeric, and every measure's mean and CI half-width."""
     positions, xlabel, ticklabels = axis(results)
@@ -97,9 +106,10 @@ def table(results: list[RunResult], measures: list[Measure] = HEADLINE) -> pd.Da
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def figure(results: list[RunResult], measures: list[Measure] = HEADLINE) -> Figure:
+def figure(results: list[RunResult], measures: list[Measure | str] = HEADLINE) -> Figure:
     """Small multiples, one per measure: its mean (whiskers: 95% CI) against the varied
     scenario field, one line per variant. Receives the runs, returns a Figure."""
+    measures = resolve(measures)
     data = table(results, measures)
     positions, xlabel, ticklabels = axis(results)
     data["x"] = data["run"].map(dict(zip(run_labels(results), positions)))
@@ -109,12 +119,14 @@ def figure(results: list[RunResult], measures: list[Measure] = HEADLINE) -> Figu
         rows = math.ceil(len(measures) / cols)
         fig = style.new_figure(13.0, 1.4 + 3.4 * rows)
         axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+        log_x = ticklabels is None and min(positions) > 0 and max(positions) / min(positions) >= 20
         for ax, m in zip(axes, measures):
-            for name in variants.order:
+            for i, name in enumerate(variants.order):
                 line = data[data["variant"] == name].sort_values("x")
                 if line.empty:
                     continue
-                ax.errorbar(line["x"], line[m.title], yerr=line[f"{m.title} ci95"].fillna(0),
+                x = dodge(line["x"].to_numpy(float), i, len(variants.order), positions, log_x)
+                ax.errorbar(x, line[m.title], yerr=line[f"{m.title} ci95"].fillna(0),
                             marker=variants.marker(name), capsize=3, **variants.line(name))
             ax.set_title(m.label, loc="left", fontweight="bold")
             ax.set_ylabel(m.unit)
@@ -122,20 +134,21 @@ def figure(results: list[RunResult], measures: list[Measure] = HEADLINE) -> Figu
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color=style.MUTED)
             else:
                 ax.set_ylim(bottom=0)
+        if log_x:
+            axes[0].set_xscale("log")  # shared by every panel
+            axes[0].minorticks_off()
+        if ticklabels is None:
+            axes[0].set_xticks(positions, [style.fmt(p) for p in positions])
+        else:
+            axes[0].set_xticks(positions, [label.replace(", ", "\n") for label in ticklabels])
         for i, ax in enumerate(axes):
             if i >= len(measures):
                 ax.set_visible(False)
-            elif i + cols >= len(measures):
+            elif i + cols >= len(measures):  # the lowest panel of its column carries the axis
                 ax.xaxis.set_tick_params(labelbottom=True)
                 ax.set_xlabel(xlabel)
-                ax.set_xticks(positions, ticklabels if ticklabels is not None else [style.fmt(p) for p in positions],
-                              rotation=20 if ticklabels is not None else 0, ha="right" if ticklabels is not None else "center")
-        if ticklabels is None and len(set(positions)) > 1:
-            spread = max(positions) / max(min(p for p in positions if p > 0), 1e-12) if min(positions) > 0 else 0
-            if spread >= 20:
-                for ax in axes:
-                    ax.set_xscale("log")
         style.legend(fig, axes[: len(measures)])
-        style.title(fig, f"Headline measures against {xlabel}", results)
+        subject = "Headline measures" if measures == HEADLINE else ", ".join(m.label for m in measures)
+        style.title(fig, f"{subject} against {xlabel}" if ticklabels is None else f"{subject} by run", results)
     return fig
 

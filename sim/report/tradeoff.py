@@ -26,19 +26,21 @@ def figure(result: RunResult) -> Figure:
         fig = style.new_figure(9.0, 6.5)
         ax = fig.add_subplot()
         if not shown.any():
-            style.no_data(ax, "refresh rate or exposure missing in this run")
+            style.no_data(ax, "no exposure window in this run:\nno session ended inside the measurement window"
+                          if x.notna().any() else "no refresh rate in this run")
         for name in values.index[shown]:
             ax.errorbar(x[name], y[name], xerr=xci[name], yerr=yci[name], fmt=variants.marker(name),
                         color=variants.color(name), markersize=10, capsize=4, elinewidth=1.2)
         if shown.any():
             ax.set_xlim(0, float((x + xci)[shown].max()) * 1.3 or 1.0)
             ax.set_ylim(0, float((y + yci)[shown].max()) * 1.2 or 1.0)
-            label_points(ax, [(n, x[n], y[n]) for n in values.index[shown]])
             ax.text(0.01, 0.01, "better: lower left", transform=ax.transAxes, color=style.MUTED,
                     fontsize=11, ha="left", va="bottom")
             ax.set_xlabel("refresh load: renewal mints per second (cost)")
             ax.set_ylabel(f"exposure window: token life left at logout ({unit})")
         style.title(fig, "Security vs cost: exposure window against refresh load", result)
+        if shown.any():
+            label_points(ax, [(n, x[n], y[n]) for n in values.index[shown]])
     return fig
 
 
