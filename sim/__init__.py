@@ -9,8 +9,17 @@ Public API::
     again = sim.load_run("runs/baseline")
 """
 
-from sim.engine import run
-from sim.results import RunResult, load_run
 from sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+
+_LAZY = {"run": "sim.engine", "load_run": "sim.results", "RunResult": "sim.results"}
+
+
+def __getattr__(name):
+    # the engine pulls in pandas and SimPy: not needed to validate a scenario
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sim' has no attribute {name!r}")
 
 __all__ = ["run", "load_run", "load_scenario", "parse_scenario", "Scenario", "ScenarioError", "RunResult"]

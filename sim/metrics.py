@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 SUMMARY_COLUMNS = [
     "strategy", "replication", "users", "window_s", "requests", "attempts", "refresh_calls",
@@ -219,6 +218,8 @@ def _quantile(values: np.ndarray, q: float) -> float:
 def aggregate(per_replication: pd.DataFrame) -> pd.DataFrame:
     """Aggregated rows: per strategy, the mean of every metric over replications and its 95%
     confidence half-width (Student's t) in ``<metric>_ci95``; ``replication`` is ``"mean"``."""
+    from scipy import stats  # 0.6 s to import: only when aggregating
+
     rows = []
     for strategy, group in per_replication.groupby("strategy", sort=False):
         row = {"strategy": strategy, "replication": "mean", "users": group["users"].iloc[0],
