@@ -36,6 +36,8 @@ RENEW = (Action.REFRESH, Action.WAIT)
 #: columns of the client's record files: the ``events`` columns without strategy/replication,
 #: plus ``expires_s`` (scenario expiry of the token a ``mint`` or ``logout`` row is about)
 RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
+#: columns of the Locust request rows a process writes (``events.request``; ``t_s`` in scenario time)
+LOCUST_COLUMNS = ["t_s", "request_type", "name", "response_time_ms", "response_length", "exception"]
 #: seconds (scenario) a user waits before trying a failed login again, as the engine does
 LOGIN_RETRY_S = 1.0
 
@@ -336,24 +338,28 @@ class UserDriver:
     # -- tabs -------------------------------------------------------------------------------
 
     def tab(self, tab: Tab) -> None:
-        s = self.streams
+        s, visit = self.streams, tab.visit
         p_idle = self.scenario.population.idle_probability
-        while not tab.visit.over:
+        due = self.clock.now_s()
+        while not visit.over:
+            began = time.perf_counter()
             burst = [self.greenlets.spawn(self.request, tab) for _ in range(int(s.burst()) - 1)]
             self.request(tab)
             gevent.joinall(burst)
-            if p_idle and s.idle_coin() < p_idle:
-                if not self._sleep_while(tab.visit, s.idle_gap()):
-                    return
-            if not self._sleep_while(tab.visit, s.think()):
+            pause = s.idle_gap() if p_idle and s.idle_coin() < p_idle else 0.0
+            due = self._next(due, began, pause + s.think())
+            if not self._sleep_until(due) or visit.over:
                 return
 
     def timer(self, tab: Tab) -> None:
-        interval = self.policy.timer_interval_s
-        while self._sleep_while(tab.visit, interval):
+        interval, visit = self.policy.timer_interval_s, tab.visit
+        due = self.clock.now_s() + interval
+        while self._sleep_until(due) and not visit.over:
+            began = time.perf_counter()
             action = self.policy.on_timer(self.view(tab), self.clock.now_s() + self.skew_s)
             if action in RENEW:
                 self.renew(tab, action)
+            due = self._next(due, began, interval)
 
     def view(self, tab: Tab) -> TabView:
         token = tab.store.token
@@ -389,7 +395,7 @@ class UserDriver:
             if action in (Action.DONE, Action.ADOPT):
                 if action is Action.ADOPT:
                     tab.store.token = reissued
-                added_ms = max((time.perf_counter() - issued_wall - rtt_wall) * 1000.0 * clock.time_scale, 0.0)
+                added_ms = max((time.perf_counter() - issued_wall - rtt_wall) * 1000.0, 0.0)
                 self._request_done(issued, tab, session, added_ms)
                 return
         self._request_done(issued, tab, session, math.nan)
@@ -413,7 +419,7 @@ class UserDriver:
         else:
             outcome = "lost"
         self.sink.record(sent_at, self.index, tab.index, sent.session, "attempt", sent.id, outcome=outcome,
-                         latency_ms=rtt * 1000.0 * self.clock.time_scale)
+                         latency_ms=rtt * 1000.0)
         self.sink.count("attempts")
         if outcome == "expired":
             self.sink.count("expiry_failures")
@@ -462,7 +468,7 @@ class UserDriver:
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
         sink.count("refresh_calls")
         reply = self.transport.refresh(jar, basis)
-        latency_ms = (time.perf_counter() - started) * 1000.0 * clock.time_scale
+        latency_ms = (time.perf_counter() - started) * 1000.0
         if reply.status == 200 and reply.body and "access_token" in reply.body:
             outcome = "ok"
         elif reply.status == 400:
@@ -546,10 +552,16 @@ class UserDriver:
         self.clock.sleep(min(t_s, self.end_s) - now)
         return t_s < self.end_s
 
-    def _sleep_while(self, visit: Visit, seconds: float) -> bool:
-        """Sleep ``seconds`` unless the scenario ends first; False when the visit is over."""
-        return self._sleep_until(self.clock.now_s() + seconds) and not visit.over
+    @staticmethod
+    def _next(due: float, began_wall: float, seconds: float) -> float:
+        """The scenario instant ``seconds`` after work that was due at ``due`` and started at
+        wall time ``began_wall`` (perf counter), counting the work's wall duration unscaled.
 
+        HTTP round trips are real: scaling them up by the time scale (a 10 ms page view would
+        be 0.6 s of scenario time at scale 60) would slow every user down; and counting from when
+        the work was due, not from when a busy event loop got to it, keeps lateness from piling
+        up over a user's page views."""
+        return due + (time.perf_counter() - began_wall) + seconds
 
 def _jti(raw: str) -> str | None:
     try:

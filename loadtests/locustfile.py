@@ -26,13 +26,12 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.client import COUNTERS, Population, RecordSink, Reply, ScenarioClock, UserDriver
+from loadtests.client import COUNTERS, LOCUST_COLUMNS, Population, RecordSink, Reply, ScenarioClock, UserDriver
 from loadtests.server import protocol as p
 from sim.scenario import ScenarioError, load_scenario
 
 log = logging.getLogger("refreshlab")
 
-LOCUST_COLUMNS = ["t_s", "request_type", "name", "response_time_ms", "response_length", "exception"]
 _DESCRIPTION = re.compile(r'error_description="([^"]*)"')
 T0_MESSAGE = "refreshlab_t0"
 
@@ -49,6 +48,8 @@ class _State:
     locust_rows: list[tuple] = []
     master_counters: Counter = Counter()
     users_started = 0
+    #: the counters last logged, so test_stop and quitting do not log the same line twice
+    logged: dict | None = None
     stride = 1
     offset = 0
 
@@ -147,7 +148,9 @@ def _write_out(environment) -> None:
                     strategy=state.variant.name, worker_index=getattr(runner, "worker_index", 0))
     if role != "worker":
         counters = {k: int(state.master_counters[k] if role == "master" else sink.counters[k]) for k in COUNTERS}
-        log.info("refreshlab counters: %s", json.dumps(counters))
+        if counters != state.logged:
+            log.info("refreshlab counters: %s", json.dumps(counters))
+            state.logged = counters
         if sink.folder is not None:
             sink.folder.mkdir(parents=True, exist_ok=True)
             (sink.folder / "counters.json").write_text(json.dumps({"role": role, **counters}, indent=2) + "\n")

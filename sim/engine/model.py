@@ -120,17 +120,13 @@ class Simulation:
         env, rec = self.env, self.rec
         started = env.now
         rec.tally.active_users_delta[int(started)] += 1
-        shared = Store()
-        first = Tab(0, visit, shared if self.client.storage == "shared" else Store(), Flight())
-        yield from self.login(first, forced=False)
-        tabs = [first] + [
-            Tab(i, visit, shared if self.client.storage == "shared" else Store(), Flight()) for i in range(1, n_tabs)
-        ]
+        shared, client = Store(), self.client
+        tabs = [Tab(i, visit, shared if client.storage == "shared" else Store(),
+                    visit.flight if client.cross_tab_lock else Flight()) for i in range(n_tabs)]
+        yield from self.login(tabs[0], forced=False)
         for tab in tabs:
-            if self.client.cross_tab_lock:
-                tab.flight = visit.flight
             env.process(self.tab(tab))
-            if self.client.timer_interval_s is not None:
+            if client.timer_interval_s is not None:
                 env.process(self.timer(tab))
         remaining = length_s - (env.now - started)
         if math.isinf(remaining):

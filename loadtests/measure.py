@@ -1,0 +1,188 @@
+"""A load test's records -> the same tables as a simulated run (METRICS.md).
+
+Inputs: the folder the Locust processes wrote (``client-*.parquet``, ``locust-*.parquet``,
+``meta-*.json``, ``counters.json``, see :mod:`loadtests.locustfile`) and, when the target is the
+reference server, its ``/ledger?records=1`` answer. Everything is put on one clock: scenario
+seconds since the load test's ``t0``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from loadtests.client import LOCUST_COLUMNS, RECORD_COLUMNS
+from loadtests.server import protocol as p
+from sim.engine.recorder import max_valid_per_session
+from sim.metrics import EVENT_COLUMNS, Tally, summarize, summary_table
+from sim.results import RunResult
+from sim.scenario import Scenario
+
+
+def fetch_json(url: str, timeout_s: float = 30.0) -> dict:
+    """GET ``url`` and decode its JSON body (loopback only in this project)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        return json.load(answer)
+
+
+def reference_server_info(base_url: str) -> dict | None:
+    """``/healthz`` of the reference server at ``base_url``, or None when the target is some
+    other server (no such endpoint, or not our JSON)."""
+    try:
+        info = fetch_json(base_url + p.HEALTH_PATH, timeout_s=5.0)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "t0_unix_s" in info and "strategy" in info else None
+
+
+def fetch_ledger(base_url: str) -> dict | None:
+    """The reference server's ``/ledger?records=1`` (None when it does not answer)."""
+    try:
+        return fetch_json(f"{base_url}{p.LEDGER_PATH}?records=1")
+    except (OSError, ValueError):
+        return None
+
+
+class Records:
+    """What the Locust processes of one load test wrote into ``folder``.
+
+    ``client``: the client records (:data:`loadtests.client.RECORD_COLUMNS`) with ``t_s`` moved to
+    the common clock; ``locust``: Locust's raw request rows; ``t0_unix_s``: the common t0 (the
+    earliest process's); ``time_scale``; ``counters``: the custom counters as the master (or the
+    only process) summed them, or None."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        metas = {m["pid"]: m for m in (json.loads(f.read_text()) for f in sorted(folder.glob("meta-*.json")))}
+        with_users = [m for m in metas.values() if m.get("role") != "master" and m.get("t0_unix_s")]
+        if not with_users:
+            raise FileNotFoundError(f"{folder}: no records of a load test (meta-*.json)")
+        self.t0_unix_s = min(m["t0_unix_s"] for m in with_users)
+        self.time_scale = float(with_users[0]["time_scale"])
+        self.metas = list(metas.values())
+        self.client = self._read(folder, "client", RECORD_COLUMNS, metas)
+        self.locust = self._read(folder, "locust", LOCUST_COLUMNS, metas)
+        counters_file = folder / "counters.json"
+        self.counters = json.loads(counters_file.read_text()) if counters_file.is_file() else None
+
+    def _read(self, folder: Path, prefix: str, columns: list[str], metas: dict) -> pd.DataFrame:
+        frames = []
+        for f in sorted(folder.glob(f"{prefix}-*.parquet")):
+            frame = pd.read_parquet(f)
+            meta = metas.get(int(f.stem.split("-")[1]))
+            if meta and meta.get("t0_unix_s"):
+                frame["t_s"] += (meta["t0_unix_s"] - self.t0_unix_s) * self.time_scale
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    def to_common(self, t0_unix_s: float) -> float:
+        """Seconds to add to a scenario time whose zero is at epoch ``t0_unix_s``."""
+        return (t0_unix_s - self.t0_unix_s) * self.time_scale
+
+
+def build_events(records: Records, ledger: dict | None, strategy: str) -> tuple[pd.DataFrame, str]:
+    """The ``events`` table (EVENT_COLUMNS) of a load test, sorted by time, and where its mints
+    come from: ``"server"`` (the ledger's mint / reuse / revoke records replace the client's
+    view) or ``"client"`` (mints inferred from answers the client received, duplicates from the
+    bases it sent, reuse detections from refresh answers)."""
+    client = records.client.drop(columns=["expires_s"])
+    if ledger is not None and "records" in ledger:
+        server = pd.DataFrame(ledger["records"], columns=list(p.RECORD_COLUMNS))
+        server["t_s"] = server["t_s"].astype(float) + records.to_common(ledger["t0_unix_s"])
+        events = pd.concat([client[client["event"] != "mint"], server], ignore_index=True)
+        source = "server"
+    else:
+        rejected = client[(client["event"] == "refresh_end") & (client["outcome"] == "reuse_detected")]
+        events = pd.concat([client, rejected.assign(event="reuse_detected", outcome="")], ignore_index=True)
+        source = "client"
+    events.insert(1, "strategy", strategy)
+    events.insert(2, "replication", 0)
+    events["outcome"] = events["outcome"].fillna("")
+    for col in ("user", "tab", "session", "token", "basis"):
+        events[col] = _ids(events[col])
+    events["latency_ms"] = events["latency_ms"].astype(float)
+    return events.sort_values("t_s", kind="stable").reset_index(drop=True)[EVENT_COLUMNS], source
+
+
+def _ids(values: pd.Series) -> pd.Series:
+    """Integer ids where every id is a whole number (the reference server's), text otherwise."""
+    text = values.astype("string")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().sum() == text.notna().sum() and (numbers.dropna() % 1 == 0).all():
+        return numbers.astype("Int64")
+    return text
+
+
+def build_tally(records: Records, events: pd.DataFrame, ledger: dict | None) -> Tally:
+    """A :class:`~sim.metrics.Tally` of the load test: counts and request latencies from
+    ``events``; exposure and active users from the client's logins and logouts; most valid tokens
+    per session from the access tokens the client received; auth-tier busy and queued time per
+    second from the ledger when there is one."""
+    tally = Tally.from_events(events)
+    client = records.client
+    logouts = client[client["event"] == "logout"]
+    tally.exposure_t_s.extend(logouts["t_s"].to_numpy(float))
+    tally.exposure_s.extend(np.maximum(0.0, (logouts["expires_s"] - logouts["t_s"]).fillna(0.0)).to_numpy(float))
+    visits = client[(client["event"] == "login") & (client["outcome"] == "visit")]
+    for t in visits["t_s"].to_numpy(float):
+        tally.active_users_delta[int(t)] += 1
+    for t in logouts["t_s"].to_numpy(float):
+        tally.active_users_delta[int(t)] -= 1
+    minted = client[(client["event"] == "mint") & client["outcome"].str.startswith("access")]
+    tokens = [SimpleNamespace(kind="access", session=s, issued_at_s=t, expires_at_s=e)
+              for s, t, e in zip(pd.factorize(minted["session"])[0], minted["t_s"], minted["expires_s"].fillna(math.inf))]
+    end = float(client["t_s"].max()) if len(client) else 0.0
+    tally.valid_tokens_per_session_max = float(max_valid_per_session(tokens, end)) if tokens else math.nan
+    auth = (ledger or {}).get("auth")
+    if auth:
+        shift = int(round(records.to_common(ledger["t0_unix_s"])))
+        tally.auth_busy_s = _shift(auth.get("busy_worker_s", []), shift)
+        tally.auth_queue_s = _shift(auth.get("queued_s", []), shift)
+    return tally
+
+
+def _shift(bins: list[float], by: int) -> np.ndarray:
+    values = np.asarray(bins, float)
+    if by >= 0:
+        return np.concatenate([np.zeros(by), values])
+    return values[-by:]
+
+
+def measured_result(
+    scenario: Scenario,
+    strategy: str,
+    records: Records,
+    ledger: dict | None,
+    *,
+    measured_s: float | None = None,
+    partial: bool = False,
+    meta: dict | None = None,
+) -> RunResult:
+    """The :class:`~sim.results.RunResult` (``kind="measured"``) of one load test of variant
+    ``strategy``. ``measured_s``: scenario seconds the test actually ran (a test cut short
+    measures a shorter window, and is marked ``partial``)."""
+    events, source = build_events(records, ledger, strategy)
+    tally = build_tally(records, events, ledger)
+    run = scenario.run
+    window = run.duration_s if measured_s is None else min(run.duration_s, max(measured_s - run.warmup_s, 1.0))
+    row, series, latency = summarize(
+        tally, strategy=strategy, replication=0, users=scenario.population.users,
+        warmup_s=run.warmup_s, duration_s=window, workers=scenario.auth.workers,
+    )
+    return RunResult(
+        scenario=scenario,
+        summary=summary_table(pd.DataFrame([row])),
+        timeseries=series,
+        latency=latency,
+        events=events,
+        kind="measured",
+        partial=partial or window < run.duration_s,
+        meta={"strategies": [strategy], "mints_from": source, "time_scale": records.time_scale,
+              "t0_unix_s": records.t0_unix_s, "client_counters": records.counters, **(meta or {})},
+    )
