@@ -6,6 +6,12 @@ fixed number of connections, each sending one refresh grant after another. Servi
 so the reference server's cost is its HTTP handling, form parsing, the policy and ledger, and
 JWT verify + sign (HS256, no rotation: one signature per refresh, like the baseline).
 
+One difference is deliberate and worth knowing when reading the ratio: the baseline calls
+``jwt.encode`` / ``jwt.decode`` with the secret as a minimal handler would, and PyJWT then
+validates that secret on every call; the reference server validates it once at start-up
+(``loadtests.server.keys``), the HMAC counterpart of loading a PEM key once. Signatures are made
+and checked in full by both.
+
 Reported per server: requests per second, and the server process's CPU time per request (user +
 system), which other load on the machine disturbs much less than throughput does.
 

@@ -24,10 +24,9 @@ import typer
 from rich.table import Table
 
 from sim.cli import ScenarioArg, OutOpt, default_out, err_console, fail, out_console, read_scenario
-from sim.report.style import fmt as _fmt
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario
-from sim.units import parse_duration
+from sim.units import format_number, parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 #: wall seconds Locust runs past the scenario's end, so the last records are in before it stops
@@ -271,7 +270,7 @@ def validation_table(rows: pd.DataFrame, title: str) -> Table:
 
 
 def _num(value: float) -> str:
-    return _fmt(value) if value != value or abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
+    return format_number(value) if value != value or abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
 
 
 def _yes(flag: bool) -> str:
@@ -297,87 +296,92 @@ ProcessesOpt = Annotated[Optional[int], typer.Option(
     "--processes", help="Locust worker processes (distributed mode on this machine).", min=1)]
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``loadtest`` and ``validate`` to the console script's Typer ``app``."""
+def loadtest(
+    scenario_path: ScenarioArg,
+    strategy: StrategyOpt,
+    users: Annotated[Optional[int], typer.Option("--users", help="Override the scenario's users.", min=1)] = None,
+    time_scale: TimeScaleOpt = 1.0,
+    duration: Annotated[Optional[str], typer.Option(
+        "--duration", help="Override the measurement window (scenario time, e.g. '10m').")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="Base URL of a running server [default: start the reference server].")] = None,
+    out: OutOpt = None,
+    processes: ProcessesOpt = None,
+):
+    """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
+    scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
+    out = out or default_out(scenario_path, "loadtest")
+    test = _measure(scenario, strategy, time_scale, target, processes)
+    if test.result is None:
+        raise fail("interrupted before anything was measured: no run folder was written", code=130)
+    with atomic_dir(out) as tmp:
+        write_measured(test, tmp)
+    row = test.result.aggregate.loc[strategy]
+    out_console.print(
+        f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
+        f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
+        f"{int(row['forced_logins'])} forced logins")
+    out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
+    if test.interrupted:
+        raise typer.Exit(130)
 
-    @app.command()
-    def loadtest(
-        scenario_path: ScenarioArg,
-        strategy: StrategyOpt,
-        users: Annotated[Optional[int], typer.Option("--users", help="Override the scenario's users.", min=1)] = None,
-        time_scale: TimeScaleOpt = 1.0,
-        duration: Annotated[Optional[str], typer.Option(
-            "--duration", help="Override the measurement window (scenario time, e.g. '10m').")] = None,
-        target: Annotated[Optional[str], typer.Option(
-            "--target", help="Base URL of a running server [default: start the reference server].")] = None,
-        out: OutOpt = None,
-        processes: ProcessesOpt = None,
-    ):
-        """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
-        scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
-        out = out or default_out(scenario_path, "loadtest")
-        test = _measure(scenario, strategy, time_scale, target, processes)
-        if test.result is None:
-            raise fail("interrupted before anything was measured: no run folder was written", code=130)
-        with atomic_dir(out) as tmp:
-            write_measured(test, tmp)
-        row = test.result.aggregate.loc[strategy]
-        out_console.print(
-            f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
-            f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
-            f"{int(row['forced_logins'])} forced logins")
-        out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
+def validate(
+    scenario_path: ScenarioArg,
+    strategy: Annotated[Optional[list[str]], typer.Option(
+        "--strategy", help="Variant(s) to validate [default: all].", show_default=False)] = None,
+    time_scale: TimeScaleOpt = VALIDATE_TIME_SCALE,
+    out: OutOpt = None,
+    processes: ProcessesOpt = None,
+):
+    """Simulate a scenario and load-test it over real HTTP; print and write how far they agree."""
+    scenario = read_scenario(scenario_path)
+    names = strategy or scenario.names
+    scenario = _scenario(scenario_path, names, None, None, time_scale, scenario)
+    out = out or default_out(scenario_path, "validate")
+    from sim.cli import simulate
+
+    simulated = simulate(scenario, None, None, False)
+    tests: dict[str, LoadTest] = {}
+    interrupted = False
+    for name in names:
+        err_console.print(f"load testing {name} ({scenario.run.end_s / time_scale:.0f} s at time scale {time_scale:g})")
+        test = _measure(scenario, name, time_scale, None, processes)
+        if test.result is not None:
+            tests[name] = test
         if test.interrupted:
-            raise typer.Exit(130)
-
-    @app.command()
-    def validate(
-        scenario_path: ScenarioArg,
-        strategy: Annotated[Optional[list[str]], typer.Option(
-            "--strategy", help="Variant(s) to validate [default: all].", show_default=False)] = None,
-        time_scale: TimeScaleOpt = VALIDATE_TIME_SCALE,
-        out: OutOpt = None,
-        processes: ProcessesOpt = None,
-    ):
-        """Simulate a scenario and load-test it over real HTTP; print and write how far they agree."""
-        scenario = read_scenario(scenario_path)
-        names = strategy or scenario.names
-        scenario = _scenario(scenario_path, names, None, None, time_scale, scenario)
-        out = out or default_out(scenario_path, "validate")
-        from sim.cli import simulate
-
-        simulated = simulate(scenario, None, None, False)
-        tests: dict[str, LoadTest] = {}
-        interrupted = False
-        for name in names:
-            err_console.print(f"load testing {name} ({scenario.run.end_s / time_scale:.0f} s at time scale {time_scale:g})")
-            test = _measure(scenario, name, time_scale, None, processes)
-            if test.result is not None:
-                tests[name] = test
-            if test.interrupted:
-                interrupted = True
-                break
-        if not tests:
-            raise fail("interrupted before anything was measured: no folder was written", code=130)
-        rows = pd.concat([compare(simulated, t.result, n) for n, t in tests.items()], ignore_index=True)
-        title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications) "
-                 f"vs measured (time scale {time_scale:g})")
-        with atomic_dir(out) as tmp:
-            (tmp / "simulated").mkdir()
-            simulated.write_into(tmp / "simulated")
-            for name, test in tests.items():
-                (tmp / f"measured-{name}").mkdir()
-                write_measured(test, tmp / f"measured-{name}")
-            write_validation(rows, tmp, title)
-            if interrupted:
-                (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
-        out_console.print(validation_table(rows, title))
-        checked = rows["agree"].dropna().astype(bool)
-        out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
+            interrupted = True
+            break
+    if not tests:
+        raise fail("interrupted before anything was measured: no folder was written", code=130)
+    rows = pd.concat([compare(simulated, t.result, n) for n, t in tests.items()], ignore_index=True)
+    title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications) "
+             f"vs measured (time scale {time_scale:g})")
+    with atomic_dir(out) as tmp:
+        (tmp / "simulated").mkdir()
+        simulated.write_into(tmp / "simulated")
+        for name, test in tests.items():
+            (tmp / f"measured-{name}").mkdir()
+            write_measured(test, tmp / f"measured-{name}")
+        write_validation(rows, tmp, title)
         if interrupted:
-            raise typer.Exit(130)
-        if not checked.all():
-            raise typer.Exit(1)
+            (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
+    out_console.print(validation_table(rows, title))
+    checked = rows["agree"].dropna().astype(bool)
+    out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
+    if interrupted:
+        raise typer.Exit(130)
+    if not checked.all():
+        raise typer.Exit(1)
+
+
+def register_loadtest(app: typer.Typer) -> None:
+    """Add ``loadtest`` to the console script's Typer ``app`` (entry point)."""
+    app.command()(loadtest)
+
+
+def register_validate(app: typer.Typer) -> None:
+    """Add ``validate`` to the console script's Typer ``app`` (entry point)."""
+    app.command()(validate)
 
 
 def _scenario(path: Path, names: list[str], users, duration, time_scale, scenario: Scenario | None = None) -> Scenario:

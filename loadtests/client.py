@@ -1,5 +1,7 @@
 """The client side of a load test: a :class:`~sim.strategies.client.ClientPolicy` carried out over
-real HTTP with gevent, with the semantics of the simulator's engine (:mod:`sim.engine.model`).
+real HTTP with gevent. The life of a request and of a renewal is the shared
+:mod:`sim.strategies.flow`, which the simulator's engine runs too; this module carries its
+effects out.
 
 One :class:`UserDriver` is one user: visits (login, tabs, leave), tabs as greenlets doing page
 views (bursts of parallel requests, so races are real), a timer greenlet per tab when the policy
@@ -30,9 +32,8 @@ from gevent.pool import Group
 
 from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies.client import Action, Held, Response, TabView
-
-RENEW = (Action.REFRESH, Action.WAIT)
+from sim.strategies.client import Held, Response, TabView
+from sim.strategies.flow import RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, drive, renew_flow, request_flow
 #: columns of the client's record files: the ``events`` columns without strategy/replication,
 #: plus ``expires_s`` (scenario expiry of the token a ``mint`` or ``logout`` row is about)
 RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
@@ -264,6 +265,15 @@ class Visit:
 
 
 @dataclass(eq=False)
+class _Trace:
+    """What a request's driver remembers between effects: the last attempt's round trip (wall
+    seconds) and the token a sliding server re-issued with its answer."""
+
+    rtt_s: float = 0.0
+    reissued: Token | None = None
+
+
+@dataclass(eq=False)
 class Tab:
     index: int
     visit: Visit
@@ -315,14 +325,11 @@ class UserDriver:
         started = self.clock.now_s()
         policy = self.policy
         shared = Store()
-        first = Tab(0, visit, shared if policy.storage == "shared" else Store(), Flight())
-        self.login(first, forced=False)
-        tabs = [first] + [Tab(i, visit, shared if policy.storage == "shared" else Store(), Flight())
-                          for i in range(1, self.n_tabs)]
+        tabs = [Tab(i, visit, shared if policy.storage == "shared" else Store(),
+                    visit.flight if policy.cross_tab_lock else Flight()) for i in range(self.n_tabs)]
+        self.login(tabs[0], forced=False)
         workers = []
         for tab in tabs:
-            if policy.cross_tab_lock:
-                tab.flight = visit.flight
             workers.append(self.greenlets.spawn(self.tab, tab))
             if policy.timer_interval_s is not None:
                 workers.append(self.greenlets.spawn(self.timer, tab))
@@ -356,9 +363,11 @@ class UserDriver:
         due = self.clock.now_s() + interval
         while self._sleep_until(due) and not visit.over:
             began = time.perf_counter()
-            action = self.policy.on_timer(self.view(tab), self.clock.now_s() + self.skew_s)
+            view = self.view(tab)
+            action = self.policy.on_timer(view, self.clock.now_s() + self.skew_s)
             if action in RENEW:
-                self.renew(tab, action)
+                drive(renew_flow(self.policy, action, basis_of(view), lambda: self.view(tab)),
+                      lambda effect: self.carry_out(tab, effect, _Trace()))
             due = self._next(due, began, interval)
 
     def view(self, tab: Tab) -> TabView:
@@ -368,37 +377,36 @@ class UserDriver:
     # -- requests ---------------------------------------------------------------------------
 
     def request(self, tab: Tab) -> None:
-        """One request: before_send, attempts and renewals as the policy says; records one
-        ``request`` row at its issue time."""
-        clock, policy, visit = self.clock, self.policy, tab.visit
-        issued, issued_wall = clock.now_s(), time.perf_counter()
-        session = visit.session
-        attempt, action = 0, policy.before_send(self.view(tab), issued + self.skew_s)
-        while True:
-            if action in RENEW:
-                if not self.renew(tab, action):
-                    break
-            elif action is Action.LOGIN:
-                self.login(tab, forced=True)
-                break
-            elif action is Action.FAIL:
-                break
-            sent = tab.store.token
-            if sent is None:
-                break
-            attempt += 1
-            reply, rtt_wall = self.attempt(tab, sent)
-            reissued = self._reissued(reply, sent, visit)
-            response = Response(reply.status if reply.status in (200, 401) else 0,
-                                reissued.held if reissued else None)
-            action = policy.on_response(self.view(tab), sent.held, response, attempt, clock.now_s() + self.skew_s)
-            if action in (Action.DONE, Action.ADOPT):
-                if action is Action.ADOPT:
-                    tab.store.token = reissued
-                added_ms = max((time.perf_counter() - issued_wall - rtt_wall) * 1000.0, 0.0)
-                self._request_done(issued, tab, session, added_ms)
-                return
-        self._request_done(issued, tab, session, math.nan)
+        """One request (:func:`~sim.strategies.flow.request_flow`); records one ``request`` row
+        at its issue time."""
+        clock, visit = self.clock, tab.visit
+        issued, issued_wall, session, trace = clock.now_s(), time.perf_counter(), visit.session, _Trace()
+        flow = request_flow(self.policy, lambda: self.view(tab), lambda: clock.now_s() + self.skew_s)
+        ok = drive(flow, lambda effect: self.carry_out(tab, effect, trace))
+        added_ms = max((time.perf_counter() - issued_wall - trace.rtt_s) * 1000.0, 0.0) if ok else math.nan
+        self._request_done(issued, tab, session, added_ms)
+
+    def carry_out(self, tab: Tab, effect: Any, trace: "_Trace") -> Any:
+        """Carry out one effect of :mod:`sim.strategies.flow` over HTTP; returns its result."""
+        match effect:
+            case Send():
+                sent = tab.store.token
+                reply, trace.rtt_s = self.attempt(tab, sent)
+                trace.reissued = self._reissued(reply, sent, tab.visit)
+                return Response(reply.status if reply.status in (200, 401) else 0,
+                                trace.reissued.held if trace.reissued else None)
+            case Renew(action=action, basis=basis):
+                return drive(renew_flow(self.policy, action, basis, lambda: self.view(tab)),
+                             lambda inner: self.carry_out(tab, inner, trace))
+            case Join():
+                return tab.flight.inflight.get()
+            case Refresh(basis=basis):
+                return self.refresh_in_flight(tab, basis)
+            case Login():
+                return self.login(tab, forced=True)
+            case Adopt():
+                tab.store.token = trace.reissued
+        return None
 
     def _request_done(self, issued: float, tab: Tab, session: str | None, added_ms: float) -> None:
         self.sink.record(issued, self.index, tab.index, session, "request",
@@ -435,24 +443,22 @@ class UserDriver:
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def renew(self, tab: Tab, action: Action) -> bool:
-        """Carry out REFRESH or WAIT; True when the tab then holds a token to send."""
-        flight = tab.flight
-        if action is Action.WAIT and flight.inflight is not None:
-            return flight.inflight.get()
-        done = AsyncResult()
+    def refresh_in_flight(self, tab: Tab, basis: str | None) -> bool:
+        """A refresh call, registered as the one in flight in the tab's single-flight scope when
+        the policy is single-flight; True when the tab then holds a new token."""
+        flight, done = tab.flight, AsyncResult()
         if self.policy.single_flight:
             flight.inflight = done
         ok = False
         try:
-            ok = self.refresh(tab)
+            ok = self.refresh(tab, basis)
         finally:
             if flight.inflight is done:
                 flight.inflight = None
             done.set(ok)
         return ok
 
-    def refresh(self, tab: Tab) -> bool:
+    def refresh(self, tab: Tab, basis: str | None) -> bool:
         """One refresh call with the jar's refresh token; on success the tab's store gets the
         access token; a rejection forces a login (503 or no answer does not)."""
         clock, visit, sink = self.clock, tab.visit, self.sink
@@ -462,7 +468,6 @@ class UserDriver:
         jar = visit.jar
         if jar is None:
             return False
-        basis = tab.store.token.id if tab.store.token else None
         sent_at, started = clock.now_s(), time.perf_counter()
         jar_id = _jti(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sim.scenario import Scenario, ScenarioError, load_scenario
+from sim.units import format_number
 
 app = typer.Typer(
     name="refreshlab",
@@ -119,8 +120,6 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False):
 
 def headline_table(result, title: str) -> Table:
     """The headline metrics, one row each, one column per variant (mean ± 95% CI half-width)."""
-    from sim.report.style import fmt
-
     agg = result.aggregate
     table = Table(title=title, title_justify="left")
     table.add_column("metric", style="bold")
@@ -130,7 +129,7 @@ def headline_table(result, title: str) -> Table:
         cells = []
         for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")
-            cells.append(fmt(value) + (f" ±{fmt(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
+            cells.append(format_number(value) + (f" ±{format_number(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
         table.add_row(label, *cells)
     return table
 

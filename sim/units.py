@@ -73,3 +73,21 @@ _serialize = PlainSerializer(format_duration, return_type=str, when_used="json")
 Duration = Annotated[float, BeforeValidator(_coerce(signed=False)), _serialize]
 #: A duration that may be negative (clock skew).
 SignedDuration = Annotated[float, BeforeValidator(_coerce(signed=True)), _serialize]
+
+
+def format_number(value) -> str:
+    """A number for tables and prose: ``–`` when missing, thousands separated when large,
+    three significant digits otherwise."""
+    if value is None:
+        return "–"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if abs(value) >= 100 or value.is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3g}"

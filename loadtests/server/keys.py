@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import HMACAlgorithm
+from jwt.api_jws import PyJWS
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
+
+
+class _SecretCheckedOnce(HMACAlgorithm):
+    """HMAC-SHA256 whose secret is validated once, at start-up. PyJWT validates an HMAC secret
+    again on every call (PEM, SSH, DER and JWK look-alike checks), which costs more than the
+    signature itself; the secret does not change while the server runs."""
+
+    def __init__(self, secret: bytes) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self.secret = super().prepare_key(secret)
+
+    def prepare_key(self, key):
+        return key if key is self.secret else super().prepare_key(key)
 
 
 @dataclass(frozen=True, slots=True)
 class SigningKeys:
     """An algorithm name as PyJWT spells it, the key that signs and the key that verifies
-    (the same secret for HS256, the private and public half of a pair otherwise)."""
+    (the same secret for HS256, the private and public half of a pair otherwise), and the JWS
+    codec that uses them."""
 
     algorithm: str
     signing_key: Any
     verifying_key: Any
+    jws: PyJWS = field(default_factory=PyJWS)
+
+    def encode(self, claims: dict) -> str:
+        """Sign ``claims`` as a compact JWT."""
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        return self.jws.encode(payload, self.signing_key, algorithm=self.algorithm)
+
+    def decode(self, token: str) -> dict:
+        """The claims of ``token`` if its signature holds (``jwt.InvalidTokenError`` otherwise,
+        ``ValueError`` for a payload that is not a JSON object). Time claims are not checked:
+        expiry is the server policy's to decide."""
+        claims = json.loads(self.jws.decode(token, self.verifying_key, algorithms=[self.algorithm]))
+        if not isinstance(claims, dict):
+            raise ValueError("JWT payload is not an object")
+        return claims
 
 
 def load_keys(algorithm: str, private_key_path: str | Path | None = None) -> SigningKeys:
@@ -33,8 +65,11 @@ def load_keys(algorithm: str, private_key_path: str | Path | None = None) -> Sig
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of: {', '.join(ALGORITHMS)}")
     if algorithm == "HS256":
-        secret = Path(private_key_path).read_bytes() if private_key_path else secrets.token_bytes(32)
-        return SigningKeys(algorithm, secret, secret)
+        hmac = _SecretCheckedOnce(Path(private_key_path).read_bytes() if private_key_path else secrets.token_bytes(32))
+        jws = PyJWS(algorithms=["HS256"])
+        jws.unregister_algorithm("HS256")
+        jws.register_algorithm("HS256", hmac)
+        return SigningKeys(algorithm, hmac.secret, hmac.secret, jws)
     key_type, generate = _KEY_PAIRS[algorithm]
     if private_key_path is None:
         private = generate()

@@ -53,8 +53,10 @@ def run_uvicorn_process(args: list[str], port: int, *, host: str = "127.0.0.1",
     fails to start."""
     base_url = f"http://{host}:{port}"
     with tempfile.TemporaryFile(mode="w+") as log:
+        # a session of its own: a Ctrl-C at the terminal must not stop the server before the
+        # caller has read its ledger
         process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             try:
                 wait_healthy(base_url, process, startup_timeout_s)

@@ -17,12 +17,12 @@ import simpy
 from sim.engine.recorder import Recorder, max_valid_per_session
 from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies.client import Action, Held, Response, TabView
+from sim.strategies.client import Held, Response, TabView
+from sim.strategies.flow import RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, renew_flow, request_flow
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant, Rejection
 
 UNAVAILABLE = "unavailable"  # the auth tier's queue timed out (HTTP 503)
-RENEW = (Action.REFRESH, Action.WAIT)
 
 
 @dataclass(eq=False)
@@ -163,48 +163,50 @@ class Simulation:
             yield env.timeout(interval)
             if tab.visit.over:
                 return
-            action = self.client.on_timer(self.view(tab), env.now + tab.visit.skew_s)
+            view = self.view(tab)
+            action = self.client.on_timer(view, env.now + tab.visit.skew_s)
             if action in RENEW:
-                yield from self.renew(tab, action, self.basis(tab))
+                yield from self.carry_out(tab, renew_flow(self.client, action, basis_of(view), lambda: self.view(tab)))
 
     def view(self, tab: Tab) -> TabView:
         return TabView(tab.store.held, tab.flight.inflight is not None)
 
-    @staticmethod
-    def basis(tab: Tab) -> int | None:
-        return tab.store.held.id if tab.store.held else None
-
     # -- requests ---------------------------------------------------------------------------
 
     def request(self, tab: Tab):
-        env, client, visit = self.env, self.client, tab.visit
-        issued = env.now
-        attempt, action = 0, client.before_send(self.view(tab), issued + visit.skew_s)
-        basis = self.basis(tab)  # what the need for a new token is about (METRICS.md)
+        env, visit = self.env, tab.visit
+        issued, rtts = env.now, []
+        flow = request_flow(self.client, lambda: self.view(tab), lambda: env.now + visit.skew_s)
+        ok = yield from self.carry_out(tab, flow, rtts)
+        if ok:
+            added_ms = (env.now - issued - rtts[-1] - self.api_verify_s) * 1000.0
+            self.rec.record(issued, "request", "ok", visit.user, tab.index, visit.session, latency_ms=max(round(added_ms, 6), 0.0))
+        else:
+            self.rec.record(issued, "request", "failed", visit.user, tab.index, visit.session)
+
+    def carry_out(self, tab: Tab, flow, rtts: list | None = None):
+        """Run a flow of :mod:`sim.strategies.flow` in virtual time; returns its result.
+        The round trip of every attempt is appended to ``rtts``."""
+        result = None
         while True:
-            if action in RENEW:
-                if not (yield from self.renew(tab, action, basis)):
-                    break
-            elif action is Action.LOGIN:
-                yield from self.login(tab, forced=True)
-                break
-            elif action is Action.FAIL:
-                break
-            elif action is Action.RETRY:  # every resend passes the policy's check again
-                action, basis = client.before_send(self.view(tab), env.now + visit.skew_s), self.basis(tab)
-                continue
-            attempt += 1
-            sent = tab.store.held
-            response, rtt_s = yield from self.attempt(tab, sent)
-            action = client.on_response(self.view(tab), sent, response, attempt, env.now + visit.skew_s)
-            basis = sent.id  # a renewal after a 401 is about the token that drew it
-            if action in (Action.DONE, Action.ADOPT):
-                if action is Action.ADOPT:
-                    tab.store.held = response.reissued
-                added_ms = (env.now - issued - rtt_s - self.api_verify_s) * 1000.0
-                self.rec.record(issued, "request", "ok", visit.user, tab.index, visit.session, latency_ms=max(round(added_ms, 6), 0.0))
-                return
-        self.rec.record(issued, "request", "failed", visit.user, tab.index, visit.session)
+            try:
+                effect = flow.send(result)
+            except StopIteration as stop:
+                return stop.value
+            match effect:
+                case Send(held=held):
+                    result, rtt = yield from self.attempt(tab, held)
+                    rtts.append(rtt)
+                case Renew(action=action, basis=basis):
+                    result = yield from self.carry_out(tab, renew_flow(self.client, action, basis, lambda: self.view(tab)))
+                case Join():
+                    result = yield tab.flight.inflight
+                case Refresh(basis=basis):
+                    result = yield from self.refresh_in_flight(tab, basis)
+                case Login():
+                    result = yield from self.login(tab, forced=True)
+                case Adopt(held=held):
+                    tab.store.held, result = held, None
 
     def attempt(self, tab: Tab, sent: Held):
         env, s, visit = self.env, tab.visit.streams, tab.visit
@@ -226,21 +228,10 @@ class Simulation:
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def renew(self, tab: Tab, action: Action, basis: int | None):
-        """Carry out REFRESH or WAIT; returns True when the tab then holds a token to send.
-        ``basis`` is the access token the need is about (the one that drew a 401, or the one
-        held when a threshold was crossed)."""
-        flight = tab.flight
-        while action is Action.WAIT and flight.inflight is not None:
-            before = tab.store.held
-            if not (yield flight.inflight):
-                return False
-            if tab.store.held is not None and tab.store.held is not before:
-                return True
-            # a cross-tab lock serialises refreshes; with per-tab storage the other tab's token is
-            # not ours, so take our own turn (with the refresh token it left in the jar)
-            action = Action.WAIT if flight.inflight is not None else Action.REFRESH
-        done = self.env.event()
+    def refresh_in_flight(self, tab: Tab, basis: int | None):
+        """A refresh call, registered as the one in flight in the tab's single-flight scope when
+        the policy is single-flight; returns True when the tab then holds a new token."""
+        flight, done = tab.flight, self.env.event()
         if self.client.single_flight:
             flight.inflight = done
         ok = yield from self.refresh(tab, basis)

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sim.results import RunResult
+from sim.units import format_number
 
 #: Okabe & Ito (2008), ordered so that the first variants get the most distinct hues; yellow,
 #: weak on white, comes last
@@ -149,19 +150,4 @@ def legend(fig: Figure, axes) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
 
 
-def fmt(value) -> str:
-    """A number for tables and prose: ``–`` when missing, thousands separated when large,
-    three significant digits otherwise."""
-    if value is None:
-        return "–"
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(value):
-        return "–"
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    if abs(value) >= 100 or value.is_integer():
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
+fmt = format_number
