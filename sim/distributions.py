@@ -9,7 +9,7 @@ Every distribution samples from a ``numpy.random.Generator`` it is handed; none 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 from pydantic import BeforeValidator, Field, model_validator
@@ -118,39 +118,35 @@ class Lognormal(_Dist):
         return self.mean_
 
 
-class Empirical(_Dist):
-    """Draws from a list of observed values, optionally weighted."""
+class _Weighted(_Dist):
+    """Draws from the list ``values`` (declared by each family), optionally ``weights``-ed."""
 
-    dist: Literal["empirical"] = "empirical"
-    values: list[SignedDuration] = Field(min_length=1)
     weights: list[float] | None = None
+    _dtype: ClassVar[type] = float
 
     @model_validator(mode="after")
     def _weights(self):
-        _check_weights(self.values, self.weights)
+        if self.weights is not None:
+            if len(self.weights) != len(self.values):
+                raise ValueError("expected as many weights as values")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("expected non-negative weights with a positive sum")
         return self
 
     def sample(self, rng, size):
-        return rng.choice(np.asarray(self.values, float), size, p=_probabilities(self.weights))
+        p = None if self.weights is None else np.asarray(self.weights, float) / sum(self.weights)
+        return rng.choice(np.asarray(self.values, self._dtype), size, p=p)
 
     @property
     def mean(self):
         return float(np.average(self.values, weights=self.weights))
 
 
-def _check_weights(values, weights):
-    if weights is not None:
-        if len(weights) != len(values):
-            raise ValueError("expected as many weights as values")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError("expected non-negative weights with a positive sum")
+class Empirical(_Weighted):
+    """Draws from a list of observed values, optionally weighted."""
 
-
-def _probabilities(weights):
-    if weights is None:
-        return None
-    w = np.asarray(weights, float)
-    return w / w.sum()
+    dist: Literal["empirical"] = "empirical"
+    values: list[SignedDuration] = Field(min_length=1)
 
 
 def _constant_shorthand(value: Any) -> Any:
@@ -222,24 +218,12 @@ class CountPoisson(_Dist):
         return self.mean_
 
 
-class CountEmpirical(_Dist):
+class CountEmpirical(_Weighted):
     """Draws from a list of whole numbers, optionally weighted."""
 
     dist: Literal["empirical"] = "empirical"
     values: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
-    weights: list[float] | None = None
-
-    @model_validator(mode="after")
-    def _weights(self):
-        _check_weights(self.values, self.weights)
-        return self
-
-    def sample(self, rng, size):
-        return rng.choice(np.asarray(self.values, np.int64), size, p=_probabilities(self.weights))
-
-    @property
-    def mean(self):
-        return float(np.average(self.values, weights=self.weights))
+    _dtype: ClassVar[type] = np.int64
 
 
 CountDist = Annotated[

@@ -418,22 +418,13 @@ def _unavailable() -> JSONResponse:
     return _oauth_error(503, "temporarily_unavailable", "no auth worker within the queue timeout")
 
 
-def create_app(
-    scenario: Scenario,
-    strategy_name: str,
-    *,
-    time_scale: float = 1.0,
-    algorithm: str | None = None,
-    service_time: bool = True,
-    private_key_path: str | None = None,
-) -> Starlette:
+def create_app(scenario: Scenario, strategy_name: str, **options: Any) -> Starlette:
     """The reference server for variant ``strategy_name`` of ``scenario`` as a Starlette app.
 
-    Arguments are those of :class:`TokenServer` (whose instance is ``app.state.server``). Raises
+    ``options`` are those of :class:`TokenServer` (whose instance is ``app.state.server``). Raises
     ``KeyError`` for an unknown strategy and ``ValueError`` for a bad algorithm, key or time scale.
     """
-    server = TokenServer(scenario, strategy_name, time_scale=time_scale, algorithm=algorithm,
-                         service_time=service_time, private_key_path=private_key_path)
+    server = TokenServer(scenario, strategy_name, **options)
     routes = [
         Route(p.LOGIN_PATH, server.login, methods=["POST"]),
         Route(p.TOKEN_PATH, server.token, methods=["POST"]),
