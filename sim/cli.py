@@ -129,7 +129,9 @@ def headline_table(result, title: str) -> Table:
         cells = []
         for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")
-            cells.append(format_number(value) + (f" ±{format_number(ci)}" if ci == ci and ci is not None and ci > 0 else ""))
+            # a half-width at rounding-noise level is no interval
+            shown = ci is not None and ci == ci and ci > 1e-9 * max(1.0, abs(value))
+            cells.append(format_number(value) + (f" ±{format_number(ci)}" if shown else ""))
         table.add_row(label, *cells)
     return table
 
