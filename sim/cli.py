@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sim.scenario import Scenario, ScenarioError, load_scenario
+from sim.scenario import Scenario, ScenarioError, load_scenario, parse_setting, spell, sweep_settings
 from sim.units import format_number
 
 app = typer.Typer(
@@ -61,10 +61,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def read_scenario(path: Path) -> Scenario:
-    """Load a scenario or exit 2 with the file, field and what was expected."""
+def read_scenario(path: Path, settings: dict | None = None) -> Scenario:
+    """Load a scenario (with dotted ``settings`` overriding it) or exit 2 with the file, field
+    and what was expected."""
     try:
-        return load_scenario(path)
+        return load_scenario(path, settings)
     except ScenarioError as exc:
         raise fail(exc.render()) from None
 
@@ -188,6 +189,64 @@ def compare(
         result, f"{scenario_path.name}: {scenario.population.users} users, {window / 60:g} min window, "
         f"mean of {reps} replication(s) ± 95% CI"))
     out_console.print(f"wrote {out}" + (f" (report: {out / 'report.html'})" if report else ""))
+
+
+#: what ``sweep`` prints per setting and variant
+SWEEP_COLUMNS = [
+    ("refresh_rate_per_s", "renewals/s"),
+    ("refresh_rate_peak_per_s", "peak/s"),
+    ("auth_utilization", "auth util."),
+    ("auth_queue_wait_ms_p99", "queue wait p99 ms"),
+    ("added_latency_ms_p99", "added p99 ms"),
+    ("failed_requests", "failed req."),
+    ("forced_logins", "forced logins"),
+]
+
+
+@app.command()
+def sweep(
+    scenario_path: ScenarioArg,
+    settings: Annotated[list[str], typer.Option(
+        "--set", help="FIELD=V1,V2,... to vary (file spelling: auth.workers=1,2,4, tokens.access_ttl=5m,15m, "
+        "strategies[0].server.grace_period=0s,30s); several --set vary together (every combination).",
+        show_default=False)],
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    replications: RepsOpt = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
+):
+    """Simulate a scenario once per combination of the --set values (one run folder each) and
+    compare them: how refresh load, queue wait and failures move with users, workers, lifetimes."""
+    from sim.results import atomic_dir
+
+    try:
+        combos = sweep_settings([parse_setting(text) for text in settings])
+    except ValueError as exc:
+        raise fail(f"--set: {exc}") from None
+    scenarios = [read_scenario(scenario_path, combo) for combo in combos]  # all checked before any runs
+    out = out or default_out(scenario_path, "sweep")
+    table = Table(title=f"{scenario_path.name}: sweep of {', '.join(combos[0])} (means over replications)",
+                  title_justify="left")
+    for label in ["setting", "strategy", *(label for _, label in SWEEP_COLUMNS)]:
+        table.add_column(label, justify="left" if label in ("setting", "strategy") else "right")
+    with interruptible(out), atomic_dir(out) as tmp:
+        results = []
+        for combo, scenario in zip(combos, scenarios):
+            name = ",".join(f"{k.split('.')[-1]}={spell(v)}" for k, v in combo.items())
+            result = simulate(scenario, seed, replications, events=False)
+            folder = tmp / "".join(c if c.isalnum() or c in "=,._-" else "_" for c in name)
+            folder.mkdir()
+            result.write_into(folder)
+            result.path = folder
+            results.append(result)
+            for strategy, row in result.aggregate.iterrows():
+                table.add_row(name, strategy, *(format_number(row[col]) for col, _ in SWEEP_COLUMNS))
+        if report:
+            from sim.report import build_report
+
+            build_report(results, tmp)
+    out_console.print(table)
+    out_console.print(f"wrote {out}: one run folder per setting" + (f", report: {out / 'report.html'}" if report else ""))
 
 
 @app.command()

@@ -6,6 +6,9 @@ lifetimes shared by every variant), then pydantic validates, naming the field of
 
 from __future__ import annotations
 
+import copy
+import itertools
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -267,8 +270,9 @@ def parse_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
         raise ScenarioError(source, [_describe(e) for e in exc.errors()]) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; :class:`ScenarioError` names the file and field."""
+def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> Scenario:
+    """Read and validate a scenario file, with dotted ``settings`` overriding it (see
+    :func:`with_settings`); :class:`ScenarioError` names the file and field."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -278,7 +282,68 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(str(path), [("", f"cannot read: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), [("", f"not valid TOML: {exc}")]) from None
+    if settings:
+        try:
+            raw = with_settings(raw, settings)
+        except ValueError as exc:
+            raise ScenarioError(str(path), [("", str(exc))]) from None
+        source = f"{path} with " + ", ".join(f"{k}={spell(v)}" for k, v in settings.items())
+        return parse_scenario(raw, source)
     return parse_scenario(raw, str(path))
+
+
+_PATH_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def parse_setting(text: str) -> tuple[str, list[Any]]:
+    """``"auth.workers=1,2,4"`` -> ``("auth.workers", [1, 2, 4])``. Values are TOML literals when
+    they parse as one (``4``, ``true``, ``"x"``), else strings (``15m``). ``ValueError`` if malformed."""
+    path, sep, values = text.partition("=")
+    path = path.strip()
+    if not sep or not values.strip() or not all(_PATH_PART.fullmatch(p) for p in path.split(".")):
+        raise ValueError(f"expected FIELD=VALUE[,VALUE...] with a dotted field like auth.workers "
+                         f"or strategies[0].server.grace_period, got {text!r}")
+    return path, [_literal(v.strip()) for v in values.split(",")]
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def spell(value: Any) -> str:
+    """A setting's value as a scenario file spells it (``true``, ``4``, ``15m``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def with_settings(raw: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of scenario ``raw`` (file form) with dotted ``settings`` (``strategies[1].client.threshold``)
+    set, creating tables as needed; ``ValueError`` naming a path that does not fit."""
+    data = copy.deepcopy(raw)
+    for path, value in settings.items():
+        node, keys = data, []
+        for part in path.split("."):
+            name, indices = _PATH_PART.fullmatch(part).groups()
+            keys.append(name)
+            keys.extend(int(i) for i in re.findall(r"\d+", indices))
+        for key, following in zip(keys, keys[1:]):
+            try:
+                node = node[key] if isinstance(key, int) else node.setdefault(key, [] if isinstance(following, int) else {})
+            except (IndexError, TypeError, AttributeError):
+                raise ValueError(f"{path}: no such place in the scenario") from None
+        try:
+            node[keys[-1]] = value
+        except (IndexError, TypeError):
+            raise ValueError(f"{path}: no such place in the scenario") from None
+    return data
+
+
+def sweep_settings(settings: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the settings' values (the cartesian product), in order."""
+    paths = [path for path, _ in settings]
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(values for _, values in settings))]
 
 
 def _describe(error: dict[str, Any]) -> tuple[str, str]:

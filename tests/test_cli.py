@@ -99,3 +99,28 @@ def test_interrupted_run_leaves_nothing_complete_and_keeps_earlier_results(tmp_p
     assert "interrupted" in err and "Traceback" not in err
     assert (out / "summary.csv").read_text() == "earlier results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_sweep_writes_one_run_per_setting_and_a_report(cli, tmp_path):
+    out = tmp_path / "sweep"
+    code, stdout, err = cli("sweep", SCENARIOS / "smoke.toml", "--set", "auth.workers=1,3",
+                            "--set", "population.users=6", "--set", "strategies[1].client.single_flight=false",
+                            "--replications", "1", "--out", out)
+    assert code == 0, err
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "charts")
+    assert folders == ["workers=1,users=6,single_flight=false", "workers=3,users=6,single_flight=false"]
+    resolved = tomllib.loads((out / folders[1] / "scenario.resolved.toml").read_text())
+    assert resolved["auth"]["workers"] == 3 and resolved["population"]["users"] == 6
+    assert resolved["strategies"][1]["client"]["single_flight"] is False
+    assert (out / "report.html").is_file() and (out / "charts" / "sweep.png").is_file()
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("auth.workers", "expected FIELD=VALUE"),
+    ("auth.workers=none", "auth.workers: Input should be a valid integer"),
+    ("strategies[9].client.trigger=timer", "strategies[9].client.trigger: no such place"),
+])
+def test_sweep_refuses_bad_settings_before_running(cli, tmp_path, setting, expected):
+    code, _, err = cli("sweep", SCENARIOS / "smoke.toml", "--set", setting, "--out", tmp_path / "s")
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()

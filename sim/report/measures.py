@@ -70,6 +70,8 @@ QUEUE_WAIT_P99 = Measure("queue_wait_p99", "p99 auth queue wait", "ms", "auth_qu
 
 HEADLINE = [REFRESH_RATE, DUPLICATES, EXPIRY_FAILURES, FORCED_LOGINS, P99_LATENCY]
 #: every measure by key, for ``measures=["refresh_rate", "queue_wait_p99"]`` in chart calls
+#: across runs of a sweep, capacity matters too
+SWEEP = HEADLINE + [AUTH_UTILIZATION, QUEUE_WAIT_P99]
 MEASURES = {m.key: m for m in HEADLINE + [EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99]}
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sim.report import style
-from sim.report.measures import HEADLINE, Measure, measure_table, resolve
+from sim.report.measures import SWEEP, Measure, measure_table, resolve
 from sim.results import RunResult
 from sim.units import parse_duration
 
@@ -92,7 +92,7 @@ def dodge(x, index: int, count: int, positions: list[float], log_x: bool):
     return x + shift * ((max(positions) - min(positions)) or 1.0)
 
 
-def table(results: list[RunResult], measures: list[Measure | str] = HEADLINE) -> pd.DataFrame:
+def table(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> pd.DataFrame:
     """One row per run and variant: the run's label, the varied field's value when the axis is
     numeric, and every measure's mean and CI half-width."""
     positions, xlabel, ticklabels = axis(results)
@@ -106,7 +106,7 @@ def table(results: list[RunResult], measures: list[Measure | str] = HEADLINE) ->
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def figure(results: list[RunResult], measures: list[Measure | str] = HEADLINE) -> Figure:
+def figure(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> Figure:
     """Small multiples, one per measure: its mean (whiskers: 95% CI) against the varied
     scenario field, one line per variant. Receives the runs, returns a Figure."""
     measures = resolve(measures)
@@ -148,7 +148,7 @@ def figure(results: list[RunResult], measures: list[Measure | str] = HEADLINE) -
                 ax.xaxis.set_tick_params(labelbottom=True)
                 ax.set_xlabel(xlabel)
         style.legend(fig, axes[: len(measures)])
-        subject = "Headline measures" if measures == HEADLINE else ", ".join(m.label for m in measures)
+        subject = "Headline and capacity measures" if measures == SWEEP else ", ".join(m.label for m in measures)
         style.title(fig, f"{subject} against {xlabel}" if ticklabels is None else f"{subject} by run", results)
     return fig
 
