@@ -111,3 +111,23 @@ def test_loadtest_refuses_an_unknown_strategy_without_a_traceback():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no strategy 'nope'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "dual_token",
+                             "--time-scale", str(TIME_SCALE), "--users", "6", "--duration", "30m", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # the server is up and users have been running for a few seconds
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["kind"] == "measured" and meta["partial"] is True
+    run = load_run(out)
+    assert run.partial and run.aggregate.loc["dual_token", "requests"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
