@@ -5,8 +5,8 @@
         [--records-dir runs/records] [--headless -u 100 -r 100 -t 60s] [--processes 2]
 
 Each Locust user is one scenario user (arrival, tabs, think times, bursts drawn from the
-simulator's streams); login, refresh and API calls appear in Locust's statistics as ``login``,
-``refresh`` and the API path. With ``--records-dir``, every process writes its client records
+simulator's streams); logins and refreshes appear in Locust's statistics under their own request
+types (``login``, ``refresh``), API calls as ``GET``. With ``--records-dir``, every process writes its client records
 (``client-*.parquet``), Locust's raw request rows (``locust-*.parquet``) and ``meta-<pid>.json``
 there; the master (or the only process) also writes ``counters.json`` with the custom counters
 summed over workers, which travel through ``report_to_master`` / ``worker_report``.
@@ -168,8 +168,9 @@ def _quitting(environment, **kwargs):
 
 class FastHttpTransport:
     """:class:`loadtests.client.Transport` over a Locust ``FastHttpSession``: every call shows in
-    Locust's statistics (``login``, ``refresh``, the API path), 4xx/5xx as failures named by the
-    server's ``error_description``."""
+    Locust's statistics, logins and refreshes under their own request types (``login /login``,
+    ``refresh /token``, ``GET /api/items``), 4xx/5xx as failures named by the server's
+    ``error_description``."""
 
     def __init__(self, session, api_path: str = p.API_ITEMS_PATH) -> None:
         self.session = session
@@ -186,10 +187,12 @@ class FastHttpTransport:
         return self._call("POST", p.TOKEN_PATH, "refresh", data=data)
 
     def api(self, access_token: str) -> Reply:
-        return self._call("GET", self.api_path, self.api_path, headers={"Authorization": f"Bearer {access_token}"})
+        return self._call("GET", self.api_path, "GET", headers={"Authorization": f"Bearer {access_token}"})
 
-    def _call(self, method: str, path: str, name: str, **kwargs) -> Reply:
-        with self.session.request(method, path, name=name, catch_response=True, **kwargs) as response:
+    def _call(self, method: str, path: str, request_type: str, **kwargs) -> Reply:
+        with self.session.request(method, path, catch_response=True, **kwargs) as response:
+            # login and refresh are their own request types in Locust's statistics
+            response.request_meta["request_type"] = request_type
             reply = Reply(response.status_code or 0, received_unix_s=time.time())
             headers = response.headers or {}
             if reply.status == 200:

@@ -50,7 +50,8 @@ def test_headless_locust_races_without_single_flight_and_not_with_it(tmp_path):
         assert {"login", "request", "attempt", "refresh_start", "refresh_end", "mint"} <= set(client["event"])
         assert (client.loc[client["event"] == "request", "outcome"] == "ok").all()
         # Locust's own rows: login and refresh under their own names
-        assert {"login", "refresh", "/api/items"} <= set(measured.locust["name"])
+        types = set(zip(measured.locust["request_type"], measured.locust["name"]))
+        assert {("login", "/login"), ("refresh", "/token"), ("GET", "/api/items")} <= types
         client_duplicates = client["outcome"].str.endswith("_duplicate", na=False).sum()
         totals[strategy] = (ledger["totals"], int(client_duplicates), measured.counters)
     races, _, counters = totals["dual_token"]
