@@ -443,31 +443,32 @@ class UserDriver:
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def refresh_in_flight(self, tab: Tab, basis: str | None) -> bool:
+    def refresh_in_flight(self, tab: Tab, basis: str | None) -> str:
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
-        the policy is single-flight; True when the tab then holds a new token."""
+        the policy is single-flight; returns its outcome (``"ok"`` or a ``refresh_end``
+        outcome). Those who joined it learn whether the tab then holds a new token."""
         flight, done = tab.flight, AsyncResult()
         if self.policy.single_flight:
             flight.inflight = done
-        ok = False
+        outcome = "lost"
         try:
-            ok = self.refresh(tab, basis)
+            outcome = self.refresh(tab, basis)
         finally:
             if flight.inflight is done:
                 flight.inflight = None
-            done.set(ok)
-        return ok
+            done.set(outcome == "ok")
+        return outcome
 
-    def refresh(self, tab: Tab, basis: str | None) -> bool:
+    def refresh(self, tab: Tab, basis: str | None) -> str:
         """One refresh call with the jar's refresh token; on success the tab's store gets the
-        access token; a rejection forces a login (503 or no answer does not)."""
+        access token. Returns ``"ok"`` or the ``refresh_end`` outcome."""
         clock, visit, sink = self.clock, tab.visit, self.sink
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
-            return tab.store.token is not None
+            return "ok" if tab.store.token is not None else "no_token"
         jar = visit.jar
         if jar is None:
-            return False
+            return "no_token"
         sent_at, started = clock.now_s(), time.perf_counter()
         jar_id = _jti(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
@@ -493,13 +494,11 @@ class UserDriver:
                 self._minted(read_token(new_jar, clock, reply.received_unix_s), "refresh_refresh", None, visit)
                 if visit.jar == jar:  # a newer refresh token that arrived first stays
                     visit.jar = new_jar
-            return True
+            return outcome
         sink.count("refresh_failures")
         if outcome == "reuse_detected":
             sink.count("reuse_detected")
-        if reply.status == 400:
-            self.login(tab, forced=True)
-        return False
+        return outcome
 
     def login(self, tab: Tab, *, forced: bool) -> None:
         """Log the user in (again, when ``forced``); one login at a time per user. The tab that

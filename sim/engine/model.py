@@ -20,7 +20,7 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, renew_flow, request_flow
 from sim.strategies.ledger import Ledger, Token
-from sim.strategies.server import Grant, Rejection
+from sim.strategies.server import Grant
 
 UNAVAILABLE = "unavailable"  # the auth tier's queue timed out (HTTP 503)
 
@@ -230,21 +230,22 @@ class Simulation:
 
     def refresh_in_flight(self, tab: Tab, basis: int | None):
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
-        the policy is single-flight; returns True when the tab then holds a new token."""
+        the policy is single-flight; returns its outcome (``"ok"`` or a ``refresh_end`` outcome).
+        Those who joined it learn whether the tab then holds a new token."""
         flight, done = tab.flight, self.env.event()
         if self.client.single_flight:
             flight.inflight = done
-        ok = yield from self.refresh(tab, basis)
+        outcome = yield from self.refresh(tab, basis)
         if flight.inflight is done:
             flight.inflight = None
-        done.succeed(ok)
-        return ok
+        done.succeed(outcome == "ok")
+        return outcome
 
     def refresh(self, tab: Tab, basis: int | None):
         env, visit, rec = self.env, tab.visit, self.rec
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield visit.login
-            return tab.store.held is not None
+            return "ok" if tab.store.held is not None else "no_token"
         token = visit.jar
         sent_at, rtt = env.now, visit.streams.auth_rtt()
         lost = self.loss_p and visit.streams.loss() < self.loss_p
@@ -268,10 +269,7 @@ class Simulation:
             tab.store.held = held(result.access)
             if visit.jar is token:  # a newer refresh token that arrived first stays
                 visit.jar = result.refresh
-            return True
-        if isinstance(result, Rejection) and not lost:
-            yield from self.login(tab, forced=True)
-        return False
+        return outcome
 
     def login(self, tab: Tab, *, forced: bool):
         """Log the user in (again, when ``forced``); one login at a time per user."""

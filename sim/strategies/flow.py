@@ -15,7 +15,9 @@ Effects, and what the driver sends back:
 - :class:`Join` — wait for the refresh in flight in the tab's single-flight scope; send back its
   result (True if it got a token);
 - :class:`Refresh` — make a refresh call about ``basis`` (registering it as the one in flight
-  when the policy is single-flight); send back True on success;
+  when the policy is single-flight); send back its outcome: ``"ok"``, or why not, in the
+  ``refresh_end`` vocabulary of :mod:`sim.metrics` (``expired``, ``revoked``, ``reuse_detected``,
+  ``unavailable``, ``lost``);
 - :class:`Login` — the session is gone: log in again (forced); send back nothing;
 - :class:`Adopt` — store the re-issued token ``held``; send back nothing.
 """
@@ -60,6 +62,9 @@ class Adopt:
 
 
 RENEW = (Action.REFRESH, Action.WAIT)
+#: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
+#: answer that never came only fails the requests that needed the token
+SESSION_LOST = frozenset({"expired", "revoked", "reuse_detected"})
 Flow = Generator[Any, Any, Any]
 
 
@@ -104,7 +109,8 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     """Carry out REFRESH or WAIT. Returns True when the tab then holds a token to send.
 
     A waiter whose store did not get a new token from the refresh it joined (a cross-tab lock
-    with per-tab storage: the other tab's token is not its own) takes its own turn."""
+    with per-tab storage: the other tab's token is not its own) takes its own turn. A refused
+    refresh means a new login; the requests waiting for it fail."""
     while action is Action.WAIT and tab().refreshing:
         before = tab().held
         if not (yield Join()):
@@ -113,7 +119,10 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
         if after.held is not None and after.held != before:
             return True
         action = Action.WAIT if after.refreshing else Action.REFRESH
-    return (yield Refresh(basis))
+    outcome = yield Refresh(basis)
+    if outcome in SESSION_LOST:
+        yield Login()
+    return outcome == "ok"
 
 
 def drive(flow: Flow, carry_out: Callable[[Any], Any]) -> Any:
