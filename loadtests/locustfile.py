@@ -20,7 +20,6 @@ import math
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, events, task

@@ -54,8 +54,36 @@ LATENCY_COLUMNS = ["strategy", "replication", "added_latency_ms", "requests"]
 #: lower edges of the added-latency histogram bins: 0, then log-spaced from 0.1 ms to ~28 h
 LATENCY_BINS_MS = np.concatenate([[0.0], np.logspace(-1, 8, 9 * 20 + 1)])
 
-# (event, outcome) pairs the summary counts; see docs/metrics.md for the vocabulary
+# the outcome groups the summary counts; see docs/metrics.md for the vocabulary
 ACCESS_RENEWALS = ("access_refresh", "access_grace", "access_reissue")
+DUPLICATE_RENEWALS = tuple(f"{o}_duplicate" for o in ACCESS_RENEWALS)
+ACCESS_MINTS = ("access_login", *ACCESS_RENEWALS, *DUPLICATE_RENEWALS)
+REFRESH_MINTS = ("refresh_login", "refresh_refresh", "refresh_grace")
+ATTEMPT_OUTCOMES = ("ok", "expired", "invalid", "lost")
+
+
+class Level:
+    """A level that changes at instants (busy workers, calls queued), integrated over time into
+    one-second bins: ``bins[i]`` is the level's mean over second ``i``. Changes must come in time
+    order; the bins grow as time goes on (a server has no known end)."""
+
+    def __init__(self) -> None:
+        self.bins: list[float] = []
+        self.level = 0
+        self._t = 0.0
+
+    def add(self, delta: int, now: float) -> None:
+        """The level changes by ``delta`` at ``now`` (seconds from the start)."""
+        t = self._t
+        while t < now and self.level:
+            i = int(t)
+            if i >= len(self.bins):
+                self.bins.extend([0.0] * (i + 1 - len(self.bins)))
+            edge = min(i + 1.0, now)
+            self.bins[i] += self.level * (edge - t)
+            t = edge
+        self._t = max(self._t, now)
+        self.level += delta
 
 
 @dataclass
@@ -122,27 +150,25 @@ def summarize(
         arrays = [_arr(tally.times[(event, o)]) for o in outcomes if (event, o) in tally.times]
         return np.concatenate(arrays) if arrays else np.zeros(0)
 
-    def n(event, *outcomes):
-        return int(_in(times(event, *outcomes), lo, hi).sum())
+    def n(t):
+        return int(_in(t, lo, hi).sum())
 
     def per_second(t):
         return np.bincount(np.clip(t.astype(np.int64), 0, n_bins - 1), minlength=n_bins) if len(t) else np.zeros(n_bins, int)
 
     req_t, req_ms = _arr(tally.request_t_s), _arr(tally.request_added_ms)
-    in_window = _in(req_t, lo, hi)
-    ok_ms = req_ms[in_window & ~np.isnan(req_ms)]
+    in_window, failed = _in(req_t, lo, hi), np.isnan(req_ms)
+    ok_ms = req_ms[in_window & ~failed]
     hist = np.histogram(ok_ms, bins=np.append(LATENCY_BINS_MS, np.inf))[0]
-    renewals = times("mint", *ACCESS_RENEWALS, *(f"{o}_duplicate" for o in ACCESS_RENEWALS))
+    access, dup = times("mint", *ACCESS_MINTS), times("mint", *DUPLICATE_RENEWALS)
+    renewals = times("mint", *ACCESS_RENEWALS, *DUPLICATE_RENEWALS)
+    refresh_mints, attempts = n(times("mint", *REFRESH_MINTS)), n(times("attempt", *ATTEMPT_OUTCOMES))
+    refresh_calls, expired, forced = times("refresh_start", ""), times("attempt", "expired"), times("login", "forced")
     renewal_bins = per_second(renewals)[int(lo):n_bins]
-    access_all = ("access_login",) + ACCESS_RENEWALS
-    dup = times("mint", *(f"{o}_duplicate" for o in ACCESS_RENEWALS))
-    renewals_in = int(_in(renewals, lo, hi).sum())
-    duplicates = int(_in(dup, lo, hi).sum())
+    renewals_in, duplicates = n(renewals), n(dup)
     qw_t, qw_ms = _arr(tally.queue_wait_t_s), _arr(tally.queue_wait_ms)
     ex_t, ex_s = _arr(tally.exposure_t_s), _arr(tally.exposure_s)
-    attempts_out = ("ok", "expired", "invalid", "lost")
-    sign = n("mint", *access_all, *(f"{o}_duplicate" for o in ACCESS_RENEWALS),
-             "refresh_login", "refresh_refresh", "refresh_grace")
+    left = _in(ex_t, lo, hi)
     busy = tally.auth_busy_s
     row = {
         "strategy": strategy,
@@ -150,21 +176,21 @@ def summarize(
         "users": users,
         "window_s": duration_s,
         "requests": int(in_window.sum()),
-        "attempts": n("attempt", *attempts_out),
-        "refresh_calls": n("refresh_start", ""),
-        "access_mints": n("mint", *access_all, *(f"{o}_duplicate" for o in ACCESS_RENEWALS)),
-        "refresh_mints": n("mint", "refresh_login", "refresh_refresh", "refresh_grace"),
-        "sign_ops": sign,
-        "verify_ops": n("attempt", *attempts_out) + n("refresh_start", ""),
+        "attempts": attempts,
+        "refresh_calls": n(refresh_calls),
+        "access_mints": n(access),
+        "refresh_mints": refresh_mints,
+        "sign_ops": n(access) + refresh_mints,
+        "verify_ops": attempts + n(refresh_calls),
         "refresh_rate_per_s": renewals_in / duration_s,
         "refresh_rate_peak_per_s": int(renewal_bins.max()) if len(renewal_bins) else 0,
         "duplicate_tokens": duplicates,
         "duplicate_per_1k_refresh": 1000 * duplicates / renewals_in if renewals_in else 0.0,
-        "reuse_detections": n("reuse_detected", ""),
-        "grace_reuses": n("grace_reuse", ""),
-        "expiry_failures": n("attempt", "expired"),
-        "failed_requests": int((in_window & np.isnan(req_ms)).sum()),
-        "forced_logins": n("login", "forced"),
+        "reuse_detections": n(times("reuse_detected", "")),
+        "grace_reuses": n(times("grace_reuse", "")),
+        "expiry_failures": n(expired),
+        "failed_requests": int((in_window & failed).sum()),
+        "forced_logins": n(forced),
         "added_latency_ms_p50": _quantile(ok_ms, 0.50),
         "added_latency_ms_p95": _quantile(ok_ms, 0.95),
         "added_latency_ms_p99": _quantile(ok_ms, 0.99),
@@ -172,26 +198,25 @@ def summarize(
             float(busy[int(lo):n_bins].sum() / (workers * duration_s)) if busy is not None and workers else np.nan
         ),
         "auth_queue_wait_ms_p99": _quantile(qw_ms[_in(qw_t, lo, hi)], 0.99),
-        "exposure_s_mean": float(ex_s[_in(ex_t, lo, hi)].mean()) if _in(ex_t, lo, hi).any() else np.nan,
+        "exposure_s_mean": float(ex_s[left].mean()) if left.any() else np.nan,
         "valid_tokens_per_session_max": tally.valid_tokens_per_session_max,
     }
     active = np.zeros(n_bins, int)
     for second, delta in tally.active_users_delta.items():
         if second < n_bins:
             active[max(second, 0)] += delta
-    failed_t = req_t[np.isnan(req_ms)]
     series = pd.DataFrame({
         "t_s": np.arange(n_bins, dtype=float),
         "strategy": strategy,
         "replication": replication,
         "active_users": np.cumsum(active),
         "requests": per_second(req_t),
-        "refresh_calls": per_second(times("refresh_start", "")),
-        "access_mints": per_second(times("mint", *access_all, *(f"{o}_duplicate" for o in ACCESS_RENEWALS))),
+        "refresh_calls": per_second(refresh_calls),
+        "access_mints": per_second(access),
         "duplicate_tokens": per_second(dup),
-        "expiry_failures": per_second(times("attempt", "expired")),
-        "failed_requests": per_second(failed_t),
-        "forced_logins": per_second(times("login", "forced")),
+        "expiry_failures": per_second(expired),
+        "failed_requests": per_second(req_t[failed]),
+        "forced_logins": per_second(forced),
         "auth_busy_workers": _fit(tally.auth_busy_s, n_bins),
         "auth_queue_len": _fit(tally.auth_queue_s, n_bins),
     })[TIMESERIES_COLUMNS]

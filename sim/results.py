@@ -19,7 +19,7 @@ from typing import Iterator, Literal
 
 import pandas as pd
 
-from sim.metrics import EVENT_COLUMNS, LATENCY_COLUMNS, TIMESERIES_COLUMNS
+from sim.metrics import LATENCY_COLUMNS
 from sim.scenario import Scenario, parse_scenario
 
 
@@ -118,5 +118,3 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
 
-
-__all__ = ["RunResult", "load_run", "atomic_dir", "EVENT_COLUMNS", "TIMESERIES_COLUMNS"]

@@ -1,7 +1,6 @@
 """The console script as a user runs it: bad input, run folders, interruption."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

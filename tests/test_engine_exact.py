@@ -1,6 +1,5 @@
 """Exact event logs on constant inputs: fixed think time, fixed latency, known instants."""
 
-import numpy as np
 import pytest
 
 import sim

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from loadtests.server import protocol as p
 from loadtests.server.keys import SigningKeys, load_keys
 from sim.scenario import AuthTier as AuthTierSettings
+from sim.metrics import Level
 from sim.scenario import Scenario
 from sim.strategies.ledger import Ledger, LedgerObserver, Session, Token
 from sim.strategies.server import Grant, Rejection
@@ -98,8 +99,8 @@ class AuthTier:
         self.settings = settings
         self.clock = clock
         self.service_time = service_time
-        self.busy_s: list[float] = []
-        self.queued_s: list[float] = []
+        self.busy = Level()
+        self.queued = Level()
         self.calls = 0
         self.unavailable = 0
         self._workers = asyncio.Semaphore(settings.workers)
@@ -109,27 +110,26 @@ class AuthTier:
         :class:`Unavailable` after the queue timeout."""
         return _WorkerSlot(self)
 
-    async def _acquire(self) -> float:
-        queued_at = self.clock.now_s()
+    async def _acquire(self) -> None:
         if self._workers.locked():
+            self.queued.add(1, self.clock.now_s())
             try:
                 async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
                     await self._workers.acquire()
             except TimeoutError:
                 self.unavailable += 1
-                _spread(self.queued_s, queued_at, self.clock.now_s())
                 raise Unavailable from None
+            finally:
+                self.queued.add(-1, self.clock.now_s())
         else:
             # a free worker is taken without waiting: no timer to arm on the common path
             await self._workers.acquire()
-        started_at = self.clock.now_s()
-        _spread(self.queued_s, queued_at, started_at)
+        self.busy.add(1, self.clock.now_s())
         self.calls += 1
-        return started_at
 
-    def _release(self, started_at: float) -> None:
+    def _release(self) -> None:
         self._workers.release()
-        _spread(self.busy_s, started_at, self.clock.now_s())
+        self.busy.add(-1, self.clock.now_s())
 
     async def spend(self, service_s: float) -> None:
         """Hold the worker for ``service_s`` scenario seconds of work (nothing when service time is off)."""
@@ -138,37 +138,29 @@ class AuthTier:
 
     def stats(self) -> dict[str, Any]:
         """Workers, calls served, calls answered 503 and the per-second busy / queued lists."""
+        now = self.clock.now_s()
+        self.busy.add(0, now)
+        self.queued.add(0, now)
         return {
             "workers": self.settings.workers,
             "calls": self.calls,
             "unavailable": self.unavailable,
-            "busy_worker_s": self.busy_s,
-            "queued_s": self.queued_s,
+            "busy_worker_s": self.busy.bins,
+            "queued_s": self.queued.bins,
         }
 
 
 class _WorkerSlot:
-    __slots__ = ("tier", "started_at")
+    __slots__ = ("tier",)
 
     def __init__(self, tier: AuthTier) -> None:
         self.tier = tier
 
     async def __aenter__(self) -> None:
-        self.started_at = await self.tier._acquire()
+        await self.tier._acquire()
 
     async def __aexit__(self, *exc_info) -> None:
-        self.tier._release(self.started_at)
-
-
-def _spread(bins: list[float], start: float, end: float) -> None:
-    """Add the length of ``[start, end)`` to the one-second ``bins`` it overlaps."""
-    while start < end:
-        i = int(start)
-        edge = min(end, i + 1.0)
-        if len(bins) <= i:
-            bins.extend([0.0] * (i + 1 - len(bins)))
-        bins[i] += edge - start
-        start = edge
+        self.tier._release()
 
 
 def wall_seconds(seconds: float) -> int | float:

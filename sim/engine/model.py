@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from sim.engine.recorder import Recorder, max_valid_per_session
@@ -77,7 +78,7 @@ class Simulation:
         self.seed = seed
         self.end_s = scenario.run.end_s
         self.env = simpy.Environment()
-        self.rec = Recorder(variant.name, replication, self.end_s, keep_events)
+        self.rec = Recorder(variant.name, replication, keep_events)
         self.ledger = Ledger(observer=self.rec)
         self.auth = simpy.Resource(self.env, capacity=scenario.auth.workers)
         auth = scenario.auth
@@ -100,8 +101,8 @@ class Simulation:
         self.env.run(until=self.end_s)
         self.rec.busy.add(0, self.end_s)
         self.rec.queued.add(0, self.end_s)
-        self.rec.tally.auth_busy_s = self.rec.busy.bins
-        self.rec.tally.auth_queue_s = self.rec.queued.bins
+        self.rec.tally.auth_busy_s = np.asarray(self.rec.busy.bins)
+        self.rec.tally.auth_queue_s = np.asarray(self.rec.queued.bins)
         self.rec.tally.valid_tokens_per_session_max = max_valid_per_session(list(self.ledger.tokens.values()), self.end_s)
         return self.rec
 

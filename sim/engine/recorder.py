@@ -9,42 +9,23 @@ import math
 import numpy as np
 import pandas as pd
 
-from sim.metrics import EVENT_COLUMNS, Tally
+from sim.metrics import EVENT_COLUMNS, Level, Tally
 from sim.strategies.ledger import LedgerObserver, Session, Token
 
 
 _ROW = ["t_s", "event", "outcome", "user", "tab", "session", "token", "basis", "latency_ms"]
 
 
-class Level:
-    """A level that changes at instants (busy workers, queue length), integrated over time into
-    one-second bins: ``bins[i]`` is the level's mean over second ``i``."""
-
-    def __init__(self, seconds: int):
-        self.bins = np.zeros(seconds + 1)
-        self.level = 0
-        self._t = 0.0
-
-    def add(self, delta: int, now: float) -> None:
-        t, end = self._t, min(now, len(self.bins))
-        while t < end and self.level:
-            edge = min(math.floor(t) + 1.0, end)
-            self.bins[int(t)] += self.level * (edge - t)
-            t = edge
-        self._t = now
-        self.level += delta
-
-
 class Recorder(LedgerObserver):
     """Collects one simulated run of one variant; also watches the ledger for mints and reuse."""
 
-    def __init__(self, strategy: str, replication: int, end_s: float, keep_events: bool):
+    def __init__(self, strategy: str, replication: int, keep_events: bool):
         self.strategy = strategy
         self.replication = replication
         self.tally = Tally()
         self.rows: list[tuple] | None = [] if keep_events else None
-        self.busy = Level(int(math.ceil(end_s)))
-        self.queued = Level(int(math.ceil(end_s)))
+        self.busy = Level()
+        self.queued = Level()
         self.now = lambda: 0.0  # set by the engine to its clock
 
     def record(self, t_s, event, outcome="", user=None, tab=None, session=None, token=None, basis=None,

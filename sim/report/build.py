@@ -55,7 +55,7 @@ PER_RUN = [
               "load: access tokens minted other than by a login, per second. Whiskers: 95% CI.",
               tradeoff.figure, tradeoff.table),
 ]
-SWEEP = ChartSpec("sweep", "Sweep", "Headline measures of each run against what the runs vary; whiskers: 95% CI.",
+SWEEP = ChartSpec("sweep", "Sweep", "Headline and capacity measures of each run against what the runs vary; whiskers: 95% CI.",
                   sweep.figure, sweep.table)
 
 

@@ -7,7 +7,6 @@ Charts are built on :class:`matplotlib.figure.Figure` directly (rendered by Agg)
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 

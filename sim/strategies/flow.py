@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
-from sim.strategies.client import Action, ClientPolicy, Held, Response, TabView
+from sim.strategies.client import Action, ClientPolicy, Held, TabView
 
 
 @dataclass(frozen=True, slots=True)
