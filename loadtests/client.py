@@ -33,14 +33,15 @@ from gevent.pool import Group
 from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
-from sim.strategies.flow import RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, drive, renew_flow, request_flow
+from sim.strategies.flow import (
+    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, drive, jar_after_refresh, renew_flow,
+    request_flow,
+)
 #: columns of the client's record files: the ``events`` columns without strategy/replication,
 #: plus ``expires_s`` (scenario expiry of the token a ``mint`` or ``logout`` row is about)
 RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
 #: columns of the Locust request rows a process writes (``events.request``; ``t_s`` in scenario time)
 LOCUST_COLUMNS = ["t_s", "request_type", "name", "response_time_ms", "response_length", "exception"]
-#: seconds (scenario) a user waits before trying a failed login again, as the engine does
-LOGIN_RETRY_S = 1.0
 
 
 class ScenarioClock:
@@ -492,8 +493,7 @@ class UserDriver:
             new_jar = reply.body.get("refresh_token")
             if new_jar and new_jar != jar:
                 self._minted(read_token(new_jar, clock, reply.received_unix_s), "refresh_refresh", None, visit)
-                if visit.jar == jar:  # a newer refresh token that arrived first stays
-                    visit.jar = new_jar
+            visit.jar = jar_after_refresh(visit.jar, jar, new_jar)
             return outcome
         sink.count("refresh_failures")
         if outcome == "reuse_detected":

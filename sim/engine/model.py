@@ -19,7 +19,10 @@ from sim.engine.recorder import Recorder, max_valid_per_session
 from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
-from sim.strategies.flow import RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, renew_flow, request_flow
+from sim.strategies.flow import (
+    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, jar_after_refresh, renew_flow,
+    request_flow,
+)
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
 
@@ -268,8 +271,7 @@ class Simulation:
                    latency_ms=(env.now - sent_at) * 1000.0)
         if outcome == "ok":
             tab.store.held = held(result.access)
-            if visit.jar is token:  # a newer refresh token that arrived first stays
-                visit.jar = result.refresh
+            visit.jar = jar_after_refresh(visit.jar, token, result.refresh)
         return outcome
 
     def login(self, tab: Tab, *, forced: bool):
@@ -289,7 +291,7 @@ class Simulation:
             yield env.timeout(rtt / 2)
             if grant != UNAVAILABLE:
                 break
-            yield env.timeout(1.0)  # the login page shows an error; the user tries again
+            yield env.timeout(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
         visit.session, visit.jar = grant.access.session, grant.refresh
         tab.store.held = held(grant.access)
         done, visit.login = visit.login, None

@@ -66,6 +66,8 @@ RENEW = (Action.REFRESH, Action.WAIT)
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({"expired", "revoked", "reuse_detected"})
 Flow = Generator[Any, Any, Any]
+#: seconds a user waits before trying a failed login (the auth tier answered 503) again
+LOGIN_RETRY_S = 1.0
 
 
 def basis_of(view: TabView) -> Any:
@@ -123,6 +125,13 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     if outcome in SESSION_LOST:
         yield Login()
     return outcome == "ok"
+
+
+def jar_after_refresh(jar: Any, sent: Any, returned: Any) -> Any:
+    """The refresh token the cookie jar holds after a refresh that presented ``sent`` and got
+    ``returned`` back (None: the answer named none, so the old one stays). A newer refresh token
+    that another tab's refresh put in the jar meanwhile stays too."""
+    return returned if returned is not None and jar == sent else jar
 
 
 def drive(flow: Flow, carry_out: Callable[[Any], Any]) -> Any:
