@@ -20,7 +20,7 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
     variant = scenario.variant(name)
     rec = Simulation(scenario, variant, replication, seed, events).run()
     row, series, latency = summarize(
-        rec.tally, strategy=name, replication=replication, users=scenario.population.users,
+        rec.counts, strategy=name, replication=replication, users=scenario.population.users,
         warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=scenario.auth.workers,
     )
     return row, series, latency, rec.events()

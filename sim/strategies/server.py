@@ -112,6 +112,10 @@ class ServerPolicy(Model):
         """Signatures one successful refresh costs (access + rotated refresh token)."""
         return 1
 
+    def mints_per_login(self) -> int:
+        """Signatures one login costs (the tokens a login grants)."""
+        return 1
+
 
 class DualTokenServer(ServerPolicy):
     """Short access tokens renewed with a refresh token at a token endpoint.
@@ -190,6 +194,9 @@ class DualTokenServer(ServerPolicy):
 
     def mints_per_refresh(self):
         return 2 if self.rotation else 1
+
+    def mints_per_login(self):
+        return 2  # access and refresh token
 
     def _check(self, ledger: Ledger, token: Token, now: float) -> str:
         session = ledger.session_of(token)
