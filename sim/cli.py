@@ -10,6 +10,7 @@ import json
 import time
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -37,6 +38,15 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")]
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
 EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.parquet (every record).")]
+
+
+class Engine(str, Enum):
+    fast = "fast"
+    exact = "exact"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="fast: plain requests in one step; exact: every request simulated (identical results).")]
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [
@@ -112,11 +122,11 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
             bar.stop()
 
 
-def simulate(scenario: Scenario, seed, replications, events, quiet=False):
+def simulate(scenario: Scenario, seed, replications, events, quiet=False, engine="fast"):
     from sim.engine import run
 
     with progress_bar("simulating", enabled=not quiet) as update:
-        return run(scenario, seed=seed, replications=replications, events=events, progress=update)
+        return run(scenario, seed=seed, replications=replications, events=events, progress=update, engine=engine)
 
 
 def headline_table(result, title: str) -> Table:
@@ -145,12 +155,13 @@ def run(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as JSON.")] = False,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, engine=engine.value)
         result.save(out)
     if as_json:
         records = result.aggregate.reset_index().to_dict(orient="records")
@@ -167,6 +178,7 @@ def compare(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the folder.")] = True,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
@@ -174,7 +186,7 @@ def compare(
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events)
+        result = simulate(scenario, seed, replications, events, engine=engine.value)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:

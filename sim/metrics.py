@@ -170,9 +170,20 @@ class Counts:
     def count(self, event: str, outcome: str, t_s: float, n: int = 1) -> None:
         key = (event, outcome)
         i = int(t_s)
-        self._bin(key)[0 if i < 0 else (i if i < self.n_bins else self.n_bins - 1)] += n
+        b = self.bins.get(key)
+        if b is None:
+            b = self._bin(key)
+        b[0 if i < 0 else (i if i < self.n_bins else self.n_bins - 1)] += n
         if self.lo <= t_s < self.hi:
             self.window[key] += n
+
+    def requests_without_delay(self, t_s: float, n: int) -> None:
+        """``n`` requests issued at ``t_s`` that succeeded with no added latency."""
+        self.count("request", "ok", t_s, n)
+        if self.lo <= t_s < self.hi:
+            self.latency.add(0.0, n)
+            if self.latency_values is not None:
+                self.latency_values.extend([0.0] * n)
 
     def request(self, t_s: float, added_ms: float | None) -> None:
         """A request issued at ``t_s``; ``added_ms`` None when it failed."""

@@ -9,16 +9,21 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from sim.engine.model import Simulation
+from sim.engine.model import FastSimulation, Simulation
 from sim.metrics import summarize, summary_table
 from sim.results import RunResult
 from sim.scenario import Scenario
 
 
-def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, events: bool):
+#: the engines: ``exact`` simulates every request; ``fast`` carries plain requests out in one
+#: step and gives identical results (see :class:`~sim.engine.model.FastSimulation`)
+ENGINES = {"exact": Simulation, "fast": FastSimulation}
+
+
+def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, events: bool, engine: str = "fast"):
     """One variant, one replication: (summary row, timeseries, latency histogram, events)."""
     variant = scenario.variant(name)
-    rec = Simulation(scenario, variant, replication, seed, events).run()
+    rec = ENGINES[engine](scenario, variant, replication, seed, events).run()
     row, series, latency = summarize(
         rec.counts, strategy=name, replication=replication, users=scenario.population.users,
         warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=scenario.auth.workers,
@@ -31,8 +36,8 @@ SMALL_RUN_USER_SECONDS = 5_000_000
 
 
 def _simulate_job(task):
-    scenario, name, replication, seed, events = task
-    return (name, replication), simulate_one(scenario, name, replication, seed, events)
+    scenario, name, replication, seed, events, engine = task
+    return (name, replication), simulate_one(scenario, name, replication, seed, events, engine)
 
 
 def run(
@@ -44,13 +49,17 @@ def run(
     strategies: Iterable[str] | None = None,
     processes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "fast",
 ) -> RunResult:
     """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
 
     ``seed`` and ``replications`` override the scenario's. ``processes``: worker processes
     (default: one per core for big runs; 1 runs in this process).
-    ``progress(done, total)`` is called as jobs finish. Returns a :class:`RunResult`.
+    ``progress(done, total)`` is called as jobs finish. ``engine``: ``"fast"`` (default) or
+    ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
     if overrides:
         scenario = scenario.replace(run=overrides)
@@ -67,13 +76,13 @@ def run(
     results = {}
     if processes <= 1:
         for i, job in enumerate(jobs, 1):
-            results[job] = simulate_one(scenario, *job, scenario.run.seed, events)
+            results[job] = simulate_one(scenario, *job, scenario.run.seed, events, engine)
             report(i, len(jobs))
     else:
         # a Pool, not a ProcessPoolExecutor: leaving its block terminates the workers at once,
         # so an interrupted run stops now instead of finishing the jobs under way
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            tasks = [(scenario, name, r, scenario.run.seed, events) for name, r in jobs]
+            tasks = [(scenario, name, r, scenario.run.seed, events, engine) for name, r in jobs]
             for i, (job, out) in enumerate(pool.imap_unordered(_simulate_job, tasks), 1):
                 results[job] = out
                 report(i, len(jobs))
@@ -86,5 +95,5 @@ def run(
         timeseries=pd.concat([r[1] for r in ordered], ignore_index=True),
         latency=pd.concat([r[2] for r in ordered], ignore_index=True),
         events=pd.concat(event_tables, ignore_index=True) if event_tables else None,
-        meta={"strategies": names},
+        meta={"strategies": names, "engine": engine},
     )

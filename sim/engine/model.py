@@ -32,7 +32,8 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, AttemptOutcome, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
-    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, jar_after_refresh, renew_flow, request_flow, user_flow,
+    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
+    request_flow, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
@@ -71,6 +72,7 @@ class User:
     streams: UserStreams
     skew_s: float
     sim: "Simulation"
+    tasks: list = field(default_factory=list)
 
     def clock(self) -> float:
         """The user's own clock (client clock: server time plus skew)."""
@@ -111,7 +113,7 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen]
@@ -121,6 +123,9 @@ class Task:
         self.waiters: list | None = None
         self.awaiting = 0
         self.rtt = 0.0
+        self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
+        self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
+        user.tasks.append(self)
 
 
 def held(token: Token) -> Held:
@@ -169,10 +174,10 @@ class Simulation:
         self.loss_p = scenario.network.loss_probability
         self.leeway_s = scenario.clocks.leeway_s
         self.handlers = {
-            Sleep: self._sleep, Pause: self._sleep, Call: self._call, Open: self._open, Close: self._close,
+            Sleep: self._sleep, Pause: self._pause, Call: self._call, Open: self._open, Close: self._close,
             Spawn: self._spawn, Await: self._await, Request: self._request, Send: self._send,
             Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt,
-            _Acquire: self._acquire, _Waiting: self._waiting,
+            _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -206,7 +211,9 @@ class Simulation:
         return rec
 
     def resume(self, arg) -> None:
-        self.step(*arg)
+        task, value = arg
+        task.wake = -math.inf
+        self.step(task, value)
 
     def step(self, task: Task, value) -> None:
         """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends."""
@@ -227,11 +234,15 @@ class Simulation:
 
     def _finish(self, task: Task) -> None:
         task.done = True
+        task.user.tasks.remove(task)
         if task.waiters:
             for waiter in task.waiters:
                 waiter.awaiting -= 1
                 if not waiter.awaiting:
-                    self.step(waiter, None)
+                    if waiter.until > self.now:
+                        self.at(waiter.until, self.resume, (waiter, None))
+                    else:
+                        self.step(waiter, None)
 
     def _fire(self, signal: Signal, value) -> None:
         for waiter in signal.waiters:
@@ -240,8 +251,15 @@ class Simulation:
     # -- structure: sleeps, sub-flows, visits, concurrency ------------------------------------
 
     def _sleep(self, task, effect):
+        task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
-            self.at(self.now + effect.seconds, self.resume, (task, None))
+            self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _pause(self, task, effect):
+        # after waiting for requests carried out in bulk (fast engine), count from their end
+        task.wake = (task.until if task.until > self.now else self.now) + effect.seconds
+        self.at(task.wake, self.resume, (task, None))
         return PENDING
 
     def _call(self, task, effect):
@@ -276,7 +294,10 @@ class Simulation:
     def _await(self, task, effect):
         pending = 0
         for handle in effect.handles:
-            if not handle.done:
+            if type(handle) is float:  # (fast engine) a request carried out in bulk, done then
+                if handle > task.until:
+                    task.until = handle
+            elif not handle.done:
                 pending += 1
                 if handle.waiters is None:
                     handle.waiters = []
@@ -286,11 +307,15 @@ class Simulation:
         task.awaiting = pending
         return PENDING
 
+
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
         task.stack.append(self._request_flow(task))
         return None
+
+    def _views(self, task, effect):
+        return False  # every page view event by event
 
     def _request_flow(self, task):
         tab = task.tab
@@ -492,3 +517,134 @@ class _Waiting:
     def __init__(self, signal: Signal) -> None:
         self.signal = signal
 
+
+
+_OK = Response(200)
+
+
+class FastSimulation(Simulation):
+    """The same model, with plain requests carried out in one step.
+
+    A request is plain when the policy would send the token it holds right away (no renewal,
+    nothing to wait for), the answer cannot be lost (its loss draw says so), and the server would
+    answer a plain ``ok`` when it arrives (:meth:`~sim.strategies.server.ServerPolicy.plain_at`):
+    nothing it does can change any state, so its attempt and its record are counted at once, its
+    round trip drawn from the same stream, and the task that waits for it resumes when it would
+    have ended. Everything else — renewals, logins, the auth tier, timers, lost or refused
+    requests — runs exactly as in :class:`Simulation`. With ``keep_events`` (per-record output)
+    nothing is skipped."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.events:
+            self.handlers[Request] = self._request_fast
+            self.handlers[Spawn] = self._spawn_fast
+            self.handlers[Views] = self._views
+        else:
+            self.handlers[Views] = super()._views
+
+    def _plain(self, tab: Tab) -> float | None:
+        """Carry out a plain request of ``tab`` now, returning when it ends; None (nothing
+        taken or counted) when the request is not plain."""
+        view = tab.view()
+        sent = view.held
+        if sent is None:
+            return None
+        client, now = self.client, self.now
+        clock = now + tab.visit.user.skew_s
+        if client.before_send(view, clock) is not Action.SEND:
+            return None
+        draws = tab.draws
+        rtt = draws.api_rtt.peek(1)[0]
+        if self.loss_p and draws.loss.peek(1)[0] < self.loss_p:
+            return None
+        arrive = now + rtt / 2
+        if not self.server.plain_at(self.ledger, self.ledger.tokens[sent.id], arrive, self.leeway_s):
+            return None
+        if client.on_response(view, sent, _OK, 1, clock) is not Action.DONE:
+            return None
+        draws.api_rtt.skip(1)
+        if self.loss_p:
+            draws.loss.skip(1)
+        done = arrive + (rtt / 2 + self.api_verify_s)
+        if done < self.end_s:
+            counts = self.rec.counts
+            counts.count("attempt", "ok", now)
+            counts.request(now, max(round((done - now - rtt - self.api_verify_s) * 1000.0, 6), 0.0))
+        return done
+
+    def _views(self, task, effect):
+        """Page views in bulk (:func:`~sim.strategies.flow.plain_page_views`) until the next
+        instant anything else of this user can happen: none of its other tasks (visit, tabs,
+        timers, requests) runs before then, and other users touch nothing of its own (only the
+        auth tier, which plain requests do not use), so what the views do is what they would
+        do event by event."""
+        tab = task.tab
+        view = tab.view()
+        sent = view.held
+        if sent is None:
+            return False
+        horizon = math.inf
+        for other in tab.visit.user.tasks:
+            if other is not task and other.wake < horizon:
+                horizon = other.wake
+        client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
+        token = ledger.tokens[sent.id]
+        skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
+        draws = tab.draws
+        loss = draws.loss
+        counts = self.rec.counts
+        send = Action.SEND
+        done_ = Action.DONE
+
+        def plain(t, rtts):
+            clock = t + skew
+            if client.before_send(view, clock) is not send or client.on_response(view, sent, _OK, 1, clock) is not done_:
+                return False
+            if loss_p and min(loss.peek(len(rtts))) < loss_p:
+                return False
+            return server.plain_at(ledger, token, t + max(rtts) / 2, leeway)
+
+        def view_done(t, rtts):
+            # the arithmetic of the event-by-event engine, request by request
+            done_max, ok, zero = t, 0, 0
+            for rtt in rtts:
+                h = rtt / 2
+                done = (t + h) + (h + verify)
+                if done > done_max:
+                    done_max = done
+                if done < end:
+                    ok += 1
+                    added_ms = (done - t - rtt - verify) * 1000.0
+                    if added_ms <= 1e-6:
+                        zero += 1
+                    else:
+                        counts.request(t, max(round(added_ms, 6), 0.0))
+            if loss_p:
+                loss.skip(len(rtts))
+            if ok:
+                counts.count("attempt", "ok", t, ok)
+                if zero:
+                    counts.requests_without_delay(t, zero)
+            return done_max
+
+        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done)
+        if not views:
+            return False
+        task.wake = t_next
+        self.at(t_next, self.resume, (task, True))
+        return PENDING
+
+    def _request_fast(self, task, effect):
+        done = self._plain(task.tab)
+        if done is None:
+            return self._request(task, effect)
+        task.until = done
+        return True
+
+    def _spawn_fast(self, task, effect):
+        if type(effect.effect) is Request and effect.tab is None:
+            done = self._plain(task.tab)
+            if done is not None:
+                return done
+        return self._spawn(task, effect)

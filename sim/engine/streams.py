@@ -112,12 +112,13 @@ class TabStreams:
         def rng(source):
             return (seed, replication, 2, user, tab, int(source))
 
-        self.think = Draws(work.think_time, rng(Source.THINK))
-        self.burst = Draws(work.burst_size, rng(Source.BURST), floor=1)
-        self.idle_coin = Draws(None, rng(Source.IDLE), floor=None)
+        # a batch costs about as much to set up as 200 draws: the busiest streams take big ones
+        self.think = Draws(work.think_time, rng(Source.THINK), batch=256)
+        self.burst = Draws(work.burst_size, rng(Source.BURST), floor=1, batch=256)
+        self.idle_coin = Draws(None, rng(Source.IDLE), floor=None, batch=256)
         self.idle_gap = Draws(pop.idle_gap, rng(Source.IDLE_GAP))
-        self.api_rtt = Draws(net.rtt, rng(Source.API_LATENCY))
-        self.loss = Draws(None, rng(Source.LOSS), floor=None)
+        self.api_rtt = Draws(net.rtt, rng(Source.API_LATENCY), batch=1024)
+        self.loss = Draws(None, rng(Source.LOSS), floor=None, batch=1024)
 
 
 class UserStreams:

@@ -19,6 +19,9 @@ Effects, and what the driver sends back:
   (the driver records the logout); send back nothing;
 - :class:`Spawn` — carry out ``effect`` concurrently for ``tab``; send back a handle;
   :class:`Await` — wait until every handle in ``handles`` is done; send back nothing;
+- :class:`Views` — the driver may carry out the tab's next page views in bulk while they are
+  plain (see :func:`plain_page_views`); send back True when it did (the flow then goes on at the
+  next page view), False to have the flow do the next page view itself;
 - :class:`Request` — carry out one request (:func:`request_flow`) in the task's tab, recording it;
   send back True when it succeeded;
 - :class:`Send` — send the request with ``held``; send back the :class:`Response`;
@@ -107,6 +110,15 @@ class Await:
 @dataclass(frozen=True, slots=True)
 class Request:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Views:
+    """Offer the driver to carry out the tab's next page views in bulk, as :func:`tab_flow`
+    would (:func:`plain_page_views`), while every request of them is plain."""
+
+    draws: Any
+    idle_probability: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +235,10 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
 def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Flow:
     """A tab: page views until the visit is over. A page view is a burst of parallel requests;
     after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap."""
+    views = Views(draws, idle_probability)
     while not visit.over:
+        if (yield views):
+            continue
         n = int(draws.burst())
         others = []
         for _ in range(n - 1):
@@ -233,6 +248,36 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Fl
             yield Await(tuple(others))
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
         yield Pause(pause + draws.think())
+
+
+def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
+                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float]
+                     ) -> tuple[int, float]:
+    """:func:`tab_flow`'s page views in bulk, for a driver that knows nothing else happens to
+    the tab before ``horizon_s``: from ``start_s``, each page view whose requests are all plain
+    — ``plain(t, rtts)`` says so for a view starting at ``t`` whose requests would draw round
+    trips ``rtts`` — is carried out at once with the same draws from the same streams
+    (``draws`` supports ``peek``/``skip``): ``view_done(t, rtts)`` carries its requests out and
+    returns when the last one ends; then the pause. Views go on while the next one starts before
+    ``horizon_s`` and ``end_s``. Returns (views done, when the next page view starts); (0,
+    ``start_s``) when the first one is not plain.
+    """
+    burst, rtt_draws = draws.burst, draws.api_rtt
+    t, views = start_s, 0
+    while True:
+        n = int(burst.peek(1)[0])
+        rtts = rtt_draws.peek(n)
+        if not plain(t, rtts):
+            return views, t
+        burst.skip(1)
+        rtt_draws.skip(n)
+        done = view_done(t, rtts)
+        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
+        t_next = done + (pause + draws.think())
+        views += 1
+        if not (t_next < horizon_s and t_next < end_s):
+            return views, t_next
+        t = t_next
 
 
 def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHandle, clock: Callable[[], float],

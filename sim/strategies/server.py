@@ -92,6 +92,13 @@ class ServerPolicy(Model):
             return EXPIRED
         return OK
 
+    def plain_at(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> bool:
+        """Whether :meth:`authorize` would answer a plain ``ok`` at ``now`` — no re-issued token,
+        nothing written — whatever else happens meanwhile, so an engine may skip the call.
+        Plain at ``now`` must mean plain at every earlier instant since the token was sent (the
+        answer is monotone in time). False means "ask :meth:`authorize`"."""
+        return not now > token.expires_at_s + leeway_s
+
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``."""
         ledger.counters["refresh_calls"] += 1
@@ -154,6 +161,10 @@ class DualTokenServer(ServerPolicy):
         if self.revoke_access_on_reuse and ledger.sessions[token.session].revoked:
             return INVALID
         return super().authorize(ledger, token, now, leeway_s)
+
+    def plain_at(self, ledger, token, now, leeway_s=0.0):
+        # another tab's reuse may revoke the session while the request travels
+        return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
 
     def begin_refresh(self, ledger, token, basis, now):
         ledger.counters["refresh_calls"] += 1
@@ -243,6 +254,9 @@ class SlidingServer(ServerPolicy):
             return verdict  # capped by absolute_max: nothing newer to give
         reissued = ledger.mint("access", session, now, expiry, cause="reissue", parent=token.id, basis=token.id)
         return Verdict("ok", reissued)
+
+    def plain_at(self, ledger, token, now, leeway_s=0.0):
+        return super().plain_at(ledger, token, now, leeway_s) and token.expires_at_s - now >= self.window_s
 
     def access_expiry(self, session, now):
         expiry = now + self.access_ttl_s
