@@ -18,6 +18,10 @@ from sim.model import Model
 from sim.units import Duration
 
 
+#: relative slack under which two instants a timer computes count as the same one
+_SAME_INSTANT = 1e-9
+
+
 class Action(StrEnum):
     """What a client policy tells its driver to do."""
 
@@ -174,14 +178,15 @@ class TimerClient(ClientPolicy):
         interval = self.check_interval_s
         if self.timer_phase == "rearm":
             return now + interval
+        # a tick that is due within rounding of ``now`` is the one being served, not the next:
+        # sleeping the difference would not move the clock
         if self.timer_phase == "fixed":
-            k = math.floor((now - origin_s) / interval) + 1
-            tick = origin_s + k * interval
-            return tick if tick > now else tick + interval
+            k = math.floor((now - origin_s) / interval + _SAME_INSTANT) + 1
+            return origin_s + k * interval
         if tab.held is not None:
             exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
             tick = exp - self.threshold_s
-            if tick > now:
+            if tick - now > _SAME_INSTANT * interval:
                 return tick
         return now + interval
 
