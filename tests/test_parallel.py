@@ -56,6 +56,7 @@ def test_dask_local_cluster_gives_the_answer_of_one_process(small, cli, tmp_path
                                   pd.read_csv(tmp_path / "local" / "summary.csv"))
 
 
+@pytest.mark.slow  # the connection attempt times out after 10 s
 def test_unreachable_cluster_is_a_clear_error(small):
     pytest.importorskip("distributed")
     with pytest.raises(WorkerLost, match="cannot reach the Dask scheduler"):
