@@ -98,9 +98,13 @@ class Search:
     failed_below: int = 0  # the largest count known to fail (0: none probed yet)
     passed_at: int | None = None  # the smallest count known to pass
     probes: dict[int, tuple[float, float, bool]] = field(default_factory=dict)
+    #: the measure was missing (nothing measured): no count can be said to meet the objective
+    unmeasured: bool = False
 
     def next_workers(self) -> int | None:
         """The next count to simulate, or None when the search is over."""
+        if self.unmeasured:
+            return None
         if self.passed_at is None:
             if self.failed_below >= self.max_workers:
                 return None
@@ -111,7 +115,9 @@ class Search:
 
     def record(self, workers: int, mean: float, ci95: float, met: bool) -> None:
         self.probes[workers] = (mean, ci95, met)
-        if met:
+        if mean != mean:
+            self.unmeasured = True
+        elif met:
             self.passed_at = workers if self.passed_at is None else min(self.passed_at, workers)
         else:
             self.failed_below = max(self.failed_below, workers)
@@ -251,7 +257,8 @@ def capacity(
             slo.metric: at[0] if at else math.nan, f"{slo.metric}_ci95": at[1] if at else math.nan,
             f"{slo.metric}_one_fewer": below[0] if below else math.nan,
             "probes": len(s.probes),
-            "status": "met" if answer is not None else f"not met with {max_workers} workers",
+            "status": "met" if answer is not None else "not measured" if s.unmeasured
+            else f"not met with {max_workers} workers",
         })
     table = pd.DataFrame(table)
     table["workers_needed"] = table["workers_needed"].astype("Int64")

@@ -146,12 +146,20 @@ def capacity(
     table.add_column("strategy", style="bold")
     for n in populations:
         table.add_column(f"{format_number(n)} users", justify="right")
-    for name, row in result.wide().iterrows():
-        table.add_row(name, *("> " + str(max_workers) if v is None or v != v else str(int(v)) for v in row))
+    cells = {(r.variant, r.users): (str(int(r.workers_needed)) if r.status == "met" else
+                                    f"> {max_workers}" if r.status.startswith("not met") else "n/a")
+             for r in result.table.itertuples()}
+    for name in result.wide().index:
+        table.add_row(name, *(cells[name, n] for n in populations))
     out_console.print(table)
-    unmet = result.table["workers_needed"].isna().sum()
-    if unmet:
-        out_console.print(f"{unmet} population(s) not met with {max_workers} workers (see probes.csv)")
+    unmet = (result.table["status"] != "met") & (result.table["status"] != "not measured")
+    if unmet.any():
+        out_console.print(f"{int(unmet.sum())} population(s) not met with {max_workers} workers (see probes.csv)")
+    unmeasured = result.table["status"] == "not measured"
+    if unmeasured.any():
+        out_console.print(f"wrote {out}")
+        raise fail(f"{int(unmeasured.sum())} search(es) measured no {objective.metric} (n/a): no auth call fell "
+                   f"in the window", 1)
     out_console.print(f"wrote {out} (capacity.csv, probes.csv, charts/capacity.png)")
 
 
