@@ -191,6 +191,7 @@ def capacity(
     processes: int | None = None,
     cluster: Any = None,
     progress: Callable[[str], None] | None = None,
+    engine: str | None = None,
 ) -> CapacityResult:
     """For every variant (or those in ``strategies``) and population in ``users``, the fewest
     auth workers that meet ``slo`` (an :class:`SLO` or its text). ``replications`` and ``seed``
@@ -222,7 +223,7 @@ def capacity(
                 return
             probe = probe_scenario(scenario, searches[k].users, workers)
             waiting[k, workers] = {}
-            for job in jobs_of(probe, [searches[k].variant], tag=(k, workers)):
+            for job in jobs_of(probe, [searches[k].variant], tag=(k, workers), engine=engine):
                 runner.submit(job)
 
         for k in range(len(searches)):

@@ -53,7 +53,7 @@ def sweep(
     One run folder per setting, written as soon as it is complete; running the same command
     again resumes an interrupted sweep without recomputing a point. The table shows how refresh
     load, queue wait and failures move with users, workers, lifetimes."""
-    from sim.cli import default_out, fail, interruptible, out_console, read_scenario
+    from sim.cli import default_out, fail, out_console, read_scenario
     from sim.engine.dispatch import WorkerLost
     from sim.scenario import parse_setting, sweep_settings
     from sim.sweep import Point, SweepFolderError, finish, run_sweep
@@ -70,18 +70,24 @@ def sweep(
         points.append(Point(combo, scenario.replace(run=overrides) if overrides else scenario))
     out = out or default_out(scenario_path, "sweep")
 
+    written = [0]
+
     def on_point(point, result, reused, done, total):
+        written[0] = done
         say(f"[{done}/{total}] {point.label}: {'already in ' if reused else 'wrote '}{out / point.folder}")
 
-    with interruptible(out):
-        try:
-            results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
-                                on_point=on_point)
-        except SweepFolderError as exc:
-            raise fail(str(exc)) from None
-        except WorkerLost as exc:
-            raise fail(f"{exc}; the points written so far are kept, run the command again to resume", 1) from None
+    try:
+        results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
+                            on_point=on_point)
         finish(out, points, results, scenario_path.name, report)
+    except SweepFolderError as exc:
+        raise fail(str(exc)) from None
+    except WorkerLost as exc:
+        raise fail(f"{exc}; {written[0]} of {len(points)} points are written in {out}; run the same command "
+                   f"again to resume", 1) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted: {written[0]} of {len(points)} points are written in {out}; run the same "
+                   f"command again to resume", 130) from None
     table = Table(title=f"{scenario_path.name}: sweep of {', '.join(combos[0])} (means over replications)",
                   title_justify="left")
     for label in ["setting", "strategy", *(label for _, label in SWEEP_COLUMNS)]:

@@ -101,6 +101,7 @@ def run_sweep(
     processes: int | None = None,
     cluster: Any = None,
     on_point: Callable[[Point, RunResult, bool, int, int], None] | None = None,
+    engine: str | None = None,
 ) -> list[RunResult]:
     """Run every point not already in ``out`` (all their simulations in parallel) and write each
     point's run folder as soon as it is complete. ``on_point(point, result, reused, done,
@@ -113,7 +114,7 @@ def run_sweep(
     for k, i in enumerate(sorted(done), 1):
         report(points[i], done[i], True, k, len(points))
     todo = [i for i in range(len(points)) if i not in done]
-    jobs = [job for i in todo for job in jobs_of(points[i].scenario, points[i].scenario.names, tag=i)]
+    jobs = [job for i in todo for job in jobs_of(points[i].scenario, points[i].scenario.names, tag=i, engine=engine)]
     missing = {i: len(points[i].scenario.names) * points[i].scenario.run.replications for i in todo}
     outputs: dict[int, dict] = {i: {} for i in todo}
     if jobs:

@@ -26,18 +26,21 @@ def sweep_cmd(scenario, out, *extra):
     return [sys.executable, "-m", "sim.cli", "sweep", str(scenario), *SWEEP_ARGS, *extra, "--out", str(out)]
 
 
-def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         first = proc.stderr.readline()  # the run reports its first finished point
         assert first.startswith("[1/4] "), first + proc.stderr.read()
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, how)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again to resume" in err and "Traceback" not in err, err
     manifest = json.loads((out / "sweep.json").read_text())
     assert manifest["complete"] is False and not (out / "report.html").exists()
     written = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -52,6 +55,8 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == POINTS  # each once, no partial folder left
     assert {name: (out / name / "summary.csv").stat().st_mtime_ns for name in written} == kept, "not recomputed"
     assert json.loads((out / "sweep.json").read_text())["complete"] is True
+    if how == signal.SIGINT:
+        return
     # the resumed sweep equals one run straight through
     straight = tmp_path / "straight"
     subprocess.run(sweep_cmd(SCENARIOS / "smoke.toml", straight), cwd=ROOT, check=True, capture_output=True, timeout=300)

@@ -25,12 +25,12 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
     return row, series, latency, rec.events()
 
 
-def jobs_of(scenario: Scenario, names: Iterable[str], tag=None, events: bool = False) -> list:
+def jobs_of(scenario: Scenario, names: Iterable[str], tag=None, events: bool = False, engine: str | None = None) -> list:
     """The simulations of a run: every replication of every named variant, each a
     :class:`~sim.engine.dispatch.Job` tagged ``tag``."""
     from sim.engine.dispatch import Job
 
-    return [Job(scenario, name, r, scenario.run.seed, events, tag)
+    return [Job(scenario, name, r, scenario.run.seed, events, tag, engine)
             for r in range(scenario.run.replications) for name in names]
 
 
@@ -59,6 +59,7 @@ def run(
     processes: int | None = None,
     cluster=None,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
 ) -> RunResult:
     """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
 
@@ -77,7 +78,7 @@ def run(
     names = list(strategies) if strategies is not None else scenario.names
     for name in names:
         scenario.variant(name)
-    jobs = jobs_of(scenario, names, events=events)
+    jobs = jobs_of(scenario, names, events=events, engine=engine)
     report = progress or (lambda done, total: None)
     report(0, len(jobs))
     outputs = {}

@@ -11,6 +11,7 @@ leaving the runner (normally, on an error or on Ctrl-C) stops every worker it st
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -29,7 +30,8 @@ class WorkerLost(RuntimeError):
 @dataclass(frozen=True, eq=False)
 class Job:
     """One simulation: variant ``strategy`` of ``scenario``, replication ``replication``, from
-    ``seed``. ``tag`` is the caller's, carried back untouched (which sweep point, which probe)."""
+    ``seed``. ``tag`` is the caller's, carried back untouched (which sweep point, which probe);
+    ``engine`` names the engine (None: the default one)."""
 
     scenario: Scenario
     strategy: str
@@ -37,6 +39,7 @@ class Job:
     seed: int
     events: bool = False
     tag: Hashable = None
+    engine: str | None = None
     id: int = field(default=0, compare=False)
 
 
@@ -44,7 +47,8 @@ def execute(job: Job):
     """Run one job (in whichever process it landed): the output of :func:`sim.engine.simulate_one`."""
     from sim.engine import simulate_one
 
-    return simulate_one(job.scenario, job.strategy, job.replication, job.seed, job.events)
+    options = {"engine": job.engine} if job.engine is not None else {}
+    return simulate_one(job.scenario, job.strategy, job.replication, job.seed, job.events, **options)
 
 
 def _execute_in_worker(job: Job):
@@ -65,7 +69,7 @@ class Runner:
 
     def submit(self, job: Job) -> Job:
         self._next_id += 1
-        job = Job(job.scenario, job.strategy, job.replication, job.seed, job.events, job.tag, self._next_id)
+        job = dataclasses.replace(job, id=self._next_id)
         self._jobs[job.id] = job
         self._start(job)
         return job
