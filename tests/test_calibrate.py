@@ -8,6 +8,7 @@ import pytest
 
 import sim
 from sim.calibrate import auth_times, format_seconds
+from sim.scenario import ScenarioError
 from sim.units import parse_duration
 from tests.conftest import SCENARIOS
 
@@ -63,10 +64,13 @@ def test_a_scenario_takes_its_auth_times_from_the_profile(profile, tmp_path, cli
     ("missing.toml", "HS256", "no such profile"),
     ("calibration.toml", "RS256", "has no RS256 times"),
 ])
-def test_a_bad_profile_is_refused_naming_the_field(profile, tmp_path, cli, profile_name, algorithm, expected):
+def test_a_bad_profile_is_refused_naming_the_field(profile, tmp_path, profile_name, algorithm, expected):
     (tmp_path / "calibration.toml").write_text(profile.read_text())
-    code, _, err = cli("check", with_profile(tmp_path, profile_name, algorithm))
-    assert code == 2 and "auth.profile" in err and expected in err and "Traceback" not in err, err
+    path = with_profile(tmp_path, profile_name, algorithm)
+    with pytest.raises(ScenarioError) as caught:
+        sim.load_scenario(path)
+    assert caught.value.problems[0][0] == "auth.profile" and expected in caught.value.render()
+    assert str(path) in caught.value.render()
 
 
 def test_durations_are_written_as_scenarios_spell_them():

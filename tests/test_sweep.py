@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 import sim
 from sim.report import charts
 from sim.report.sweep import distinct_fields, layout
+from sim.sweep import Point, SweepFolderError, prepare, run_sweep
 from tests.conftest import ROOT, SCENARIOS
 
 SWEEP_ARGS = ["--set", "population.users=4,8", "--set", "auth.workers=1,2", "--replications", "1", "--no-report",
@@ -26,7 +27,7 @@ def sweep_cmd(scenario, out, *extra):
     return [sys.executable, "-m", "sim.cli", "sweep", str(scenario), *SWEEP_ARGS, *extra, "--out", str(out)]
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, stdout=subprocess.PIPE,
@@ -64,17 +65,23 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
         assert (out / name / "summary.csv").read_text() == (straight / name / "summary.csv").read_text()
 
 
-def test_a_sweep_refuses_a_folder_of_another_sweep(cli, tmp_path):
+def test_a_sweep_refuses_a_folder_of_another_sweep(tmp_path):
+    def points(users, seed=7):
+        settings = {"population.users": users}
+        return [Point(settings, sim.load_scenario(SCENARIOS / "smoke.toml", settings).replace(run={"seed": seed}))]
+
     out = tmp_path / "sweep"
-    code, _, err = cli("sweep", SCENARIOS / "smoke.toml", "--set", "population.users=4", "--replications", "1",
-                       "--no-report", "--out", out)
-    assert code == 0, err
-    code, _, err = cli("sweep", SCENARIOS / "smoke.toml", "--set", "population.users=5", "--replications", "1",
-                       "--no-report", "--out", out)
-    assert code == 2 and "holds a different sweep" in err, err
-    code, _, err = cli("sweep", SCENARIOS / "smoke.toml", "--set", "population.users=4", "--replications", "1",
-                       "--seed", "99", "--no-report", "--out", out)
-    assert code == 2 and "different scenario" in err, err
+    first = points(4)
+    run_sweep([Point(p.settings, p.scenario.replace(run={"replications": 1, "duration_s": 60.0})) for p in first],
+              out, processes=1)
+    with pytest.raises(SweepFolderError, match="holds a different sweep"):
+        prepare(out, points(5), "smoke.toml")
+    with pytest.raises(SweepFolderError, match="different scenario"):
+        prepare(out, points(4, seed=99), "smoke.toml")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.csv").write_text("a run\n")
+    with pytest.raises(SweepFolderError, match="not a sweep folder"):
+        prepare(tmp_path / "other", points(4), "smoke.toml")
 
 
 @pytest.fixture(scope="module")
