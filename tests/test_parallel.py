@@ -3,6 +3,8 @@ process; a worker that dies fails the run at once and leaves nothing running."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,25 +63,38 @@ def test_unreachable_cluster_is_a_clear_error(small):
         sim.run(small, cluster="tcp://127.0.0.1:9")
 
 
-def test_a_killed_worker_fails_the_run_promptly_and_leaves_nothing_running(tmp_path):
+def start_long_run(tmp_path):
+    """A ``refreshlab run`` on two worker processes, in a session of its own, once both workers
+    have started: (process, psutil handle of every process under it, its worker processes)."""
     scenario = tmp_path / "long.toml"
-    # long enough that no job can finish before the worker is killed
+    # long enough that no job can finish before the test acts
     scenario.write_text(sim.load_scenario(SCENARIOS / "baseline.toml").replace(
         population={"users": 20_000}, run={"replications": 2}).to_toml())
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(scenario), "--processes", "2", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(scenario), "--processes", "2",
+                             "--out", str(tmp_path / "run")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     parent = psutil.Process(proc.pid)
+    workers: list = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        workers = [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) < 2:
+            psutil.wait_procs([parent], timeout=0.1)  # the run's own exit, or a tenth of a second
+    if len(workers) < 2:
+        proc.kill()
+        pytest.fail(f"workers did not start: {proc.communicate()}")
+    return proc, parent.children(recursive=True), workers
+
+
+def assert_nothing_left(tmp_path, everything):
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    _, alive = psutil.wait_procs(everything, timeout=15)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+def test_a_killed_worker_fails_the_run_promptly_and_leaves_nothing_running(tmp_path):
+    proc, everything, workers = start_long_run(tmp_path)
     try:
-        # the state to reach: both simulation workers started (spawned processes of the run)
-        workers: list = []
-        deadline = time.monotonic() + 60
-        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            workers = [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]
-            if len(workers) < 2:
-                psutil.wait_procs([parent], timeout=0.1)  # the run's own exit, or a tenth of a second
-        assert len(workers) == 2, f"workers did not start: {proc.poll()}"
-        everything = parent.children(recursive=True)
         killed_at = time.monotonic()
         workers[0].kill()
         _, err = proc.communicate(timeout=60)
@@ -90,6 +105,16 @@ def test_a_killed_worker_fails_the_run_promptly_and_leaves_nothing_running(tmp_p
     assert proc.returncode == 1, err
     assert "worker process died" in err and "Traceback" not in err, err
     assert elapsed < 30
-    assert not out.exists() and not list(tmp_path.glob(".run*"))
-    _, alive = psutil.wait_procs(everything, timeout=15)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    assert_nothing_left(tmp_path, everything)
+
+
+def test_ctrl_c_stops_the_workers_too(tmp_path):
+    proc, everything, _ = start_long_run(tmp_path)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert_nothing_left(tmp_path, everything)

@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import dataclasses
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,6 +54,12 @@ def execute(job: Job):
 
 def _execute_in_worker(job: Job):
     return job.id, execute(job)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C at a terminal reaches the whole process group: the parent stops the workers, which
+    # must not die on their own first (that would look like a lost worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Runner:
@@ -125,7 +132,8 @@ class Processes(Runner):
         super().__init__()
         self.slots = processes
         self.where = f"{processes} worker processes"
-        self._pool = cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_interrupts)
         self._futures: dict[cf.Future, int] = {}
 
     def _start(self, job: Job) -> None:
