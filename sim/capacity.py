@@ -28,6 +28,7 @@ import pandas as pd
 
 from sim.metrics import METRIC_COLUMNS
 from sim.scenario import Scenario
+from sim.units import format_number
 
 _OPS = {"<": operator.lt, "<=": operator.le}
 #: measures that do not grow as workers are added: the ones an objective may bound
@@ -246,7 +247,7 @@ def capacity(
                          slo.metric: mean, f"{slo.metric}_ci95": ci, "met": met,
                          "auth_utilization": float(row["auth_utilization"])})
             tell(f"{search.variant}, {search.users:,} users, {workers} workers: {slo.metric} = "
-                 f"{mean:.4g}{f' ±{ci:.2g}' if ci == ci else ''} -> {'met' if met else 'not met'}")
+                 f"{format_number(mean)}{f' ±{format_number(ci)}' if ci == ci else ''} -> {'met' if met else 'not met'}")
             launch(k)
     table = []
     for s in searches:
