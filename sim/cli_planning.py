@@ -84,10 +84,10 @@ def sweep(
         raise fail(str(exc)) from None
     except WorkerLost as exc:
         raise fail(f"{exc}; {written[0]} of {len(points)} points are written in {out}; run the same command "
-                   f"again to resume", 1) from None
+                   f"again with --out {out} to resume", 1) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted: {written[0]} of {len(points)} points are written in {out}; run the same "
-                   f"command again to resume", 130) from None
+                   f"command again with --out {out} to resume", 130) from None
     table = Table(title=f"{scenario_path.name}: sweep of {', '.join(combos[0])} (means over replications)",
                   title_justify="left")
     for label in ["setting", "strategy", *(label for _, label in SWEEP_COLUMNS)]:
