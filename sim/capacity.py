@@ -1,8 +1,10 @@
 """Capacity answers: per variant and population, the fewest auth workers that meet a service
 level objective such as ``auth_queue_wait_ms_p99 < 50``.
 
-A search over worker counts, not a grid: 1, 2, 4, 8, … until the objective is met, then a
-binary search between the last count that failed and the first that passed. It relies on the
+A search over worker counts, not a grid: from a first guess, doubling until the objective is met
+(or halving while it is), then a binary search between the last count that failed and the first
+that passed. A variant's populations are searched from the smallest up, each starting from the
+previous population's answer; the variants are searched side by side. It relies on the
 measure not growing with workers (waits, utilisation, added latency), which common random
 numbers make hold run to run: every probe of a search sees the same users doing the same
 things. The answer is a count ``w`` that was simulated and met the objective, with ``w - 1``
@@ -96,6 +98,8 @@ class Search:
     variant: str
     users: int
     max_workers: int
+    #: the first count to simulate (a smaller population's answer is a good guess)
+    start: int = 1
     failed_below: int = 0  # the largest count known to fail (0: none probed yet)
     passed_at: int | None = None  # the smallest count known to pass
     probes: dict[int, tuple[float, float, bool]] = field(default_factory=dict)
@@ -106,12 +110,16 @@ class Search:
         """The next count to simulate, or None when the search is over."""
         if self.unmeasured:
             return None
-        if self.passed_at is None:
+        if not self.probes:
+            return min(max(self.start, 1), self.max_workers)
+        if self.passed_at is None:  # only failures so far: double
             if self.failed_below >= self.max_workers:
                 return None
-            return min(max(1, self.failed_below * 2), self.max_workers)
+            return min(self.failed_below * 2, self.max_workers)
         if self.passed_at - self.failed_below <= 1:
             return None
+        if self.failed_below == 0:  # only passes so far (a generous start): halve
+            return self.passed_at // 2
         return (self.failed_below + self.passed_at) // 2
 
     def record(self, workers: int, mean: float, ci95: float, met: bool) -> None:
@@ -210,7 +218,9 @@ def capacity(
     for name in names:
         scenario.variant(name)
     reps = scenario.run.replications
-    searches = [Search(name, n, max_workers) for n in users for name in names]
+    searches = [Search(name, n, max_workers) for name in names for n in users]
+    # per variant, the searches in order of population: each starts from the one before's answer
+    following = {k: k + 1 for k in range(len(searches) - 1) if searches[k + 1].variant == searches[k].variant}
     tell = progress or (lambda message: None)
     rows = []
     # a rough size for choosing processes: the first probe of every search
@@ -221,6 +231,10 @@ def capacity(
         def launch(k: int) -> None:
             workers = searches[k].next_workers()
             if workers is None:
+                if k in following:  # this population is done: the next one starts from its answer
+                    nxt = searches[following[k]]
+                    nxt.start = searches[k].answer or (1 if searches[k].unmeasured else max_workers)
+                    launch(following[k])
                 return
             probe = probe_scenario(scenario, searches[k].users, workers)
             waiting[k, workers] = {}
@@ -228,7 +242,8 @@ def capacity(
                 runner.submit(job)
 
         for k in range(len(searches)):
-            launch(k)
+            if k == 0 or searches[k - 1].variant != searches[k].variant:
+                launch(k)
         while runner.pending:
             job, output = runner.next_done()
             k, workers = job.tag

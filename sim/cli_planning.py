@@ -117,7 +117,8 @@ def capacity(
 ):
     """Find per variant the fewest auth workers meeting an objective at each population.
 
-    A search over worker counts (doubling, then bisection), not a grid; prints the table, writes
+    A search over worker counts (from the next smaller population's answer, doubling or halving,
+    then bisection), not a grid; prints the table, writes
     it as capacity.csv (every simulated probe in probes.csv) and draws the capacity chart."""
     from sim.capacity import capacity as find_capacity
     from sim.capacity import parse_slo, parse_users

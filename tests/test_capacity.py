@@ -56,13 +56,20 @@ def test_the_search_finds_the_fewest_workers_of_the_closed_form(make_scenario):
     assert isinstance(result.figure(), Figure)
 
 
-def test_search_by_doubling_then_bisection():
+def test_search_by_doubling_or_halving_then_bisection():
     for needed in (1, 2, 3, 37, 64, 1000):
         search = Search("v", 100, max_workers=1024)
         while (w := search.next_workers()) is not None:
             search.record(w, float(w), math.nan, w >= needed)
         assert search.answer == needed
         assert len(search.probes) <= 2 * math.ceil(math.log2(needed + 1)) + 1
+    for needed in (1, 2, 5, 37, 64):
+        for start in (1, 3, 8, 40, 200):
+            search = Search("v", 100, max_workers=1024, start=start)
+            while (w := search.next_workers()) is not None:
+                search.record(w, float(w), math.nan, w >= needed)
+            assert search.answer == needed, (needed, start)
+            assert needed == 1 or not search.probes[needed - 1][2]  # one fewer was simulated, and failed
     search = Search("v", 100, max_workers=16)
     while (w := search.next_workers()) is not None:
         search.record(w, 1.0, math.nan, False)
