@@ -9,6 +9,7 @@ variants consume other streams.
 from __future__ import annotations
 
 import hashlib
+import threading
 from enum import IntEnum
 
 import numpy as np
@@ -48,10 +49,16 @@ def stream_state(seed: int, *key: int) -> dict:
             "has_uint32": 0, "uinteger": 0}
 
 
-# one bit generator for every keyed stream of this process: a stream lends it its state to draw a
-# batch and takes the new state back
-_BITGEN = np.random.PCG64(0)
-_GEN = np.random.Generator(_BITGEN)
+# one bit generator per thread for every keyed stream: a stream lends it its state to draw a batch
+# and takes the new state back (per thread: Dask workers run simulations in threads)
+_LOCAL = threading.local()
+
+
+def _shared_generator() -> np.random.Generator:
+    gen = getattr(_LOCAL, "gen", None)
+    if gen is None:
+        gen = _LOCAL.gen = np.random.Generator(np.random.PCG64(0))
+    return gen
 
 
 class Draws:
@@ -74,9 +81,10 @@ class Draws:
     def _refill(self) -> None:
         if type(self._state) is tuple:
             self._state = stream_state(*self._state)
-        _BITGEN.state = self._state
-        values = self._sample(_GEN, self._batch)
-        self._state = _BITGEN.state
+        gen = _shared_generator()
+        gen.bit_generator.state = self._state
+        values = self._sample(gen, self._batch)
+        self._state = gen.bit_generator.state
         if self._floor is not None:
             values = np.maximum(values, self._floor)
         self._buf = self._buf[self._i:] + values.tolist()
