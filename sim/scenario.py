@@ -135,6 +135,11 @@ class AuthTier(Model):
     verify_time_s: Duration = Field(default="200us", alias="verify_time")
     #: a call that waited this long for a worker is answered 503
     queue_timeout_s: Duration = Field(default="10s", alias="queue_timeout", gt=0)
+    #: calls that may wait for a worker at once; one more is shed at once (503 with Retry-After).
+    #: None: no bound but the queue timeout
+    queue_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+    #: the wait a shed call is told to observe (``Retry-After``, whole wall seconds on the wire)
+    retry_after_s: Duration = Field(default="1s", alias="retry_after", gt=0)
 
 
 class ApiTier(Model):

@@ -355,7 +355,7 @@ def test_private_key_file(server, tmp_path):
         grant = login(client)
         # the server signs with the given key: its public half verifies the token
         assert jwt.decode(grant["access_token"], private.public_key(), algorithms=["ES256"],
-                          options={"verify_exp": False})["typ"] == p.ACCESS_TYP
+                          audience=p.AUDIENCE, options={"verify_exp": False})["typ"] == p.ACCESS_TYP
         assert call_api(client, grant["access_token"]).status_code == 200
 
 
