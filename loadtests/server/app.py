@@ -382,7 +382,9 @@ class TokenServer:
             token = self.lookup(txn, claims, p.REFRESH_TYP)
             if token is None:
                 return None
-            return self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s())
+            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s())
+            # past the JWT's own exp: refused whatever the ledger says (the call still counts)
+            return "expired" if claims.get("expired") else pending
 
         def finish(txn):
             ledger = txn.ledger
@@ -395,10 +397,10 @@ class TokenServer:
         try:
             async with self.tier.worker():
                 pending = await self.store.run(begin)
-                if pending is None:
-                    if claims.get("expired"):
-                        return _oauth_error(400, "invalid_grant", "expired")
+                if pending is None and not claims.get("expired"):
                     return _oauth_error(400, "invalid_grant", p.INVALID)
+                if pending is None or pending == "expired":
+                    return _oauth_error(400, "invalid_grant", "expired")
                 await self.tier.spend(self._refresh_service_s)
                 now = self.clock.now_s()
                 outcome, subject = await self.store.run(finish, atomic=self._atomic)
@@ -418,6 +420,8 @@ class TokenServer:
         claims = self.verify(raw.strip())
         if claims is None or claims["typ"] != p.ACCESS_TYP:
             return _invalid_token(p.INVALID)
+        if claims.get("expired"):  # past the JWT's own exp (and leeway): whatever the ledger says
+            return _invalid_token(p.EXPIRED)
         now = self.clock.now_s()
 
         def authorize(txn):
@@ -453,13 +457,17 @@ class TokenServer:
             fields = await _fields(request)
         except _BadRequest as exc:
             return _oauth_error(exc.status, "invalid_request", str(exc))
-        raw = _text(fields, p.TOKEN_FIELD) or _text(fields, p.REFRESH_TOKEN_FIELD)
+        raw = fields.get(p.TOKEN_FIELD) or fields.get(p.REFRESH_TOKEN_FIELD)
+        if raw is not None and not isinstance(raw, str):
+            return _oauth_error(400, "invalid_request", "the token must be a string")
         if not raw:
             scheme, _, raw = request.headers.get("authorization", "").partition(" ")
             raw = raw.strip() if scheme.lower() == "bearer" else ""
         if not raw:
             return _oauth_error(400, "invalid_request", "no token to revoke")
         claims = self.verify(raw)
+        if claims is not None and claims.get("expired"):
+            claims = None  # an expired token revokes nothing
         now = self.clock.now_s()
 
         def revoke(txn):
