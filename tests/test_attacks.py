@@ -121,7 +121,8 @@ def assert_refused_everywhere(client: httpx.Client, token: str, label: str) -> N
     # invalid_request for a token too long to be one of ours
     assert renewed.status_code == 400 and renewed.json()["error"] in ("invalid_grant", "invalid_request"), (
         label, renewed.text)
-    assert client.post(p.LOGOUT_PATH, data={p.TOKEN_FIELD: token}).json() == {"revoked": False}, label
+    logout = client.post(p.LOGOUT_PATH, data={p.TOKEN_FIELD: token})
+    assert logout.json() == {"revoked": False} or (logout.status_code == 400 and len(token) > 8192), label
 
 
 def forgeries(algorithm: str, key, access: str, refresh_token: str) -> dict[str, str]:

@@ -457,9 +457,11 @@ class TokenServer:
             fields = await _fields(request)
         except _BadRequest as exc:
             return _oauth_error(exc.status, "invalid_request", str(exc))
-        raw = fields.get(p.TOKEN_FIELD) or fields.get(p.REFRESH_TOKEN_FIELD)
-        if raw is not None and not isinstance(raw, str):
-            return _oauth_error(400, "invalid_request", "the token must be a string")
+        given = [fields[name] for name in (p.TOKEN_FIELD, p.REFRESH_TOKEN_FIELD) if name in fields]
+        if any(not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS for value in given):
+            return _oauth_error(400, "invalid_request",
+                                f"a token must be a string of 1 to {MAX_FIELD_CHARS} characters")
+        raw = next((value for value in given if value), None)
         if not raw:
             scheme, _, raw = request.headers.get("authorization", "").partition(" ")
             raw = raw.strip() if scheme.lower() == "bearer" else ""

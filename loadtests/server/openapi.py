@@ -16,14 +16,15 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 8192}
 _RETRY_AFTER = {"Retry-After": {"description": "whole seconds to wait before trying again",
                                 "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 _UNAVAILABLE = _json(_ERROR, "the auth tier is saturated (queue full or queue timeout)", _RETRY_AFTER)
 _FORM_OR_JSON = ("application/x-www-form-urlencoded", "application/json")
 
 
-def _body(schema: str) -> dict:
-    return {"required": True, "content": {
+def _body(schema: str, required: bool = True) -> dict:
+    return {"required": required, "content": {
         kind: {"schema": {"$ref": f"#/components/schemas/{schema}"}} for kind in _FORM_OR_JSON}}
 
 
@@ -69,7 +70,8 @@ def openapi_document() -> dict:
             }},
             p.LOGOUT_PATH: {"post": {
                 "summary": "Revoke the session of a token (RFC 7009 style)",
-                "requestBody": _body("Logout"),
+                "description": "The token comes in the body, or else as the Bearer access token.",
+                "requestBody": _body("Logout", required=False),
                 "responses": {
                     "200": _json({"type": "object", "required": ["revoked"],
                                   "properties": {"revoked": {"type": "boolean"}}}, "whether a session was revoked"),
@@ -102,12 +104,12 @@ def openapi_document() -> dict:
                     "access_token": {"type": "string"}, "token_type": {"type": "string", "enum": ["Bearer"]},
                     "expires_in": {"type": "number", "minimum": 0}, "refresh_token": {"type": "string"}}},
                 "Login": {"type": "object", "required": [p.USERNAME_FIELD, p.PASSWORD_FIELD], "properties": {
-                    p.USERNAME_FIELD: {"type": "string"}, p.PASSWORD_FIELD: {"type": "string"}}},
+                    p.USERNAME_FIELD: _TEXT, p.PASSWORD_FIELD: {"type": "string"}}},
                 "Refresh": {"type": "object", "required": [p.GRANT_TYPE_FIELD, p.REFRESH_TOKEN_FIELD], "properties": {
-                    p.GRANT_TYPE_FIELD: {"type": "string"}, p.REFRESH_TOKEN_FIELD: {"type": "string"},
-                    p.BASIS_FIELD: {"type": "string"}}},
+                    p.GRANT_TYPE_FIELD: {"type": "string", "enum": [p.REFRESH_GRANT]}, p.REFRESH_TOKEN_FIELD: _TEXT,
+                    p.BASIS_FIELD: {"type": "string", "pattern": "^[0-9]{1,19}$"}}},
                 "Logout": {"type": "object", "properties": {
-                    p.TOKEN_FIELD: {"type": "string"}, p.REFRESH_TOKEN_FIELD: {"type": "string"}}},
+                    p.TOKEN_FIELD: _TEXT, p.REFRESH_TOKEN_FIELD: _TEXT}},
             },
         },
     }
