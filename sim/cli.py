@@ -37,6 +37,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")]
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
 EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.parquet (every record).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even when the work estimate exceeds the free memory.")]
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [
@@ -112,9 +113,17 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
             bar.stop()
 
 
-def simulate(scenario: Scenario, seed, replications, events, quiet=False):
+def simulate(scenario: Scenario, seed, replications, events, quiet=False, force=False):
+    from sim import estimate
     from sim.engine import run
 
+    try:
+        sized = scenario.replace(run={"replications": replications}) if replications else scenario
+        warning = estimate.check(sized, force=force)
+    except estimate.TooMuchWork as exc:
+        raise fail(str(exc)) from None
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with progress_bar("simulating", enabled=not quiet) as update:
         return run(scenario, seed=seed, replications=replications, events=events, progress=update)
 
@@ -145,12 +154,13 @@ def run(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as JSON.")] = False,
+    force: ForceOpt = False,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, force=force)
         result.save(out)
     if as_json:
         records = result.aggregate.reset_index().to_dict(orient="records")
@@ -167,6 +177,7 @@ def compare(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the folder.")] = True,
+    force: ForceOpt = False,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
@@ -174,7 +185,7 @@ def compare(
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events)
+        result = simulate(scenario, seed, replications, events, force=force)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
@@ -214,6 +225,7 @@ def sweep(
     seed: SeedOpt = None,
     replications: RepsOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
+    force: ForceOpt = False,
 ):
     """Simulate a scenario once per combination of the --set values (one run folder each) and
     compare them: how refresh load, queue wait and failures move with users, workers, lifetimes."""
@@ -233,7 +245,7 @@ def sweep(
         results = []
         for combo, scenario in zip(combos, scenarios):
             name = ",".join(f"{k.split('.')[-1]}={spell(v)}" for k, v in combo.items())
-            result = simulate(scenario, seed, replications, events=False)
+            result = simulate(scenario, seed, replications, events=False, force=force)
             folder = tmp / "".join(c if c.isalnum() or c in "=,._-" else "_" for c in name)
             folder.mkdir()
             result.write_into(folder)

@@ -146,7 +146,7 @@ class TimerClient(ClientPolicy):
     remaining life is at most ``threshold`` (oidc-client-ts); 401s still renew reactively."""
 
     trigger: Literal["timer"] = "timer"
-    check_interval_s: Duration = Field(alias="check_interval", gt=0)
+    check_interval_s: Duration = Field(alias="check_interval", ge=0.001)
     threshold_s: Duration = Field(alias="threshold")
 
     @property
