@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(300)]
 
 DATA = Path(__file__).parent / "data"
 SCENARIO = DATA / "server-attacks.toml"  # access tokens of 20 scenario seconds
-SCALE = 20.0  # ... so 1 wall second
+SCALE = 20.0  # ... so 1 wall second (the expiry tests)
+SLOW = 0.1  # ... or 200 wall seconds: longer than the whole battery against one session
 STORES = ["memory", "redis"]
 
 
@@ -66,19 +67,19 @@ def public_pem(key) -> bytes:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, request):
-    """``servers(algorithm, store, instance=0, strategy="rotating")`` -> (base URL, signing key):
+    """``servers(algorithm, store, instance=0, strategy="rotating", scale=SLOW)`` -> (base URL, signing key):
     each started once per module. Instances share the key file (as two deployments that share a
     secret would) but not their ledger or issuer."""
     folder = tmp_path_factory.mktemp("keys")
     keys = {alg: make_key(alg, folder) for alg in ALGORITHMS}
     running: dict[tuple, str] = {}
     with ExitStack() as stack:
-        def get(algorithm: str, store: str, instance: int = 0, strategy: str = "rotating"):
-            key = (algorithm, store, instance, strategy)
+        def get(algorithm: str, store: str, instance: int = 0, strategy: str = "rotating", scale: float = SLOW):
+            key = (algorithm, store, instance, strategy, scale)
             if key not in running:
                 store_url = request.getfixturevalue("redis_url") if store == "redis" else "memory"
                 running[key] = stack.enter_context(serve_in_subprocess(
-                    SCENARIO, strategy, SCALE, algorithm=algorithm, private_key_path=keys[algorithm][0],
+                    SCENARIO, strategy, scale, algorithm=algorithm, private_key_path=keys[algorithm][0],
                     store=store_url))
             return running[key], keys[algorithm][1]
 
@@ -263,7 +264,7 @@ def wait_until(condition, timeout_s: float = 10.0, interval_s: float = 0.05):
 @pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_expired_tokens(servers, algorithm, store):
-    base_url, _ = servers(algorithm, store)
+    base_url, _ = servers(algorithm, store, scale=SCALE)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         grant = login(client)
         expired = wait_until(lambda: (a := api(client, grant["access_token"])).status_code == 401 and a)

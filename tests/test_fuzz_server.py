@@ -28,7 +28,7 @@ CONFIG = Path(__file__).parent / "data" / "schemathesis.toml"  # the two check s
 EXAMPLES = 30
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation():
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path):
     # time scale 0.1: the 20 s access token the fuzzer is handed lasts 200 s
     with serve_in_subprocess(SCENARIO, "rotating", 0.1) as url:
         grant = httpx.post(url + p.LOGIN_PATH, data={p.USERNAME_FIELD: "fuzz", p.PASSWORD_FIELD: p.TEST_PASSWORD}).json()
@@ -36,7 +36,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation():
             [str(ST), "--config-file", str(CONFIG), "run", url + p.OPENAPI_PATH, "--max-examples", str(EXAMPLES),
              "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--generation-deterministic",
              "--request-timeout", "20", "--no-color", "-H", f"Authorization: Bearer {grant['access_token']}"],
-            capture_output=True, text=True, timeout=500)
+            capture_output=True, text=True, timeout=500, cwd=tmp_path)  # its cache folder goes there
     summary = done.stdout[done.stdout.rfind("SUMMARY"):]
     report = "\n".join(line[:300] for line in (done.stdout + done.stderr).splitlines())
     assert done.returncode == 0, report[-8000:]
