@@ -115,3 +115,48 @@ def test_storm_at_twice_capacity_sheds_with_retry_after_and_the_ledger_matches()
           f"{len(ok)} answered (p50 {statistics.median(ok) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
           f"bound {bound_s * 1000:.0f} ms), {len(shed)} shed with Retry-After "
           f"(median {statistics.median(l for l, _ in shed) * 1000:.0f} ms)")
+
+
+SHED = Path(__file__).parent / "data" / "loadtest-shed.toml"
+
+
+@pytest.mark.loadtest
+@pytest.mark.timeout(180)
+def test_locust_clients_honour_retry_after_with_jitter(tmp_path):
+    """Real Locust users against the real server: a shed refresh is tried again no sooner than the
+    Retry-After (20 scenario s, 2 wall s at time scale 10) and no later than its jittered bound."""
+    import subprocess
+    import sys
+
+    from loadtests.cli import LOCUSTFILE
+    from loadtests.measure import Records
+
+    scale = 10.0
+    records = tmp_path / "records"
+    with serve_in_subprocess(SHED, "honouring", scale) as url:
+        done = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url, "-u", "10",
+             "-r", "10", "--run-time", "26s", "--scenario", str(SHED), "--strategy", "honouring",
+             "--time-scale", str(scale), "--records-dir", str(records), "--only-summary",
+             "--exit-code-on-error", "0"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        unavailable = httpx.get(url + p.LEDGER_PATH).json()["auth"]["unavailable"]
+    client = Records(records).client
+    refreshes = client[client["event"].isin(["refresh_start", "refresh_end"])].sort_values("t_s")
+    waits = []
+    for _, rows in refreshes.groupby("user"):
+        rows = rows.reset_index(drop=True)
+        for i in range(len(rows) - 1):
+            if rows.loc[i, "event"] == "refresh_end" and rows.loc[i, "outcome"] == "unavailable" \
+                    and rows.loc[i + 1, "event"] == "refresh_start":
+                waits.append(rows.loc[i + 1, "t_s"] - rows.loc[i, "t_s"])
+    shed = int((refreshes["outcome"] == "unavailable").sum())
+    assert shed > 0 and unavailable >= shed
+    assert waits, "a shed refresh should have been tried again"
+    # a user's flows are 100 s apart, so a start within 60 s of a shed refresh is its retry: after
+    # the 20 s Retry-After stretched by up to 1.5, with a little scheduling slack (scenario s)
+    retries = [w for w in waits if w < 60]
+    assert retries and min(retries) >= 20 - 1.0 and max(retries) <= 30 + 5.0, sorted(waits)
+    waits = retries
+    print(f"Locust: {shed} refreshes shed; retried after {min(waits):.1f}-{max(waits):.1f} scenario s "
+          f"(Retry-After 20 s, jitter up to x1.5)")
