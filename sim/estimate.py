@@ -77,10 +77,12 @@ class TooMuchWork(Exception):
     """The scenario needs more memory than the machine has; the message has the estimate."""
 
 
-def check(scenario: Scenario, *, force: bool = False, available: float | None = None) -> str | None:
+def check(scenario: Scenario, *, force: bool = False, available: float | None = None,
+          parallel: int | None = None) -> str | None:
     """Raise :class:`TooMuchWork` when ``scenario`` needs more memory than is available (a
-    warning text instead when ``force``); None when it fits or the memory is unknown."""
-    work = estimate(scenario)
+    warning text instead when ``force``); None when it fits or the memory is unknown. ``parallel``:
+    replications held at once (see :func:`estimate`)."""
+    work = estimate(scenario, parallel=parallel)
     free = available if available is not None else available_bytes()
     if free is None or work.peak_bytes <= free:
         return None
