@@ -39,6 +39,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")]
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
 EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.parquet (every record).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even when the work estimate exceeds the free memory.")]
 
 
 class Engine(str, Enum):
@@ -124,11 +125,20 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
 
 
 def simulate(scenario: Scenario, seed, replications, events, quiet=False, processes=None, cluster=None,
-             engine="fast"):
-    """Run a scenario with a progress bar; a lost worker process fails the command (status 1)."""
+             force=False, engine="fast"):
+    """Run a scenario with a progress bar; a lost worker process fails the command (status 1). A
+    scenario whose work estimate exceeds the free memory is refused (status 2) unless ``force``."""
+    from sim import estimate
     from sim.engine import run
     from sim.engine.dispatch import WorkerLost
 
+    try:
+        sized = scenario.replace(run={"replications": replications}) if replications else scenario
+        warning = estimate.check(sized, force=force, parallel=processes)
+    except estimate.TooMuchWork as exc:
+        raise fail(str(exc)) from None
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with progress_bar("simulating", enabled=not quiet) as update:
         try:
             return run(scenario, seed=seed, replications=replications, events=events, progress=update,
@@ -165,6 +175,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as JSON.")] = False,
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
+    force: ForceOpt = False,
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
@@ -172,7 +183,7 @@ def run(
     out = out or default_out(scenario_path)
     with interruptible(out):
         result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
-                          engine=engine.value)
+                          force=force, engine=engine.value)
         result.save(out)
     if as_json:
         records = result.aggregate.reset_index().to_dict(orient="records")
@@ -191,6 +202,7 @@ def compare(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the folder.")] = True,
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
+    force: ForceOpt = False,
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
@@ -199,7 +211,7 @@ def compare(
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, processes=processes, cluster=cluster,
+        result = simulate(scenario, seed, replications, events, processes=processes, cluster=cluster, force=force,
                           engine=engine.value)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)

@@ -31,7 +31,7 @@ from sim.engine.streams import TabStreams, UserStreams, arrival_times, user_trai
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, AttemptOutcome, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
+    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
     RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
     request_flow, user_flow,
 )
@@ -166,6 +166,8 @@ class Simulation:
         self.workers_free = auth.workers
         self.auth_queue: list = []  # FIFO of [task, asked_s, waiting]
         self.auth_queue_head = 0
+        self.auth_waiting = 0  # calls in the queue that still wait
+        self.queue_limit = auth.queue_limit
         self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
         self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
         self.api_verify_s = scenario.api.verify_time_s
@@ -176,7 +178,7 @@ class Simulation:
         self.handlers = {
             Sleep: self._sleep, Pause: self._pause, Call: self._call, Open: self._open, Close: self._close,
             Spawn: self._spawn, Await: self._await, Request: self._request, Send: self._send,
-            Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt,
+            Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt, Backoff: self._backoff,
             _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
         }
 
@@ -357,6 +359,10 @@ class Simulation:
                         latency_ms=(self.now - sent_at) * 1000.0)
         self.step(task, response)
 
+    def _backoff(self, task, effect):
+        u = task.user.streams.backoff()
+        return self._sleep(task, Sleep(self.client.retry_delay_s(self.scenario.auth.retry_after_s, u)))
+
     def _adopt(self, task, effect):
         task.tab.store.held = effect.held
         return None
@@ -464,6 +470,8 @@ class Simulation:
         """Queue for an auth worker (giving up after the queue timeout), then serve: ``begin``
         when the worker picks the call up, ``finish`` after the service time."""
         asked = self.now
+        if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
+            return UNAVAILABLE  # the queue is full: shed at once (503 with Retry-After)
         served = yield _ACQUIRE
         self.rec.counts.queue_waited(asked, (self.now - asked) * 1000.0)
         if not served:
@@ -482,6 +490,7 @@ class Simulation:
             return True
         entry = [task, self.now, True]
         self.auth_queue.append(entry)
+        self.auth_waiting += 1
         self.rec.queued.add(1, self.now)
         self.at(self.now + self.queue_timeout_s, self._queue_timeout, entry)
         return PENDING
@@ -489,6 +498,7 @@ class Simulation:
     def _queue_timeout(self, entry) -> None:
         if entry[2]:
             entry[2] = False
+            self.auth_waiting -= 1
             self.rec.queued.add(-1, self.now)
             self.step(entry[0], False)
 
@@ -499,6 +509,7 @@ class Simulation:
             self.auth_queue_head += 1
             if entry[2]:
                 entry[2] = False
+                self.auth_waiting -= 1
                 self.rec.queued.add(-1, self.now)
                 self.at(self.now, self.resume, (entry[0], True))
                 break

@@ -31,6 +31,7 @@ class Source(IntEnum):
     IDLE_GAP = 7
     AWAY = 8
     AUTH_LOSS = 9
+    BACKOFF = 10
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -133,7 +134,7 @@ class UserStreams:
     """The draws one user takes, each from its own stream: visit lengths, time away, round trips
     and losses of its calls to the auth tier; ``tab(i)`` gives tab ``i``'s :class:`TabStreams`."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "_tabs", "_key")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -143,6 +144,7 @@ class UserStreams:
 
         self.auth_rtt = Draws(net.rtt, rng(Source.AUTH_LATENCY))
         self.auth_loss = Draws(None, rng(Source.AUTH_LOSS), floor=None)
+        self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
         self.away = Draws(pop.away, rng(Source.AWAY), batch=8) if pop.away else None
         self._tabs: list[TabStreams] = []

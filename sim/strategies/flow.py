@@ -31,6 +31,9 @@ Effects, and what the driver sends back:
   result (True if it got a token);
 - :class:`Refresh` — make a refresh call about ``basis`` (registering it as the one in flight
   when the policy is single-flight); send back its :class:`RefreshOutcome`;
+- :class:`Backoff` — the auth tier shed a refresh (503): wait ``policy.retry_delay_s`` of its
+  ``Retry-After`` (the scenario's ``auth.retry_after`` in scenario seconds) and a uniform draw;
+  send back nothing;
 - :class:`Login` — log in (``forced``: the session was lost); send back nothing;
 - :class:`Adopt` — store the re-issued token ``held``; send back nothing.
 
@@ -146,6 +149,12 @@ class Refresh:
 class Login:
     forced: bool = True
     tab: Any = None  # None: the tab of the task that yields it
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Wait before trying a shed refresh again: ``policy.retry_delay_s`` of the ``Retry-After``
+    the auth tier answered and a uniform draw of the driver's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +356,11 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
             return True
         action = Action.WAIT if after.refreshing else Action.REFRESH
     outcome = yield Refresh(basis)
+    for _ in range(policy.unavailable_retries):
+        if outcome != RefreshOutcome.UNAVAILABLE:
+            break
+        yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
+        outcome = yield Refresh(basis)
     if outcome in SESSION_LOST:
         yield Login()
     return outcome == RefreshOutcome.OK

@@ -87,16 +87,26 @@ class ServerPolicy(Model):
     def authorize(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> Verdict:
         """Check an access token at the moment the API processes the request.
 
-        Expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        Invalid when its session's access tokens were revoked (a logout, or a reuse revocation
+        that covers access tokens); expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return INVALID
         if now > token.expires_at_s + leeway_s:
             return EXPIRED
         return OK
+
+    def logout(self, ledger: Ledger, token: Token, now: float) -> None:
+        """The user logged out with ``token`` (any of the session's tokens): the session is
+        revoked, its refresh tokens and its access tokens alike."""
+        ledger.revoke_session(ledger.session_of(token), now, access=True)
 
     def plain_at(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> bool:
         """Whether :meth:`authorize` would answer a plain ``ok`` at ``now`` — no re-issued token,
         nothing written — whatever else happens meanwhile, so an engine may skip the call.
         Plain at ``now`` must mean plain at every earlier instant since the token was sent (the
         answer is monotone in time). False means "ask :meth:`authorize`"."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return False
         return not now > token.expires_at_s + leeway_s
 
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
@@ -157,11 +167,6 @@ class DualTokenServer(ServerPolicy):
         refresh = ledger.mint("refresh", session, now, self._refresh_expiry(session, now), cause="login")
         return Grant(access, refresh)
 
-    def authorize(self, ledger, token, now, leeway_s=0.0):
-        if self.revoke_access_on_reuse and ledger.sessions[token.session].revoked:
-            return INVALID
-        return super().authorize(ledger, token, now, leeway_s)
-
     def plain_at(self, ledger, token, now, leeway_s=0.0):
         # another tab's reuse may revoke the session while the request travels
         return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
@@ -178,7 +183,7 @@ class DualTokenServer(ServerPolicy):
         if decision == "reuse_detected":
             ledger.note_reuse(token, "reuse_detected", now)
             if self.reuse_detection == "family":
-                ledger.revoke_session(ledger.session_of(token), now)
+                ledger.revoke_session(ledger.session_of(token), now, access=self.revoke_access_on_reuse)
             return Rejection("reuse_detected")
         session = ledger.session_of(token)
         session.last_refresh_at_s = now
