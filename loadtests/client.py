@@ -326,6 +326,8 @@ class UserDriver:
         self.arrival_s, self.n_tabs, self.skew_s, self.streams = (population or Population(scenario)).user(index)
         self.greenlets = Group()
         self.bases: set[tuple[str | None, str]] = set()
+        #: what the device kept from its last visit ("remember me"): jar, shared token, session
+        self.kept: tuple | None = None
 
     # -- top level --------------------------------------------------------------------------
 
@@ -388,8 +390,8 @@ class UserDriver:
                 return tab.flight.inflight.get()
             case Refresh(basis=basis):
                 return self.refresh_in_flight(tab, basis)
-            case Login(forced=forced):
-                return self.login(effect.tab if effect.tab is not None else tab, forced=forced)
+            case Login(forced=forced, lapsed=lapsed):
+                return self.login(effect.tab if effect.tab is not None else tab, forced=forced, lapsed=lapsed)
             case Backoff():
                 # the server's Retry-After (wall seconds) in scenario seconds, else the scenario's
                 retry_after_s = (tab.visit.retry_after_wall_s * self.clock.time_scale
@@ -415,8 +417,14 @@ class UserDriver:
                 visit, policy, shared = Visit(), self.policy, Store()
                 visit.tabs = [Tab(i, visit, shared if policy.storage == "shared" else Store(),
                                   visit.flight if policy.cross_tab_lock else Flight()) for i in range(n)]
+                if self.kept is not None:
+                    visit.jar, shared.token, visit.session = self.kept
                 return visit
             case Close(visit=visit):
+                if self.scenario.population.remember_me:
+                    # the cookie jar and localStorage survive; sessionStorage does not
+                    kept_token = visit.tabs[0].store.token if self.policy.storage == "shared" else None
+                    self.kept = (visit.jar, kept_token, visit.session)
                 newest = visit.newest
                 self.sink.record(self.clock.now_s(), self.index, None, visit.session, "logout",
                                  expires_s=newest.held.expires_at_s if newest else math.nan)
@@ -514,7 +522,7 @@ class UserDriver:
             sink.count("reuse_detected")
         return outcome
 
-    def login(self, tab: Tab, *, forced: bool) -> None:
+    def login(self, tab: Tab, *, forced: bool, lapsed: bool = False) -> None:
         """Log the user in (again, when ``forced``); one login at a time per user. The tab that
         logs in gets the access token; the jar gets the refresh token."""
         clock, visit, sink = self.clock, tab.visit, self.sink
@@ -524,7 +532,7 @@ class UserDriver:
         visit.login = AsyncResult()
         try:
             sink.record(clock.now_s(), self.index, tab.index, visit.session, "login",
-                        outcome="forced" if forced else "visit")
+                        outcome="lapsed" if lapsed else "forced" if forced else "visit")
             sink.count("forced_logins" if forced else "logins")
             while True:
                 reply = self.transport.login(self.username)

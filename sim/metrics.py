@@ -17,7 +17,9 @@ in scenario time):
 - ``mint``, ``<kind>_<cause>`` with kind ``access`` | ``refresh`` and cause ``login`` | ``refresh``
   | ``grace`` | ``reissue``, suffixed ``_duplicate`` for a duplicate access token;
 - ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger;
-- ``login``, ``visit`` | ``forced``: a user starts a login (``forced`` when the session was lost);
+- ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``forced`` when the
+  session was lost in use, ``lapsed`` when its remembered refresh token had lapsed — both count
+  as forced logins);
 - ``logout``, ``""``: a user leaves.
 """
 
@@ -35,7 +37,8 @@ SUMMARY_COLUMNS = [
     "strategy", "replication", "users", "window_s", "requests", "attempts", "refresh_calls",
     "access_mints", "refresh_mints", "sign_ops", "verify_ops", "refresh_rate_per_s",
     "refresh_rate_peak_per_s", "duplicate_tokens", "duplicate_per_1k_refresh", "reuse_detections",
-    "grace_reuses", "expiry_failures", "failed_requests", "forced_logins", "added_latency_ms_p50",
+    "grace_reuses", "expiry_failures", "failed_requests", "forced_logins", "lapse_logins_per_user_day",
+    "added_latency_ms_p50",
     "added_latency_ms_p95", "added_latency_ms_p99", "auth_utilization", "auth_queue_wait_ms_p99",
     "exposure_s_mean", "valid_tokens_per_session_max",
 ]
@@ -381,7 +384,8 @@ def summarize(
         "grace_reuses": n("grace_reuse", ""),
         "expiry_failures": n("attempt", "expired"),
         "failed_requests": n("request", "failed"),
-        "forced_logins": n("login", "forced"),
+        "forced_logins": n("login", "forced", "lapsed"),
+        "lapse_logins_per_user_day": n("login", "lapsed") / (users * duration_s / 86400.0),
         "added_latency_ms_p50": p[0.5],
         "added_latency_ms_p95": p[0.95],
         "added_latency_ms_p99": p[0.99],
@@ -403,7 +407,7 @@ def summarize(
         "duplicate_tokens": per_second(*dup),
         "expiry_failures": per_second("attempt", "expired"),
         "failed_requests": per_second("request", "failed"),
-        "forced_logins": per_second("login", "forced"),
+        "forced_logins": per_second("login", "forced", "lapsed"),
         "auth_busy_workers": _fit(counts.auth_busy_s, n_bins),
         "auth_queue_len": _fit(counts.auth_queue_s, n_bins),
     })[TIMESERIES_COLUMNS]

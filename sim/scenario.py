@@ -111,8 +111,12 @@ class Population(Model):
     arrival: Arrival = Field(default_factory=AllAtOnce)
     #: how long a visit lasts; none = until the run ends
     session_length: DurationDist | None = None
-    #: time away between visits (each visit logs in anew); none = users do not come back
+    #: time away between visits; none = users do not come back
     away: DurationDist | None = None
+    #: the device keeps its tokens between visits ("remember me"): a returning user uses its
+    #: access token, or refreshes, and logs in only when the refresh token lapsed or was revoked;
+    #: false: every visit logs in anew
+    remember_me: bool = False
     tabs: CountDist = Field(default=1)
 
     @field_validator("tabs")

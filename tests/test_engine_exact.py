@@ -180,3 +180,37 @@ def test_login_cost_comes_from_the_server_policy(make_scenario):
         scenario = scenario.replace(auth={"login_time_s": 0.05, "sign_time_s": 0.001})
         engine = Simulation(scenario, scenario.strategies[0], 0, 1, False)
         assert engine.login_service_s == pytest.approx(0.05 + mints * 0.001)
+
+
+def returning(make_scenario, away, remember=True, **tokens):
+    return make_scenario(
+        run={"duration": "3h"}, population={"session_length": "10m", "away": away, "remember_me": remember},
+        tokens={"access_ttl": "5m", **tokens})
+
+
+def test_a_returning_user_refreshes_with_its_remembered_refresh_token_until_it_lapses(make_scenario):
+    # visits at 0, 4200 and 8400 (10 minutes each, an hour away); the refresh token of the login
+    # at 0 lives until 7200: the second visit refreshes with it, the third finds it lapsed
+    result = sim.run(returning(make_scenario, "1h", refresh_ttl="2h"), events=True)
+    assert event_times(result, "login", "visit") == [0.0]
+    assert event_times(result, "login", "lapsed") == [8400.0]
+    assert 4200.0 in event_times(result, "refresh_start")
+    row = result.replications.iloc[0]
+    assert row["forced_logins"] == 1
+    assert row["lapse_logins_per_user_day"] == pytest.approx(1 / (3 / 24))
+    # an idle lifetime of 30 minutes lapses over the hour away: every return logs in again
+    idle = sim.run(returning(make_scenario, "1h", refresh_ttl="7d", refresh_idle_ttl="30m"), events=True)
+    assert event_times(idle, "login", "lapsed") == [4200.0, 8400.0]
+    # without "remember me" every visit logs in anew, and none is forced
+    forget = sim.run(returning(make_scenario, "1h", remember=False, refresh_ttl="2h"), events=True)
+    assert event_times(forget, "login", "visit") == [0.0, 4200.0, 8400.0]
+    assert event_times(forget, "login", "lapsed") == []
+
+
+def test_a_returning_user_with_a_valid_access_token_just_uses_it(make_scenario):
+    # back after 2 minutes at 720: the access token refreshed at 360 lives until 660... so take a
+    # 15-minute token: the login's token (exp 900) is still valid at 720: no refresh, no login
+    result = sim.run(returning(make_scenario, "2m", access_ttl="15m"), events=True)
+    assert event_times(result, "login") == [0.0]
+    assert event_times(result, "refresh_start")[0] == 960.0  # the first 401, at 900 + 60
+    assert event_times(result, "request", "ok")[10:12] == [720.0, 780.0]

@@ -73,6 +73,9 @@ class User:
     skew_s: float
     sim: "Simulation"
     tasks: list = field(default_factory=list)
+    #: what the device kept from its last visit ("remember me"): refresh token, shared access
+    #: token, session
+    kept: tuple | None = None
 
     def clock(self) -> float:
         """The user's own clock (client clock: server time plus skew)."""
@@ -168,6 +171,7 @@ class Simulation:
         self.auth_queue_head = 0
         self.auth_waiting = 0  # calls in the queue that still wait
         self.queue_limit = auth.queue_limit
+        self.remember_me = scenario.population.remember_me
         self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
         self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
         self.api_verify_s = scenario.api.verify_time_s
@@ -275,11 +279,17 @@ class Simulation:
         visit.tabs = [Tab(i, visit, shared if client.storage == "shared" else Store(),
                           visit.flight if client.cross_tab_lock else Flight(), user.streams.tab(i))
                       for i in range(effect.n_tabs)]
+        if user.kept is not None:
+            visit.jar, shared.held, visit.session = user.kept
         self.rec.counts.active(self.now, 1)
         return visit
 
     def _close(self, task, effect):
         visit, now = effect.visit, self.now
+        if self.remember_me:
+            # the cookie jar and localStorage survive; sessionStorage (per-tab storage) does not
+            shared = visit.tabs[0].store.held if self.client.storage == "shared" else None
+            visit.user.kept = (visit.jar, shared, visit.session)
         self.rec.counts.active(now, -1)
         self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
         if visit.session is not None:
@@ -436,19 +446,19 @@ class Simulation:
 
     def _login(self, task, effect):
         tab = effect.tab if effect.tab is not None else task.tab
-        task.stack.append(self._login_flow(tab, effect.forced))
+        cause = LoginCause.LAPSED if effect.lapsed else LoginCause.FORCED if effect.forced else LoginCause.VISIT
+        task.stack.append(self._login_flow(tab, cause))
         return None
 
-    def _login_flow(self, tab: Tab, forced: bool):
-        """Log the user in (again, when ``forced``); one login at a time per user."""
+    def _login_flow(self, tab: Tab, cause: LoginCause):
+        """Log the user in (for a visit, or forced); one login at a time per user."""
         visit = tab.visit
         user = visit.user
         if visit.login is not None:
             yield from self._wait(visit.login)
             return
         visit.login = Signal()
-        self.rec.record(self.now, "login", LoginCause.FORCED if forced else LoginCause.VISIT, user.index, tab.index,
-                        visit.session)
+        self.rec.record(self.now, "login", cause, user.index, tab.index, visit.session)
         while True:
             rtt = user.streams.auth_rtt()
             yield Sleep(rtt / 2)

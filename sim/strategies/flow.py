@@ -73,10 +73,13 @@ class AttemptOutcome(StrEnum):
 
 
 class LoginCause(StrEnum):
-    """Why a user logs in (``login`` outcomes)."""
+    """Why a user logs in (``login`` outcomes): a visit without a remembered session, a session
+    lost while in use (refresh refused, sliding token lapsed, reuse detected), or a refresh token
+    that lapsed (absolute or idle lifetime) — both of the latter are forced logins."""
 
     VISIT = "visit"
     FORCED = "forced"
+    LAPSED = "lapsed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ class Refresh:
 class Login:
     forced: bool = True
     tab: Any = None  # None: the tab of the task that yields it
+    lapsed: bool = False  # forced because the refresh token lapsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +174,13 @@ class Call:
 
 
 class VisitHandle(Protocol):
-    """What a driver hands back for :class:`Open`: the visit's tabs (each with a ``view()``) and
-    whether the visit is over."""
+    """What a driver hands back for :class:`Open`: the visit's tabs (each with a ``view()``),
+    whether the visit is over, and the refresh token in the cookie jar (``jar``: a remembered
+    one when the device kept its tokens from an earlier visit, else None)."""
 
     tabs: list
     over: bool
+    jar: Any
 
 
 class UserDraws(Protocol):
@@ -231,7 +237,16 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
     policy has one) until ``length_s`` after the visit began, then leave."""
     started = clock()
     visit = yield Open(len(tab_draws))
-    yield Login(forced=False, tab=visit.tabs[0])
+    first = visit.tabs[0]
+    view = first.view()
+    if view.held is not None and policy.remaining_s(view.held, clock()) > 0:
+        pass  # a remembered access token still valid: use it
+    elif visit.jar is not None:
+        # a remembered refresh token: refresh; if it lapsed or was revoked, renew_flow logs in
+        renewal = yield Spawn(Call(renew_flow(policy, Action.REFRESH, basis_of(view), first.view)), first)
+        yield Await((renewal,))
+    else:
+        yield Login(forced=False, tab=first)
     for tab, draws in zip(visit.tabs, tab_draws):
         yield Spawn(Call(tab_flow(draws, idle_probability, visit)), tab)
         if policy.timer_interval_s is not None:
@@ -362,7 +377,7 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
         yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
         outcome = yield Refresh(basis)
     if outcome in SESSION_LOST:
-        yield Login()
+        yield Login(lapsed=outcome == RefreshOutcome.EXPIRED)
     return outcome == RefreshOutcome.OK
 
 
