@@ -22,7 +22,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from sim.cli import ScenarioArg, OutOpt, default_out, err_console, fail, out_console, read_scenario
+from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+                     err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario
 from sim.units import format_number, parse_duration
@@ -80,7 +81,7 @@ def _target(scenario_file: Path, strategy: str, time_scale: float, target: str |
 
 
 def locust_command(scenario_file: Path, strategy: str, url: str, users: int, time_scale: float,
-                   run_time_s: float, records: Path, processes: int | None) -> list[str]:
+                   run_time_s: float, records: Path, processes: int | None, html: Path | None = None) -> list[str]:
     """The headless Locust command line of a load test."""
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
@@ -91,11 +92,13 @@ def locust_command(scenario_file: Path, strategy: str, url: str, users: int, tim
     ]
     if processes and processes > 1:
         command += ["--processes", str(processes)]
+    if html is not None:
+        command += ["--html", str(html)]
     return command
 
 
 def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target: str | None = None,
-                 processes: int | None = None, quiet: bool = False) -> LoadTest:
+                 processes: int | None = None, quiet: bool = False, html: Path | None = None) -> LoadTest:
     """Run one load test of variant ``strategy`` (server in a child process unless ``target``).
 
     Ctrl-C stops Locust early; what was measured until then is kept and marked partial. Raises
@@ -120,7 +123,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                     f"{url} serves strategy {reference['strategy']!r} at time scale {reference['time_scale']:g}, "
                     f"not {strategy!r} at {time_scale:g}")
             command = locust_command(scenario_file, strategy, url, users, time_scale,
-                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes)
+                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes,
+                                     Path(html).resolve() if html is not None else None)
             started = time.time()
             with open(log_path, "w") as log:
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
@@ -306,23 +310,38 @@ def loadtest(
         "--target", help="Base URL of a running server [default: start the reference server].")] = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write Locust's own HTML report to this file.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
 ):
     """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
     scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "loadtest")
-    test = _measure(scenario, strategy, time_scale, target, processes)
+    test = _measure(scenario, strategy, time_scale, target, processes, html, quiet=as_json)
     if test.result is None:
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
+        outcome = check_gates(gates, [("", test.result.aggregate)], tmp, as_json=True)
     row = test.result.aggregate.loc[strategy]
-    out_console.print(
-        f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
-        f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
-        f"{int(row['forced_logins'])} forced logins")
-    out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
+    if as_json:
+        from sim.cli import _summary_json
+
+        emit_json(_summary_json(test.result, out, outcome, partial=test.result.partial))
+    else:
+        out_console.print(
+            f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
+            f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
+            f"{int(row['forced_logins'])} forced logins")
+        if outcome is not None:
+            out_console.print(gates_table(outcome))
+        out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
     if test.interrupted:
         raise typer.Exit(130)
+    gates_exit(outcome)
 
 def validate(
     scenario_path: ScenarioArg,
@@ -398,8 +417,10 @@ def _scenario(path: Path, names: list[str], users, duration, time_scale, scenari
         raise fail(f"--duration: {exc}") from None
 
 
-def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes) -> LoadTest:
+def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes, html=None,
+             quiet: bool = False) -> LoadTest:
     try:
-        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes)
+        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes,
+                            html=html, quiet=quiet)
     except LoadTestError as exc:
         raise fail(str(exc), code=1) from None

@@ -7,6 +7,7 @@ through the ``refreshlab.commands`` entry-point group, so that ``sim`` never imp
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -175,7 +176,7 @@ def gates_table(outcome) -> Table:
         table.add_column(label, justify="right" if label == "value" else "left")
     for _, row in outcome.iterrows():
         value = format_number(row["mean"])
-        if row["on"] == "ci" and row["ci95"] == row["ci95"]:
+        if row["on"] == "ci" and row["ci95"] == row["ci95"] and row["ci95"] > 0:
             value += f" ±{format_number(row['ci95'])} (bound {format_number(row['compared'])})"
         result = {True: "[green]pass[/]", False: "[bold red]FAIL[/]"}.get(row["passed"], "[bold red]FAIL (no value)[/]")
         table.add_row(*([escape(str(row["run"]))] if several else []), escape(row["gate"]), row["on"],
@@ -212,12 +213,28 @@ def default_out(scenario_path: Path, command: str = "") -> Path:
     return Path("runs") / f"{scenario_path.stem}{'-' + command if command else ''}-{stamp}"
 
 
+#: seconds between two progress lines when stderr is not a terminal
+LOG_EVERY_S = 5.0
+
+
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator:
     """A progress callback ``(done, total)``; drawn on a terminal, and only once a run has
-    taken longer than a second."""
-    if not enabled or not err_console.is_terminal:
+    taken longer than a second; elsewhere (logs, CI) written as ``description: done/total`` lines."""
+    if not enabled:
         yield lambda done, total: None
+        return
+    if not err_console.is_terminal:
+        # logs and CI: a plain line when progress is made, at most one per LOG_EVERY_S
+        last = {"done": 0, "at": float("-inf")}
+
+        def log(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done > last["done"] and (now - last["at"] >= LOG_EVERY_S or done >= total):
+                last.update(done=done, at=now)
+                print(f"{description}: {done}/{total}", file=sys.stderr, flush=True)
+
+        yield log
         return
     started = time.monotonic()
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
