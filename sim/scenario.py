@@ -561,6 +561,9 @@ def describe(error: dict[str, Any]) -> tuple[str, str]:
         message = f"expected letters, digits, '_', '.' or '-' only, got {given!r}"
     elif kind == "string_too_long":
         message = f"expected at most {ctx.get('max_length')} characters"
+    unknown = re.match(r"unknown field '([^']+)'", message)
+    if unknown:  # at the path of the key the user wrote
+        parts.append(("." if parts else "") + unknown.group(1))
     return "".join(parts), message
 
 

@@ -32,7 +32,7 @@ def line_of(text: str, needle: str) -> int:
 
 
 @pytest.mark.parametrize("edit, field, expected", [
-    (("[run]\n", "[run]\ncolour = 3\n"), "run", "unknown field 'colour'"),
+    (("[run]\n", "[run]\ncolour = 3\n"), "run.colour", "unknown field 'colour'"),
     (('duration = "20m"', 'duration = "20 minutes"'), "run.duration", "duration string with a unit"),
     (('duration = "20m"', 'duration = 1200'), "run.duration", "bare number"),
     (('warmup = "2m"', 'warmup = "-2m"'), "run.warmup", "not negative"),
@@ -45,7 +45,7 @@ def test_bad_scenarios_fail_with_the_file_the_line_the_field_and_what_was_expect
     assert edit[0] in GOOD
     text = GOOD.replace(edit[0], edit[1], 1)
     path = write(tmp_path, text)
-    line = line_of(text, edit[1].splitlines()[0] if edit[0] != "[run]\n" else "[run]")
+    line = line_of(text, edit[1].splitlines()[-1])
     for args in (("check",), ("run", "--out", tmp_path / "out")):
         code, out, err = cli(args[0], path, *args[1:])
         assert code == 2, (out, err)

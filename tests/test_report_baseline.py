@@ -113,3 +113,29 @@ def test_auth_tier_panel_with_an_empty_queue_says_so(aggregate):
     queue = fig.axes[1]
     assert queue.get_ylim()[1] >= 1.0  # not an axis scaled up from rounding noise
     assert any("no call waited" in t.get_text() for t in queue.texts)
+
+
+def test_coinciding_lines_stay_distinguishable():
+    """In the baseline, dual_token's refresh load runs under sliding's: each variant's own colour
+    must still show on the rendered chart."""
+    import io
+
+    import matplotlib.image
+
+    from sim.report import style
+
+    result = sim.load_run(BASELINE)
+    buffer = io.BytesIO()
+    charts.refresh_load(result).savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    pixels = matplotlib.image.imread(buffer, format="png")[..., :3]
+    legend_free = pixels[: int(pixels.shape[0] * 0.85)]  # the legend, under the axes, would always show
+    variants = style.VariantStyle.of(result)
+    for name in result.scenario.names:
+        rgb = np.array([int(variants.color(name)[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        shown = (np.abs(legend_free - rgb).max(axis=-1) < 0.02).sum()
+        assert shown > 150, (name, shown)
+    # and a second cue beside colour: a marker of its own on every line
+    lines = [ln for ln in charts.refresh_load(result).axes[0].lines if ln.get_label() in result.scenario.names]
+    assert len({ln.get_marker() for ln in lines}) == len(lines) == len(result.scenario.names)
+    assert all(ln.get_markevery() is not None for ln in lines)

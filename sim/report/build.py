@@ -117,6 +117,8 @@ def _render(spec: ChartSpec, data, out_dir: Path, name: str) -> Section:
     fig.savefig(buffer, format="png", dpi=style.DPI)
     png = buffer.getvalue()
     (out_dir / "charts" / f"{name}.png").write_bytes(png)
+    # the layout was just computed for the PNG; the SVG keeps it instead of computing it again
+    fig.set_layout_engine("none")
     fig.savefig(out_dir / "charts" / f"{name}.svg", format="svg", metadata={"Date": None})
     caption = spec.caption.format(smooth=f"{refresh_load.SMOOTH_S:g}")
     width_pct = min(100.0, 100 * fig.get_figwidth() / WIDEST_IN)
