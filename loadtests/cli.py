@@ -350,6 +350,7 @@ def validate(
     time_scale: TimeScaleOpt = VALIDATE_TIME_SCALE,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree."""
     scenario = read_scenario(scenario_path)
@@ -383,9 +384,14 @@ def validate(
         write_validation(rows, tmp, title)
         if interrupted:
             (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
-    out_console.print(validation_table(rows, title))
     checked = rows["agree"].dropna().astype(bool)
-    out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
+    if as_json:
+        from sim.jsonout import records
+
+        emit_json({"out": str(out), "agree": bool(checked.all()), "partial": interrupted, "checks": records(rows)})
+    else:
+        out_console.print(validation_table(rows, title))
+        out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
     if interrupted:
         raise typer.Exit(130)
     if not checked.all():
