@@ -367,10 +367,7 @@ def _file_path(model: type, path: str) -> str:
         fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
         info = fields.get(name)
         if info is None:
-            for field_name, candidate in fields.items():
-                if candidate.alias == name:
-                    field_name, info = name, candidate
-                    break
+            info = next((candidate for candidate in fields.values() if candidate.alias == name), None)
         out.append((info.alias or name if info is not None else name) + indices)
         model = _inner_model(info.annotation) if info is not None else None
     return ".".join(out)

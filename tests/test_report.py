@@ -13,13 +13,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from typer.testing import CliRunner
 
 import sim
-from sim.cli import app
 from sim.report import build_report, charts, summary
 from sim.report.build import PER_RUN
-from sim.report.sweep import varied_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -141,22 +138,3 @@ def test_chart_functions_return_figures(result):
     for draw in (charts.refresh_load, charts.headline, charts.auth_tier, charts.latency_cdf, charts.tradeoff):
         assert isinstance(draw(result), Figure)
     assert isinstance(charts.sweep([result, result]), Figure)
-
-
-def test_cli_report_of_a_sweep(result, tmp_path):
-    runs = []
-    for users in (20, 40):
-        run = copy.copy(result)
-        run.scenario = result.scenario.replace(population={"users": users})
-        runs.append(run.save(tmp_path / f"users-{users}"))
-    assert varied_fields([sim.load_run(p) for p in runs]) == {"population.users": [20, 40]}
-    table = charts.sweep_table([sim.load_run(p) for p in runs])
-    assert list(table["population.users"].unique()) == [20, 40]
-
-    out = tmp_path / "report"
-    outcome = CliRunner().invoke(app, ["report", *map(str, runs), "--out", str(out)])
-    assert outcome.exit_code == 0, outcome.output
-    assert (out / "charts" / "sweep.png").read_bytes().startswith(PNG_MAGIC)
-    assert (out / "charts" / "run2-headline.svg").is_file()
-    md = (out / "report.md").read_text(encoding="utf-8")
-    assert "2 runs that differ in population.users (20, 40)" in md
