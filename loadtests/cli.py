@@ -328,9 +328,9 @@ def loadtest(
         outcome = check_gates(gates, [("", test.result.aggregate)], tmp, as_json=True)
     row = test.result.aggregate.loc[strategy]
     if as_json:
-        from sim.cli import _summary_json
+        from sim.cli import summary_json
 
-        emit_json(_summary_json(test.result, out, outcome, partial=test.result.partial))
+        emit_json(summary_json(test.result, out, outcome, partial=test.result.partial))
     else:
         out_console.print(
             f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "

@@ -280,7 +280,7 @@ def headline_table(result, title: str) -> Table:
     return table
 
 
-def _summary_json(result, out: Path, outcome=None, **extra) -> dict:
+def summary_json(result, out: Path, outcome=None, **extra) -> dict:
     from sim.gates import to_json
     from sim.jsonout import records
 
@@ -316,7 +316,7 @@ def run(
     result.path = out
     warn_empty(result)
     if as_json:
-        emit_json(_summary_json(result, out, outcome))
+        emit_json(summary_json(result, out, outcome))
     else:
         out_console.print(f"wrote {out}")
     gates_exit(outcome)
@@ -364,7 +364,7 @@ def compare(
     result.path = out
     warn_empty(result)
     if as_json:
-        emit_json(_summary_json(result, out, outcome, report=str(out / "report.html") if report else None))
+        emit_json(summary_json(result, out, outcome, report=str(out / "report.html") if report else None))
         gates_exit(outcome)
         return
     reps = result.replications["replication"].nunique()

@@ -256,7 +256,7 @@ class Scenario(Model):
         applied to the scenario as written, then defaults resolved and validated again.
         ``python_units``: bare numbers are seconds (Python callers); otherwise durations need a
         unit, as in a file. :class:`ScenarioError` names the field."""
-        raw = self._written if self._written is not None else _unresolved(self)
+        raw = self._written if self._written is not None else unresolved(self)
         try:
             changed = with_settings(raw, {_file_path(Scenario, path): value for path, value in settings.items()})
         except ValueError as exc:
@@ -342,7 +342,7 @@ def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", *, python_un
     return scenario
 
 
-def _unresolved(scenario: Scenario) -> dict[str, Any]:
+def unresolved(scenario: Scenario) -> dict[str, Any]:
     """A scenario built without a file, in file form, with every server lifetime that equals the
     ``[tokens]`` default left out again (so that a new ``[tokens]`` value reaches it)."""
     data = scenario.to_file_dict()

@@ -7,7 +7,7 @@ import pytest
 import typer
 
 import sim
-from tests.conftest import SCENARIOS, strict_json
+from tests.conftest import ROOT, SCENARIOS, strict_json
 
 GOOD = (SCENARIOS / "smoke.toml").read_text()
 VARIANTS = ["dual_token", "dual_token_single_flight", "sliding", "silent_refresh"]
@@ -129,6 +129,9 @@ def test_replace_and_set_share_one_path():
     assert ttls(by_python) == ttls(by_file) == ttls(by_set) == [60.0, 60.0, 1800.0, 60.0]
     assert by_python.to_file_dict() == by_set.to_file_dict()
     assert by_python.replace(population={"users": 5}).strategies[0].server.access_ttl_s == 60.0
+    # a run folder's resolved scenario spells every lifetime out; [tokens] still reaches them
+    loaded = sim.load_run(ROOT / "reports" / "baseline").scenario
+    assert ttls(loaded.replace(tokens={"access_ttl": "1m"})) == [60.0, 60.0, 1800.0, 60.0]
     with pytest.raises(sim.ScenarioError) as info:
         base.replace(tokens={"access_ttl": "a minute"})
     assert info.value.problems == [("tokens.access_ttl", info.value.problems[0][1])]

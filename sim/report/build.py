@@ -48,7 +48,8 @@ PER_RUN = [
     ChartSpec("latency_cdf", "Added latency",
               "Share of requests whose added latency (time lost to expired tokens, refreshes and retries) is at "
               "most x; all replications pooled, read off the latency histogram. Failed requests are not counted. "
-              "Markers and the table: p50, p95 and p99 as summary.csv gives them (means over replications).",
+              "Markers and the table: p50, p95 and p99 as summary.csv gives them (means over replications; a "
+              "percentile of 0 has no marker on the logarithmic axis).",
               latency.figure, latency.table),
     ChartSpec("tradeoff", "Security against cost",
               "Exposure window: remaining life of a session's newest access token when its user leaves. Refresh "

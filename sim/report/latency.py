@@ -68,7 +68,8 @@ def figure(result: RunResult) -> Figure:
             x_right = max(h["upper_ms"].max() for h in curves.values()) * 1.5
             for name, h in curves.items():
                 x, y = cdf_points(h)
-                style_kw = variants.line(name)
+                # the only markers on this chart are the summary's percentiles
+                style_kw = {**variants.line(name), "marker": "", "markevery": None}
                 if (h["lower_ms"] == 0).all():
                     style_kw["label"] = f"{name} (no request delayed)"
                 ax.plot(np.append(x, x_right), np.clip(np.append(y, 1.0), lo, hi), clip_on=False, **style_kw)
@@ -76,8 +77,8 @@ def figure(result: RunResult) -> Figure:
                          if name in agg.index and f"added_latency_ms_p{q}" in agg]
                 marks = [(v, q) for v, q in marks if v == v and v > 0 and lo <= q <= hi]
                 if marks:
-                    ax.plot(*zip(*marks), linestyle="none", marker=variants.marker(name), markersize=8,
-                            color=style_kw["color"], markeredgecolor="white", zorder=5)
+                    ax.plot(*zip(*marks), linestyle="none", marker=variants.marker(name), markersize=9,
+                            color=style_kw["color"], markeredgecolor="black", markeredgewidth=1.0, zorder=5)
             ax.set_xscale("log")
             ax.set_xlim(LATENCY_BINS_MS[1], x_right)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: style.fmt(v)))
