@@ -117,11 +117,10 @@ def test_distributed_run_brings_worker_counters_to_the_master(tmp_path):
     assert sorted(users) == list(range(12))  # each scenario user exactly once across workers
 
 
-def test_loadtest_refuses_an_unknown_strategy_without_a_traceback():
-    done = subprocess.run([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "nope"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "no strategy 'nope'" in done.stderr and "Traceback" not in done.stderr
+def test_loadtest_refuses_an_unknown_strategy_without_a_traceback(cli):
+    code, _, err = cli("loadtest", SCENARIO, "--strategy", "nope")
+    assert code == 2
+    assert "no strategy 'nope'" in err and "Traceback" not in err
 
 
 def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
