@@ -132,7 +132,7 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                 locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
                 try:
-                    _wait(locust, quiet, end_s / time_scale)
+                    _wait(locust, quiet, end_s / time_scale, records / "locust_stats.csv")
                 except KeyboardInterrupt:
                     interrupted = True
                     err_console.print("interrupted: stopping Locust and keeping what was measured")
@@ -163,14 +163,36 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                         pd.read_csv(stats) if stats.is_file() else None)
 
 
-def _wait(process: subprocess.Popen, quiet: bool, expected_s: float) -> None:
+def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, stats: Path | None = None) -> None:
     from sim.cli import progress_bar
 
     started = time.monotonic()
+    measured = False
     with progress_bar("load testing", enabled=not quiet) as update:
         while process.poll() is None:
             update(min(int(time.monotonic() - started), int(expected_s)), int(math.ceil(expected_s)))
+            if not measured and stats is not None and not quiet and _requests_so_far(stats) > 0:
+                # a line a log (or a test) can wait for: load is on and being measured
+                measured = True
+                err_console.print("load testing: first requests measured", highlight=False)
             time.sleep(0.25)
+
+
+def _requests_so_far(stats: Path) -> int:
+    """Requests in the Aggregated row of the stats CSV Locust rewrites every second (0 until then)."""
+    try:
+        rows = stats.read_text().splitlines()
+    except OSError:
+        return 0
+    header = rows[0].split(",") if rows else []
+    for row in rows[1:]:
+        cells = row.split(",")
+        if "Aggregated" in cells and "Request Count" in header:
+            try:
+                return int(cells[header.index("Request Count")])
+            except (ValueError, IndexError):
+                return 0
+    return 0
 
 
 def _tail(text: str, lines: int = 30) -> str:
