@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import pandas as pd
 import typer
@@ -54,6 +54,8 @@ class LoadTest:
     locust_log: str
     locust_requests: pd.DataFrame | None = None
     locust_stats: pd.DataFrame | None = None
+    #: why the measurement cannot be trusted whole (the server died mid-run); None when it can
+    failure: str | None = None
 
 
 def effective_scenario(scenario: Scenario, users: int | None, duration: str | None) -> Scenario:
@@ -67,15 +69,18 @@ def effective_scenario(scenario: Scenario, users: int | None, duration: str | No
 
 
 @contextlib.contextmanager
-def _target(scenario_file: Path, strategy: str, time_scale: float, target: str | None) -> Iterator[str]:
+def _target(scenario_file: Path, strategy: str, time_scale: float, target: str | None):
+    """Yields (base URL, ``died()``: the exit status of a reference server we started that has
+    died since, else None)."""
     if target:
-        yield target.rstrip("/")
+        yield target.rstrip("/"), lambda: None
         return
-    from loadtests.server.process import ServerStartError, serve_in_subprocess
+    from loadtests.server.process import ServerStartError, run_uvicorn_process, free_port, serve_args
 
+    port = free_port()
     try:
-        with serve_in_subprocess(scenario_file, strategy, time_scale) as url:
-            yield url
+        with run_uvicorn_process(serve_args(scenario_file, strategy, time_scale, port=port), port) as (url, server):
+            yield url, server.poll
     except ServerStartError as exc:
         raise LoadTestError(f"the reference server did not start: {exc}") from None
 
@@ -104,10 +109,14 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
     Ctrl-C stops Locust early; what was measured until then is kept and marked partial. Raises
     :class:`LoadTestError` when Locust or the server cannot run."""
     from loadtests.measure import Records, fetch_ledger, measured_result, reference_server_info
+    from loadtests.server import lifecycle
 
     users = scenario.population.users
     end_s = scenario.run.end_s
-    with tempfile.TemporaryDirectory(prefix="refreshlab-loadtest-") as work:
+    # the reaper removes the folder and stops the server and Locust even after a kill -9 of this
+    # process; SIGTERM stops the run like Ctrl-C
+    with tempfile.TemporaryDirectory(prefix="refreshlab-loadtest-") as work, \
+            lifecycle.Reaper(work), lifecycle.SigtermAsInterrupt():
         work_dir = Path(work)
         scenario_file = work_dir / "scenario.toml"
         scenario_file.write_text(scenario.to_toml(), encoding="utf-8")
@@ -115,7 +124,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         records.mkdir()
         log_path = work_dir / "locust.log"
         interrupted = False
-        with _target(scenario_file, strategy, time_scale, target) as url:
+        failure = None
+        with _target(scenario_file, strategy, time_scale, target) as (url, died):
             reference = reference_server_info(url)
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
@@ -130,52 +140,75 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
                 # gracefully and writes its records instead of dying with us
                 locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, **lifecycle.child_options())
+                lifecycle.adopt(locust.pid)
                 try:
-                    _wait(locust, quiet, end_s / time_scale, records / "locust_stats.csv")
+                    status = _wait(locust, quiet, end_s / time_scale, died, records / "locust_stats.csv")
+                    if status is not None:
+                        failure = f"the reference server died during the run (exit status {status})"
+                        err_console.print(f"{failure}: stopping Locust; the measurement is partial")
+                        _stop(locust)
                 except KeyboardInterrupt:
                     interrupted = True
                     err_console.print("interrupted: stopping Locust and keeping what was measured")
-                    locust.send_signal(signal.SIGTERM)
-                    try:
-                        locust.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        locust.kill()
-                        locust.wait()
+                    _stop(locust)
             elapsed_s = (time.time() - started) * time_scale
             locust_log = log_path.read_text(errors="replace")
-            if locust.returncode not in (0, None) and not interrupted:
+            if locust.returncode not in (0, None) and not interrupted and failure is None:
                 raise LoadTestError(f"Locust exited with status {locust.returncode}:\n{_tail(locust_log)}")
-            ledger = fetch_ledger(url) if reference is not None else None
+            if failure is None and died() is not None:
+                failure = f"the reference server died during the run (exit status {died()})"
+            ledger = fetch_ledger(url) if reference is not None and failure is None else None
         try:
             measured = Records(records)
         except FileNotFoundError:
-            if interrupted:
-                return LoadTest(scenario, strategy, time_scale, None, True, locust_log)
+            if interrupted or failure:
+                return LoadTest(scenario, strategy, time_scale, None, interrupted, locust_log, failure=failure)
             raise LoadTestError(f"Locust wrote no records:\n{_tail(locust_log)}") from None
+        cut_short = interrupted or failure is not None
         result = measured_result(
             scenario, strategy, measured, ledger,
-            measured_s=min(elapsed_s, end_s) if interrupted else None, partial=interrupted,
-            meta={"target": target or "reference server", "users": users, "processes": processes or 1},
+            measured_s=min(elapsed_s, end_s) if cut_short else None, partial=cut_short,
+            meta={"target": target or "reference server", "users": users, "processes": processes or 1,
+                  **({"failure": failure} if failure else {})},
         )
+        if failure:
+            result.partial = True
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,
-                        pd.read_csv(stats) if stats.is_file() else None)
+                        pd.read_csv(stats) if stats.is_file() else None, failure=failure)
 
 
-def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, stats: Path | None = None) -> None:
+def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, died=lambda: None,
+          stats: Path | None = None) -> int | None:
+    """Wait for Locust to end; returns the exit status of the server if it died first, else None.
+    Says once when Locust's ``stats`` file first counts requests (a line a log can wait for)."""
     from sim.cli import progress_bar
 
     started = time.monotonic()
     measured = False
     with progress_bar("load testing", enabled=not quiet) as update:
         while process.poll() is None:
+            status = died()
+            if status is not None:
+                return status
             update(min(int(time.monotonic() - started), int(expected_s)), int(math.ceil(expected_s)))
             if not measured and stats is not None and not quiet and _requests_so_far(stats) > 0:
                 # a line a log (or a test) can wait for: load is on and being measured
                 measured = True
                 err_console.print("load testing: first requests measured", highlight=False)
             time.sleep(0.25)
+    return None
+
+
+def _stop(locust: subprocess.Popen) -> None:
+    """Stop Locust gracefully (it writes its records), or kill it after 30 s."""
+    locust.send_signal(signal.SIGTERM)
+    try:
+        locust.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        locust.kill()
+        locust.wait()
 
 
 def _requests_so_far(stats: Path) -> int:
@@ -344,6 +377,8 @@ def loadtest(
     out = out or default_out(scenario_path, "loadtest")
     test = _measure(scenario, strategy, time_scale, target, processes, html, quiet=as_json)
     if test.result is None:
+        if test.failure:
+            raise fail(f"{test.failure} before anything was measured: no run folder was written", code=1)
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
@@ -360,9 +395,12 @@ def loadtest(
             f"{int(row['forced_logins'])} forced logins")
         if outcome is not None:
             out_console.print(gates_table(outcome))
-        out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
+        out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.interrupted else
+                                            f" (partial: {test.failure})" if test.failure else ""))
     if test.interrupted:
         raise typer.Exit(130)
+    if test.failure:
+        raise fail(f"{test.failure}; {out} is marked partial", code=1)
     gates_exit(outcome)
 
 def validate(
@@ -389,8 +427,10 @@ def validate(
         test = _measure(scenario, name, time_scale, None, processes)
         if test.result is not None:
             tests[name] = test
-        if test.interrupted:
+        if test.interrupted or test.failure:
             interrupted = True
+            if test.failure:
+                err_console.print(f"{name}: {test.failure}")
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)

@@ -34,7 +34,7 @@ from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, drive, jar_after_refresh, renew_flow,
+    LOGIN_RETRY_S, RENEW, Adopt, Backoff, Join, Login, Refresh, Renew, Send, basis_of, drive, jar_after_refresh, renew_flow,
     request_flow,
 )
 #: columns of the client's record files: the ``events`` columns without strategy/replication,
@@ -90,6 +90,8 @@ class Reply:
     reissued_expires_in: float | None = None
     error: str | None = None
     received_unix_s: float = 0.0
+    #: a 503's ``Retry-After`` in wall seconds (None when absent or not a number of seconds)
+    retry_after_s: float | None = None
 
 
 class Transport(Protocol):
@@ -263,6 +265,8 @@ class Visit:
     login: AsyncResult | None = None
     flight: Flight = field(default_factory=Flight)
     newest: Token | None = None
+    #: the ``Retry-After`` (wall seconds) of the last 503 a refresh got
+    retry_after_wall_s: float | None = None
 
 
 @dataclass(eq=False)
@@ -405,6 +409,11 @@ class UserDriver:
                 return self.refresh_in_flight(tab, basis)
             case Login():
                 return self.login(tab, forced=True)
+            case Backoff():
+                # the server's Retry-After (wall seconds) in scenario seconds, else the scenario's
+                retry_after_s = (tab.visit.retry_after_wall_s * self.clock.time_scale
+                                 if tab.visit.retry_after_wall_s is not None else self.scenario.auth.retry_after_s)
+                self.clock.sleep(self.policy.retry_delay_s(retry_after_s, self.streams.backoff()))
             case Adopt():
                 tab.store.token = trace.reissued
         return None
@@ -482,6 +491,7 @@ class UserDriver:
             outcome = reply.error if reply.error in ("expired", "revoked", "reuse_detected") else "revoked"
         elif reply.status == 503:
             outcome = "unavailable"
+            visit.retry_after_wall_s = reply.retry_after_s
         else:
             outcome = "lost"
         sink.record(clock.now_s(), self.index, tab.index, visit.session, "refresh_end", jar_id, basis,

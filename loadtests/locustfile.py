@@ -206,6 +206,8 @@ class FastHttpTransport:
                 response.failure(f"401 {reply.error}")
             elif reply.status:
                 reply.error = (_json(response) or {}).get("error_description")
+                retry_after = (headers.get("Retry-After") or "").strip()
+                reply.retry_after_s = float(retry_after) if retry_after.isdecimal() else None
                 response.failure(f"{reply.status} {reply.error or ''}".strip())
             else:
                 response.failure(f"no answer: {response.error!r}")

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sim import cli_planning
 from sim.scenario import Scenario, ScenarioError, load_scenario, parse_setting, sanity_warnings, spell, sweep_settings
 from sim.units import format_number
 
@@ -39,6 +40,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")]
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
 EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.parquet (every record).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even when the work estimate exceeds the free memory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as strict JSON (null for a missing number) "
                                        "instead of tables.")]
 FailOnOpt = Annotated[Optional[list[str]], typer.Option(
@@ -255,11 +257,27 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
             bar.stop()
 
 
-def simulate(scenario: Scenario, seed, replications, events, quiet=False):
+def simulate(scenario: Scenario, seed, replications, events, quiet=False, processes=None, cluster=None,
+             force=False):
+    """Run a scenario with a progress bar; a lost worker process fails the command (status 1). A
+    scenario whose work estimate exceeds the free memory is refused (status 2) unless ``force``."""
+    from sim import estimate
     from sim.engine import run
+    from sim.engine.dispatch import WorkerLost
 
+    try:
+        sized = scenario.replace(run={"replications": replications}) if replications else scenario
+        warning = estimate.check(sized, force=force, parallel=processes)
+    except estimate.TooMuchWork as exc:
+        raise fail(str(exc)) from None
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with progress_bar("simulating", enabled=not quiet) as update:
-        return run(scenario, seed=seed, replications=replications, events=events, progress=update)
+        try:
+            return run(scenario, seed=seed, replications=replications, events=events, progress=update,
+                       processes=processes, cluster=cluster)
+        except WorkerLost as exc:
+            raise fail(f"{exc}; no run folder was written", 1) from None
 
 
 def headline_table(result, title: str) -> Table:
@@ -301,6 +319,9 @@ def run(
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
     strict: StrictOpt = False,
+    processes: cli_planning.ProcessesOpt = None,
+    cluster: cli_planning.ClusterOpt = None,
+    force: ForceOpt = False,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
     from sim.results import atomic_dir
@@ -309,7 +330,8 @@ def run(
     gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
+                          force=force)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json)
@@ -344,6 +366,9 @@ def compare(
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
     strict: StrictOpt = False,
+    processes: cli_planning.ProcessesOpt = None,
+    cluster: cli_planning.ClusterOpt = None,
+    force: ForceOpt = False,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
@@ -352,7 +377,8 @@ def compare(
     gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
+                          force=force)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
@@ -378,100 +404,8 @@ def compare(
     gates_exit(outcome)
 
 
-#: what ``sweep`` prints per setting and variant
-SWEEP_COLUMNS = [
-    ("refresh_rate_per_s", "renewals/s"),
-    ("refresh_rate_peak_per_s", "peak/s"),
-    ("auth_utilization", "auth util."),
-    ("auth_queue_wait_ms_p99", "queue wait p99 ms"),
-    ("added_latency_ms_p99", "added p99 ms"),
-    ("failed_requests", "failed req."),
-    ("forced_logins", "forced logins"),
-]
-
-
-def sweep_label(combo: dict) -> str:
-    """A setting as a folder and row name: ``workers=1,users=6``."""
-    return ",".join(f"{k.split('.')[-1]}={spell(v)}" for k, v in combo.items())
-
-
-@app.command()
-def sweep(
-    scenario_path: ScenarioArg,
-    settings: Annotated[list[str], typer.Option(
-        "--set", help="FIELD=V1,V2,... to vary (file spelling: auth.workers=1,2,4, tokens.access_ttl=5m,15m, "
-        "strategies[0].server.grace_period=0s,30s); several --set vary together (every combination).",
-        show_default=False)],
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    replications: RepsOpt = None,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
-    as_json: JsonOpt = False,
-    fail_on: FailOnOpt = None,
-    gate_on: GateOnOpt = None,
-    strict: StrictOpt = False,
-):
-    """Simulate a scenario once per combination of the --set values (one run folder each) and
-    compare them: how refresh load, queue wait and failures move with users, workers, lifetimes.
-    The table is also saved as sweep.csv."""
-    import pandas as pd
-
-    from sim.results import atomic_dir
-
-    try:
-        combos = sweep_settings([parse_setting(text) for text in settings])
-    except ValueError as exc:
-        raise fail(f"--set: {exc}") from None
-    scenarios = [read_scenario(scenario_path, combo, strict=strict) for combo in combos]  # all checked before any runs
-    gates = read_gates(scenarios[0], fail_on, gate_on)
-    out = out or default_out(scenario_path, "sweep")
-    table = Table(title=f"{scenario_path.name}: sweep of {', '.join(combos[0])} (means over replications)",
-                  title_justify="left")
-    for label in ["setting", "strategy", *(label for _, label in SWEEP_COLUMNS)]:
-        table.add_column(label, justify="left" if label in ("setting", "strategy") else "right")
-    rows = []
-    with interruptible(out), atomic_dir(out) as tmp:
-        results = []
-        for combo, scenario in zip(combos, scenarios):
-            name = sweep_label(combo)
-            result = simulate(scenario, seed, replications, events=False, quiet=as_json)
-            folder = tmp / "".join(c if c.isalnum() or c in "=,._-" else "_" for c in name)
-            folder.mkdir()
-            result.write_into(folder)
-            result.path = folder
-            results.append(result)
-            agg = result.aggregate
-            rows.append(agg.reset_index().assign(**{"setting": name, "folder": folder.name},
-                                                 **{k: spell(v) for k, v in combo.items()}))
-            for strategy, row in agg.iterrows():
-                table.add_row(escape(name), escape(strategy), *(format_number(row[col]) for col, _ in SWEEP_COLUMNS))
-        frame = pd.concat(rows, ignore_index=True)
-        first = ["setting", *combos[0], "folder", "strategy"]
-        frame = frame[first + [c for c in frame.columns if c not in first and c != "replication"]]
-        frame.to_csv(tmp / "sweep.csv", index=False)
-        if report:
-            from sim.report import build_report
-
-            build_report(results, tmp)
-        outcome = check_gates(gates, [(sweep_label(c), r.aggregate) for c, r in zip(combos, results)], tmp, as_json=True)
-    for result in results:
-        result.path = out / result.path.name
-    if as_json:
-        from sim.gates import to_json
-        from sim.jsonout import records
-
-        doc = {"out": str(out), "sweep": records(frame)}
-        if outcome is not None:
-            doc["gates"] = to_json(outcome)
-        emit_json(doc)
-        gates_exit(outcome)
-        return
-    out_console.print(table)
-    if outcome is not None:
-        out_console.print(gates_table(outcome))
-    out_console.print(f"wrote {out}: one run folder per setting, sweep.csv"
-                      + (f", report: {out / 'report.html'}" if report else ""))
-    gates_exit(outcome)
+# sweep, capacity and calibrate live in their own module
+cli_planning.register(app)
 
 
 @app.command()

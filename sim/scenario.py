@@ -25,6 +25,22 @@ from sim.strategies.server import AnyServerPolicy
 from sim.units import Duration
 
 
+#: upper bounds of the size fields: beyond them a scenario is a typo, not a plan
+MAX_USERS = 10_000_000
+MAX_REPLICATIONS = 10_000
+#: the most tabs a user has open, and the most parallel requests one page view sends
+MAX_COUNT = 1_000
+
+
+def _bounded_count(dist, field: str):
+    """``dist`` (a count distribution) when it cannot draw more than :data:`MAX_COUNT`."""
+    largest = max(getattr(dist, name) for name in ("value", "high", "mean_") if hasattr(dist, name)) \
+        if not hasattr(dist, "values") else max(dist.values)
+    if largest > MAX_COUNT:
+        raise ValueError(f"expected {field} of at most {MAX_COUNT}, got {largest:g}")
+    return dist
+
+
 class ScenarioError(Exception):
     """A scenario that cannot be used. ``problems`` is a list of (field, message); ``lines``
     maps a field to its line in the file, where known."""
@@ -47,10 +63,10 @@ class ScenarioError(Exception):
 class RunSettings(Model):
     """How long, how often, from which seed."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
     duration_s: Duration = Field(default="1h", alias="duration", gt=0)
     warmup_s: Duration = Field(default="0s", alias="warmup")
-    replications: int = Field(default=1, ge=1)
+    replications: int = Field(default=1, ge=1, le=MAX_REPLICATIONS)
 
     @property
     def end_s(self) -> float:
@@ -96,13 +112,19 @@ Arrival = Annotated[Union[AllAtOnce, Ramp, PoissonArrivals, Diurnal], Field(disc
 class Population(Model):
     """Who uses the system and for how long."""
 
-    users: int = Field(default=100, ge=1)
+    users: int = Field(default=100, ge=1, le=MAX_USERS)
     arrival: Arrival = Field(default_factory=AllAtOnce)
     #: how long a visit lasts; none = until the run ends
     session_length: DurationDist | None = None
     #: time away between visits (each visit logs in anew); none = users do not come back
     away: DurationDist | None = None
     tabs: CountDist = Field(default=1)
+
+    @field_validator("tabs")
+    @classmethod
+    def _tabs_bounded(cls, dist):
+        return _bounded_count(dist, "tabs")
+
     #: after a page view, the chance that the user stops for an ``idle_gap`` instead of thinking
     idle_probability: float = Field(default=0.0, ge=0, le=1)
     idle_gap: DurationDist = Field(default="0s")
@@ -113,6 +135,11 @@ class Workload(Model):
 
     think_time: DurationDist = Field(default_factory=lambda: {"dist": "exponential", "mean": "30s"})
     burst_size: CountDist = Field(default=1)
+
+    @field_validator("burst_size")
+    @classmethod
+    def _burst_bounded(cls, dist):
+        return _bounded_count(dist, "burst sizes")
 
 
 class Network(Model):
@@ -141,6 +168,14 @@ class AuthTier(Model):
     verify_time_s: Duration = Field(default="200us", alias="verify_time")
     #: a call that waited this long for a worker is answered 503
     queue_timeout_s: Duration = Field(default="10s", alias="queue_timeout", gt=0)
+    #: calls that may wait for a worker at once; one more is shed at once (503 with Retry-After).
+    #: None: no bound but the queue timeout
+    queue_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+    #: the wait a shed call is told to observe (``Retry-After``, whole wall seconds on the wire)
+    retry_after_s: Duration = Field(default="1s", alias="retry_after", gt=0)
+    #: a profile written by ``refreshlab calibrate`` (relative to the scenario file): it gives
+    #: the times above that the table does not set; loading replaces it by those times
+    profile: str | None = None
 
 
 class ApiTier(Model):
@@ -286,7 +321,7 @@ def resolve_defaults(raw: dict[str, Any], inherited: dict[str, str] | None = Non
             variant = dict(variant)
             for part, presets in (("client", CLIENT_PRESETS), ("server", SERVER_PRESETS)):
                 table = variant.get(part)
-                if isinstance(table, dict) and table.get("preset") in presets:
+                if isinstance(table, dict) and isinstance(table.get("preset"), str) and table["preset"] in presets:
                     for key in presets[table["preset"]]:
                         if key not in table:
                             inherited[f"strategies[{i}].{part}.{key}"] = f"strategies[{i}].{part}.preset"
@@ -311,20 +346,49 @@ def _check_presets(raw: dict[str, Any]) -> list[tuple[str, str]]:
     for i, variant in enumerate(raw.get("strategies", []) if isinstance(raw.get("strategies"), list) else []):
         for part, presets in (("client", CLIENT_PRESETS), ("server", SERVER_PRESETS)):
             table = variant.get(part) if isinstance(variant, dict) else None
-            if isinstance(table, dict) and "preset" in table and table["preset"] not in presets:
+            if isinstance(table, dict) and "preset" in table and not isinstance(table["preset"], str):
+                problems.append((f"strategies[{i}].{part}.preset",
+                                 f"expected a preset name (one of: {', '.join(presets)}), "
+                                 f"got a {type(table['preset']).__name__}"))
+            elif isinstance(table, dict) and "preset" in table and table["preset"] not in presets:
                 problems.append((f"strategies[{i}].{part}.preset",
                                  f"unknown preset {table['preset']!r}; expected one of: {', '.join(presets)}"))
     return problems
 
 
-def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", *, python_units: bool = False,
-                   lines: dict[str, int] | None = None) -> Scenario:
+def apply_profile(raw: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+    """Step zero of loading: an ``[auth] profile`` (a ``refreshlab calibrate`` file, relative to
+    ``base_dir``) fills the auth times the table does not set, then is dropped, so that the
+    resolved scenario carries the measured times themselves."""
+    auth = raw.get("auth")
+    if not isinstance(auth, dict) or auth.get("profile") is None:
+        return raw
+    from sim.calibrate import auth_times
+
+    if not isinstance(auth["profile"], str):
+        raise ScenarioError(source, [("auth.profile", "expected the path of a calibration profile (a string)")])
+    tokens = raw.get("tokens") if isinstance(raw.get("tokens"), dict) else {}
+    algorithm = tokens.get("algorithm", Tokens.model_fields["algorithm"].default)
+    if algorithm not in typing.get_args(Tokens.model_fields["algorithm"].annotation):
+        return raw  # validation names the algorithm
+    try:
+        measured = auth_times(base_dir / auth["profile"], str(algorithm))
+    except ValueError as exc:
+        raise ScenarioError(source, [("auth.profile", str(exc))]) from None
+    table = {k: v for k, v in auth.items() if k != "profile"}
+    return {**raw, "auth": {**measured, **table}}
+
+
+def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", base_dir: str | Path = ".", *,
+                   python_units: bool = False, lines: dict[str, int] | None = None) -> Scenario:
     """Validate a scenario given as a dict in file form (durations as strings; with
-    ``python_units`` bare numbers are seconds). :class:`ScenarioError` lists one problem per
-    field the user wrote, at that field's path (and ``lines``' line number when given)."""
+    ``python_units`` bare numbers are seconds); an ``[auth] profile`` path is relative to
+    ``base_dir``. :class:`ScenarioError` lists one problem per field the user wrote, at that
+    field's path (and ``lines``' line number when given)."""
     problems = _check_presets(raw)
     if problems:
         raise ScenarioError(source, problems, lines)
+    raw = apply_profile(raw, Path(base_dir), source)
     inherited: dict[str, str] = {}
     try:
         scenario = Scenario.model_validate(resolve_defaults(raw, inherited), context={"from_file": not python_units})
@@ -338,6 +402,8 @@ def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", *, python_un
                     break
             found.setdefault(field, message)  # one problem per field, the first reason
         raise ScenarioError(source, list(found.items()), lines) from None
+    except RecursionError:
+        raise ScenarioError(source, [("", "values nested too deeply")]) from None
     scenario._written = copy.deepcopy(raw)
     return scenario
 
@@ -397,6 +463,8 @@ def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> S
         raise ScenarioError(str(path), [("", f"cannot read: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), [("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ScenarioError(str(path), [("", "not valid TOML here: arrays or tables nested too deeply")]) from None
     lines = toml_lines(text)
     if settings:
         try:
@@ -406,8 +474,8 @@ def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> S
         source = f"{path} with " + ", ".join(f"{k}={spell(v)}" for k, v in settings.items())
         set_here = {_file_path(Scenario, k) for k in settings}
         lines = {k: v for k, v in lines.items() if not any(k == s or k.startswith(s + ".") for s in set_here)}
-        return parse_scenario(raw, source, lines=lines)
-    return parse_scenario(raw, str(path), lines=lines)
+        return parse_scenario(raw, source, path.parent, lines=lines)
+    return parse_scenario(raw, str(path), path.parent, lines=lines)
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")

@@ -68,3 +68,41 @@ def strict_json(text: str):
         raise ValueError(f"not strict JSON: {token}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server of its own on a free loopback port (``.ci/run`` installs Debian's
+    ``redis-server``): started once per test session, ready when it says so and answers PING."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from loadtests.server.process import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder), "--loglevel", "notice"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in process.stdout:  # wait for the server to say it is ready (or to exit)
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep draining
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        if process.poll() is not None or not redis.Redis.from_url(url).ping():
+            pytest.fail("redis-server did not start:\n" + "".join(seen))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -125,15 +125,25 @@ def test_loadtest_refuses_an_unknown_strategy_without_a_traceback(cli):
 
 def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
     import signal
+    import urllib.request
+
+    from tests.test_faults import children, until
 
     out = tmp_path / "run"
     proc = subprocess.Popen([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "dual_token",
                              "--time-scale", str(TIME_SCALE), "--users", "6", "--duration", "30m", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # interrupt once the command reports that requests are being measured
-    for line in proc.stderr:
-        if line.startswith("load testing: first requests measured"):
-            break
+    # wait for states, not for a guessed time: Locust runs, its 6 users have logged in, and a
+    # scenario minute of requests has passed on the server's clock
+    procs = until(lambda: children(proc), what="server and Locust running")
+    command = procs["server"].cmdline()
+    ledger_url = f"http://127.0.0.1:{command[command.index('--port') + 1]}/ledger"
+
+    def busy() -> bool:
+        ledger = json.loads(urllib.request.urlopen(ledger_url, timeout=10).read())
+        return ledger["totals"]["sessions"] >= 6 and ledger["scenario_time_s"] >= 120
+
+    until(busy, what="users logged in and making requests")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 130, stdout + stderr

@@ -20,7 +20,7 @@ from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, jar_after_refresh, renew_flow,
+    LOGIN_RETRY_S, RENEW, Adopt, Backoff, Join, Login, Refresh, Renew, Send, basis_of, jar_after_refresh, renew_flow,
     request_flow,
 )
 from sim.strategies.ledger import Ledger, Token
@@ -209,6 +209,9 @@ class Simulation:
                     result = yield from self.refresh_in_flight(tab, basis)
                 case Login():
                     result = yield from self.login(tab, forced=True)
+                case Backoff():
+                    u = tab.visit.streams.backoff()
+                    result = yield self.env.timeout(self.client.retry_delay_s(self.scenario.auth.retry_after_s, u))
                 case Adopt(held=held):
                     tab.store.held, result = held, None
 
@@ -302,6 +305,9 @@ class Simulation:
         when the worker picks the call up, ``finish`` after the service time."""
         env, rec, auth = self.env, self.rec, self.auth
         asked = env.now
+        limit = self.scenario.auth.queue_limit
+        if limit is not None and auth.count >= auth.capacity and len(auth.queue) >= limit:
+            return UNAVAILABLE  # the queue is full: shed at once (503 with Retry-After)
         req = auth.request()
         if not req.triggered:
             rec.queued.add(1, asked)

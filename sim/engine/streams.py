@@ -25,6 +25,7 @@ class Source(IntEnum):
     AUTH_LATENCY = 4
     LOSS = 5
     VISIT = 6
+    BACKOFF = 7
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -61,7 +62,7 @@ class Draws:
 class UserStreams:
     """The draws one user makes, each from its own stream."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "auth_rtt", "loss", "visit_length", "away")
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "auth_rtt", "loss", "visit_length", "away", "backoff")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
@@ -73,6 +74,7 @@ class UserStreams:
         self.api_rtt = Draws(net.rtt, rng[Source.API_LATENCY])
         self.auth_rtt = Draws(net.rtt, rng[Source.AUTH_LATENCY])
         self.loss = Draws(None, rng[Source.LOSS], floor=None)
+        self.backoff = Draws(None, rng[Source.BACKOFF], floor=None)
         self.visit_length = Draws(pop.session_length, rng[Source.VISIT], batch=8) if pop.session_length else None
         self.away = Draws(pop.away, rng[Source.VISIT], batch=8) if pop.away else None
 

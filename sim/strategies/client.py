@@ -66,14 +66,19 @@ class ClientPolicy(Model):
       instead of starting another; a 401 for a token already replaced is retried with the newer one;
     - ``cross_tab_lock``: the single-flight scope is every tab of the user (auth0-spa-js's lock);
     - ``storage``: ``shared`` (one access token for all tabs, like localStorage) or ``per_tab``;
-    - ``max_retries``: resends allowed after a 401 or a lost answer.
+    - ``max_retries``: resends allowed after a 401 or a lost answer;
+    - ``unavailable_retries``: refreshes tried again after the auth tier answered 503, each after
+      the ``Retry-After`` it sent stretched by a random factor of up to ``1 + retry_jitter``
+      (0: a 503 fails the requests that needed the token).
     """
 
     trigger: str
     single_flight: bool = False
     cross_tab_lock: bool = False
     storage: Literal["shared", "per_tab"] = "shared"
-    max_retries: int = Field(default=1, ge=0)
+    max_retries: int = Field(default=1, ge=0, le=1000)
+    unavailable_retries: int = Field(default=0, ge=0, le=100)
+    retry_jitter: float = Field(default=0.5, ge=0, le=10)
     preset: str | None = None
 
     #: seconds between timer ticks; None means the policy has no timer
@@ -97,6 +102,12 @@ class ClientPolicy(Model):
         if self.single_flight and tab.held is not None and tab.held.id != sent.id:
             return Action.RETRY
         return self.renew(tab)
+
+    def retry_delay_s(self, retry_after_s: float, u: float) -> float:
+        """Seconds to wait before trying a refresh the auth tier shed: its ``Retry-After`` (seconds)
+        honoured, stretched by ``1 + retry_jitter * u`` for a uniform draw ``u`` in [0, 1), so
+        that shed clients do not all come back at the same instant."""
+        return max(retry_after_s, 0.0) * (1.0 + self.retry_jitter * u)
 
     def on_timer(self, tab: TabView, now: float) -> Action:
         """A timer tick (only when :attr:`timer_interval_s` is set). Returns NOTHING, REFRESH or WAIT."""
@@ -135,7 +146,7 @@ class TimerClient(ClientPolicy):
     remaining life is at most ``threshold`` (oidc-client-ts); 401s still renew reactively."""
 
     trigger: Literal["timer"] = "timer"
-    check_interval_s: Duration = Field(alias="check_interval", gt=0)
+    check_interval_s: Duration = Field(alias="check_interval", ge=0.001)
     threshold_s: Duration = Field(alias="threshold")
 
     @property

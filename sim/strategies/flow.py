@@ -18,6 +18,9 @@ Effects, and what the driver sends back:
   when the policy is single-flight); send back its outcome: ``"ok"``, or why not, in the
   ``refresh_end`` vocabulary of :mod:`sim.metrics` (``expired``, ``revoked``, ``reuse_detected``,
   ``unavailable``, ``lost``);
+- :class:`Backoff` — the auth tier shed a refresh (503): wait ``policy.retry_delay_s`` of its
+  ``Retry-After`` (the scenario's ``auth.retry_after`` in scenario seconds) and a uniform draw;
+  send back nothing;
 - :class:`Login` — the session is gone: log in again (forced); send back nothing;
 - :class:`Adopt` — store the re-issued token ``held``; send back nothing.
 """
@@ -54,6 +57,12 @@ class Refresh:
 @dataclass(frozen=True, slots=True)
 class Login:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Wait before trying a shed refresh again: ``policy.retry_delay_s`` of the ``Retry-After``
+    the auth tier answered and a uniform draw of the driver's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +131,11 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
             return True
         action = Action.WAIT if after.refreshing else Action.REFRESH
     outcome = yield Refresh(basis)
+    for _ in range(policy.unavailable_retries):
+        if outcome != "unavailable":
+            break
+        yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
+        outcome = yield Refresh(basis)
     if outcome in SESSION_LOST:
         yield Login()
     return outcome == "ok"

@@ -87,10 +87,18 @@ class ServerPolicy(Model):
     def authorize(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> Verdict:
         """Check an access token at the moment the API processes the request.
 
-        Expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        Invalid when its session's access tokens were revoked (a logout, or a reuse revocation
+        that covers access tokens); expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return INVALID
         if now > token.expires_at_s + leeway_s:
             return EXPIRED
         return OK
+
+    def logout(self, ledger: Ledger, token: Token, now: float) -> None:
+        """The user logged out with ``token`` (any of the session's tokens): the session is
+        revoked, its refresh tokens and its access tokens alike."""
+        ledger.revoke_session(ledger.session_of(token), now, access=True)
 
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``."""
@@ -146,11 +154,6 @@ class DualTokenServer(ServerPolicy):
         refresh = ledger.mint("refresh", session, now, self._refresh_expiry(session, now), cause="login")
         return Grant(access, refresh)
 
-    def authorize(self, ledger, token, now, leeway_s=0.0):
-        if self.revoke_access_on_reuse and ledger.sessions[token.session].revoked:
-            return INVALID
-        return super().authorize(ledger, token, now, leeway_s)
-
     def begin_refresh(self, ledger, token, basis, now):
         ledger.counters["refresh_calls"] += 1
         return PendingRefresh(token, basis, None if self.atomic else self._check(ledger, token, now))
@@ -163,7 +166,7 @@ class DualTokenServer(ServerPolicy):
         if decision == "reuse_detected":
             ledger.note_reuse(token, "reuse_detected", now)
             if self.reuse_detection == "family":
-                ledger.revoke_session(ledger.session_of(token), now)
+                ledger.revoke_session(ledger.session_of(token), now, access=self.revoke_access_on_reuse)
             return Rejection("reuse_detected")
         session = ledger.session_of(token)
         session.last_refresh_at_s = now
