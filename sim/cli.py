@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sim import cli_planning
-from sim.scenario import Scenario, ScenarioError, load_scenario, parse_setting, sanity_warnings, spell, sweep_settings
+from sim.scenario import Scenario, ScenarioError, load_scenario, sanity_warnings
 from sim.units import format_number
 
 app = typer.Typer(
