@@ -11,6 +11,7 @@ import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from importlib.metadata import PackageNotFoundError, entry_points, requires, version
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -67,6 +68,15 @@ def _main(
                                                is_eager=True)] = False,
 ):
     """Simulate and load-test JWT renewal strategies: dual token, sliding expiration, silent refresh."""
+
+
+class Engine(str, Enum):
+    fast = "fast"
+    exact = "exact"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="fast: plain requests in one step; exact: every request simulated (identical results).")]
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [
@@ -258,7 +268,7 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
 
 
 def simulate(scenario: Scenario, seed, replications, events, quiet=False, processes=None, cluster=None,
-             force=False):
+             force=False, engine="fast"):
     """Run a scenario with a progress bar; a lost worker process fails the command (status 1). A
     scenario whose work estimate exceeds the free memory is refused (status 2) unless ``force``."""
     from sim import estimate
@@ -275,7 +285,7 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
     with progress_bar("simulating", enabled=not quiet) as update:
         try:
             return run(scenario, seed=seed, replications=replications, events=events, progress=update,
-                       processes=processes, cluster=cluster)
+                       processes=processes, cluster=cluster, engine=engine)
         except WorkerLost as exc:
             raise fail(f"{exc}; no run folder was written", 1) from None
 
@@ -322,6 +332,7 @@ def run(
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
     force: ForceOpt = False,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
     from sim.results import atomic_dir
@@ -331,7 +342,7 @@ def run(
     out = out or default_out(scenario_path)
     with interruptible(out):
         result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
-                          force=force)
+                          force=force, engine=engine.value)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json)
@@ -369,6 +380,7 @@ def compare(
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
     force: ForceOpt = False,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
@@ -378,7 +390,7 @@ def compare(
     out = out or default_out(scenario_path)
     with interruptible(out):
         result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
-                          force=force)
+                          force=force, engine=engine.value)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
