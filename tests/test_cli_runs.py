@@ -107,7 +107,8 @@ def test_interrupted_run_leaves_nothing_complete_and_keeps_earlier_results(tmp_p
     out.mkdir()
     (out / "summary.csv").write_text("earlier results\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / "smoke.toml"), "--replications", "40", "--out", str(out)],
+        [sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / "smoke.toml"), "--replications", "40", "--processes", "1",
+         "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # interrupt once the run reports progress: it is simulating, not starting up or done
     first = proc.stderr.readline()
