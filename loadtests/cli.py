@@ -22,9 +22,10 @@ import pandas as pd
 import typer
 from rich.table import Table
 
+from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
 from sim.cli import ScenarioArg, OutOpt, default_out, err_console, fail, out_console, read_scenario
 from sim.results import RunResult, atomic_dir
-from sim.scenario import Scenario
+from sim.scenario import Scenario, ScenarioError
 from sim.units import format_number, parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -37,13 +38,24 @@ AGREEMENT = 0.10
 
 
 class LoadTestError(Exception):
-    """Locust or the server could not run; the message says which and quotes their output."""
+    """Locust or the server could not run; the message says which and quotes their output.
+    ``code`` is the exit status it means (1: the run failed, 2: bad input)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: the share of calls that may fail outside the protocol (no answer, unexpected status, failed
+#: logins, crashed user tasks) before a run counts as failed
+MAX_ERROR_SHARE = 0.05
 
 
 @dataclass
 class LoadTest:
     """One measured run: what was asked, and what it produced. ``result`` is None only when
-    nothing at all was recorded."""
+    nothing at all was recorded. ``failure`` says why the run does not count (None: it does);
+    ``target_lost``: the server stopped answering during the run."""
 
     scenario: Scenario
     strategy: str
@@ -53,6 +65,9 @@ class LoadTest:
     locust_log: str
     locust_requests: pd.DataFrame | None = None
     locust_stats: pd.DataFrame | None = None
+    failure: str | None = None
+    target_lost: bool = False
+    findings: list[str] | None = None
 
 
 def effective_scenario(scenario: Scenario, users: int | None, duration: str | None) -> Scenario:
@@ -66,10 +81,12 @@ def effective_scenario(scenario: Scenario, users: int | None, duration: str | No
 
 
 @contextlib.contextmanager
-def _target(scenario_file: Path, strategy: str, time_scale: float, target: str | None) -> Iterator[str]:
-    if target:
-        yield target.rstrip("/")
+def _target(scenario_file: Path, strategy: str, time_scale: float, profile: TargetProfile) -> Iterator[str]:
+    if profile.base_url:
+        yield profile.base_url
         return
+    if profile.name != "reference":
+        raise LoadTestError(f"target profile {profile.name!r} names no base_url: pass --target URL", code=2)
     from loadtests.server.process import ServerStartError, serve_in_subprocess
 
     try:
@@ -80,47 +97,65 @@ def _target(scenario_file: Path, strategy: str, time_scale: float, target: str |
 
 
 def locust_command(scenario_file: Path, strategy: str, url: str, users: int, time_scale: float,
-                   run_time_s: float, records: Path, processes: int | None) -> list[str]:
-    """The headless Locust command line of a load test."""
+                   run_time_s: float, records: Path, processes: int | None,
+                   profile_file: Path | None = None) -> list[str]:
+    """The headless Locust command line of a load test. Locust keeps its own exit code on errors
+    (1 when a call failed outside the protocol); the caller judges the share."""
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
         "-u", str(users), "-r", str(max(users, 1)), "--run-time", f"{math.ceil(run_time_s)}s",
         "--scenario", str(scenario_file), "--strategy", strategy, "--time-scale", repr(time_scale),
-        "--records-dir", str(records), "--only-summary", "--exit-code-on-error", "0",
-        "--csv", str(records / "locust"),
+        "--records-dir", str(records), "--only-summary", "--csv", str(records / "locust"),
     ]
+    if profile_file is not None:
+        command += ["--target-profile", str(profile_file)]
     if processes and processes > 1:
         command += ["--processes", str(processes)]
     return command
 
 
 def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target: str | None = None,
-                 processes: int | None = None, quiet: bool = False) -> LoadTest:
-    """Run one load test of variant ``strategy`` (server in a child process unless ``target``).
+                 processes: int | None = None, quiet: bool = False, profile: TargetProfile | None = None,
+                 max_error_share: float = MAX_ERROR_SHARE) -> LoadTest:
+    """Run one load test of variant ``strategy`` against the target ``profile`` describes (the
+    reference server in a child process unless it or ``target`` names a URL).
 
-    Ctrl-C stops Locust early; what was measured until then is kept and marked partial. Raises
-    :class:`LoadTestError` when Locust or the server cannot run."""
+    A preflight (:mod:`loadtests.targets.preflight`) runs first; Ctrl-C stops Locust early and
+    what was measured until then is kept and marked partial. Raises :class:`LoadTestError` when
+    the preflight fails or Locust or the server cannot run; a run that measured nothing or
+    failed beyond ``max_error_share`` comes back with ``failure`` set."""
     from loadtests.measure import Records, fetch_ledger, measured_result, reference_server_info
+    from loadtests.targets.preflight import PreflightError, preflight, wait_answering
 
+    profile = (profile or reference_profile()).with_target(target)
     users = scenario.population.users
     end_s = scenario.run.end_s
     with tempfile.TemporaryDirectory(prefix="refreshlab-loadtest-") as work:
         work_dir = Path(work)
         scenario_file = work_dir / "scenario.toml"
         scenario_file.write_text(scenario.to_toml(), encoding="utf-8")
+        profile_file = work_dir / "profile.json"
+        profile_file.write_text(profile.model_dump_json(by_alias=True), encoding="utf-8")
         records = work_dir / "records"
         records.mkdir()
         log_path = work_dir / "locust.log"
         interrupted = False
-        with _target(scenario_file, strategy, time_scale, target) as url:
-            reference = reference_server_info(url)
+        with _target(scenario_file, strategy, time_scale, profile) as url:
+            reference = reference_server_info(url) if profile.ledger else None
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
                 raise LoadTestError(
                     f"{url} serves strategy {reference['strategy']!r} at time scale {reference['time_scale']:g}, "
                     f"not {strategy!r} at {time_scale:g}")
+            try:
+                findings = preflight(profile, url)
+            except PreflightError as exc:
+                raise LoadTestError(str(exc)) from None
+            if not quiet:
+                for line in findings.lines():
+                    err_console.print(line, highlight=False)
             command = locust_command(scenario_file, strategy, url, users, time_scale,
-                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes)
+                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes, profile_file)
             started = time.time()
             with open(log_path, "w") as log:
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
@@ -140,23 +175,65 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                         locust.wait()
             elapsed_s = (time.time() - started) * time_scale
             locust_log = log_path.read_text(errors="replace")
-            if locust.returncode not in (0, None) and not interrupted:
+            if locust.returncode not in (0, 1, None) and not interrupted:
                 raise LoadTestError(f"Locust exited with status {locust.returncode}:\n{_tail(locust_log)}")
-            ledger = fetch_ledger(url) if reference is not None else None
+            alive = wait_answering(url, profile)
+            ledger = fetch_ledger(url) if reference is not None and alive else None
         try:
             measured = Records(records)
         except FileNotFoundError:
             if interrupted:
                 return LoadTest(scenario, strategy, time_scale, None, True, locust_log)
             raise LoadTestError(f"Locust wrote no records:\n{_tail(locust_log)}") from None
+        measured_s = min(elapsed_s, end_s) if interrupted else None
+        if not alive:
+            measured_s = _last_answer_s(measured.locust, end_s)
+        failure = _judge(measured, max_error_share, alive)
         result = measured_result(
             scenario, strategy, measured, ledger,
-            measured_s=min(elapsed_s, end_s) if interrupted else None, partial=interrupted,
-            meta={"target": target or "reference server", "users": users, "processes": processes or 1},
+            measured_s=measured_s, partial=interrupted or not alive or failure is not None,
+            meta={"target": url if target or profile.base_url else "reference server", "profile": profile.name,
+                  "users": users, "processes": processes or 1,
+                  "status": "failed" if failure else "partial" if interrupted or not alive else "complete",
+                  "failure": failure, "locust_exit_code": locust.returncode,
+                  "preflight": findings.lines()},
         )
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,
-                        pd.read_csv(stats) if stats.is_file() else None)
+                        pd.read_csv(stats) if stats.is_file() else None, failure, not alive, findings.lines())
+
+
+def _last_answer_s(rows: pd.DataFrame, end_s: float) -> float:
+    """Scenario time of the last call the target answered (how long the measurement lasted)."""
+    answered = rows[rows["exception"].isna() | ~rows["exception"].astype(str).str.startswith("no answer")]
+    return float(min(answered["t_s"].max(), end_s)) if len(answered) else 0.0
+
+
+def _judge(measured, max_error_share: float, alive: bool) -> str | None:
+    """Why a run does not count as a measurement, or None when it does."""
+    counters = measured.counters or {}
+    requests = int(counters.get("requests", 0))
+    ok = measured.client[(measured.client["event"] == "attempt") & (measured.client["outcome"] == "ok")]
+    if requests == 0 or len(ok) == 0:
+        logins = int(counters.get("login_failures", 0))
+        why = f" ({logins} failed logins)" if logins else ""
+        return f"measured nothing: no API call was answered with success{why}"
+    rows = measured.locust
+    calls = len(rows)
+    errors = int(rows["exception"].notna().sum()) if calls else 0
+    if calls and errors / calls > max_error_share:
+        return (f"{errors} of {calls} calls failed outside the protocol ({errors / calls:.1%} > "
+                f"{max_error_share:.0%}): no answer or an unexpected status; see locust.log")
+    logins = int(counters.get("logins", 0)) + int(counters.get("forced_logins", 0))
+    failed_logins = int(counters.get("login_failures", 0))
+    if failed_logins and failed_logins / max(logins + failed_logins, 1) > max_error_share:
+        return f"{failed_logins} of {logins + failed_logins} logins failed (> {max_error_share:.0%})"
+    task_errors = int(counters.get("task_errors", 0))
+    if task_errors:
+        return f"{task_errors} user tasks crashed; see locust.log"
+    if not alive:
+        return None
+    return None
 
 
 def _wait(process: subprocess.Popen, quiet: bool, expected_s: float) -> None:
@@ -181,6 +258,7 @@ def write_measured(test: LoadTest, folder: Path) -> None:
         test.locust_requests.to_parquet(folder / "locust_requests.parquet", index=False)
     if test.locust_stats is not None:
         test.locust_stats.to_csv(folder / "locust_stats.csv", index=False)
+    (folder / "locust.log").write_text(test.locust_log, encoding="utf-8")
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -295,6 +373,17 @@ ProcessesOpt = Annotated[Optional[int], typer.Option(
     "--processes", help="Locust worker processes (distributed mode on this machine).", min=1)]
 
 
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="Base URL of the server [default: the profile's, or start the reference server].")]
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--target-profile", help="Target profile: a bundled name (reference, seed, keycloak, auth0, okta, hydra, "
+    "spring, simplejwt, ...) or a TOML file [default: the scenario's [target] table, else reference].")]
+ApiPathOpt = Annotated[Optional[str], typer.Option("--api-path", help="Protected path to call (overrides the profile).")]
+ErrorShareOpt = Annotated[float, typer.Option(
+    "--max-error-share", help="Share of calls that may fail outside the protocol before the run counts as failed.",
+    min=0.0, max=1.0)]
+
+
 def loadtest(
     scenario_path: ScenarioArg,
     strategy: StrategyOpt,
@@ -302,27 +391,59 @@ def loadtest(
     time_scale: TimeScaleOpt = 1.0,
     duration: Annotated[Optional[str], typer.Option(
         "--duration", help="Override the measurement window (scenario time, e.g. '10m').")] = None,
-    target: Annotated[Optional[str], typer.Option(
-        "--target", help="Base URL of a running server [default: start the reference server].")] = None,
+    target: TargetOpt = None,
+    target_profile: ProfileOpt = None,
+    api_path: ApiPathOpt = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    max_error_share: ErrorShareOpt = MAX_ERROR_SHARE,
 ):
     """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
     scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
+    profile = resolve_profile(scenario_path, scenario, target_profile, api_path)
     out = out or default_out(scenario_path, "loadtest")
-    test = _measure(scenario, strategy, time_scale, target, processes)
+    test = _measure(scenario, strategy, time_scale, target, processes, profile, max_error_share)
     if test.result is None:
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
+    if test.failure:
+        err_console.print(f"[bold red]failed:[/] {test.failure}", highlight=False)
+        err_console.print(f"wrote {out} (marked failed in run.json, Locust's log in locust.log)")
+        raise typer.Exit(1)
     row = test.result.aggregate.loc[strategy]
     out_console.print(
         f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
         f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
         f"{int(row['forced_logins'])} forced logins")
-    out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.result.partial else ""))
+    counters = test.result.meta.get("client_counters") or {}
+    if counters.get("resent_pairs"):
+        out_console.print(f"{counters['resent_pairs']} refresh answers re-sent a pair already issued (not mints)")
+    reason = "interrupted" if test.interrupted else "the target stopped answering" if test.target_lost else ""
+    out_console.print(f"wrote {out}" + (f" (partial: {reason})" if test.result.partial else ""))
     if test.interrupted:
         raise typer.Exit(130)
+    if test.target_lost:
+        err_console.print("[bold red]error:[/] the target stopped answering during the run; the folder is partial")
+        raise typer.Exit(1)
+
+
+def resolve_profile(scenario_path: Path, scenario: Scenario, spec: str | None, api_path: str | None = None) -> TargetProfile:
+    """The target profile of a command: ``--target-profile``, else the scenario's ``[target]``
+    table, else the reference server's; exits 2 naming the file and field when it is invalid."""
+    try:
+        if spec:
+            profile = load_profile(spec)
+        elif scenario.target is not None:
+            profile = parse_profile(scenario.target, str(scenario_path), scenario_path.parent, "target")
+        else:
+            profile = reference_profile()
+    except ScenarioError as exc:
+        raise fail(exc.render()) from None
+    if api_path:
+        profile = profile.model_copy(update={"api": profile.api.model_copy(update={"paths": [ApiPath(path=api_path)]})})
+    return profile
+
 
 def validate(
     scenario_path: ScenarioArg,
@@ -398,8 +519,10 @@ def _scenario(path: Path, names: list[str], users, duration, time_scale, scenari
         raise fail(f"--duration: {exc}") from None
 
 
-def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes) -> LoadTest:
+def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes,
+             profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE) -> LoadTest:
     try:
-        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes)
+        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes,
+                            profile=profile, max_error_share=max_error_share)
     except LoadTestError as exc:
-        raise fail(str(exc), code=1) from None
+        raise fail(str(exc), code=exc.code) from None

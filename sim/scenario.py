@@ -182,6 +182,8 @@ class Scenario(Model):
     api: ApiTier = Field(default_factory=ApiTier)
     tokens: Tokens = Field(default_factory=Tokens)
     strategies: list[Variant] = Field(min_length=1)
+    #: how a load test talks to the server (a target profile, validated by ``loadtests.targets``)
+    target: dict[str, Any] | None = None
 
     @field_validator("strategies")
     @classmethod
