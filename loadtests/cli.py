@@ -148,7 +148,7 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                     f"{url} serves strategy {reference['strategy']!r} at time scale {reference['time_scale']:g}, "
                     f"not {strategy!r} at {time_scale:g}")
             try:
-                findings = preflight(profile, url)
+                findings = preflight(profile, url, user=users)
             except PreflightError as exc:
                 raise LoadTestError(str(exc)) from None
             if not quiet:
@@ -196,7 +196,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                   "users": users, "processes": processes or 1,
                   "status": "failed" if failure else "partial" if interrupted or not alive else "complete",
                   "failure": failure, "locust_exit_code": locust.returncode,
-                  "preflight": findings.lines()},
+                  "preflight": findings.lines(), "preflight_user": findings.user,
+                  "preflight_calls": findings.calls},
         )
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,

@@ -200,7 +200,7 @@ class RecordSink:
 COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
-    "refresh_mints", "resent_pairs", "rotations", "inferred_classifications", "task_errors", "login_failures",
+    "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
 )
 
 
@@ -520,8 +520,9 @@ class UserDriver:
                 self._minted(token, "access_refresh", basis, visit)
             tab.store.token = token
             if new_jar and new_jar != jar:
-                self.rotated.add(jar_id)
-                sink.count("rotations")
+                if jar_id not in self.rotated:
+                    self.rotated.add(jar_id)
+                    sink.count("rotated_tokens")
                 if new_jar not in self.seen:
                     self._minted(self._read_jar(new_jar, reply), "refresh_refresh", None, visit)
             visit.jar = jar_after_refresh(visit.jar, jar, new_jar)
@@ -547,6 +548,7 @@ class UserDriver:
                 reply = self.transport.login(self.index)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
+                sink.count("login_failures")
                 if not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
                     return
             body = reply.body

@@ -35,6 +35,10 @@ class Findings:
     rotation: bool | None = None
     api_refusal: str = ""
     refresh_refusal: str = ""
+    #: the calls the preflight made (they are in the server's records too, before the run's)
+    calls: dict[str, int] = field(default_factory=lambda: {"login": 0, "api": 0, "refresh": 0})
+    #: the user number the preflight logged in as (the one after the scenario's last)
+    user: int = 0
 
     def lines(self) -> list[str]:
         life = f"{self.access_lifetime_s:.0f} s" if self.access_lifetime_s == self.access_lifetime_s else "unknown"
@@ -56,13 +60,25 @@ def _describe(step: str, url: str, reply: Reply, what: str) -> PreflightError:
     return PreflightError(f"preflight step '{step}' failed: {url} answered {reply.status}{words}{what}")
 
 
-def preflight(profile: TargetProfile, base_url: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> Findings:
-    """Run the preflight against ``base_url``; :class:`PreflightError` on the first failing step."""
-    http = RequestsHttp(base_url, profile, timeout_s)
-    transport = ProfileTransport(profile, http, base_url)
-    found = Findings(base_url)
+class _Counting:
+    def __init__(self, http: RequestsHttp, calls: dict[str, int]) -> None:
+        self.http, self.calls = http, calls
 
-    login = transport.login(0)
+    def call(self, method, url, kind, **kwargs):
+        key = {"login": "login", "refresh": "refresh"}.get(kind, "api")
+        self.calls[key] += 1
+        return self.http.call(method, url, kind, **kwargs)
+
+
+def preflight(profile: TargetProfile, base_url: str, user: int = 0, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> Findings:
+    """Run the preflight against ``base_url`` as user number ``user`` (pick one the load test
+    does not use, so the server's records of the run stay apart); :class:`PreflightError` on the
+    first failing step."""
+    found = Findings(base_url, user=user)
+    http = _Counting(RequestsHttp(base_url, profile, timeout_s), found.calls)
+    transport = ProfileTransport(profile, http, base_url)
+
+    login = transport.login(user)
     if not (login.status == 200 and login.body and login.body.get("access_token")):
         raise _describe(transport.last_step or "login", base_url + profile.login.path, login,
                         "" if login.status != 200 else " (no access token in the answer)")

@@ -1,0 +1,76 @@
+"""Measuring third-party token servers: real simplejwt (PyPI) and node-oidc-provider (npm)
+started on 127.0.0.1, driven by ``refreshlab loadtest`` with their bundled target profiles.
+
+The measured counts must equal the servers' own records exactly: simplejwt's database rows
+(OutstandingToken: every refresh token issued; BlacklistedToken: every one revoked) and its
+request log (every refresh call); oidc-provider's own events. The preflight's calls (as user
+number ``users``, written to run.json) are in those records too and are taken out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.peers.servers import simplejwt_server
+
+pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(300)]
+
+SCENARIO = Path(__file__).parent / "data" / "peer-small.toml"
+REFRESHLAB = Path(sys.executable).with_name("refreshlab")
+USERS = 10
+
+
+def loadtest(out: Path, strategy: str, url: str, profile: str, *extra: str):
+    import subprocess
+
+    command = [str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", strategy, "--target", url,
+               "--target-profile", profile, "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+
+def measured(out: Path) -> tuple[dict, pd.DataFrame]:
+    run = json.loads((out / "run.json").read_text())
+    return run, pd.read_parquet(out / "events.parquet")
+
+
+def count(events: pd.DataFrame, event: str, prefix: str = "") -> int:
+    rows = events[events["event"] == event]
+    return int(rows["outcome"].astype(str).str.startswith(prefix).sum()) if prefix else len(rows)
+
+
+@pytest.mark.parametrize("rotate", [True, False], ids=["rotation+blacklist", "no-rotation"])
+def test_simplejwt_counts_equal_the_servers_records(tmp_path, rotate):
+    profile = "simplejwt-blacklist" if rotate else "simplejwt"
+    with simplejwt_server(tmp_path / "server", rotate=rotate, access_s=10, users=USERS + 1) as server:
+        done = loadtest(tmp_path / "run", "dual_token", server.url, profile)
+        assert done.returncode == 0, done.stdout + done.stderr
+    run, events = measured(tmp_path / "run")
+    assert run["status"] == "complete" and run["partial"] is False
+    assert "access token: JWT" in "\n".join(run["preflight"])
+    counters = run["client_counters"]
+    preflight_user = f"user-{run['preflight_user']}"
+    log = server.request_log()
+    refresh_calls = sum(1 for m, p, _ in log if m == "POST" and p == "/api/token/refresh/")
+    refresh_calls -= run["preflight_calls"]["refresh"]
+    logins = sum(1 for m, p, s in log if p == "/api/token/" and s == 200) - run["preflight_calls"]["login"]
+    # refresh calls: the client's records and counters against the server's request log
+    assert count(events, "refresh_start") == counters["refresh_calls"] == refresh_calls > 0
+    assert count(events, "login") == logins
+    # refresh-token mints (logins and rotations) against OutstandingToken rows
+    mints = count(events, "mint", "refresh_")
+    assert mints == counters["refresh_mints"] == server.refresh_tokens_issued(excluding_user=preflight_user)
+    # revocations (every rotated token is blacklisted) against BlacklistedToken rows
+    revoked = server.blacklisted(excluding_user=preflight_user)
+    assert counters.get("rotated_tokens", 0) == revoked
+    if rotate:
+        assert count(events, "mint", "refresh_refresh") > 0 and revoked > 0
+    else:
+        assert count(events, "mint", "refresh_refresh") == 0 and revoked == 0
+    # expiry 401s are classified from simplejwt's own words ("Token is expired")
+    assert count(events, "attempt", "expired") > 0
+    assert (tmp_path / "run" / "locust.log").is_file()
