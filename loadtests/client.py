@@ -201,6 +201,7 @@ COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
     "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
+    "refused_sessions",
 )
 
 
@@ -320,6 +321,7 @@ class UserDriver:
         #: refresh tokens (ids) the user saw exchanged for a newer one, and known refresh expiries
         self.rotated: set[str] = set()
         self.jar_expiry: dict[str, float] = {}
+        self.refused_sessions: set[str | None] = set()
         self.visits = itertools.count(1)
 
     # -- top level --------------------------------------------------------------------------
@@ -530,6 +532,10 @@ class UserDriver:
         sink.count("refresh_failures")
         if outcome == "reuse_detected":
             sink.count("reuse_detected")
+        if outcome in ("reuse_detected", "revoked") and visit.session not in self.refused_sessions:
+            # a server that revokes the family on reuse revoked this session's: one revocation
+            self.refused_sessions.add(visit.session)
+            sink.count("refused_sessions")
         return outcome
 
     def login(self, tab: Tab, *, forced: bool) -> None:

@@ -52,3 +52,17 @@ def cli():
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+#: markers of checks too slow for the default run; ``.ci/run`` runs them in a second pass
+#: (``pytest -m "peers or fidelity"``), and naming them in ``-m`` runs them anywhere
+OPT_IN_MARKERS = ("peers", "fidelity")
+
+
+def pytest_collection_modifyitems(config, items):
+    chosen = config.getoption("markexpr") or ""
+    skip = {m: pytest.mark.skip(reason=f"opt-in: run with -m {m}") for m in OPT_IN_MARKERS if m not in chosen}
+    for item in items:
+        for marker, mark in skip.items():
+            if marker in item.keywords:
+                item.add_marker(mark)

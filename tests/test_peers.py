@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.peers.servers import simplejwt_server
+from tests.peers.servers import node_available, oidc_provider_server, simplejwt_server
 
-pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.loadtest, pytest.mark.peers, pytest.mark.timeout(300)]
 
 SCENARIO = Path(__file__).parent / "data" / "peer-small.toml"
 REFRESHLAB = Path(sys.executable).with_name("refreshlab")
@@ -74,3 +74,37 @@ def test_simplejwt_counts_equal_the_servers_records(tmp_path, rotate):
     # expiry 401s are classified from simplejwt's own words ("Token is expired")
     assert count(events, "attempt", "expired") > 0
     assert (tmp_path / "run" / "locust.log").is_file()
+
+
+@pytest.mark.skipif(not node_available(), reason="oidc-provider is installed by .ci/run (npm ci in tests/peers/oidc-provider)")
+@pytest.mark.parametrize("strategy", ["dual_token", "dual_token_single_flight"])
+def test_oidc_provider_counts_equal_its_events(tmp_path, strategy):
+    # no clock tolerance: in a 24-second run the 10-second tokens must really expire
+    with oidc_provider_server(tmp_path / "server", access_s=10, clock_tolerance_s=0) as server:
+        done = loadtest(tmp_path / "run", strategy, server.url, "oidc-provider")
+        assert done.returncode == 0, done.stdout + done.stderr
+    run, events = measured(tmp_path / "run")
+    assert run["status"] == "complete" and run["partial"] is False
+    assert "access token: opaque" in "\n".join(run["preflight"])
+    counters = run["client_counters"]
+    preflight_user = f"user-{run['preflight_user']}"
+    records = [r for r in server.records() if r.get("account") != preflight_user]
+    refresh_grants = [r for r in server.records() if r["event"] in ("grant.success", "grant.error")
+                      and r.get("grant_type") == "refresh_token"]
+    # every refresh call reached the token endpoint's outcome events
+    assert count(events, "refresh_start") == counters["refresh_calls"] == \
+        len(refresh_grants) - run["preflight_calls"]["refresh"] > 0
+    # logins: code exchanges
+    exchanges = [r for r in records if r["event"] == "grant.success" and r["grant_type"] == "authorization_code"]
+    assert count(events, "login") == len(exchanges)
+    # refresh-token and access-token mints (opaque strings the client had not seen) against saves
+    assert count(events, "mint", "refresh_") == counters["refresh_mints"] == \
+        sum(r["event"] == "refresh_token.saved" for r in records)
+    assert count(events, "mint", "access_") == counters["access_mints"] == \
+        sum(r["event"] == "access_token.saved" for r in records)
+    # revocations: grants (refresh-token families) revoked after a reuse, one per session
+    revoked = {r["grant"] for r in records if r["event"] == "grant.revoked"}
+    assert counters.get("refused_sessions", 0) == len(revoked)
+    if strategy == "dual_token":
+        assert revoked, "concurrent refreshes of one token should have been caught as reuse"
+    assert count(events, "attempt", "expired") > 0

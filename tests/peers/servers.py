@@ -127,13 +127,15 @@ class OidcServer:
 
 
 @contextlib.contextmanager
-def oidc_provider_server(folder: Path, *, access_s: int, rotate: bool = True) -> Iterator[OidcServer]:
-    """node-oidc-provider on a free loopback port; every provider event lands in ``events.jsonl``."""
+def oidc_provider_server(folder: Path, *, access_s: int, rotate: bool = True,
+                         clock_tolerance_s: int = 15) -> Iterator[OidcServer]:
+    """node-oidc-provider on a free loopback port; every provider event lands in ``events.jsonl``.
+    ``clock_tolerance_s``: how long past ``exp`` it still accepts a token (its default: 15 s)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     events, log = folder / "events.jsonl", folder / "server.log"
     env = {**os.environ, "PEER_PORT": str(port), "PEER_EVENTS": str(events), "PEER_ACCESS_S": str(access_s),
-           "PEER_ROTATE": "1" if rotate else "0"}
+           "PEER_ROTATE": "1" if rotate else "0", "PEER_CLOCK_TOLERANCE_S": str(clock_tolerance_s)}
     with open(log, "w") as out:
         process = subprocess.Popen(["node", str(OIDC / "server.mjs")], env=env, cwd=OIDC, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
