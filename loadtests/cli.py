@@ -219,6 +219,8 @@ def _judge(measured, max_error_share: float, alive: bool) -> str | None:
         logins = int(counters.get("login_failures", 0))
         why = f" ({logins} failed logins)" if logins else ""
         return f"measured nothing: no API call was answered with success{why}"
+    if not alive:
+        return None  # calls after the target died failed, of course: the run is partial instead
     rows = measured.locust
     calls = len(rows)
     errors = int(rows["exception"].notna().sum()) if calls else 0
@@ -232,8 +234,6 @@ def _judge(measured, max_error_share: float, alive: bool) -> str | None:
     task_errors = int(counters.get("task_errors", 0))
     if task_errors:
         return f"{task_errors} user tasks crashed; see locust.log"
-    if not alive:
-        return None
     return None
 
 
@@ -408,6 +408,8 @@ def loadtest(
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
+    if test.target_lost:
+        err_console.print("[bold red]error:[/] the target stopped answering during the run; the folder is partial")
     if test.failure:
         err_console.print(f"[bold red]failed:[/] {test.failure}", highlight=False)
         err_console.print(f"wrote {out} (marked failed in run.json, Locust's log in locust.log)")
@@ -425,7 +427,6 @@ def loadtest(
     if test.interrupted:
         raise typer.Exit(130)
     if test.target_lost:
-        err_console.print("[bold red]error:[/] the target stopped answering during the run; the folder is partial")
         raise typer.Exit(1)
 
 
