@@ -98,7 +98,7 @@ def _target(scenario_file: Path, strategy: str, time_scale: float, profile: Targ
 
 def locust_command(scenario_file: Path, strategy: str, url: str, users: int, time_scale: float,
                    run_time_s: float, records: Path, processes: int | None,
-                   profile_file: Path | None = None) -> list[str]:
+                   profile_file: Path | None = None, inject_rtt: bool = False) -> list[str]:
     """The headless Locust command line of a load test. Locust keeps its own exit code on errors
     (1 when a call failed outside the protocol); the caller judges the share."""
     command = [
@@ -109,6 +109,8 @@ def locust_command(scenario_file: Path, strategy: str, url: str, users: int, tim
     ]
     if profile_file is not None:
         command += ["--target-profile", str(profile_file)]
+    if inject_rtt:
+        command.append("--inject-rtt")
     if processes and processes > 1:
         command += ["--processes", str(processes)]
     return command
@@ -116,14 +118,15 @@ def locust_command(scenario_file: Path, strategy: str, url: str, users: int, tim
 
 def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target: str | None = None,
                  processes: int | None = None, quiet: bool = False, profile: TargetProfile | None = None,
-                 max_error_share: float = MAX_ERROR_SHARE) -> LoadTest:
+                 max_error_share: float = MAX_ERROR_SHARE, inject_rtt: bool | None = None) -> LoadTest:
     """Run one load test of variant ``strategy`` against the target ``profile`` describes (the
     reference server in a child process unless it or ``target`` names a URL).
 
     A preflight (:mod:`loadtests.targets.preflight`) runs first; Ctrl-C stops Locust early and
     what was measured until then is kept and marked partial. Raises :class:`LoadTestError` when
     the preflight fails or Locust or the server cannot run; a run that measured nothing or
-    failed beyond ``max_error_share`` comes back with ``failure`` set."""
+    failed beyond ``max_error_share`` comes back with ``failure`` set. ``inject_rtt``: add the
+    scenario's round trips to every call (default: when the target is on this machine)."""
     from loadtests.measure import Records, fetch_ledger, measured_result, reference_server_info
     from loadtests.targets.preflight import PreflightError, preflight, wait_answering
 
@@ -155,7 +158,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                 for line in findings.lines():
                     err_console.print(line, highlight=False)
             command = locust_command(scenario_file, strategy, url, users, time_scale,
-                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes, profile_file)
+                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes, profile_file,
+                                     _loopback(url) if inject_rtt is None else inject_rtt)
             started = time.time()
             with open(log_path, "w") as log:
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
@@ -202,6 +206,12 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,
                         pd.read_csv(stats) if stats.is_file() else None, failure, not alive, findings.lines())
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 def _last_answer_s(rows: pd.DataFrame, end_s: float) -> float:

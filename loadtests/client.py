@@ -303,13 +303,16 @@ class UserDriver:
 
     def __init__(self, scenario: Scenario, variant: Variant, index: int, transport: Transport,
                  clock: ScenarioClock, sink: RecordSink, population: Population | None = None,
-                 profile: TargetProfile | None = None) -> None:
+                 profile: TargetProfile | None = None, inject_rtt: bool = False) -> None:
         self.scenario = scenario
         self.policy = variant.client
         self.index = index
         self.profile = profile or reference_profile()
         self.classifier = Classifier(self.profile.classify)
         self.transport = transport
+        #: add the scenario's round trip (drawn from the user's own streams, as the simulator
+        #: does) to every call, so a loopback test sees the network the scenario describes
+        self.inject_rtt = inject_rtt
         self.clock = clock
         self.sink = sink
         self.end_s = scenario.run.end_s
@@ -438,7 +441,9 @@ class UserDriver:
     def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
         """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
+        half = self._network_out(self.streams.api_rtt)
         reply = self.transport.api(sent.raw)
+        self.clock.sleep(half)
         rtt = time.perf_counter() - started
         if reply.status == 200:
             outcome = "ok"
@@ -495,7 +500,9 @@ class UserDriver:
         jar_id = token_id(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
         sink.count("refresh_calls")
+        half = self._network_out(self.streams.auth_rtt)
         reply = self.transport.refresh(jar, basis)
+        self.clock.sleep(half)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if reply.status == 200 and reply.body and reply.body.get("access_token"):
             outcome = "ok"
@@ -551,7 +558,9 @@ class UserDriver:
                         outcome="forced" if forced else "visit")
             sink.count("forced_logins" if forced else "logins")
             while True:
+                half = self._network_out(self.streams.auth_rtt)
                 reply = self.transport.login(self.index)
+                self.clock.sleep(half)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
                 sink.count("login_failures")
@@ -607,6 +616,15 @@ class UserDriver:
                          outcome=outcome, expires_s=token.held.expires_at_s)
 
     # -- time -------------------------------------------------------------------------------
+
+    def _network_out(self, draw) -> float:
+        """With ``inject_rtt``: draw a round trip, sleep its first half (scenario seconds, slept
+        scaled) and return the half still to come back; 0 otherwise."""
+        if not self.inject_rtt:
+            return 0.0
+        half = draw() / 2
+        self.clock.sleep(half)
+        return half
 
     def _sleep_until(self, t_s: float) -> bool:
         """Sleep until scenario time ``t_s``, at most until the scenario's end; False when the

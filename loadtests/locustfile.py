@@ -45,6 +45,7 @@ class _State:
     clock: ScenarioClock | None = None
     sink = RecordSink()
     profile: TargetProfile | None = None
+    inject_rtt = False
     locust_rows: list[tuple] = []
     master_counters: Counter = Counter()
     users_started = 0
@@ -69,6 +70,8 @@ def _options(parser):
     group.add_argument("--target-profile", type=str, default="reference",
                        help="Target profile: a bundled name, a TOML file, or a resolved profile.json "
                             "(default %(default)s).")
+    group.add_argument("--inject-rtt", action="store_true",
+                       help="Add the scenario's network round trips to every call (scaled by the time scale).")
     group.add_argument("--api-path", type=str, default="",
                        help="Protected path the users call (overrides the profile's API paths).")
 
@@ -93,6 +96,7 @@ def _init(environment, **kwargs):
         state.profile = _profile(options.target_profile, options.api_path)
     except ScenarioError as exc:
         raise SystemExit(f"refreshlab: {exc.render()}") from None
+    state.inject_rtt = bool(options.inject_rtt)
     tls = state.profile.tls
     PolicyUser.insecure = tls.insecure
     if tls.ca_bundle:
@@ -200,7 +204,7 @@ class PolicyUser(FastHttpUser):
         state.users_started += 1
         transport = ProfileTransport(state.profile, LocustHttp(self.client), self.host)
         self.driver = UserDriver(state.scenario, state.variant, index, transport,
-                                 state.clock, state.sink, state.population, state.profile)
+                                 state.clock, state.sink, state.population, state.profile, state.inject_rtt)
 
     @task
     def live(self):
