@@ -108,3 +108,70 @@ def test_oidc_provider_counts_equal_its_events(tmp_path, strategy):
     if strategy == "dual_token":
         assert revoked, "concurrent refreshes of one token should have been caught as reuse"
     assert count(events, "attempt", "expired") > 0
+
+
+# -- fidelity: minutes-long validate runs (pytest -m fidelity, run by .ci/run) -----------------
+
+PEERS_SCENARIO = Path(__file__).parents[1] / "scenarios" / "peers.toml"
+
+
+def validate(out: Path, url: str, profile: str):
+    import subprocess
+
+    command = [str(REFRESHLAB), "validate", str(PEERS_SCENARIO), "--target-profile", profile, "--target", url,
+               "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800)
+
+
+def check_exact_simplejwt(out: Path, server) -> None:
+    log = server.request_log()
+    folders = sorted(out.glob("measured-*"))
+    assert len(folders) == 3
+    calls = sum(1 for m, p, _ in log if m == "POST" and p == "/api/token/refresh/")
+    runs = [measured(f) for f in folders]
+    preflight_calls = sum(run["preflight_calls"]["refresh"] for run, _ in runs)
+    assert sum(run["client_counters"]["refresh_calls"] for run, _ in runs) == calls - preflight_calls
+    preflight_users = {f"user-{run['preflight_user']}" for run, _ in runs}
+    (user,) = preflight_users
+    assert sum(run["client_counters"]["refresh_mints"] for run, _ in runs) == server.refresh_tokens_issued(user)
+    assert sum(run["client_counters"].get("rotated_tokens", 0) for run, _ in runs) == server.blacklisted(user)
+
+
+@pytest.mark.fidelity
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("rotate", [True, False], ids=["rotation+blacklist", "no-rotation"])
+def test_validate_against_simplejwt(tmp_path, rotate):
+    profile = "simplejwt-blacklist" if rotate else "simplejwt"
+    with simplejwt_server(tmp_path / "server", rotate=rotate, access_s=30, users=41) as server:
+        done = validate(tmp_path / "v", server.url, profile)
+    assert done.returncode in (0, 1), done.stderr
+    check_exact_simplejwt(tmp_path / "v", server)
+    rows = pd.read_csv(tmp_path / "v" / "validation.csv")
+    print(f"\n{profile}\n" + (tmp_path / "v" / "validation.md").read_text())
+    assert set(rows["strategy"]) == {"dual_token", "dual_token_single_flight", "silent_refresh"}
+    # the variants without races agree on every check
+    calm = rows[rows["strategy"] != "dual_token"].dropna(subset=["agree"])
+    assert calm["agree"].astype(bool).all(), calm.to_string()
+
+
+@pytest.mark.fidelity
+@pytest.mark.timeout(2400)
+@pytest.mark.skipif(not node_available(), reason="oidc-provider is installed by .ci/run (npm ci in tests/peers/oidc-provider)")
+def test_validate_against_oidc_provider(tmp_path):
+    with oidc_provider_server(tmp_path / "server", access_s=30, clock_tolerance_s=0) as server:
+        done = validate(tmp_path / "v", server.url, "oidc-provider")
+    assert done.returncode in (0, 1), done.stderr
+    runs = [measured(f) for f in sorted((tmp_path / "v").glob("measured-*"))]
+    records = server.records()
+    refresh_grants = [r for r in records if r["event"] in ("grant.success", "grant.error")
+                      and r.get("grant_type") == "refresh_token"]
+    assert sum(run["client_counters"]["refresh_calls"] for run, _ in runs) == \
+        len(refresh_grants) - sum(run["preflight_calls"]["refresh"] for run, _ in runs)
+    users = {f"user-{run['preflight_user']}" for run, _ in runs}
+    mine = [r for r in records if r.get("account") not in users]
+    assert sum(run["client_counters"]["refresh_mints"] for run, _ in runs) == \
+        sum(r["event"] == "refresh_token.saved" for r in mine)
+    print("\noidc-provider\n" + (tmp_path / "v" / "validation.md").read_text())
+    rows = pd.read_csv(tmp_path / "v" / "validation.csv")
+    calm = rows[rows["strategy"] != "dual_token"].dropna(subset=["agree"])
+    assert calm["agree"].astype(bool).all(), calm.to_string()
