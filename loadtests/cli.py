@@ -167,7 +167,7 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                 locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
                 try:
-                    _wait(locust, quiet, end_s / time_scale)
+                    _wait(locust, quiet, end_s / time_scale, log_path)
                 except KeyboardInterrupt:
                     interrupted = True
                     err_console.print("interrupted: stopping Locust and keeping what was measured")
@@ -247,13 +247,23 @@ def _judge(measured, max_error_share: float, alive: bool) -> str | None:
     return None
 
 
-def _wait(process: subprocess.Popen, quiet: bool, expected_s: float) -> None:
+#: what Locust logs once every user runs
+USERS_RUNNING = "All users spawned"
+
+
+def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, log_path: Path | None = None) -> None:
+    """Wait for Locust to end, with a progress bar; says ``measuring: users running`` on stderr
+    once Locust has spawned every user (something to wait for before interrupting)."""
     from sim.cli import progress_bar
 
     started = time.monotonic()
+    running = log_path is None
     with progress_bar("load testing", enabled=not quiet) as update:
         while process.poll() is None:
             update(min(int(time.monotonic() - started), int(expected_s)), int(math.ceil(expected_s)))
+            if not running and USERS_RUNNING in log_path.read_text(errors="replace"):
+                running = True
+                err_console.print("measuring: users running")
             time.sleep(0.25)
 
 

@@ -61,8 +61,7 @@ OPT_IN_MARKERS = ("peers", "fidelity")
 
 def pytest_collection_modifyitems(config, items):
     chosen = config.getoption("markexpr") or ""
-    skip = {m: pytest.mark.skip(reason=f"opt-in: run with -m {m}") for m in OPT_IN_MARKERS if m not in chosen}
     for item in items:
-        for marker, mark in skip.items():
-            if marker in item.keywords:
-                item.add_marker(mark)
+        own = [m for m in OPT_IN_MARKERS if m in item.keywords]
+        if own and not any(m in chosen for m in own):
+            item.add_marker(pytest.mark.skip(reason=f"opt-in: run with -m {own[-1]}"))

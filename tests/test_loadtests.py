@@ -122,7 +122,10 @@ def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
     proc = subprocess.Popen([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "dual_token",
                              "--time-scale", str(TIME_SCALE), "--users", "6", "--duration", "30m", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # the server is up and users have been running for a few seconds
+    for line in proc.stderr:  # wait until Locust runs every user, then a few of their requests
+        if "measuring: users running" in line:
+            break
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 130, stdout + stderr
