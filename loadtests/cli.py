@@ -292,7 +292,8 @@ VALIDATE_METRICS = [
     ("duplicates_occur", "duplicates occur", "occurs"),
     ("duplicate_tokens", "duplicate tokens", "info"),
     ("failed_requests_per_request", "failed / request", "info"),
-    ("forced_logins", "forced logins", "info"),
+    ("reuse_detections", "reuse detections", "count"),
+    ("forced_logins", "forced logins", "count"),
     ("requests", "requests", "info"),
     ("added_latency_ms_p99", "added latency p99 ms", "info"),
 ]

@@ -391,7 +391,10 @@ class UserDriver:
             if action in RENEW:
                 drive(renew_flow(self.policy, action, basis_of(view), lambda: self.view(tab)),
                       lambda effect: self.carry_out(tab, effect, _Trace()))
-            due = self._next(due, began, interval)
+            # the timer re-arms after its renewal ends, as in the simulator: the renewal's length
+            # counts in scenario time (scaled), or at a high time scale the timers of a user's
+            # tabs would stay in phase and race each other far more often than simulated
+            due += (time.perf_counter() - began) * self.clock.time_scale + interval
 
     def view(self, tab: Tab) -> TabView:
         token = tab.store.token

@@ -55,8 +55,8 @@ def cli():
 
 
 #: markers of checks too slow for the default run; ``.ci/run`` runs them in a second pass
-#: (``pytest -m "peers or fidelity"``), and naming them in ``-m`` runs them anywhere
-OPT_IN_MARKERS = ("peers", "fidelity")
+#: (``pytest -m "peers or fidelity or failing_runs"``), and naming them in ``-m`` runs them anywhere
+OPT_IN_MARKERS = ("peers", "fidelity", "failing_runs")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -142,6 +142,7 @@ def test_wrong_credentials_fail_in_the_preflight_naming_step_and_status(tmp_path
 
 
 @pytest.mark.loadtest
+@pytest.mark.failing_runs
 def test_a_run_that_measured_nothing_is_marked_failed(tmp_path):
     scenario = tmp_path / "late.toml"
     # everybody arrives after the measurement window: nothing is measured
@@ -157,6 +158,7 @@ def test_a_run_that_measured_nothing_is_marked_failed(tmp_path):
 
 
 @pytest.mark.loadtest
+@pytest.mark.failing_runs
 def test_a_target_that_dies_mid_run_gives_a_partial_folder_and_exit_1(tmp_path):
     from loadtests.server.process import free_port, run_uvicorn_process, serve_args
 
