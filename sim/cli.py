@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sim.scenario import Scenario, ScenarioError, load_scenario, parse_setting, spell, sweep_settings
+from sim import cli_planning
+from sim.scenario import Scenario, ScenarioError, load_scenario
 from sim.units import format_number
 
 app = typer.Typer(
@@ -112,11 +113,17 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
             bar.stop()
 
 
-def simulate(scenario: Scenario, seed, replications, events, quiet=False):
+def simulate(scenario: Scenario, seed, replications, events, quiet=False, processes=None, cluster=None):
+    """Run a scenario with a progress bar; a lost worker process fails the command (status 1)."""
     from sim.engine import run
+    from sim.engine.dispatch import WorkerLost
 
     with progress_bar("simulating", enabled=not quiet) as update:
-        return run(scenario, seed=seed, replications=replications, events=events, progress=update)
+        try:
+            return run(scenario, seed=seed, replications=replications, events=events, progress=update,
+                       processes=processes, cluster=cluster)
+        except WorkerLost as exc:
+            raise fail(f"{exc}; no run folder was written", 1) from None
 
 
 def headline_table(result, title: str) -> Table:
@@ -145,12 +152,14 @@ def run(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as JSON.")] = False,
+    processes: cli_planning.ProcessesOpt = None,
+    cluster: cli_planning.ClusterOpt = None,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster)
         result.save(out)
     if as_json:
         records = result.aggregate.reset_index().to_dict(orient="records")
@@ -167,6 +176,8 @@ def compare(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the folder.")] = True,
+    processes: cli_planning.ProcessesOpt = None,
+    cluster: cli_planning.ClusterOpt = None,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
@@ -174,7 +185,7 @@ def compare(
     scenario = read_scenario(scenario_path)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events)
+        result = simulate(scenario, seed, replications, events, processes=processes, cluster=cluster)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
@@ -191,62 +202,8 @@ def compare(
     out_console.print(f"wrote {out}" + (f" (report: {out / 'report.html'})" if report else ""))
 
 
-#: what ``sweep`` prints per setting and variant
-SWEEP_COLUMNS = [
-    ("refresh_rate_per_s", "renewals/s"),
-    ("refresh_rate_peak_per_s", "peak/s"),
-    ("auth_utilization", "auth util."),
-    ("auth_queue_wait_ms_p99", "queue wait p99 ms"),
-    ("added_latency_ms_p99", "added p99 ms"),
-    ("failed_requests", "failed req."),
-    ("forced_logins", "forced logins"),
-]
-
-
-@app.command()
-def sweep(
-    scenario_path: ScenarioArg,
-    settings: Annotated[list[str], typer.Option(
-        "--set", help="FIELD=V1,V2,... to vary (file spelling: auth.workers=1,2,4, tokens.access_ttl=5m,15m, "
-        "strategies[0].server.grace_period=0s,30s); several --set vary together (every combination).",
-        show_default=False)],
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    replications: RepsOpt = None,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
-):
-    """Simulate a scenario once per combination of the --set values (one run folder each) and
-    compare them: how refresh load, queue wait and failures move with users, workers, lifetimes."""
-    from sim.results import atomic_dir
-
-    try:
-        combos = sweep_settings([parse_setting(text) for text in settings])
-    except ValueError as exc:
-        raise fail(f"--set: {exc}") from None
-    scenarios = [read_scenario(scenario_path, combo) for combo in combos]  # all checked before any runs
-    out = out or default_out(scenario_path, "sweep")
-    table = Table(title=f"{scenario_path.name}: sweep of {', '.join(combos[0])} (means over replications)",
-                  title_justify="left")
-    for label in ["setting", "strategy", *(label for _, label in SWEEP_COLUMNS)]:
-        table.add_column(label, justify="left" if label in ("setting", "strategy") else "right")
-    with interruptible(out), atomic_dir(out) as tmp:
-        results = []
-        for combo, scenario in zip(combos, scenarios):
-            name = ",".join(f"{k.split('.')[-1]}={spell(v)}" for k, v in combo.items())
-            result = simulate(scenario, seed, replications, events=False)
-            folder = tmp / "".join(c if c.isalnum() or c in "=,._-" else "_" for c in name)
-            folder.mkdir()
-            result.write_into(folder)
-            result.path = folder
-            results.append(result)
-            for strategy, row in result.aggregate.iterrows():
-                table.add_row(name, strategy, *(format_number(row[col]) for col, _ in SWEEP_COLUMNS))
-        if report:
-            from sim.report import build_report
-
-            build_report(results, tmp)
-    out_console.print(table)
-    out_console.print(f"wrote {out}: one run folder per setting" + (f", report: {out / 'report.html'}" if report else ""))
+# sweep, capacity and calibrate live in their own module
+cli_planning.register(app)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import copy
 import itertools
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -135,6 +136,9 @@ class AuthTier(Model):
     verify_time_s: Duration = Field(default="200us", alias="verify_time")
     #: a call that waited this long for a worker is answered 503
     queue_timeout_s: Duration = Field(default="10s", alias="queue_timeout", gt=0)
+    #: a profile written by ``refreshlab calibrate`` (relative to the scenario file): it gives
+    #: the times above that the table does not set; loading replaces it by those times
+    profile: str | None = None
 
 
 class ApiTier(Model):
@@ -261,11 +265,36 @@ def _check_presets(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
-    """Validate a scenario given as a dict in file form (durations as strings)."""
+def apply_profile(raw: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+    """Step zero of loading: an ``[auth] profile`` (a ``refreshlab calibrate`` file, relative to
+    ``base_dir``) fills the auth times the table does not set, then is dropped, so that the
+    resolved scenario carries the measured times themselves."""
+    auth = raw.get("auth")
+    if not isinstance(auth, dict) or auth.get("profile") is None:
+        return raw
+    from sim.calibrate import auth_times
+
+    if not isinstance(auth["profile"], str):
+        raise ScenarioError(source, [("auth.profile", "expected the path of a calibration profile (a string)")])
+    tokens = raw.get("tokens") if isinstance(raw.get("tokens"), dict) else {}
+    algorithm = tokens.get("algorithm", Tokens.model_fields["algorithm"].default)
+    if algorithm not in typing.get_args(Tokens.model_fields["algorithm"].annotation):
+        return raw  # validation names the algorithm
+    try:
+        measured = auth_times(base_dir / auth["profile"], str(algorithm))
+    except ValueError as exc:
+        raise ScenarioError(source, [("auth.profile", str(exc))]) from None
+    table = {k: v for k, v in auth.items() if k != "profile"}
+    return {**raw, "auth": {**measured, **table}}
+
+
+def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", base_dir: str | Path = ".") -> Scenario:
+    """Validate a scenario given as a dict in file form (durations as strings); an
+    ``[auth] profile`` path is relative to ``base_dir``."""
     problems = _check_presets(raw)
     if problems:
         raise ScenarioError(source, problems)
+    raw = apply_profile(raw, Path(base_dir), source)
     try:
         return Scenario.model_validate(resolve_defaults(raw), context={"from_file": True})
     except ValidationError as exc:
@@ -290,8 +319,8 @@ def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> S
         except ValueError as exc:
             raise ScenarioError(str(path), [("", str(exc))]) from None
         source = f"{path} with " + ", ".join(f"{k}={spell(v)}" for k, v in settings.items())
-        return parse_scenario(raw, source)
-    return parse_scenario(raw, str(path))
+        return parse_scenario(raw, source, path.parent)
+    return parse_scenario(raw, str(path), path.parent)
 
 
 _PATH_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")

@@ -1,10 +1,9 @@
 """Runs scenarios: every (replication, variant) pair is an independent simulation, run in
-parallel processes when there are several; the tables of all of them make one RunResult."""
+parallel (worker processes or a Dask cluster, :mod:`sim.engine.dispatch`) when there are
+several; the tables of all of them make one RunResult."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -26,58 +25,18 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
     return row, series, latency, rec.events()
 
 
-#: below this many user-seconds in all, a run stays in this process
-SMALL_RUN_USER_SECONDS = 5_000_000
+def jobs_of(scenario: Scenario, names: Iterable[str], tag=None, events: bool = False, engine: str | None = None) -> list:
+    """The simulations of a run: every replication of every named variant, each a
+    :class:`~sim.engine.dispatch.Job` tagged ``tag``."""
+    from sim.engine.dispatch import Job
+
+    return [Job(scenario, name, r, scenario.run.seed, events, tag, engine)
+            for r in range(scenario.run.replications) for name in names]
 
 
-def _simulate_job(task):
-    scenario, name, replication, seed, events = task
-    return (name, replication), simulate_one(scenario, name, replication, seed, events)
-
-
-def run(
-    scenario: Scenario,
-    *,
-    seed: int | None = None,
-    replications: int | None = None,
-    events: bool = False,
-    strategies: Iterable[str] | None = None,
-    processes: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> RunResult:
-    """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
-
-    ``seed`` and ``replications`` override the scenario's. ``processes``: worker processes
-    (default: one per core for big runs; 1 runs in this process).
-    ``progress(done, total)`` is called as jobs finish. Returns a :class:`RunResult`.
-    """
-    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
-    if overrides:
-        scenario = scenario.replace(run=overrides)
-    names = list(strategies) if strategies is not None else scenario.names
-    for name in names:
-        scenario.variant(name)
-    jobs = [(name, r) for r in range(scenario.run.replications) for name in names]
-    if processes is None:
-        # starting worker processes costs seconds: only worth it when the jobs are big
-        size = scenario.population.users * scenario.run.end_s * len(jobs)
-        processes = min(len(jobs), os.cpu_count() or 1) if size > SMALL_RUN_USER_SECONDS else 1
-    report = progress or (lambda done, total: None)
-    report(0, len(jobs))
-    results = {}
-    if processes <= 1:
-        for i, job in enumerate(jobs, 1):
-            results[job] = simulate_one(scenario, *job, scenario.run.seed, events)
-            report(i, len(jobs))
-    else:
-        # a Pool, not a ProcessPoolExecutor: leaving its block terminates the workers at once,
-        # so an interrupted run stops now instead of finishing the jobs under way
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            tasks = [(scenario, name, r, scenario.run.seed, events) for name, r in jobs]
-            for i, (job, out) in enumerate(pool.imap_unordered(_simulate_job, tasks), 1):
-                results[job] = out
-                report(i, len(jobs))
-    ordered = [results[job] for job in jobs]
+def assemble(scenario: Scenario, names: list[str], outputs: dict) -> RunResult:
+    """A :class:`RunResult` from the outputs of :func:`jobs_of`'s jobs, keyed ``(name, replication)``."""
+    ordered = [outputs[name, r] for r in range(scenario.run.replications) for name in names]
     per_replication = pd.DataFrame([r[0] for r in ordered])
     event_tables = [r[3] for r in ordered if r[3] is not None]
     return RunResult(
@@ -88,3 +47,46 @@ def run(
         events=pd.concat(event_tables, ignore_index=True) if event_tables else None,
         meta={"strategies": names},
     )
+
+
+def run(
+    scenario: Scenario,
+    *,
+    seed: int | None = None,
+    replications: int | None = None,
+    events: bool = False,
+    strategies: Iterable[str] | None = None,
+    processes: int | None = None,
+    cluster=None,
+    progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
+) -> RunResult:
+    """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
+
+    ``seed`` and ``replications`` override the scenario's. The (variant, replication)
+    simulations run in parallel: ``processes`` worker processes on this machine (default: one
+    per core for big runs; 1 runs in this process), or on the Dask scheduler ``cluster`` (an
+    address such as ``"tcp://10.0.0.5:8786"`` or a ``distributed.Client``). Where they run never
+    changes the result. A worker that dies raises :class:`~sim.engine.dispatch.WorkerLost`.
+    ``progress(done, total)`` is called as simulations finish. Returns a :class:`RunResult`.
+    """
+    from sim.engine.dispatch import runner_for
+
+    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
+    if overrides:
+        scenario = scenario.replace(run=overrides)
+    names = list(strategies) if strategies is not None else scenario.names
+    for name in names:
+        scenario.variant(name)
+    jobs = jobs_of(scenario, names, events=events, engine=engine)
+    report = progress or (lambda done, total: None)
+    report(0, len(jobs))
+    outputs = {}
+    with runner_for(jobs, processes=processes, cluster=cluster) as runner:
+        for job in jobs:
+            runner.submit(job)
+        while runner.pending:
+            job, out = runner.next_done()
+            outputs[job.strategy, job.replication] = out
+            report(len(outputs), len(jobs))
+    return assemble(scenario, names, outputs)

@@ -1,9 +1,11 @@
 """Chart 6, a sweep: several runs that differ in some scenario fields, the headline measures
-plotted against what was varied, one line per variant."""
+plotted against what was varied, one line per variant; runs that also differ in other fields
+go to separate panels (facets), so that no line joins unrelated combinations."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -70,17 +72,66 @@ def run_labels(results: list[RunResult]) -> list[str]:
     return labels
 
 
+def distinct_fields(results: list[RunResult]) -> dict[str, list[Any]]:
+    """The varied fields less those that only echo another (``tokens.access_ttl`` and the
+    ``strategies[i].server.access_ttl`` it resolves into split the runs the same way)."""
+    kept, seen = {}, set()
+    for key, values in varied_fields(results).items():
+        first: dict[str, int] = {}
+        signature = tuple(first.setdefault(repr(v), len(first)) for v in values)
+        if signature not in seen:
+            seen.add(signature)
+            kept[key] = values
+    return kept
+
+
+@dataclass
+class Layout:
+    """Where each run goes: its x position, and its facet (panel column) when the runs vary in
+    more than the x axis's field, so that a line only joins runs that differ in x alone."""
+
+    positions: list[float]
+    xlabel: str
+    ticks: list[float]
+    ticklabels: list[str] | None  # None: a numeric axis
+    facets: list[str]  # per run; "" when there is one facet
+    facet_order: list[str]
+    facet_fields: list[str]
+
+
+def layout(results: list[RunResult]) -> Layout:
+    """The x axis is the numeric varied field with the most values (else the first varied
+    field, as categories); every other varied field makes facets."""
+    varied = distinct_fields(results)
+    if not varied:
+        labels = run_labels(results)
+        return Layout(list(range(len(results))), "run", list(range(len(results))), labels,
+                      [""] * len(results), [""], [])
+    numeric_fields = {k: numeric(v) for k, v in varied.items()}
+    candidates = [k for k, n in numeric_fields.items() if n is not None]
+    if candidates:
+        key = max(candidates, key=lambda k: len(set(numeric_fields[k][0])))
+        positions, unit = numeric_fields[key]
+        xlabel, ticks, ticklabels = (f"{key} ({unit})" if unit else key), sorted(set(positions)), None
+    else:
+        key = next(iter(varied))
+        names = list(dict.fromkeys(spell_value(v) for v in varied[key]))
+        positions = [float(names.index(spell_value(v))) for v in varied[key]]
+        xlabel, ticks, ticklabels = key, list(range(len(names))), names
+    rest = [k for k in varied if k != key]
+    facets = [", ".join(f"{k.split('.')[-1]} = {spell_value(varied[k][i])}" for k in rest)
+              for i in range(len(results))]
+    return Layout(positions, xlabel, ticks, ticklabels, facets, list(dict.fromkeys(facets)), rest)
+
+
+def spell_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def axis(results: list[RunResult]) -> tuple[list[float], str, list[str] | None]:
-    """Where each run sits on the x axis: (positions, axis label, tick labels or None). One
-    varied numeric field gives a numeric axis; otherwise the runs are categories."""
-    varied = varied_fields(results)
-    if len(varied) == 1:
-        key, values = next(iter(varied.items()))
-        as_numbers = numeric(values)
-        if as_numbers is not None:
-            positions, unit = as_numbers
-            return positions, f"{key} ({unit})" if unit else key, None
-    return list(range(len(results))), "run", run_labels(results)
+    """Where each run sits on the x axis: (positions, axis label, tick labels or None)."""
+    lay = layout(results)
+    return lay.positions, lay.xlabel, lay.ticklabels
 
 
 def dodge(x, index: int, count: int, positions: list[float], log_x: bool):
@@ -93,62 +144,85 @@ def dodge(x, index: int, count: int, positions: list[float], log_x: bool):
 
 
 def table(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> pd.DataFrame:
-    """One row per run and variant: the run's label, the varied field's value when the axis is
-    numeric, and every measure's mean and CI half-width."""
-    positions, xlabel, ticklabels = axis(results)
+    """One row per run and variant: the run's label, its facet (when the runs vary in more
+    than one field), its x position (the varied field's value when the axis is numeric), and
+    every measure's mean and CI half-width."""
+    lay = layout(results)
     frames = []
-    for x, label, r in zip(positions, run_labels(results), results):
+    for i, (label, r) in enumerate(zip(run_labels(results), results)):
         values = measure_table(r, measures).reset_index()
-        if ticklabels is None:
-            values.insert(0, xlabel, x)
+        values.insert(0, "x" if lay.ticklabels is not None else lay.xlabel, lay.positions[i])
+        if len(lay.facet_order) > 1:
+            values.insert(0, "facet", lay.facets[i])
         values.insert(0, "run", label)
         frames.append(values)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def figure(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> Figure:
-    """Small multiples, one per measure: its mean (whiskers: 95% CI) against the varied
-    scenario field, one line per variant. Receives the runs, returns a Figure."""
+    """Small multiples: one row per measure, one column per facet (a combination of the varied
+    fields other than the x axis's); in each panel the measure's mean (whiskers: 95% CI)
+    against the x field, one line per variant. Receives the runs, returns a Figure."""
     measures = resolve(measures)
-    data = table(results, measures)
-    positions, xlabel, ticklabels = axis(results)
-    data["x"] = data["run"].map(dict(zip(run_labels(results), positions)))
+    lay = layout(results)
+    frames = []
+    for i, r in enumerate(results):
+        values = measure_table(r, measures).reset_index()
+        values["x"], values["facet"] = lay.positions[i], lay.facets[i]
+        frames.append(values)
+    data = pd.concat(frames, ignore_index=True)
     variants = style.VariantStyle.of(results)
+    positions = lay.positions
+    log_x = lay.ticklabels is None and min(positions) > 0 and max(positions) / min(positions) >= 20
     with style.styled():
-        cols = min(len(measures), 3)
-        rows = math.ceil(len(measures) / cols)
-        fig = style.new_figure(13.0, 1.4 + 3.4 * rows)
-        axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
-        log_x = ticklabels is None and min(positions) > 0 and max(positions) / min(positions) >= 20
-        for ax, m in zip(axes, measures):
+        facets = lay.facet_order
+        if len(facets) == 1:  # one facet: the measures wrap over three columns
+            cols = min(len(measures), 3)
+            rows = math.ceil(len(measures) / cols)
+            panels = [(m, "") for m in measures]
+        else:
+            cols, rows = len(facets), len(measures)
+            panels = [(m, f) for m in measures for f in facets]
+        fig = style.new_figure(max(13.0, 3.6 * cols) if len(facets) > 1 else 13.0, 1.4 + (3.4 if len(facets) == 1 else 2.8) * rows)
+        axes = fig.subplots(rows, cols, sharex=True, sharey="row" if len(facets) > 1 else False, squeeze=False)
+        flat = axes.ravel()
+        for ax, (m, facet) in zip(flat, panels):
+            here = data[data["facet"] == facet]
             for i, name in enumerate(variants.order):
-                line = data[data["variant"] == name].sort_values("x")
+                line = here[here["variant"] == name].sort_values("x")
                 if line.empty:
                     continue
                 x = dodge(line["x"].to_numpy(float), i, len(variants.order), positions, log_x)
                 ax.errorbar(x, line[m.title], yerr=line[f"{m.title} ci95"].fillna(0),
                             marker=variants.marker(name), capsize=3, **variants.line(name))
-            ax.set_title(m.label, loc="left", fontweight="bold")
-            ax.set_ylabel(m.unit)
-            if not data[m.title].notna().any():
+            if len(facets) == 1:
+                ax.set_title(m.label, loc="left", fontweight="bold")
+                ax.set_ylabel(m.unit)
+            else:
+                if m is measures[0]:
+                    ax.set_title(facet, loc="left", fontweight="bold")
+                if facet == facets[0]:
+                    ax.set_ylabel(f"{m.label}\n({m.unit})")
+            if not here[m.title].notna().any():
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color=style.MUTED)
             else:
                 ax.set_ylim(bottom=0)
         if log_x:
-            axes[0].set_xscale("log")  # shared by every panel
-            axes[0].minorticks_off()
-        if ticklabels is None:
-            axes[0].set_xticks(positions, [style.fmt(p) for p in positions])
+            flat[0].set_xscale("log")  # shared by every panel
+            flat[0].minorticks_off()
+        if lay.ticklabels is None:
+            flat[0].set_xticks(lay.ticks, [style.fmt(p) for p in lay.ticks])
         else:
-            axes[0].set_xticks(positions, [label.replace(", ", "\n") for label in ticklabels])
-        for i, ax in enumerate(axes):
-            if i >= len(measures):
+            flat[0].set_xticks(lay.ticks, [label.replace(", ", "\n") for label in lay.ticklabels])
+        for i, ax in enumerate(flat):
+            if i >= len(panels):
                 ax.set_visible(False)
-            elif i + cols >= len(measures):  # the lowest panel of its column carries the axis
+            elif i + cols >= len(panels):  # the lowest panel of its column carries the axis
                 ax.xaxis.set_tick_params(labelbottom=True)
-                ax.set_xlabel(xlabel)
-        style.legend(fig, axes[: len(measures)])
+                ax.set_xlabel(lay.xlabel)
+        style.legend(fig, flat[: len(panels)])
         subject = "Headline and capacity measures" if measures == SWEEP else ", ".join(m.label for m in measures)
-        style.title(fig, f"{subject} against {xlabel}" if ticklabels is None else f"{subject} by run", results)
+        by = f" against {lay.xlabel}" if lay.ticklabels is None or lay.xlabel != "run" else " by run"
+        per = f", one column per {' and '.join(k.split('.')[-1] for k in lay.facet_fields)}" if len(facets) > 1 else ""
+        style.title(fig, f"{subject}{by}{per}", results)
     return fig
-

@@ -1,0 +1,259 @@
+"""Where simulations run: in this process, in worker processes on this machine, or on a Dask
+cluster. Every job is one (scenario, variant, replication) simulation, a pure function of its
+inputs, so where it runs never changes its answer.
+
+A runner is used as a context manager: ``submit`` jobs, then ``next_done`` blocks until one of
+them has finished and returns it with its output. A worker process that dies fails the run at
+once with :class:`WorkerLost` instead of leaving it waiting for an answer that will never come;
+leaving the runner (normally, on an error or on Ctrl-C) stops every worker it started.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from sim.scenario import Scenario
+
+
+class WorkerLost(RuntimeError):
+    """A worker process died (killed, out of memory, crashed) while the run needed it: the run is
+    incomplete and nothing is written."""
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One simulation: variant ``strategy`` of ``scenario``, replication ``replication``, from
+    ``seed``. ``tag`` is the caller's, carried back untouched (which sweep point, which probe);
+    ``engine`` names the engine (None: the default one)."""
+
+    scenario: Scenario
+    strategy: str
+    replication: int
+    seed: int
+    events: bool = False
+    tag: Hashable = None
+    engine: str | None = None
+    id: int = field(default=0, compare=False)
+
+
+def execute(job: Job):
+    """Run one job (in whichever process it landed): the output of :func:`sim.engine.simulate_one`."""
+    from sim.engine import simulate_one
+
+    options = {"engine": job.engine} if job.engine is not None else {}
+    return simulate_one(job.scenario, job.strategy, job.replication, job.seed, job.events, **options)
+
+
+def _execute_in_worker(job: Job):
+    return job.id, execute(job)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C at a terminal reaches the whole process group: the parent stops the workers, which
+    # must not die on their own first (that would look like a lost worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Runner:
+    """The interface of every runner (see the module docstring)."""
+
+    #: simulations that can run at the same time
+    slots: int = 1
+    #: where, for messages ("this process", "2 processes", "tcp://…")
+    where: str = "this process"
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        self._jobs: dict[int, Job] = {}
+
+    def submit(self, job: Job) -> Job:
+        self._next_id += 1
+        job = dataclasses.replace(job, id=self._next_id)
+        self._jobs[job.id] = job
+        self._start(job)
+        return job
+
+    @property
+    def pending(self) -> int:
+        return len(self._jobs)
+
+    def next_done(self) -> tuple[Job, Any]:
+        """Block until a submitted job finishes; return it and its output. ``WorkerLost`` if a
+        worker died; a job's own exception is raised here."""
+        if not self._jobs:
+            raise RuntimeError("no job is pending")
+        job_id, output = self._wait_one()
+        return self._jobs.pop(job_id), output
+
+    def _start(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def _wait_one(self) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop everything still running (idempotent)."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class InProcess(Runner):
+    """Runs each job in this process when its result is asked for, in submission order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[Job] = deque()
+
+    def _start(self, job: Job) -> None:
+        self._queue.append(job)
+
+    def _wait_one(self) -> tuple[int, Any]:
+        job = self._queue.popleft()
+        return job.id, execute(job)
+
+
+class Processes(Runner):
+    """Worker processes on this machine (started with ``spawn``, so they import a script's
+    ``__main__`` module again: keep a script's calls under ``if __name__ == "__main__":``)."""
+
+    def __init__(self, processes: int) -> None:
+        super().__init__()
+        self.slots = processes
+        self.where = f"{processes} worker processes"
+        self._pool = cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_interrupts)
+        self._futures: dict[cf.Future, int] = {}
+
+    def _start(self, job: Job) -> None:
+        self._futures[self._pool.submit(_execute_in_worker, job)] = job.id
+
+    def _wait_one(self) -> tuple[int, Any]:
+        done, _ = cf.wait(list(self._futures), return_when=cf.FIRST_COMPLETED)
+        future = next(iter(done))
+        del self._futures[future]
+        try:
+            return future.result()
+        except cf.process.BrokenProcessPool:
+            raise WorkerLost(
+                f"a simulation worker process died (killed or out of memory?) with "
+                f"{len(self._futures) + 1} job(s) unfinished; the run is incomplete") from None
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers started so far (for monitoring, and tests)."""
+        return [p.pid for p in list((getattr(self._pool, "_processes", None) or {}).values())]
+
+    def close(self) -> None:
+        # Python 3.11's executor has no terminate_workers(): on an interruption or an error the
+        # jobs under way must stop now, not after they finish
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        for p in processes:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self._futures.clear()
+
+
+class Dask(Runner):
+    """Jobs sent to a Dask distributed scheduler at ``address`` (``tcp://host:8786``), or to a
+    ``distributed.Client`` given directly. The workers need refreshlab installed (same version).
+
+    Dask re-runs a job whose worker died on another worker (a job is deterministic, so the
+    answer is the same); the run fails with :class:`WorkerLost` when Dask gives a job up
+    (``KilledWorker``) or when the cluster has had no worker for ``no_worker_timeout_s``."""
+
+    def __init__(self, address: Any, no_worker_timeout_s: float = 60.0) -> None:
+        super().__init__()
+        try:
+            import distributed
+        except ImportError:
+            raise RuntimeError("--cluster needs Dask: pip install 'refreshlab[cluster]'") from None
+        self._distributed = distributed
+        if isinstance(address, distributed.Client):
+            self._client, self._own_client = address, False
+        else:
+            try:
+                self._client = distributed.Client(address, timeout="10s", set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise WorkerLost(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+            self._own_client = True
+        self.where = f"Dask scheduler {self._client.scheduler.address}"
+        self.slots = max(1, sum(w.get("nthreads", 1) for w in self._client.scheduler_info()["workers"].values()))
+        self._no_worker_timeout_s = no_worker_timeout_s
+        self._futures: dict[Any, int] = {}
+
+    def _start(self, job: Job) -> None:
+        future = self._client.submit(_execute_in_worker, job, pure=False, key=f"refreshlab-{os.getpid()}-{id(self)}-{job.id}")
+        self._futures[future] = job.id
+
+    def _wait_one(self) -> tuple[int, Any]:
+        distributed = self._distributed
+        no_workers_since = None
+        while True:
+            try:
+                with self._client.as_current():
+                    done, _ = distributed.wait(list(self._futures), timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            if done:
+                future = next(iter(done))
+                del self._futures[future]
+                try:
+                    return future.result()
+                except distributed.KilledWorker as exc:
+                    raise WorkerLost(f"Dask gave a simulation up after its workers died: {exc}") from None
+            workers = self._client.scheduler_info()["workers"]
+            if workers:
+                no_workers_since = None
+            else:
+                no_workers_since = no_workers_since or time.monotonic()
+                if time.monotonic() - no_workers_since > self._no_worker_timeout_s:
+                    raise WorkerLost(f"the Dask cluster at {self.where} has had no worker for "
+                                     f"{self._no_worker_timeout_s:g} s; the run is incomplete")
+
+    def close(self) -> None:
+        if self._futures:
+            self._client.cancel(list(self._futures), force=True)
+            self._futures.clear()
+        if self._own_client:
+            self._client.close()
+
+
+#: below this many simulated user-seconds in all, worker processes cost more than they save
+SMALL_RUN_USER_SECONDS = 5_000_000
+
+
+def job_size(job: Job) -> float:
+    """Simulated user-seconds: what a job costs, roughly."""
+    return job.scenario.population.users * job.scenario.run.end_s
+
+
+def runner_for(jobs: list[Job] | None = None, *, processes: int | None = None, cluster: Any = None) -> Runner:
+    """The runner a command should use: a Dask one for ``cluster``; else ``processes`` worker
+    processes (default: one per core when the jobs are big enough to repay starting them, never
+    more than the jobs); 1 runs everything in this process."""
+    if cluster is not None:
+        return Dask(cluster)
+    if processes is None:
+        cores = os.cpu_count() or 1
+        total = sum(job_size(j) for j in jobs) if jobs is not None else float("inf")
+        processes = cores if total > SMALL_RUN_USER_SECONDS else 1
+    if jobs is not None:
+        processes = min(processes, max(len(jobs), 1))
+    return Processes(processes) if processes > 1 else InProcess()
