@@ -41,7 +41,7 @@ class Findings:
     user: int = 0
 
     def lines(self) -> list[str]:
-        life = f"{self.access_lifetime_s:.0f} s" if self.access_lifetime_s == self.access_lifetime_s else "unknown"
+        life = f"{self.access_lifetime_s:.0f} s (wall clock)" if self.access_lifetime_s == self.access_lifetime_s else "unknown"
         rotation = {True: "yes (a new refresh token per refresh)", False: "no (the refresh token is kept)",
                     None: "unknown (no refresh token)"}[self.rotation]
         return [
