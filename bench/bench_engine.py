@@ -1,86 +1,151 @@
-"""Simulator speed, as a ratio to a bare SimPy model of the same workload, in one process.
+"""Simulator speed and memory: a naive SimPy model, the exact engine and the fast engine on the
+same workloads, in one invocation.
 
-The bare model has the same users, page views, bursts (one process per parallel request) and
-round trips as the scenario, but no strategy, ledger or records: SimPy's floor for this traffic.
-The ratio (bare time / refreshlab time) says what the strategy rules and bookkeeping cost on top;
-absolute numbers are also printed but vary with the machine's load.
+The naive model is what one would write by hand in SimPy for the same workload: one process per
+user, one per parallel request, every half round trip an event, the token checked when the
+request reaches the API, a refresh through a ``simpy.Resource`` auth tier on a 401 and a retry;
+it draws from the same streams (:mod:`sim.engine.streams`). It keeps counters only (no records,
+no ledger), so it is the floor for this detail. Two workloads: ``baseline`` (the bundled
+baseline's users, bursts, idle gaps, round trips; no visits ending, so that the naive model stays
+simple; reactive refresh without single-flight) and ``poisson`` (single requests every 20 s on
+average, 50 ms round trips, 15-minute tokens, 4 auth workers).
 
-    python bench/bench_engine.py [SCENARIO] [--strategy NAME] [--repeat 3]
+Each run goes in a fresh process, so that its peak memory (max RSS) is its own. Printed per
+workload: simulated user-hours per CPU second of each, the ratios to the naive model, peak RSS,
+and the requests each simulated (same workload, same detail).
+
+    python bench/bench_engine.py [--users 2000] [--hours 1] [--workloads baseline,poisson]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import multiprocessing
+import resource
 import time
 from pathlib import Path
-
-import simpy
-
-import sim
-from sim.engine import simulate_one
-from sim.engine.streams import UserStreams, arrival_times, user_traits
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare(scenario) -> int:
-    """The workload alone in SimPy; returns the number of requests simulated."""
+def workload(name: str, users: int, hours: float):
+    import sim
+
+    if name == "baseline":
+        scenario = sim.load_scenario(ROOT / "scenarios/baseline.toml")
+        scenario = scenario.replace(population={"users": users, "session_length": None, "away": None},
+                                    run={"replications": 1, "warmup_s": 0.0, "duration_s": hours * 3600.0})
+        return scenario, "dual_token"
+    if name == "poisson":
+        scenario = sim.parse_scenario({
+            "run": {"seed": 1, "duration": f"{hours * 3600:.0f}s", "warmup": "0s"},
+            "population": {"users": users, "arrival": {"pattern": "ramp", "over": "20s"}},
+            "workload": {"think_time": {"dist": "exponential", "mean": "20s"}, "burst_size": 1},
+            "network": {"rtt": "50ms"},
+            "auth": {"workers": 4},
+            "tokens": {"access_ttl": "15m"},
+            "strategies": [{"name": "reactive", "client": {"trigger": "reactive"}, "server": {"kind": "dual_token"}}],
+        })
+        return scenario, "reactive"
+    raise SystemExit(f"unknown workload {name!r}")
+
+
+def naive(scenario) -> int:
+    """The workload written the obvious way in SimPy; returns the requests it completed."""
+    import simpy
+
+    from sim.engine.streams import UserStreams, arrival_times, user_traits
+
     env = simpy.Environment()
-    count = [0]
-    arrivals = arrival_times(scenario, scenario.run.seed, 0)
-    tabs, _ = user_traits(scenario, scenario.run.seed, 0)
+    auth = simpy.Resource(env, capacity=scenario.auth.workers)
+    a, ttl = scenario.auth, scenario.tokens.access_ttl_s
+    login_s, refresh_s = a.login_time_s + 2 * a.sign_time_s, a.refresh_time_s + a.verify_time_s + a.sign_time_s
+    verify_s, p_idle = scenario.api.verify_time_s, scenario.population.idle_probability
+    seed, done = scenario.run.seed, [0]
+    arrivals = arrival_times(scenario, seed, 0)
+    tabs, _ = user_traits(scenario, seed, 0)
 
-    def request(s):
-        rtt = s.api_rtt()
+    def auth_call(s, service_s):
+        rtt = s.auth_rtt()
         yield env.timeout(rtt / 2)
+        with auth.request() as req:
+            yield req
+            yield env.timeout(service_s)
         yield env.timeout(rtt / 2)
-        count[0] += 1
+        return env.now
 
-    def tab(s):
-        while True:
-            others = [env.process(request(s)) for _ in range(int(s.burst()) - 1)]
-            yield from request(s)
-            if others:
-                yield env.all_of(others)
-            yield env.timeout(s.think())
+    def request(s, tab, user):
+        for attempt in range(2):
+            rtt = tab.api_rtt()
+            yield env.timeout(rtt / 2)
+            ok = env.now <= user["exp"]
+            yield env.timeout(rtt / 2 + verify_s)
+            if ok:
+                done[0] += 1
+                return
+            minted = yield from auth_call(s, refresh_s)
+            user["exp"] = minted + ttl
 
     def user(u, s):
         yield env.timeout(float(arrivals[u]))
-        for _ in range(int(tabs[u])):
-            env.process(tab(s))
+        state = {"exp": (yield from auth_call(s, login_s)) + ttl}
+        for i in range(1, int(tabs[u])):
+            env.process(tab_process(s, s.tab(i), state))
+        yield from tab_process(s, s.tab(0), state)
+
+    def tab_process(s, tab, state):
+        while True:
+            others = [env.process(request(s, tab, state)) for _ in range(int(tab.burst()) - 1)]
+            yield from request(s, tab, state)
+            if others:
+                yield env.all_of(others)
+            pause = tab.idle_gap() if p_idle and tab.idle_coin() < p_idle else 0.0
+            yield env.timeout(pause + tab.think())
 
     for u in range(scenario.population.users):
-        env.process(user(u, UserStreams(scenario, scenario.run.seed, 0, u)))
+        env.process(user(u, UserStreams(scenario, seed, 0, u)))
     env.run(until=scenario.run.end_s)
-    return count[0]
+    return done[0]
+
+
+def _measure(args):
+    kind, name, users, hours = args
+    scenario, variant = workload(name, users, hours)
+    started, cpu = time.perf_counter(), time.process_time()
+    if kind == "naive":
+        requests = naive(scenario)
+    else:
+        from sim.engine import simulate_one
+
+        requests = int(simulate_one(scenario, variant, 0, scenario.run.seed, False, kind)[0]["requests"])
+    return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "requests": requests}
+
+
+def measure(kind: str, name: str, users: int, hours: float) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, ((kind, name, users, hours),))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios/baseline.toml"))
-    parser.add_argument("--strategy", default=None)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--workloads", default="baseline,poisson")
+    parser.add_argument("--engines", default="naive,exact,fast")
     args = parser.parse_args()
-    # visits end and users return in the real model; the bare one keeps everybody: compare like with like
-    scenario = sim.load_scenario(args.scenario).replace(population={"session_length": None, "away": None})
-    names = [args.strategy] if args.strategy else scenario.names
-    t_bare, n_bare = [], 0
-    for _ in range(args.repeat):
-        started = time.perf_counter()
-        n_bare = bare(scenario)
-        t_bare.append(time.perf_counter() - started)
-    print(f"bare SimPy: {n_bare:,} requests in {statistics.median(t_bare):.2f} s (median of {args.repeat})")
-    for name in names:
-        times, requests = [], 0
-        for _ in range(args.repeat):
-            started = time.perf_counter()
-            row = simulate_one(scenario, name, 0, scenario.run.seed, False)[0]
-            times.append(time.perf_counter() - started)
-            requests = row["requests"]
-        ratio = statistics.median(t_bare) / statistics.median(times)
-        print(f"{name:>28}: {requests:,} requests (window) in {statistics.median(times):.2f} s "
-              f"— speed {ratio:.2f}x of bare SimPy")
+    user_hours = args.users * args.hours
+    print(f"{args.users:,} users x {args.hours:g} h = {user_hours:,.0f} simulated user-hours per run "
+          f"(CPU seconds: the machine is shared)")
+    for name in args.workloads.split(","):
+        results = {kind: measure(kind, name, args.users, args.hours) for kind in args.engines.split(",")}
+        base = results.get("naive")
+        print(f"\n{name}:")
+        print(f"  {'model':<6} {'requests':>11} {'cpu s':>8} {'wall s':>8} {'user-h/cpu-s':>13} {'x naive':>8} {'peak RSS MB':>12}")
+        for kind, r in results.items():
+            ratio = base["cpu_s"] / r["cpu_s"] if base else float("nan")
+            print(f"  {kind:<6} {r['requests']:>11,} {r['cpu_s']:>8.2f} {r['wall_s']:>8.2f} "
+                  f"{user_hours / r['cpu_s']:>13,.0f} {ratio:>8.2f} {r['peak_mb']:>12,.0f}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import pandas as pd
 import typer
 from rich.table import Table
 
 from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
-from sim.cli import ScenarioArg, OutOpt, default_out, err_console, fail, out_console, read_scenario
+from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+                     err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario, ScenarioError
 from sim.units import format_number, parse_duration
@@ -65,7 +66,9 @@ class LoadTest:
     locust_log: str
     locust_requests: pd.DataFrame | None = None
     locust_stats: pd.DataFrame | None = None
+    #: why the run does not count as a measurement (nothing measured, errors beyond the bound); None when it does
     failure: str | None = None
+    #: the server stopped answering (or the reference server died) during the run: the folder is partial
     target_lost: bool = False
     findings: list[str] | None = None
 
@@ -81,23 +84,26 @@ def effective_scenario(scenario: Scenario, users: int | None, duration: str | No
 
 
 @contextlib.contextmanager
-def _target(scenario_file: Path, strategy: str, time_scale: float, profile: TargetProfile) -> Iterator[str]:
+def _target(scenario_file: Path, strategy: str, time_scale: float, profile: TargetProfile):
+    """Yields (base URL, ``died()``: the exit status of a reference server we started that has
+    died since, else None)."""
     if profile.base_url:
-        yield profile.base_url
+        yield profile.base_url, lambda: None
         return
     if profile.name != "reference":
         raise LoadTestError(f"target profile {profile.name!r} names no base_url: pass --target URL", code=2)
-    from loadtests.server.process import ServerStartError, serve_in_subprocess
+    from loadtests.server.process import ServerStartError, run_uvicorn_process, free_port, serve_args
 
+    port = free_port()
     try:
-        with serve_in_subprocess(scenario_file, strategy, time_scale) as url:
-            yield url
+        with run_uvicorn_process(serve_args(scenario_file, strategy, time_scale, port=port), port) as (url, server):
+            yield url, server.poll
     except ServerStartError as exc:
         raise LoadTestError(f"the reference server did not start: {exc}") from None
 
 
 def locust_command(scenario_file: Path, strategy: str, url: str, users: int, time_scale: float,
-                   run_time_s: float, records: Path, processes: int | None,
+                   run_time_s: float, records: Path, processes: int | None, html: Path | None = None,
                    profile_file: Path | None = None, inject_rtt: bool = False) -> list[str]:
     """The headless Locust command line of a load test. Locust keeps its own exit code on errors
     (1 when a call failed outside the protocol); the caller judges the share."""
@@ -113,12 +119,15 @@ def locust_command(scenario_file: Path, strategy: str, url: str, users: int, tim
         command.append("--inject-rtt")
     if processes and processes > 1:
         command += ["--processes", str(processes)]
+    if html is not None:
+        command += ["--html", str(html)]
     return command
 
 
 def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target: str | None = None,
-                 processes: int | None = None, quiet: bool = False, profile: TargetProfile | None = None,
-                 max_error_share: float = MAX_ERROR_SHARE, inject_rtt: bool | None = None) -> LoadTest:
+                 processes: int | None = None, quiet: bool = False, html: Path | None = None,
+                 profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE,
+                 inject_rtt: bool | None = None) -> LoadTest:
     """Run one load test of variant ``strategy`` against the target ``profile`` describes (the
     reference server in a child process unless it or ``target`` names a URL).
 
@@ -129,11 +138,15 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
     scenario's round trips to every call (default: when the target is on this machine)."""
     from loadtests.measure import Records, fetch_ledger, measured_result, reference_server_info
     from loadtests.targets.preflight import PreflightError, preflight, wait_answering
+    from loadtests.server import lifecycle
 
     profile = (profile or reference_profile()).with_target(target)
     users = scenario.population.users
     end_s = scenario.run.end_s
-    with tempfile.TemporaryDirectory(prefix="refreshlab-loadtest-") as work:
+    # the reaper removes the folder and stops the server and Locust even after a kill -9 of this
+    # process; SIGTERM stops the run like Ctrl-C
+    with tempfile.TemporaryDirectory(prefix="refreshlab-loadtest-") as work, \
+            lifecycle.Reaper(work), lifecycle.SigtermAsInterrupt():
         work_dir = Path(work)
         scenario_file = work_dir / "scenario.toml"
         scenario_file.write_text(scenario.to_toml(), encoding="utf-8")
@@ -143,7 +156,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         records.mkdir()
         log_path = work_dir / "locust.log"
         interrupted = False
-        with _target(scenario_file, strategy, time_scale, profile) as url:
+        server_died = None
+        with _target(scenario_file, strategy, time_scale, profile) as (url, died):
             reference = reference_server_info(url) if profile.ledger else None
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
@@ -158,36 +172,40 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                 for line in findings.lines():
                     err_console.print(line, highlight=False)
             command = locust_command(scenario_file, strategy, url, users, time_scale,
-                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes, profile_file,
+                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes,
+                                     Path(html).resolve() if html is not None else None, profile_file,
                                      _loopback(url) if inject_rtt is None else inject_rtt)
             started = time.time()
             with open(log_path, "w") as log:
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
                 # gracefully and writes its records instead of dying with us
                 locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, **lifecycle.child_options())
+                lifecycle.adopt(locust.pid)
                 try:
-                    _wait(locust, quiet, end_s / time_scale, log_path)
+                    status = _wait(locust, quiet, end_s / time_scale, died, records / "locust_stats.csv")
+                    if status is not None:
+                        server_died = f"the reference server died during the run (exit status {status})"
+                        err_console.print(f"{server_died}: stopping Locust; the measurement is partial")
+                        _stop(locust)
                 except KeyboardInterrupt:
                     interrupted = True
                     err_console.print("interrupted: stopping Locust and keeping what was measured")
-                    locust.send_signal(signal.SIGTERM)
-                    try:
-                        locust.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        locust.kill()
-                        locust.wait()
+                    _stop(locust)
             elapsed_s = (time.time() - started) * time_scale
             locust_log = log_path.read_text(errors="replace")
-            if locust.returncode not in (0, 1, None) and not interrupted:
+            if locust.returncode not in (0, 1, None) and not interrupted and server_died is None:
                 raise LoadTestError(f"Locust exited with status {locust.returncode}:\n{_tail(locust_log)}")
-            alive = wait_answering(url, profile)
+            if server_died is None and died() is not None:
+                server_died = f"the reference server died during the run (exit status {died()})"
+            alive = server_died is None and wait_answering(url, profile)
             ledger = fetch_ledger(url) if reference is not None and alive else None
         try:
             measured = Records(records)
         except FileNotFoundError:
-            if interrupted:
-                return LoadTest(scenario, strategy, time_scale, None, True, locust_log)
+            if interrupted or server_died:
+                return LoadTest(scenario, strategy, time_scale, None, interrupted, locust_log,
+                                failure=server_died, target_lost=server_died is not None)
             raise LoadTestError(f"Locust wrote no records:\n{_tail(locust_log)}") from None
         measured_s = min(elapsed_s, end_s) if interrupted else None
         if not alive:
@@ -199,10 +217,12 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
             meta={"target": url if target or profile.base_url else "reference server", "profile": profile.name,
                   "users": users, "processes": processes or 1,
                   "status": "failed" if failure else "partial" if interrupted or not alive else "complete",
-                  "failure": failure, "locust_exit_code": locust.returncode,
+                  "failure": failure or server_died, "locust_exit_code": locust.returncode,
                   "preflight": findings.lines(), "preflight_user": findings.user,
                   "preflight_calls": findings.calls},
         )
+        if failure:
+            result.partial = True
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,
                         pd.read_csv(stats) if stats.is_file() else None, failure, not alive, findings.lines())
@@ -247,24 +267,53 @@ def _judge(measured, max_error_share: float, alive: bool) -> str | None:
     return None
 
 
-#: what Locust logs once every user runs
-USERS_RUNNING = "All users spawned"
-
-
-def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, log_path: Path | None = None) -> None:
-    """Wait for Locust to end, with a progress bar; says ``measuring: users running`` on stderr
-    once Locust has spawned every user (something to wait for before interrupting)."""
+def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, died=lambda: None,
+          stats: Path | None = None) -> int | None:
+    """Wait for Locust to end; returns the exit status of the server if it died first, else None.
+    Says once when Locust's ``stats`` file first counts requests (a line a log can wait for)."""
     from sim.cli import progress_bar
 
     started = time.monotonic()
-    running = log_path is None
+    measured = False
     with progress_bar("load testing", enabled=not quiet) as update:
         while process.poll() is None:
+            status = died()
+            if status is not None:
+                return status
             update(min(int(time.monotonic() - started), int(expected_s)), int(math.ceil(expected_s)))
-            if not running and USERS_RUNNING in log_path.read_text(errors="replace"):
-                running = True
-                err_console.print("measuring: users running")
+            if not measured and stats is not None and not quiet and _requests_so_far(stats) > 0:
+                # a line a log (or a test) can wait for: load is on and being measured
+                measured = True
+                err_console.print("load testing: first requests measured", highlight=False)
             time.sleep(0.25)
+    return None
+
+
+def _stop(locust: subprocess.Popen) -> None:
+    """Stop Locust gracefully (it writes its records), or kill it after 30 s."""
+    locust.send_signal(signal.SIGTERM)
+    try:
+        locust.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        locust.kill()
+        locust.wait()
+
+
+def _requests_so_far(stats: Path) -> int:
+    """Requests in the Aggregated row of the stats CSV Locust rewrites every second (0 until then)."""
+    try:
+        rows = stats.read_text().splitlines()
+    except OSError:
+        return 0
+    header = rows[0].split(",") if rows else []
+    for row in rows[1:]:
+        cells = row.split(",")
+        if "Aggregated" in cells and "Request Count" in header:
+            try:
+                return int(cells[header.index("Request Count")])
+            except (ValueError, IndexError):
+                return 0
+    return 0
 
 
 def _tail(text: str, lines: int = 30) -> str:
@@ -440,16 +489,25 @@ def loadtest(
     out: OutOpt = None,
     processes: ProcessesOpt = None,
     max_error_share: ErrorShareOpt = MAX_ERROR_SHARE,
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write Locust's own HTML report to this file.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
 ):
     """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
     scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
     profile = resolve_profile(scenario_path, scenario, target_profile, api_path)
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "loadtest")
-    test = _measure(scenario, strategy, time_scale, target, processes, profile, max_error_share)
+    test = _measure(scenario, strategy, time_scale, target, processes, profile, max_error_share, html, quiet=as_json)
     if test.result is None:
+        if test.failure:
+            raise fail(f"{test.failure} before anything was measured: no run folder was written", code=1)
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
+        outcome = None if test.failure else check_gates(gates, [("", test.result.aggregate)], tmp, as_json=True)
     if test.target_lost:
         err_console.print("[bold red]error:[/] the target stopped answering during the run; the folder is partial")
     if test.failure:
@@ -457,19 +515,27 @@ def loadtest(
         err_console.print(f"wrote {out} (marked failed in run.json, Locust's log in locust.log)")
         raise typer.Exit(1)
     row = test.result.aggregate.loc[strategy]
-    out_console.print(
-        f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
-        f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
-        f"{int(row['forced_logins'])} forced logins")
-    counters = test.result.meta.get("client_counters") or {}
-    if counters.get("resent_pairs"):
-        out_console.print(f"{counters['resent_pairs']} refresh answers re-sent a pair already issued (not mints)")
-    reason = "interrupted" if test.interrupted else "the target stopped answering" if test.target_lost else ""
-    out_console.print(f"wrote {out}" + (f" (partial: {reason})" if test.result.partial else ""))
+    if as_json:
+        from sim.cli import summary_json
+
+        emit_json(summary_json(test.result, out, outcome, partial=test.result.partial))
+    else:
+        out_console.print(
+            f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
+            f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
+            f"{int(row['forced_logins'])} forced logins")
+        counters = test.result.meta.get("client_counters") or {}
+        if counters.get("resent_pairs"):
+            out_console.print(f"{counters['resent_pairs']} refresh answers re-sent a pair already issued (not mints)")
+        if outcome is not None:
+            out_console.print(gates_table(outcome))
+        reason = "interrupted" if test.interrupted else "the target stopped answering" if test.target_lost else ""
+        out_console.print(f"wrote {out}" + (f" (partial: {reason})" if test.result.partial else ""))
     if test.interrupted:
         raise typer.Exit(130)
     if test.target_lost:
         raise typer.Exit(1)
+    gates_exit(outcome)
 
 
 def resolve_profile(scenario_path: Path, scenario: Scenario, spec: str | None, api_path: str | None = None) -> TargetProfile:
@@ -500,6 +566,7 @@ def validate(
     target_profile: ProfileOpt = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -534,8 +601,10 @@ def validate(
             raise fail(f"{name}: the measurement failed: {test.failure or 'the target stopped answering'}", code=1)
         if test.result is not None:
             tests[name] = test
-        if test.interrupted:
+        if test.interrupted or test.failure:
             interrupted = True
+            if test.failure:
+                err_console.print(f"{name}: {test.failure}")
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
@@ -552,9 +621,14 @@ def validate(
         write_validation(rows, tmp, title)
         if interrupted:
             (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
-    out_console.print(validation_table(rows, title))
     checked = rows["agree"].dropna().astype(bool)
-    out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
+    if as_json:
+        from sim.jsonout import records
+
+        emit_json({"out": str(out), "agree": bool(checked.all()), "partial": interrupted, "checks": records(rows)})
+    else:
+        out_console.print(validation_table(rows, title))
+        out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
     if interrupted:
         raise typer.Exit(130)
     if not checked.all():
@@ -604,9 +678,10 @@ def _scenario(path: Path, names: list[str], users, duration, time_scale, scenari
 
 
 def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes,
-             profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE) -> LoadTest:
+             profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE, html=None,
+             quiet: bool = False) -> LoadTest:
     try:
         return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes,
-                            profile=profile, max_error_share=max_error_share)
+                            profile=profile, max_error_share=max_error_share, html=html, quiet=quiet)
     except LoadTestError as exc:
         raise fail(str(exc), code=exc.code) from None

@@ -33,8 +33,8 @@ from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, drive, jar_after_refresh, renew_flow,
-    request_flow,
+    LOGIN_RETRY_S, Adopt, Await, Backoff, Close, Join, Login, Open, Pause, Refresh, Renew, Request, Send, Sleep, Spawn, drive,
+    jar_after_refresh, renew_flow, request_flow, user_flow,
 )
 from loadtests.targets.classify import Classifier
 from loadtests.targets.profile import TargetProfile, reference_profile
@@ -92,6 +92,8 @@ class Reply:
     reissued_expires_in: float | None = None
     error: str | None = None
     received_unix_s: float = 0.0
+    #: a 503's ``Retry-After`` in wall seconds (None when absent or not a number of seconds)
+    retry_after_s: float | None = None
 
 
 class Transport(Protocol):
@@ -259,6 +261,9 @@ class Visit:
     login: AsyncResult | None = None
     flight: Flight = field(default_factory=Flight)
     newest: Token | None = None
+    tabs: list = field(default_factory=list)
+    #: the ``Retry-After`` (wall seconds) of the last 503 a refresh got
+    retry_after_wall_s: float | None = None
 
 
 @dataclass(eq=False)
@@ -276,6 +281,23 @@ class Tab:
     visit: Visit
     store: Store
     flight: Flight
+
+    def view(self) -> TabView:
+        token = self.store.token
+        return TabView(token.held if token else None, self.flight.inflight is not None)
+
+
+class _Ended(Exception):
+    """The scenario's end came while a flow slept: the flow stops there."""
+
+
+@dataclass(eq=False)
+class _Pace:
+    """A greenlet's pacing: the scenario instant its current work was due and the wall instant
+    (perf counter) it began."""
+
+    due: float
+    began: float
 
 
 class _Watched(Group):
@@ -330,75 +352,32 @@ class UserDriver:
     # -- top level --------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Arrive, then visit (and come back after ``away``) until the scenario's end."""
+        """Live the user's life (:func:`~sim.strategies.flow.user_flow`: arrive, visit, come back
+        after ``away``) until the scenario's end."""
         s = self.streams
-        if not self._sleep_until(self.arrival_s):
-            return
-        while self.clock.now_s() < self.end_s:
-            length = s.visit_length() if s.visit_length else math.inf
-            self.visit(Visit(), length)
-            if s.away is None or not self._sleep_until(self.clock.now_s() + s.away()):
-                return
+        flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
+                         self.scenario.population.idle_probability, self.client_clock)
+        self._run(flow, None)
 
     def stop(self) -> None:
         """Kill this user's tabs, timers and requests (the load test is stopping)."""
         self.greenlets.kill(block=True, timeout=5)
 
-    def visit(self, visit: Visit, length_s: float) -> None:
-        started = self.clock.now_s()
-        policy = self.policy
-        shared = Store()
-        tabs = [Tab(i, visit, shared if policy.storage == "shared" else Store(),
-                    visit.flight if policy.cross_tab_lock else Flight()) for i in range(self.n_tabs)]
-        self.login(tabs[0], forced=False)
-        workers = []
-        for tab in tabs:
-            workers.append(self.greenlets.spawn(self.tab, tab))
-            if policy.timer_interval_s is not None:
-                workers.append(self.greenlets.spawn(self.timer, tab))
-        left = self._sleep_until(started + length_s)
-        visit.over = True
-        gevent.joinall(workers)
-        if left:
-            now = self.clock.now_s()
-            newest = visit.newest
-            self.sink.record(now, self.index, None, visit.session, "logout",
-                             expires_s=newest.held.expires_at_s if newest else math.nan)
+    def client_clock(self) -> float:
+        """The user's own clock: scenario time plus its skew."""
+        return self.clock.now_s() + self.skew_s
 
-    # -- tabs -------------------------------------------------------------------------------
-
-    def tab(self, tab: Tab) -> None:
-        s, visit = self.streams, tab.visit
-        p_idle = self.scenario.population.idle_probability
-        due = self.clock.now_s()
-        while not visit.over:
-            began = time.perf_counter()
-            burst = [self.greenlets.spawn(self.request, tab) for _ in range(int(s.burst()) - 1)]
-            self.request(tab)
-            gevent.joinall(burst)
-            pause = s.idle_gap() if p_idle and s.idle_coin() < p_idle else 0.0
-            due = self._next(due, began, pause + s.think())
-            if not self._sleep_until(due) or visit.over:
-                return
-
-    def timer(self, tab: Tab) -> None:
-        interval, visit = self.policy.timer_interval_s, tab.visit
-        due = self.clock.now_s() + interval
-        while self._sleep_until(due) and not visit.over:
-            began = time.perf_counter()
-            view = self.view(tab)
-            action = self.policy.on_timer(view, self.clock.now_s() + self.skew_s)
-            if action in RENEW:
-                drive(renew_flow(self.policy, action, basis_of(view), lambda: self.view(tab)),
-                      lambda effect: self.carry_out(tab, effect, _Trace()))
-            # the timer re-arms after its renewal ends, as in the simulator: the renewal's length
-            # counts in scenario time (scaled), or at a high time scale the timers of a user's
-            # tabs would stay in phase and race each other far more often than simulated
-            due += (time.perf_counter() - began) * self.clock.time_scale + interval
+    def _run(self, flow, tab: Tab | None) -> Any:
+        """Carry out ``flow`` in this greenlet for ``tab``; returns what it returns (None when
+        the scenario ended first)."""
+        pace = _Pace(self.clock.now_s(), time.perf_counter())
+        try:
+            return drive(flow, lambda effect: self.carry_out(tab, effect, _Trace(), pace))
+        except _Ended:
+            return None
 
     def view(self, tab: Tab) -> TabView:
-        token = tab.store.token
-        return TabView(token.held if token else None, tab.flight.inflight is not None)
+        return tab.view()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -407,13 +386,14 @@ class UserDriver:
         at its issue time."""
         clock, visit = self.clock, tab.visit
         issued, issued_wall, session, trace = clock.now_s(), time.perf_counter(), visit.session, _Trace()
-        flow = request_flow(self.policy, lambda: self.view(tab), lambda: clock.now_s() + self.skew_s)
+        flow = request_flow(self.policy, tab.view, self.client_clock)
         ok = drive(flow, lambda effect: self.carry_out(tab, effect, trace))
         added_ms = max((time.perf_counter() - issued_wall - trace.rtt_s) * 1000.0, 0.0) if ok else math.nan
         self._request_done(issued, tab, session, added_ms)
 
-    def carry_out(self, tab: Tab, effect: Any, trace: "_Trace") -> Any:
-        """Carry out one effect of :mod:`sim.strategies.flow` over HTTP; returns its result."""
+    def carry_out(self, tab: Tab | None, effect: Any, trace: "_Trace", pace: _Pace | None = None) -> Any:
+        """Carry out one effect of :mod:`sim.strategies.flow` with gevent and HTTP; returns its
+        result."""
         match effect:
             case Send():
                 sent = tab.store.token
@@ -421,17 +401,47 @@ class UserDriver:
                 trace.reissued = self._reissued(reply, sent, tab.visit)
                 return Response(reply.status if reply.status in (200, 401) else 0,
                                 trace.reissued.held if trace.reissued else None)
+            case Request():
+                self.request(tab)
             case Renew(action=action, basis=basis):
-                return drive(renew_flow(self.policy, action, basis, lambda: self.view(tab)),
-                             lambda inner: self.carry_out(tab, inner, trace))
+                return drive(renew_flow(self.policy, action, basis, tab.view),
+                             lambda inner: self.carry_out(tab, inner, trace, pace))
             case Join():
                 return tab.flight.inflight.get()
             case Refresh(basis=basis):
                 return self.refresh_in_flight(tab, basis)
-            case Login():
-                return self.login(tab, forced=True)
+            case Login(forced=forced):
+                return self.login(effect.tab if effect.tab is not None else tab, forced=forced)
+            case Backoff():
+                # the server's Retry-After (wall seconds) in scenario seconds, else the scenario's
+                retry_after_s = (tab.visit.retry_after_wall_s * self.clock.time_scale
+                                 if tab.visit.retry_after_wall_s is not None else self.scenario.auth.retry_after_s)
+                self.clock.sleep(self.policy.retry_delay_s(retry_after_s, self.streams.backoff()))
             case Adopt():
                 tab.store.token = trace.reissued
+            case Sleep(seconds=seconds):
+                if not self._sleep_until(self.clock.now_s() + seconds):
+                    raise _Ended
+                if pace is not None:
+                    pace.due, pace.began = self.clock.now_s(), time.perf_counter()
+            case Pause(seconds=seconds):
+                pace.due = self._next(pace.due, pace.began, seconds)
+                if not self._sleep_until(pace.due):
+                    raise _Ended
+                pace.began = time.perf_counter()
+            case Spawn(effect=inner, tab=on):
+                return self.greenlets.spawn(self._run, _one(inner), on if on is not None else tab)
+            case Await(handles=handles):
+                gevent.joinall(handles)
+            case Open(n_tabs=n):
+                visit, policy, shared = Visit(), self.policy, Store()
+                visit.tabs = [Tab(i, visit, shared if policy.storage == "shared" else Store(),
+                                  visit.flight if policy.cross_tab_lock else Flight()) for i in range(n)]
+                return visit
+            case Close(visit=visit):
+                newest = visit.newest
+                self.sink.record(self.clock.now_s(), self.index, None, visit.session, "logout",
+                                 expires_s=newest.held.expires_at_s if newest else math.nan)
         return None
 
     def _request_done(self, issued: float, tab: Tab, session: str | None, added_ms: float) -> None:
@@ -516,6 +526,7 @@ class UserDriver:
                 sink.count("inferred_classifications")
         elif reply.status == 503:
             outcome = "unavailable"
+            visit.retry_after_wall_s = reply.retry_after_s
         else:
             outcome = "lost"
         sink.record(clock.now_s(), self.index, tab.index, visit.session, "refresh_end", jar_id, basis,
@@ -646,4 +657,7 @@ class UserDriver:
         the work was due, not from when a busy event loop got to it, keeps lateness from piling
         up over a user's page views."""
         return due + (time.perf_counter() - began_wall) + seconds
+
+def _one(effect: Any):
+    return (yield effect)
 

@@ -24,8 +24,9 @@ in scenario time):
 
 from __future__ import annotations
 
+import math
 from array import array
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,10 @@ EVENT_COLUMNS = [
 LATENCY_COLUMNS = ["strategy", "replication", "added_latency_ms", "requests"]
 
 #: lower edges of the added-latency histogram bins: 0, then log-spaced from 0.1 ms to ~28 h
+#: (the coarse bins of earlier run folders; percentiles now come from :class:`LogSketch`)
 LATENCY_BINS_MS = np.concatenate([[0.0], np.logspace(-1, 8, 9 * 20 + 1)])
+#: relative error bound of every percentile the simulator reports without per-request records
+SKETCH_RELATIVE_ERROR = 0.005
 
 # the outcome groups the summary counts; see docs/metrics.md for the vocabulary
 ACCESS_RENEWALS = ("access_refresh", "access_grace", "access_reissue")
@@ -61,6 +65,185 @@ DUPLICATE_RENEWALS = tuple(f"{o}_duplicate" for o in ACCESS_RENEWALS)
 ACCESS_MINTS = ("access_login", *ACCESS_RENEWALS, *DUPLICATE_RENEWALS)
 REFRESH_MINTS = ("refresh_login", "refresh_refresh", "refresh_grace")
 ATTEMPT_OUTCOMES = ("ok", "expired", "invalid", "lost")
+
+
+class LogSketch:
+    """A mergeable quantile sketch with a relative-error guarantee (DDSketch's log buckets).
+
+    A positive value ``x`` goes to bucket ``ceil(log(x) / log(gamma))`` with
+    ``gamma = (1 + a) / (1 - a)``; the bucket's representative ``2 gamma^i / (gamma + 1)`` is
+    within a relative ``a`` (:data:`SKETCH_RELATIVE_ERROR`) of every value in it. Values at or
+    below ``zero_ms`` count as 0. :meth:`quantile` returns the value of rank
+    ``floor(q (n - 1))`` (the ``lower`` sample quantile) within that bound; the same rule read off
+    :meth:`table` (``latency.parquet``) gives the same number, so every table and chart agrees.
+    """
+
+    __slots__ = ("buckets", "zeros", "n", "_log_gamma", "_gamma", "zero_ms")
+
+    def __init__(self, relative_error: float = SKETCH_RELATIVE_ERROR, zero_ms: float = 1e-6) -> None:
+        self._gamma = (1 + relative_error) / (1 - relative_error)
+        self._log_gamma = math.log(self._gamma)
+        self.buckets: Counter[int] = Counter()
+        self.zeros = 0
+        self.n = 0
+        self.zero_ms = zero_ms
+
+    def add(self, x: float, count: int = 1) -> None:
+        self.n += count
+        if x <= self.zero_ms:
+            self.zeros += count
+        else:
+            self.buckets[math.ceil(math.log(x) / self._log_gamma)] += count
+
+    def add_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, float)
+        values = values[~np.isnan(values)]
+        zero = values <= self.zero_ms
+        self.zeros += int(zero.sum())
+        self.n += len(values)
+        keys, counts = np.unique(np.ceil(np.log(values[~zero]) / self._log_gamma).astype(np.int64), return_counts=True)
+        for k, c in zip(keys.tolist(), counts.tolist()):
+            self.buckets[k] += c
+
+    def merge(self, other: "LogSketch") -> None:
+        self.n += other.n
+        self.zeros += other.zeros
+        self.buckets.update(other.buckets)
+
+    def value(self, key: int) -> float:
+        return 2 * self._gamma ** key / (self._gamma + 1)
+
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(representative values, counts), ascending, zeros first."""
+        keys = sorted(self.buckets)
+        values = [0.0] * bool(self.zeros) + [self.value(k) for k in keys]
+        counts = [self.zeros] * bool(self.zeros) + [self.buckets[k] for k in keys]
+        return np.asarray(values, float), np.asarray(counts, np.int64)
+
+    def quantile(self, q: float) -> float:
+        if not self.n:
+            return np.nan
+        return table_quantile(*self.table(), q)
+
+
+def table_quantile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """The value of rank ``floor(q (n - 1))`` in a table of (ascending value, count)."""
+    n = int(counts.sum())
+    if not n:
+        return np.nan
+    rank = math.floor(q * (n - 1))
+    return float(values[int(np.searchsorted(np.cumsum(counts), rank, side="right"))])
+
+
+def exact_quantile(values: np.ndarray, q: float) -> float:
+    """The sample quantile of rank ``floor(q (n - 1))`` (numpy's ``lower`` method)."""
+    return float(np.quantile(values, q, method="lower")) if len(values) else np.nan
+
+
+class Counts:
+    """What a run of one variant produced, counted as it happens: per (event, outcome), counts
+    per one-second bin and inside the measurement window ``[warmup, warmup + duration)``;
+    added latency and auth-queue waits in :class:`LogSketch` es (and, with ``keep_values``, as
+    exact values too). Memory grows with the run's length, not with its number of requests."""
+
+    def __init__(self, warmup_s: float, duration_s: float, keep_values: bool = False) -> None:
+        self.lo, self.hi = warmup_s, warmup_s + duration_s
+        self.n_bins = max(int(math.ceil(self.hi)), 1)
+        self.bins: dict[tuple[str, str], array] = {}
+        self.window: Counter[tuple[str, str]] = Counter()
+        self.latency = LogSketch()
+        self.queue_wait = LogSketch()
+        self.latency_values: array | None = array("d") if keep_values else None
+        self.queue_wait_values: array | None = array("d") if keep_values else None
+        self.exposure_sum_s = 0.0
+        self.exposure_n = 0
+        self.active_delta = array("q", bytes(8 * self.n_bins))
+        self.auth_busy_s: np.ndarray | None = None
+        self.auth_queue_s: np.ndarray | None = None
+        self.valid_tokens_per_session_max: float = float("nan")
+
+    def _bin(self, key) -> array:
+        b = self.bins.get(key)
+        if b is None:
+            b = self.bins[key] = array("q", bytes(8 * self.n_bins))
+        return b
+
+    def count(self, event: str, outcome: str, t_s: float, n: int = 1) -> None:
+        key = (event, outcome)
+        i = int(t_s)
+        b = self.bins.get(key)
+        if b is None:
+            b = self._bin(key)
+        b[0 if i < 0 else (i if i < self.n_bins else self.n_bins - 1)] += n
+        if self.lo <= t_s < self.hi:
+            self.window[key] += n
+
+    def requests_without_delay(self, t_s: float, n: int) -> None:
+        """``n`` requests issued at ``t_s`` that succeeded with no added latency."""
+        self.count("request", "ok", t_s, n)
+        if self.lo <= t_s < self.hi:
+            self.latency.add(0.0, n)
+            if self.latency_values is not None:
+                self.latency_values.extend([0.0] * n)
+
+    def request(self, t_s: float, added_ms: float | None) -> None:
+        """A request issued at ``t_s``; ``added_ms`` None when it failed."""
+        self.count("request", "failed" if added_ms is None else "ok", t_s)
+        if added_ms is not None and self.lo <= t_s < self.hi:
+            self.latency.add(added_ms)
+            if self.latency_values is not None:
+                self.latency_values.append(added_ms)
+
+    def queue_waited(self, t_s: float, wait_ms: float) -> None:
+        if self.lo <= t_s < self.hi:
+            self.queue_wait.add(wait_ms)
+            if self.queue_wait_values is not None:
+                self.queue_wait_values.append(wait_ms)
+
+    def exposure(self, t_s: float, exposure_s: float) -> None:
+        if self.lo <= t_s < self.hi:
+            self.exposure_sum_s += exposure_s
+            self.exposure_n += 1
+
+    def active(self, t_s: float, delta: int) -> None:
+        i = int(t_s)
+        if 0 <= i < self.n_bins:
+            self.active_delta[i] += delta
+        elif i < 0:
+            self.active_delta[0] += delta
+
+    @classmethod
+    def from_tally(cls, tally: "Tally", warmup_s: float, duration_s: float) -> "Counts":
+        """The counts of a :class:`Tally` (records of a load test), with exact percentiles."""
+        counts = cls(warmup_s, duration_s, keep_values=True)
+        n = counts.n_bins
+        for key, times in tally.times.items():
+            t = _arr(times)
+            if not len(t):
+                continue
+            counts.bins[key] = array("q", np.bincount(np.clip(t.astype(np.int64), 0, n - 1), minlength=n).astype(np.int64).tobytes())
+            counts.window[key] = int(_in(t, counts.lo, counts.hi).sum())
+        req_t, req_ms = _arr(tally.request_t_s), _arr(tally.request_added_ms)
+        failed = np.isnan(req_ms)
+        for outcome, mask in (("ok", ~failed), ("failed", failed)):
+            t = req_t[mask]
+            counts.bins[("request", outcome)] = array("q", np.bincount(np.clip(t.astype(np.int64), 0, n - 1), minlength=n).astype(np.int64).tobytes())
+            counts.window[("request", outcome)] = int(_in(t, counts.lo, counts.hi).sum())
+        ok_ms = req_ms[_in(req_t, counts.lo, counts.hi) & ~failed]
+        counts.latency.add_many(ok_ms)
+        counts.latency_values.extend(ok_ms)
+        qw_t, qw_ms = _arr(tally.queue_wait_t_s), _arr(tally.queue_wait_ms)
+        waits = qw_ms[_in(qw_t, counts.lo, counts.hi)]
+        counts.queue_wait.add_many(waits)
+        counts.queue_wait_values.extend(waits)
+        ex_t, ex_s = _arr(tally.exposure_t_s), _arr(tally.exposure_s)
+        left = _in(ex_t, counts.lo, counts.hi)
+        counts.exposure_sum_s, counts.exposure_n = float(ex_s[left].sum()), int(left.sum())
+        for second, delta in tally.active_users_delta.items():
+            counts.active(second, delta)
+        counts.auth_busy_s, counts.auth_queue_s = tally.auth_busy_s, tally.auth_queue_s
+        counts.valid_tokens_per_session_max = tally.valid_tokens_per_session_max
+        return counts
 
 
 class Level:
@@ -134,7 +317,7 @@ def _arr(a) -> np.ndarray:
 
 
 def summarize(
-    tally: Tally,
+    tally: "Tally | Counts",
     *,
     strategy: str,
     replication: int,
@@ -143,91 +326,95 @@ def summarize(
     duration_s: float,
     workers: int | None,
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """One row of ``summary``, the ``timeseries`` rows and the latency histogram of one run."""
-    lo, hi = warmup_s, warmup_s + duration_s
-    n_bins = int(np.ceil(hi))
+    """One row of ``summary``, the ``timeseries`` rows and the latency histogram of one run.
 
-    def times(event, *outcomes):
-        arrays = [_arr(tally.times[(event, o)]) for o in outcomes if (event, o) in tally.times]
-        return np.concatenate(arrays) if arrays else np.zeros(0)
+    Percentiles are exact where per-request values were kept (records of a load test, a run
+    with ``events``), else read off :class:`LogSketch` es within :data:`SKETCH_RELATIVE_ERROR`."""
+    counts = tally if isinstance(tally, Counts) else Counts.from_tally(tally, warmup_s, duration_s)
+    if (counts.lo, counts.hi) != (warmup_s, warmup_s + duration_s):
+        raise ValueError("the counts were taken for another window")
+    lo, hi, n_bins = counts.lo, counts.hi, counts.n_bins
+    zeros = np.zeros(n_bins, np.int64)
 
-    def n(t):
-        return int(_in(t, lo, hi).sum())
+    def per_second(event, *outcomes):
+        out = zeros.copy()
+        for o in outcomes:
+            b = counts.bins.get((event, o))
+            if b is not None:
+                out += np.frombuffer(b, dtype=np.int64)
+        return out
 
-    def per_second(t):
-        return np.bincount(np.clip(t.astype(np.int64), 0, n_bins - 1), minlength=n_bins) if len(t) else np.zeros(n_bins, int)
+    def n(event, *outcomes):
+        return int(sum(counts.window[(event, o)] for o in outcomes))
 
-    req_t, req_ms = _arr(tally.request_t_s), _arr(tally.request_added_ms)
-    in_window, failed = _in(req_t, lo, hi), np.isnan(req_ms)
-    ok_ms = req_ms[in_window & ~failed]
-    hist = np.histogram(ok_ms, bins=np.append(LATENCY_BINS_MS, np.inf))[0]
-    access, dup = times("mint", *ACCESS_MINTS), times("mint", *DUPLICATE_RENEWALS)
-    renewals = times("mint", *ACCESS_RENEWALS, *DUPLICATE_RENEWALS)
-    refresh_mints, attempts = n(times("mint", *REFRESH_MINTS)), n(times("attempt", *ATTEMPT_OUTCOMES))
-    refresh_calls, expired, forced = times("refresh_start", ""), times("attempt", "expired"), times("login", "forced")
-    renewal_bins = per_second(renewals)[int(lo):n_bins]
-    renewals_in, duplicates = n(renewals), n(dup)
-    qw_t, qw_ms = _arr(tally.queue_wait_t_s), _arr(tally.queue_wait_ms)
-    ex_t, ex_s = _arr(tally.exposure_t_s), _arr(tally.exposure_s)
-    left = _in(ex_t, lo, hi)
-    busy = tally.auth_busy_s
+    access, dup = ("mint", *ACCESS_MINTS), ("mint", *DUPLICATE_RENEWALS)
+    renewals = ("mint", *ACCESS_RENEWALS, *DUPLICATE_RENEWALS)
+    refresh_mints, attempts = n("mint", *REFRESH_MINTS), n("attempt", *ATTEMPT_OUTCOMES)
+    renewal_bins = per_second(*renewals)[int(lo):n_bins]
+    renewals_in, duplicates = n(*renewals), n(*dup)
+    refresh_calls = n("refresh_start", "")
+    busy = counts.auth_busy_s
+    if counts.latency_values is not None:
+        ok_ms = np.frombuffer(counts.latency_values, dtype=float) if len(counts.latency_values) else np.zeros(0)
+        p = {q: exact_quantile(ok_ms, q) for q in (0.5, 0.95, 0.99)}
+        waits = counts.queue_wait_values
+        qw99 = exact_quantile(np.frombuffer(waits, dtype=float) if len(waits) else np.zeros(0), 0.99)
+    else:
+        p = {q: counts.latency.quantile(q) for q in (0.5, 0.95, 0.99)}
+        qw99 = counts.queue_wait.quantile(0.99)
     row = {
         "strategy": strategy,
         "replication": replication,
         "users": users,
         "window_s": duration_s,
-        "requests": int(in_window.sum()),
+        "requests": n("request", "ok", "failed"),
         "attempts": attempts,
-        "refresh_calls": n(refresh_calls),
-        "access_mints": n(access),
+        "refresh_calls": refresh_calls,
+        "access_mints": n(*access),
         "refresh_mints": refresh_mints,
-        "sign_ops": n(access) + refresh_mints,
-        "verify_ops": attempts + n(refresh_calls),
+        "sign_ops": n(*access) + refresh_mints,
+        "verify_ops": attempts + refresh_calls,
         "refresh_rate_per_s": renewals_in / duration_s,
         "refresh_rate_peak_per_s": int(renewal_bins.max()) if len(renewal_bins) else 0,
         "duplicate_tokens": duplicates,
         "duplicate_per_1k_refresh": 1000 * duplicates / renewals_in if renewals_in else 0.0,
-        "reuse_detections": n(times("reuse_detected", "")),
-        "grace_reuses": n(times("grace_reuse", "")),
-        "resent_pairs": n(times("resent_pair", "")),
-        "expired_refreshes": n(times("refresh_end", "expired")),
-        "expiry_failures": n(expired),
-        "failed_requests": int((in_window & failed).sum()),
-        "forced_logins": n(forced),
-        "added_latency_ms_p50": _quantile(ok_ms, 0.50),
-        "added_latency_ms_p95": _quantile(ok_ms, 0.95),
-        "added_latency_ms_p99": _quantile(ok_ms, 0.99),
+        "reuse_detections": n("reuse_detected", ""),
+        "grace_reuses": n("grace_reuse", ""),
+        "resent_pairs": n("resent_pair", ""),
+        "expired_refreshes": n("refresh_end", "expired"),
+        "expiry_failures": n("attempt", "expired"),
+        "failed_requests": n("request", "failed"),
+        "forced_logins": n("login", "forced"),
+        "added_latency_ms_p50": p[0.5],
+        "added_latency_ms_p95": p[0.95],
+        "added_latency_ms_p99": p[0.99],
         "auth_utilization": (
             float(busy[int(lo):n_bins].sum() / (workers * duration_s)) if busy is not None and workers else np.nan
         ),
-        "auth_queue_wait_ms_p99": _quantile(qw_ms[_in(qw_t, lo, hi)], 0.99),
-        "exposure_s_mean": float(ex_s[left].mean()) if left.any() else np.nan,
-        "valid_tokens_per_session_max": tally.valid_tokens_per_session_max,
+        "auth_queue_wait_ms_p99": qw99,
+        "exposure_s_mean": counts.exposure_sum_s / counts.exposure_n if counts.exposure_n else np.nan,
+        "valid_tokens_per_session_max": counts.valid_tokens_per_session_max,
     }
-    active = np.zeros(n_bins, int)
-    for second, delta in tally.active_users_delta.items():
-        if second < n_bins:
-            active[max(second, 0)] += delta
     series = pd.DataFrame({
         "t_s": np.arange(n_bins, dtype=float),
         "strategy": strategy,
         "replication": replication,
-        "active_users": np.cumsum(active),
-        "requests": per_second(req_t),
-        "refresh_calls": per_second(refresh_calls),
-        "access_mints": per_second(access),
-        "duplicate_tokens": per_second(dup),
-        "expiry_failures": per_second(expired),
-        "failed_requests": per_second(req_t[failed]),
-        "forced_logins": per_second(forced),
-        "auth_busy_workers": _fit(tally.auth_busy_s, n_bins),
-        "auth_queue_len": _fit(tally.auth_queue_s, n_bins),
+        "active_users": np.cumsum(np.frombuffer(counts.active_delta, dtype=np.int64)),
+        "requests": per_second("request", "ok", "failed"),
+        "refresh_calls": per_second("refresh_start", ""),
+        "access_mints": per_second(*access),
+        "duplicate_tokens": per_second(*dup),
+        "expiry_failures": per_second("attempt", "expired"),
+        "failed_requests": per_second("request", "failed"),
+        "forced_logins": per_second("login", "forced"),
+        "auth_busy_workers": _fit(counts.auth_busy_s, n_bins),
+        "auth_queue_len": _fit(counts.auth_queue_s, n_bins),
     })[TIMESERIES_COLUMNS]
+    values, hist = counts.latency.table()
     latency = pd.DataFrame({
         "strategy": strategy, "replication": replication,
-        "added_latency_ms": LATENCY_BINS_MS, "requests": hist,
+        "added_latency_ms": values, "requests": hist,
     })
-    latency = latency[latency["requests"] > 0].reset_index(drop=True)
     return row, series, latency
 
 
@@ -237,10 +424,6 @@ def _fit(values: np.ndarray | None, n: int) -> np.ndarray:
     out = np.zeros(n)
     out[: min(n, len(values))] = values[:n]
     return out
-
-
-def _quantile(values: np.ndarray, q: float) -> float:
-    return float(np.quantile(values, q)) if len(values) else np.nan
 
 
 def aggregate(per_replication: pd.DataFrame) -> pd.DataFrame:
@@ -273,9 +456,10 @@ def summary_table(per_replication: pd.DataFrame) -> pd.DataFrame:
 
 
 def latency_quantile(histogram: pd.DataFrame, q: float) -> float:
-    """A quantile of added latency read off a histogram (lower bin edges)."""
+    """A quantile of added latency read off a latency table (``latency.parquet``: the
+    :class:`LogSketch` buckets' representative values and counts): the value of rank
+    ``floor(q (n - 1))``, within :data:`SKETCH_RELATIVE_ERROR` of the exact one."""
     if histogram.empty:
         return np.nan
-    h = histogram.sort_values("added_latency_ms")
-    cum = h["requests"].cumsum() / h["requests"].sum()
-    return float(h["added_latency_ms"].to_numpy()[np.searchsorted(cum.to_numpy(), q)])
+    h = histogram.groupby("added_latency_ms", sort=True)["requests"].sum()
+    return table_quantile(h.index.to_numpy(float), h.to_numpy(np.int64), q)

@@ -17,14 +17,20 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|m|h|d)")
 _WHOLE = re.compile(r"^\s*(-)?\s*((?:(?:\d+(?:\.\d*)?|\.\d+)\s*(?:us|ms|s|m|h|d)\s*)+)$")
 
 EXPECTED = "a duration string with a unit (us, ms, s, m, h, d), like '250ms', '15m' or '1h30m'"
+#: the longest duration a scenario may name: 100 years (longer ones are typos, or overflow)
+MAX_DURATION_S = 100 * 365 * 86400.0
 
 
 def parse_duration(text: str) -> float:
     """Return the seconds in ``text``; raise ``ValueError`` naming what was expected."""
+    if len(text) > 1000:
+        raise ValueError(f"expected {EXPECTED}, got a string of {len(text)} characters")
     match = _WHOLE.match(text)
     if not match:
         raise ValueError(f"expected {EXPECTED}, got {text!r}")
     seconds = sum(float(n) * _UNITS_S[u] for n, u in _PART.findall(match.group(2)))
+    if not seconds <= MAX_DURATION_S:
+        raise ValueError(f"expected a duration of at most 100 years, got {text[:40]!r}")
     return -seconds if match.group(1) else seconds
 
 
@@ -60,6 +66,8 @@ def _coerce(signed: bool):
             raise ValueError(f"expected {EXPECTED}, got the bare number {value!r}")
         else:
             seconds = float(value)
+            if not abs(seconds) <= MAX_DURATION_S:
+                raise ValueError(f"expected a duration of at most 100 years, got {value!r}")
         if not signed and seconds < 0:
             raise ValueError(f"expected a duration that is not negative, got {value!r}")
         return seconds

@@ -1,6 +1,5 @@
 import os
 import pathlib
-import sys
 
 import pytest
 from hypothesis import settings
@@ -42,16 +41,71 @@ def make_scenario():
 
 
 @pytest.fixture
-def cli():
-    """Run the console script in a subprocess: returns (exit code, stdout, stderr)."""
-    import subprocess
+def cli(monkeypatch):
+    """Run the console script in this process (click's runner): returns (exit code, stdout,
+    stderr). An exception other than the command's exit is raised, not hidden in the result."""
+    from click.testing import CliRunner
 
-    def run(*args, cwd=ROOT, timeout=300):
-        proc = subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout, proc.stderr
+    from sim.cli import build_command
+
+    command = build_command()
+
+    def run(*args, cwd=ROOT, env=None):
+        monkeypatch.chdir(cwd)
+        outcome = CliRunner().invoke(command, [str(a) for a in args], prog_name="refreshlab", env=env)
+        if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+            raise outcome.exception
+        return outcome.exit_code, outcome.stdout, outcome.stderr
 
     return run
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and infinities, as strict parsers do."""
+    import json
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server of its own on a free loopback port (``.ci/run`` installs Debian's
+    ``redis-server``): started once per test session, ready when it says so and answers PING."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from loadtests.server.process import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder), "--loglevel", "notice"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in process.stdout:  # wait for the server to say it is ready (or to exit)
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep draining
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        if process.poll() is not None or not redis.Redis.from_url(url).ping():
+            pytest.fail("redis-server did not start:\n" + "".join(seen))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 #: markers of checks too slow for the default run; ``.ci/run`` runs them in a second pass

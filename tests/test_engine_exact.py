@@ -125,3 +125,58 @@ def test_same_seed_same_result_and_variants_share_users(make_scenario):
     # common random numbers: the same users make the same page views under every variant
     assert per.loc["dual_token", "requests"] == per.loc["dual_token_single_flight", "requests"]
     assert sim_path.exists()
+
+
+def timer_scenario(make_scenario, rtt="0s", **client):
+    return make_scenario(
+        run={"duration": "1h"}, network={"rtt": rtt}, workload={"think_time": "2h"}, tokens={"access_ttl": "15m"},
+        strategies=[{"name": "timer", "client": {"trigger": "timer", "check_interval": "60s", "threshold": "5m", **client},
+                     "server": {"kind": "dual_token"}}])
+
+
+def test_seed_silent_refresh_renews_every_660_s(make_scenario):
+    # setInterval from page load: ticks at 60 k; exp - now < 300 in whole seconds: at 600 exactly
+    # 300 remain (not < 300), so the tick at 660 renews; the next token (exp 1560) at 1320, …
+    result = sim.run(timer_scenario(make_scenario, preset="seed-silent-refresh"), events=True)
+    assert event_times(result, "refresh_start") == [660.0, 1320.0, 1980.0, 2640.0, 3300.0]
+    # the same with 200 ms round trips: the login mints at 0.1 (exp 900.1, read as 900)
+    slow = sim.run(timer_scenario(make_scenario, "200ms", preset="seed-silent-refresh"), events=True)
+    assert event_times(slow, "refresh_start") == [660.0, 1320.0, 1980.0, 2640.0, 3300.0]
+
+
+def test_fixed_phase_with_at_most_renews_on_the_first_tick_under_the_threshold(make_scenario):
+    # zero latency: at 600 exactly 300 remain (<= 300): every 600 s
+    exact = sim.run(timer_scenario(make_scenario, timer_phase="fixed"), events=True)
+    assert event_times(exact, "refresh_start") == [600.0, 1200.0, 1800.0, 2400.0, 3000.0]
+    # 200 ms round trips: login mints at 0.1 (exp 900.1): at 600, 300.1 remain; the refresh at
+    # 660 mints at 660.1 (exp 1560.1), so 1260 is 0.1 s early again: every 660 s
+    result = sim.run(timer_scenario(make_scenario, "200ms", timer_phase="fixed"), events=True)
+    assert event_times(result, "refresh_start") == [660.0, 1320.0, 1980.0, 2640.0, 3300.0]
+
+
+def test_rearmed_timer_drifts_by_the_round_trip(make_scenario):
+    # the timer starts when the login answers (0.2) and re-arms 60 s after each tick's work: the
+    # tick at 600.2 finds 299.9 s left; the refresh answers at 600.4 (exp 1500.3), the next
+    # ticks fall at 660.4 + 60 k, and 1200.4 finds 299.9 left again: every 600 s + the round trip
+    result = sim.run(timer_scenario(make_scenario, "200ms", timer_phase="rearm"), events=True)
+    assert event_times(result, "refresh_start") == pytest.approx([600.2, 1200.4, 1800.6, 2400.8, 3001.0])
+
+
+def test_timer_scheduled_from_exp_fires_at_exp_minus_threshold(make_scenario):
+    result = sim.run(timer_scenario(make_scenario, timer_phase="exp"), events=True)
+    assert event_times(result, "refresh_start") == [600.0, 1200.0, 1800.0, 2400.0, 3000.0]
+    strict = sim.run(timer_scenario(make_scenario, timer_phase="exp", compare="lt"), events=True)
+    # at exp - threshold exactly, "lt" does not renew; the timer polls check_interval later
+    assert event_times(strict, "refresh_start") == [660.0, 1320.0, 1980.0, 2640.0, 3300.0]
+
+
+def test_login_cost_comes_from_the_server_policy(make_scenario):
+    from sim.engine.model import Simulation
+
+    dual = make_scenario()
+    sliding = make_scenario(strategies=[{"name": "s", "client": {"trigger": "sliding"},
+                                         "server": {"kind": "sliding", "window": "1m"}}])
+    for scenario, mints in ((dual, 2), (sliding, 1)):
+        scenario = scenario.replace(auth={"login_time_s": 0.05, "sign_time_s": 0.001})
+        engine = Simulation(scenario, scenario.strategies[0], 0, 1, False)
+        assert engine.login_service_s == pytest.approx(0.05 + mints * 0.001)

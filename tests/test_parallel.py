@@ -118,3 +118,14 @@ def test_ctrl_c_stops_the_workers_too(tmp_path):
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert_nothing_left(tmp_path, everything)
+
+
+def test_a_cluster_without_workers_fails_the_run_instead_of_waiting_forever(small):
+    distributed = pytest.importorskip("distributed")
+    from sim.engine.dispatch import Dask
+
+    with distributed.LocalCluster(n_workers=0, dashboard_address=None) as cluster:
+        with Dask(cluster.scheduler_address, no_worker_timeout_s=1) as runner:
+            runner.submit(Job(small, small.names[0], 0, 1))
+            with pytest.raises(WorkerLost, match="no worker has been connected"):
+                runner.next_done()

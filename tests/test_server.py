@@ -355,7 +355,7 @@ def test_private_key_file(server, tmp_path):
         grant = login(client)
         # the server signs with the given key: its public half verifies the token
         assert jwt.decode(grant["access_token"], private.public_key(), algorithms=["ES256"],
-                          options={"verify_exp": False})["typ"] == p.ACCESS_TYP
+                          audience=p.AUDIENCE, options={"verify_exp": False})["typ"] == p.ACCESS_TYP
         assert call_api(client, grant["access_token"]).status_code == 200
 
 
@@ -370,3 +370,50 @@ def test_private_key_of_the_wrong_type_is_refused(tmp_path):
                            "--algorithm", "RS256", "--private-key", str(pem), "--port", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "expected an RSA private key for RS256" in done.stderr
+
+
+@pytest.mark.parametrize("make, algorithm, message", [
+    (lambda path: path.write_bytes(b"x"), "HS256", "needs at least 32 bytes (RFC 7518 section 3.2), this one has 1"),
+    (lambda path: path.write_bytes(b""), "HS256", "the HS256 secret is empty"),
+    (lambda path: path.write_bytes(b""), "RS256", "the private key file is empty"),
+    (lambda path: path.write_bytes(b"not a key at all"), "ES256", "not an unencrypted PEM private key"),
+    ("rsa1024", "RS256", "needs at least 2048 bits (RFC 7518 section 3.3), this one has 1024"),
+])
+def test_weak_or_empty_keys_are_refused_at_start_up(tmp_path, make, algorithm, message):
+    key = tmp_path / "key"
+    if make == "rsa1024":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    else:
+        make(key)
+    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
+                           "--algorithm", algorithm, "--private-key", str(key), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and str(key) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ledger_endpoint_is_off_unless_asked_and_then_loopback_only():
+    from starlette.testclient import TestClient
+
+    from loadtests.server.app import create_app
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(RACE)
+    with TestClient(create_app(scenario, "atomic"), client=("127.0.0.1", 5000)) as client:
+        assert client.get(p.LEDGER_PATH).status_code == 404
+    enabled = create_app(scenario, "atomic", ledger_endpoint=True)
+    with TestClient(enabled, client=("127.0.0.1", 5000)) as client:
+        assert client.get(p.LEDGER_PATH).json()["totals"]["sessions"] == 0
+    with TestClient(enabled, client=("192.0.2.7", 5000)) as client:
+        assert client.get(p.LEDGER_PATH).status_code == 403
+        assert client.get(p.LEDGER_PATH, params={"records": 1}).status_code == 403
+
+
+def test_two_workers_need_a_shared_store():
+    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
+                           "--workers", "2", "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "needs a shared store" in done.stderr

@@ -1,19 +1,29 @@
 """The reference token server: an ASGI app (Starlette) driving one variant's server policy.
 
-Every decision — accept, 401, mint, rotate, re-issue, reject a reuse, revoke a family — comes from
-the variant's :class:`~sim.strategies.server.ServerPolicy` and its :class:`~sim.strategies.ledger.Ledger`;
-this module only carries them over HTTP, signs them as JWTs and keeps the clock.
+Every decision — accept, 401, mint, rotate, re-issue, reject a reuse, revoke a family, log out —
+comes from the variant's :class:`~sim.strategies.server.ServerPolicy` and its
+:class:`~sim.strategies.ledger.Ledger`; this module only carries them over HTTP, signs and verifies
+them as JWTs and keeps the clock. The ledger lives in a store (:mod:`loadtests.server.store`): this
+process's memory, or Redis so that several workers share it.
 
 Time: the ledger and the policy work in *scenario seconds* since start-up,
 ``now_s = (wall seconds since start-up) * time_scale``, so a 15-minute token at ``time_scale=60``
 lasts 15 wall seconds. What goes on the wire is wall time (see :mod:`loadtests.server.protocol`).
+
+Tokens (RFC 8725): one algorithm per server, an allowlist of one; every token carries ``iss``
+(this server instance), ``aud``, ``sub``, ``exp``, ``iat``, ``nbf``, ``jti``, and verification
+requires all of them before the ledger is asked; the ledger token must then match the ``jti``, the
+``typ``, the session and the subject.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import time
+import urllib.parse
 from typing import Any
 
 import jwt
@@ -23,30 +33,42 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from loadtests.server import protocol as p
-from loadtests.server.keys import SigningKeys, load_keys
-from sim.scenario import AuthTier as AuthTierSettings
+from loadtests.server.keys import SigningKeys, generate_key, load_keys
+from loadtests.server.store import open_store
 from sim.metrics import Level
+from sim.scenario import AuthTier as AuthTierSettings
 from sim.scenario import Scenario
-from sim.strategies.ledger import Ledger, LedgerObserver, Session, Token
-from sim.strategies.server import Grant, Rejection
+from sim.strategies.ledger import Token
+from sim.strategies.server import Grant, PendingRefresh, Rejection
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: the largest request body read (bytes); a bigger one is answered 413
+MAX_BODY_BYTES = 64 * 1024
+#: the longest user name, token or field value accepted
+MAX_FIELD_CHARS = 8 * 1024
+#: environment variable carrying the server's settings to uvicorn worker processes
+SETTINGS_ENV = "REFRESHLAB_SERVER_SETTINGS"
+#: scenario seconds a token and a session are kept after they expire (beyond the leeway and the
+#: grace period), so that a late presentation still meets its ledger entry and is answered "expired"
+RETAIN_MARGIN_S = 60.0
 
 
 class ScenarioClock:
     """Scenario time of a running server.
 
-    Receives the time scale (scenario seconds per wall second). :meth:`now_s` is scenario seconds
-    since start-up, measured on the monotonic clock so a wall-clock step cannot move it;
-    :attr:`t0_unix_s` is the wall (epoch) time of scenario time 0, for JWT claims.
+    Receives the time scale (scenario seconds per wall second) and the wall (epoch) time of
+    scenario time 0 (now when None; several worker processes share one). :meth:`now_s` is
+    scenario seconds since then, measured on the monotonic clock so that a wall-clock step cannot
+    move it; :attr:`t0_unix_s` is the wall time of scenario time 0, for JWT claims.
     """
 
-    def __init__(self, time_scale: float) -> None:
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+    def __init__(self, time_scale: float, t0_unix_s: float | None = None) -> None:
+        if not (time_scale > 0 and math.isfinite(time_scale)):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         self.time_scale = float(time_scale)
-        self.t0_unix_s = time.time()
-        self._t0_monotonic = time.monotonic()
+        now_unix = time.time()
+        self.t0_unix_s = now_unix if t0_unix_s is None else float(t0_unix_s)
+        self._t0_monotonic = time.monotonic() - (now_unix - self.t0_unix_s)
 
     def now_s(self) -> float:
         """Scenario seconds since start-up."""
@@ -61,34 +83,14 @@ class ScenarioClock:
         return seconds / self.time_scale
 
 
-class LedgerRecorder(LedgerObserver):
-    """Keeps the ledger's mint, reuse and revoke happenings as rows of :data:`protocol.RECORD_COLUMNS`
-    (``t_s`` in scenario seconds, ``outcome`` per the vocabulary of :mod:`sim.metrics`)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-
-    def on_mint(self, token: Token, *, cause: str, duplicate: bool, now: float) -> None:
-        outcome = f"{token.kind}_{cause}" + ("_duplicate" if duplicate else "")
-        self.rows.append((now, "mint", outcome, token.session, token.id, token.basis))
-
-    def on_reuse(self, token: Token, *, outcome: str, now: float) -> None:
-        self.rows.append((now, outcome, "", token.session, token.id, None))
-
-    def on_revoke(self, session: Session, *, now: float) -> None:
-        self.rows.append((now, "revoke", "", session.id, None, None))
-
-    def as_dicts(self) -> list[dict[str, Any]]:
-        """The rows as JSON-ready dicts keyed by column."""
-        return [dict(zip(p.RECORD_COLUMNS, row)) for row in self.rows]
-
-
 class Unavailable(Exception):
-    """A call waited longer than the auth tier's queue timeout for a worker (answered 503)."""
+    """No auth worker for a call: the queue was full (shed at once) or the call waited longer than
+    the queue timeout. Answered 503 with ``Retry-After``."""
 
 
 class AuthTier:
-    """The auth tier's finite workers: a semaphore of ``settings.workers`` with a queue timeout.
+    """The auth tier's finite workers: a semaphore of ``settings.workers``, a bounded queue
+    (``settings.queue_limit`` calls may wait; one more is shed at once) and a queue timeout.
 
     Receives the scenario's ``[auth]`` settings, the clock and whether to spend service time.
     Keeps, per one-second bin of scenario time, the worker-seconds spent busy and the call-seconds
@@ -103,15 +105,28 @@ class AuthTier:
         self.queued = Level()
         self.calls = 0
         self.unavailable = 0
+        self.shed = 0
+        self.waiting = 0
         self._workers = asyncio.Semaphore(settings.workers)
 
     def worker(self) -> "_WorkerSlot":
         """An async context manager holding one worker for its body; entering it raises
-        :class:`Unavailable` after the queue timeout."""
+        :class:`Unavailable` when the queue is full or after the queue timeout."""
         return _WorkerSlot(self)
+
+    def retry_after(self) -> str:
+        """The ``Retry-After`` value of a 503: the scenario's ``retry_after`` in whole wall
+        seconds (RFC 9110 §10.2.3), at least 1."""
+        return str(max(1, math.ceil(self.clock.wall(self.settings.retry_after_s))))
 
     async def _acquire(self) -> None:
         if self._workers.locked():
+            limit = self.settings.queue_limit
+            if limit is not None and self.waiting >= limit:
+                self.unavailable += 1
+                self.shed += 1
+                raise Unavailable
+            self.waiting += 1
             self.queued.add(1, self.clock.now_s())
             try:
                 async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
@@ -120,6 +135,7 @@ class AuthTier:
                 self.unavailable += 1
                 raise Unavailable from None
             finally:
+                self.waiting -= 1
                 self.queued.add(-1, self.clock.now_s())
         else:
             # a free worker is taken without waiting: no timer to arm on the common path
@@ -137,14 +153,17 @@ class AuthTier:
             await asyncio.sleep(self.clock.wall(service_s))
 
     def stats(self) -> dict[str, Any]:
-        """Workers, calls served, calls answered 503 and the per-second busy / queued lists."""
+        """Workers, queue bound, calls served, calls answered 503 (of which shed at once) and the
+        per-second busy / queued lists."""
         now = self.clock.now_s()
         self.busy.add(0, now)
         self.queued.add(0, now)
         return {
             "workers": self.settings.workers,
+            "queue_limit": self.settings.queue_limit,
             "calls": self.calls,
             "unavailable": self.unavailable,
+            "shed": self.shed,
             "busy_worker_s": self.busy.bins,
             "queued_s": self.queued.bins,
         }
@@ -169,12 +188,23 @@ def wall_seconds(seconds: float) -> int | float:
     return int(rounded) if rounded.is_integer() else rounded
 
 
+class _BadRequest(Exception):
+    """A request body or field that cannot be read; answered 400 (413 when too large)."""
+
+    def __init__(self, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.status = status
+
+
 class TokenServer:
-    """One variant's issuer and API tier: its policy, ledger, clock, keys and auth tier.
+    """One variant's issuer and API tier: its policy, store, clock, keys and auth tier.
 
     Receives the scenario, the variant's name (``KeyError`` listing the names if unknown), the
     time scale, an algorithm overriding ``scenario.tokens.algorithm``, whether to spend service
-    time, and an optional private-key file (see :func:`~loadtests.server.keys.load_keys`).
+    time, an optional private-key file (see :func:`~loadtests.server.keys.load_keys`), the store
+    (None / ``memory``, or a ``redis://`` URL) and its key namespace (shared by the workers of one
+    server; fresh when None), whether to prune expired ledger entries, and whether to serve
+    ``/ledger`` (to loopback clients only) with its record rows.
     """
 
     def __init__(
@@ -186,18 +216,34 @@ class TokenServer:
         algorithm: str | None = None,
         service_time: bool = True,
         private_key_path: str | None = None,
+        store: str | None = None,
+        namespace: str | None = None,
+        prune: bool = True,
+        ledger_endpoint: bool = False,
     ) -> None:
         self.scenario = scenario
         self.variant = scenario.variant(strategy_name)
         self.policy = self.variant.server
-        self.clock = ScenarioClock(time_scale)
-        self.keys: SigningKeys = load_keys(algorithm or scenario.tokens.algorithm, private_key_path)
-        self.recorder = LedgerRecorder()
-        self.ledger = Ledger(self.recorder)
+        algorithm = algorithm or scenario.tokens.algorithm
+        load_keys(algorithm, private_key_path)  # the key's checks, before anything is shared
+        grace_s = float(getattr(self.policy, "grace_period_s", 0.0))
+        retain_s = scenario.clocks.leeway_s + grace_s + RETAIN_MARGIN_S if prune else None
+        scale = float(time_scale)
+        self.store = open_store(store, retain_s=retain_s, records=ledger_endpoint, namespace=namespace,
+                                wall=lambda s: s / scale)
+        t0 = float(self.store.shared_value("t0_unix_s", lambda: repr(time.time()).encode()))
+        self.clock = ScenarioClock(time_scale, t0 if self.store.shared else None)
+        self.store.now = self.clock.now_s
+        key_bytes = None if private_key_path else self.store.shared_value(
+            f"key:{algorithm}", lambda: generate_key(algorithm))
+        self.keys: SigningKeys = load_keys(algorithm, private_key_path, key_bytes=key_bytes)
+        self.issuer = f"{p.ISSUER_PREFIX}{self.store.instance}"
+        self.ledger_endpoint = ledger_endpoint
         self.tier = AuthTier(scenario.auth, self.clock, service_time)
         self.leeway_s = scenario.clocks.leeway_s
-        self._user_ids: dict[str, int] = {}
-        self._usernames: list[str] = []
+        # PyJWT's exp/nbf check: the scenario's leeway, plus the second lost to whole-second exp
+        self._jwt_leeway_wall_s = self.clock.wall(self.leeway_s) + 1.0
+        self._atomic = bool(getattr(self.policy, "atomic", True))
         auth = scenario.auth
         self._refresh_service_s = (
             auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.policy.mints_per_refresh()
@@ -205,30 +251,64 @@ class TokenServer:
 
     # --- tokens ------------------------------------------------------------------------------
 
-    def encode(self, token: Token) -> str:
-        """Sign ``token`` as a JWT: ``sub``, ``sid``, ``jti``, ``typ``, and ``iat`` / ``exp`` as
-        whole epoch seconds (``exp`` rounded down, so at most one second early)."""
+    def encode(self, token: Token, subject: str) -> str:
+        """Sign ``token`` of user ``subject`` as a JWT: ``iss``, ``aud``, ``sub``, ``sid``, ``jti``,
+        ``typ``, and ``iat`` / ``nbf`` / ``exp`` as whole epoch seconds (``exp`` rounded down, so
+        at most one second early)."""
+        issued = int(self.clock.unix_at(token.issued_at_s))
         claims = {
-            "sub": self._usernames[self.ledger.sessions[token.session].user],
+            "iss": self.issuer,
+            "aud": p.AUDIENCE,
+            "sub": subject,
             "sid": str(token.session),
             "jti": str(token.id),
             "typ": token.kind,
-            "iat": int(self.clock.unix_at(token.issued_at_s)),
+            "iat": issued,
+            "nbf": issued,
             "exp": int(self.clock.unix_at(token.expires_at_s)),
         }
         return self.keys.encode(claims)
 
-    def decode(self, raw: str, typ: str | None) -> Token | None:
-        """The ledger token behind JWT ``raw`` if its signature and structure hold and its ``typ``
-        is ``typ`` (any when None); None otherwise. Expiry is left to the policy."""
-        try:
-            claims = self.keys.decode(raw)
-            token = self.ledger.tokens.get(int(claims["jti"]))
-            if token is None or token.kind != claims["typ"] or str(token.session) != claims["sid"]:
-                return None
-        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
+    def verify(self, raw: str) -> dict | None:
+        """The claims of JWT ``raw`` if its signature, algorithm, issuer, audience and required
+        claims hold; None otherwise. A genuine token past its ``exp`` comes back with
+        ``"expired": True`` (the ledger and the policy then say what that means)."""
+        if not isinstance(raw, str) or not raw or len(raw) > MAX_FIELD_CHARS:
             return None
-        if typ is not None and token.kind != typ:
+        options = dict(issuer=self.issuer, audience=p.AUDIENCE, leeway_s=self._jwt_leeway_wall_s)
+        try:
+            try:
+                claims = self.keys.decode(raw, **options)
+            except jwt.ExpiredSignatureError:
+                claims = self.keys.codec.decode(
+                    raw, self.keys.verifying_key, algorithms=[self.keys.algorithm], issuer=self.issuer,
+                    audience=p.AUDIENCE, options={"require": ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"],
+                                                  "strict_aud": True, "verify_exp": False},
+                    leeway=self._jwt_leeway_wall_s)
+                claims["expired"] = True
+        except (jwt.InvalidTokenError, ValueError, TypeError, RecursionError, OverflowError):
+            return None
+        if not all(isinstance(claims.get(name), str) for name in ("sub", "sid", "jti", "typ")):
+            return None
+        if not (claims["jti"].isdecimal() and claims["sid"].isdecimal() and len(claims["jti"]) < 20):
+            return None
+        return claims
+
+    def lookup(self, txn, claims: dict | None, typ: str | None) -> Token | None:
+        """Inside a unit of work: the ledger token behind verified ``claims`` when ``typ`` (any
+        when None), session and subject match; None otherwise."""
+        if claims is None or (typ is not None and claims["typ"] != typ):
+            return None
+        token = txn.ledger.tokens.get(int(claims["jti"]))
+        if token is None or token.kind != claims["typ"] or str(token.session) != claims["sid"]:
+            return None
+        session = txn.ledger.sessions.get(token.session)
+        if session is None:
+            return None
+        try:
+            if txn.username(session.user) != claims["sub"]:
+                return None
+        except (KeyError, IndexError):
             return None
         return token
 
@@ -237,32 +317,29 @@ class TokenServer:
         lifetime when minted at ``now_s``)."""
         return wall_seconds(self.clock.wall(token.expires_at_s - max(token.issued_at_s, now_s)))
 
-    def grant_body(self, grant: Grant, now_s: float, presented: tuple[Token, str] | None = None) -> dict:
+    def grant_body(self, grant: Grant, subject: str, now_s: float,
+                   presented: tuple[Token, str] | None = None) -> dict:
         """The RFC 6749 §5.1 body for ``grant``; a refresh token the client presented and gets back
         unchanged (no rotation) is returned as the same string."""
         body = {
-            "access_token": self.encode(grant.access),
+            "access_token": self.encode(grant.access, subject),
             "token_type": "Bearer",
             "expires_in": self.expires_in(grant.access, now_s),
         }
         if grant.refresh is not None:
-            same = presented is not None and presented[0] is grant.refresh
-            body["refresh_token"] = presented[1] if same else self.encode(grant.refresh)
+            same = presented is not None and presented[0].id == grant.refresh.id
+            body["refresh_token"] = presented[1] if same else self.encode(grant.refresh, subject)
         return body
-
-    def user_id(self, username: str) -> int:
-        """The ledger's user number for ``username`` (assigned on first login)."""
-        if username not in self._user_ids:
-            self._user_ids[username] = len(self._usernames)
-            self._usernames.append(username)
-        return self._user_ids[username]
 
     # --- endpoints ---------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
         """``POST /login`` (form or JSON ``username``, ``password``): a new session's tokens."""
-        fields = await _fields(request)
-        username, password = fields.get(p.USERNAME_FIELD), fields.get(p.PASSWORD_FIELD)
+        try:
+            fields = await _fields(request)
+        except _BadRequest as exc:
+            return _oauth_error(exc.status, "invalid_request", str(exc))
+        username, password = _text(fields, p.USERNAME_FIELD), _text(fields, p.PASSWORD_FIELD)
         if not username or password is None:
             return _oauth_error(400, "invalid_request", "username and password are required")
         if password != p.TEST_PASSWORD:
@@ -272,94 +349,144 @@ class TokenServer:
             async with self.tier.worker():
                 await self.tier.spend(auth.login_time_s)
                 now = self.clock.now_s()
-                grant = self.policy.login(self.ledger, self.user_id(str(username)), now)
+                grant = await self.store.run(lambda txn: self.policy.login(txn.ledger, txn.user_id(username), now))
                 await self.tier.spend(auth.sign_time_s * (1 if grant.refresh is None else 2))
         except Unavailable:
-            return _unavailable()
-        return JSONResponse(self.grant_body(grant, now), headers=_NO_STORE)
+            return self._unavailable()
+        return JSONResponse(self.grant_body(grant, username, now), headers=_NO_STORE)
 
     async def token(self, request: Request) -> Response:
         """``POST /token``: the OAuth 2.0 refresh grant (RFC 6749 §6), plus the optional ``basis``
         field. Client authentication is accepted and ignored."""
-        fields = await _fields(request)
-        grant_type = fields.get(p.GRANT_TYPE_FIELD)
+        try:
+            fields = await _fields(request)
+        except _BadRequest as exc:
+            return _oauth_error(exc.status, "invalid_request", str(exc))
+        grant_type = _text(fields, p.GRANT_TYPE_FIELD)
         if not grant_type:
             return _oauth_error(400, "invalid_request", "grant_type is required")
         if grant_type != p.REFRESH_GRANT:
             return _oauth_error(400, "unsupported_grant_type", f"only {p.REFRESH_GRANT} is supported")
-        raw = fields.get(p.REFRESH_TOKEN_FIELD)
+        raw = _text(fields, p.REFRESH_TOKEN_FIELD)
         if not raw:
             return _oauth_error(400, "invalid_request", "refresh_token is required")
-        basis_text = fields.get(p.BASIS_FIELD)
         try:
-            basis = int(basis_text) if basis_text not in (None, "") else None
-        except (TypeError, ValueError):
-            return _oauth_error(400, "invalid_request", "basis must be the jti of an access token")
-        presented = self.decode(str(raw), p.REFRESH_TYP)
-        if presented is None:
+            basis = _basis(fields.get(p.BASIS_FIELD))
+        except _BadRequest as exc:
+            return _oauth_error(400, "invalid_request", str(exc))
+        claims = self.verify(raw)
+        if claims is None or claims["typ"] != p.REFRESH_TYP:
             return _oauth_error(400, "invalid_grant", p.INVALID)
+
+        def begin(txn):
+            token = self.lookup(txn, claims, p.REFRESH_TYP)
+            if token is None:
+                return None
+            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s())
+            # past the JWT's own exp: refused whatever the ledger says (the call still counts)
+            return "expired" if claims.get("expired") else pending
+
+        def finish(txn):
+            ledger = txn.ledger
+            fresh = ledger.tokens.get(pending.token.id)
+            if fresh is None:
+                return Rejection("expired"), None
+            outcome = self.policy.finish_refresh(ledger, PendingRefresh(fresh, pending.basis, pending.decision), now)
+            return outcome, txn.username(ledger.sessions[fresh.session].user)
+
         try:
             async with self.tier.worker():
-                pending = self.policy.begin_refresh(self.ledger, presented, basis, self.clock.now_s())
+                pending = await self.store.run(begin)
+                if pending is None and not claims.get("expired"):
+                    return _oauth_error(400, "invalid_grant", p.INVALID)
+                if pending is None or pending == "expired":
+                    return _oauth_error(400, "invalid_grant", "expired")
                 await self.tier.spend(self._refresh_service_s)
                 now = self.clock.now_s()
-                outcome = self.policy.finish_refresh(self.ledger, pending, now)
+                outcome, subject = await self.store.run(finish, atomic=self._atomic)
         except Unavailable:
-            return _unavailable()
+            return self._unavailable()
         if isinstance(outcome, Rejection):
             return _oauth_error(400, outcome.error, outcome.reason)
-        return JSONResponse(self.grant_body(outcome, now, (presented, str(raw))), headers=_NO_STORE)
+        return JSONResponse(self.grant_body(outcome, subject, now, (pending.token, raw)), headers=_NO_STORE)
 
     async def api(self, request: Request) -> Response:
-        """A protected endpoint: verifies the Bearer token through ``policy.authorize``; a sliding
+        """A protected endpoint: verifies the Bearer token, then ``policy.authorize``; a sliding
         re-issue comes back in the ``X-Refreshed-Token`` header."""
         scheme, _, raw = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
             return JSONResponse({"error": "invalid_request", "error_description": "no bearer token"},
                                 401, headers={p.WWW_AUTHENTICATE_HEADER: 'Bearer realm="refreshlab"'})
-        token = self.decode(raw.strip(), p.ACCESS_TYP)
-        if token is None:
+        claims = self.verify(raw.strip())
+        if claims is None or claims["typ"] != p.ACCESS_TYP:
             return _invalid_token(p.INVALID)
+        if claims.get("expired"):  # past the JWT's own exp (and leeway): whatever the ledger says
+            return _invalid_token(p.EXPIRED)
         now = self.clock.now_s()
-        verdict = self.policy.authorize(self.ledger, token, now, leeway_s=self.leeway_s)
+
+        def authorize(txn):
+            token = self.lookup(txn, claims, p.ACCESS_TYP)
+            if token is None:
+                return None, None, None
+            verdict = self.policy.authorize(txn.ledger, token, now, leeway_s=self.leeway_s)
+            return token, verdict, txn.username(txn.ledger.sessions[token.session].user)
+
+        token, verdict, subject = await self.store.run(authorize)
+        if token is None:
+            return _invalid_token(p.EXPIRED if claims.get("expired") else p.INVALID)
         if verdict.status != "ok":
             return _invalid_token(verdict.status)
         headers = {}
         if verdict.reissued is not None:
-            headers[p.REFRESHED_TOKEN_HEADER] = self.encode(verdict.reissued)
+            headers[p.REFRESHED_TOKEN_HEADER] = self.encode(verdict.reissued, subject)
             headers[p.REFRESHED_EXPIRES_IN_HEADER] = str(self.expires_in(verdict.reissued, now))
-        return JSONResponse(self._api_body(request.url.path, token), headers=headers)
+        return JSONResponse(self._api_body(request.url.path, token, subject), headers=headers)
 
-    def _api_body(self, path: str, token: Token) -> dict:
+    def _api_body(self, path: str, token: Token, subject: str) -> dict:
         if path == p.API_PROFILE_PATH:
-            session = self.ledger.sessions[token.session]
-            return {"sub": self._usernames[session.user], "sid": str(session.id)}
+            return {"sub": subject, "sid": str(token.session)}
         if path == p.API_ORDERS_PATH:
             return {"orders": [{"id": n, "total_cents": 1000 + n} for n in range(3)]}
         return {"items": [{"id": n, "name": f"item-{n}"} for n in range(5)]}
 
     async def logout(self, request: Request) -> Response:
         """``POST /logout``: revokes the session of the presented token (field ``token`` or
-        ``refresh_token``, else the Bearer access token). Like RFC 7009, an unknown token is
-        answered 200 with ``"revoked": false``."""
-        fields = await _fields(request)
-        raw = fields.get(p.TOKEN_FIELD) or fields.get(p.REFRESH_TOKEN_FIELD)
+        ``refresh_token``, else the Bearer access token) — its refresh and access tokens alike.
+        Like RFC 7009, an unknown token is answered 200 with ``"revoked": false``."""
+        try:
+            fields = await _fields(request)
+        except _BadRequest as exc:
+            return _oauth_error(exc.status, "invalid_request", str(exc))
+        given = [fields[name] for name in (p.TOKEN_FIELD, p.REFRESH_TOKEN_FIELD) if name in fields]
+        if any(not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS for value in given):
+            return _oauth_error(400, "invalid_request",
+                                f"a token must be a string of 1 to {MAX_FIELD_CHARS} characters")
+        raw = next((value for value in given if value), None)
         if not raw:
             scheme, _, raw = request.headers.get("authorization", "").partition(" ")
             raw = raw.strip() if scheme.lower() == "bearer" else ""
         if not raw:
             return _oauth_error(400, "invalid_request", "no token to revoke")
-        token = self.decode(str(raw), None)
-        if token is not None:
-            self.ledger.revoke_session(self.ledger.session_of(token), self.clock.now_s())
-        return JSONResponse({"revoked": token is not None})
+        claims = self.verify(raw)
+        if claims is not None and claims.get("expired"):
+            claims = None  # an expired token revokes nothing
+        now = self.clock.now_s()
+
+        def revoke(txn):
+            token = self.lookup(txn, claims, None)
+            if token is not None:
+                self.policy.logout(txn.ledger, token, now)
+            return token is not None
+
+        return JSONResponse({"revoked": await self.store.run(revoke)})
 
     async def ping(self, request: Request) -> Response:
         """``GET /ping``: no auth, no work (a floor for benchmarks)."""
         return PlainTextResponse("pong")
 
     async def healthz(self, request: Request) -> Response:
-        """``GET /healthz``: the strategy, server kind, algorithm, time scale and ``t0_unix_s``."""
+        """``GET /healthz``: the strategy, server kind, algorithm, time scale, ``t0_unix_s`` and
+        the issuer."""
         return JSONResponse({
             "status": "ok",
             "strategy": self.variant.name,
@@ -367,37 +494,90 @@ class TokenServer:
             "algorithm": self.keys.algorithm,
             "time_scale": self.clock.time_scale,
             "t0_unix_s": self.clock.t0_unix_s,
+            "issuer": self.issuer,
+            "pid": os.getpid(),
         })
 
     async def ledger_view(self, request: Request) -> Response:
-        """``GET /ledger[?records=1]``: ledger totals, clock, auth-tier statistics and, on request,
-        the mint / reuse / revoke records."""
+        """``GET /ledger[?records=1]``: ledger totals, sizes, clock, auth-tier statistics and, on
+        request, the mint / reuse / revoke records. Only when the server was started with it
+        (404 otherwise), and only to loopback clients (403 otherwise)."""
+        if not self.ledger_endpoint:
+            return JSONResponse({"error": "not_found"}, 404)
+        if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            return JSONResponse({"error": "forbidden", "error_description": "loopback clients only"}, 403)
         body = {
             "strategy": self.variant.name,
-            "totals": self.ledger.totals(),
+            "totals": self.store.totals(),
+            "sizes": self.store.sizes(),
             "time_scale": self.clock.time_scale,
             "t0_unix_s": self.clock.t0_unix_s,
             "scenario_time_s": self.clock.now_s(),
             "auth": self.tier.stats(),
         }
         if request.query_params.get("records", "0") not in ("", "0", "false"):
-            body["records"] = self.recorder.as_dicts()
+            body["records"] = [dict(zip(p.RECORD_COLUMNS, row)) for row in self.store.records()]
         return JSONResponse(body)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /openapi.json``: the OpenAPI 3 description of this server."""
+        from loadtests.server.openapi import openapi_document
+
+        return JSONResponse(openapi_document())
+
+    def _unavailable(self) -> JSONResponse:
+        return _oauth_error(503, "temporarily_unavailable", "the auth tier is saturated; retry later",
+                            {"Retry-After": self.tier.retry_after()})
 
 
 async def _fields(request: Request) -> dict[str, Any]:
-    """The request's JSON object or form fields (empty when neither parses)."""
-    if request.headers.get("content-type", "").startswith("application/json"):
+    """The request's JSON object or ``application/x-www-form-urlencoded`` fields. Raises
+    :class:`_BadRequest` for a body over :data:`MAX_BODY_BYTES` (413) or one that does not parse
+    (deeply nested JSON included)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _BadRequest(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
-    return dict(await request.form())
+            data = json.loads(bytes(body))
+        except (ValueError, RecursionError):
+            raise _BadRequest("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _BadRequest("the JSON body must be an object")
+        return data
+    try:
+        text = bytes(body).decode("utf-8")
+        return dict(urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=100))
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest("the body is not a form (application/x-www-form-urlencoded) or a JSON object") from None
 
 
-def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status, headers=_NO_STORE)
+def _text(fields: dict[str, Any], name: str) -> str | None:
+    """Field ``name`` as text: None when absent, empty or not a short string."""
+    value = fields.get(name)
+    if isinstance(value, str) and len(value) <= MAX_FIELD_CHARS:
+        return value
+    return None
+
+
+def _basis(value: Any) -> int | None:
+    """The ``basis`` field (the ``jti`` of an access token): None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _BadRequest("basis must be the jti of an access token")
+    text = str(value).strip()
+    if not (text.isdecimal() and len(text) < 20):
+        raise _BadRequest("basis must be the jti of an access token")
+    return int(text)
+
+
+def _oauth_error(status: int, error: str, description: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status,
+                        headers={**_NO_STORE, **(headers or {})})
 
 
 def _invalid_token(description: str) -> JSONResponse:
@@ -406,15 +586,12 @@ def _invalid_token(description: str) -> JSONResponse:
                         headers={p.WWW_AUTHENTICATE_HEADER: challenge})
 
 
-def _unavailable() -> JSONResponse:
-    return _oauth_error(503, "temporarily_unavailable", "no auth worker within the queue timeout")
-
-
 def create_app(scenario: Scenario, strategy_name: str, **options: Any) -> Starlette:
     """The reference server for variant ``strategy_name`` of ``scenario`` as a Starlette app.
 
     ``options`` are those of :class:`TokenServer` (whose instance is ``app.state.server``). Raises
-    ``KeyError`` for an unknown strategy and ``ValueError`` for a bad algorithm, key or time scale.
+    ``KeyError`` for an unknown strategy and ``ValueError`` for a bad algorithm, key, store or time
+    scale.
     """
     server = TokenServer(scenario, strategy_name, **options)
     routes = [
@@ -424,8 +601,19 @@ def create_app(scenario: Scenario, strategy_name: str, **options: Any) -> Starle
         Route(p.PING_PATH, server.ping, methods=["GET"]),
         Route(p.HEALTH_PATH, server.healthz, methods=["GET"]),
         Route(p.LEDGER_PATH, server.ledger_view, methods=["GET"]),
+        Route(p.OPENAPI_PATH, server.openapi, methods=["GET"]),
         *(Route(path, server.api, methods=["GET"]) for path in p.API_PATHS),
     ]
     app = Starlette(routes=routes)
     app.state.server = server
     return app
+
+
+def app_from_env() -> Starlette:
+    """The app described by :data:`SETTINGS_ENV` (JSON: ``scenario_path``, ``strategy`` and the
+    :class:`TokenServer` options): what each uvicorn worker process builds."""
+    from sim.scenario import load_scenario
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    scenario = load_scenario(settings.pop("scenario_path"))
+    return create_app(scenario, settings.pop("strategy"), **settings)

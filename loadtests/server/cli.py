@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,25 +29,43 @@ def register(app: typer.Typer) -> None:
         algorithm: Annotated[Optional[str], typer.Option(
             help=f"JWT algorithm, overriding the scenario's: {', '.join(ALGORITHMS)}.")] = None,
         private_key: Annotated[Optional[Path], typer.Option(
-            "--private-key", help="PEM private key (HS256: secret file) instead of a key made at start-up.")] = None,
+            "--private-key", help="PEM private key (HS256: secret file of 32+ bytes) instead of a key made at start-up.")] = None,
         service_time: Annotated[bool, typer.Option(
             "--service-time/--no-service-time", help="Hold auth workers for the scenario's service times.")] = True,
+        store: Annotated[str, typer.Option(
+            "--store", help="Where the ledger lives: 'memory', or a Redis URL (redis://127.0.0.1:6379/0) "
+                            "shared by several workers.")] = "memory",
+        workers: Annotated[int, typer.Option(
+            "--workers", help="uvicorn worker processes (more than 1 needs a Redis store).", min=1, max=64)] = 1,
+        ledger: Annotated[bool, typer.Option(
+            "--ledger/--no-ledger", help="Serve /ledger (totals and records) to loopback clients.")] = False,
+        prune: Annotated[bool, typer.Option(
+            "--prune/--no-prune", help="Forget ledger entries a while after their tokens expire.")] = True,
         access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
     ):
         """Serve one strategy variant of a scenario as a real HTTP token server and API."""
         import uvicorn
 
-        from loadtests.server.app import create_app
-
+        from loadtests.server.app import SETTINGS_ENV, create_app
         scenario = read_scenario(scenario_path)
         if not time_scale > 0:
             raise fail(f"--time-scale must be > 0, got {time_scale}")
+        if workers > 1 and store == "memory":
+            raise fail("--workers above 1 needs a shared store: --store redis://HOST:PORT/DB")
+        options = dict(time_scale=time_scale, algorithm=algorithm, service_time=service_time,
+                       private_key_path=str(private_key) if private_key else None, store=store,
+                       namespace=f"refreshlab:{secrets.token_hex(8)}" if store != "memory" else None,
+                       prune=prune, ledger_endpoint=ledger)
         try:
-            server_app = create_app(scenario, strategy, time_scale=time_scale, algorithm=algorithm,
-                                    service_time=service_time,
-                                    private_key_path=str(private_key) if private_key else None)
+            server_app = create_app(scenario, strategy, **options)
         except KeyError as exc:
             raise fail(f"{scenario_path}: {exc.args[0]}") from None
         except (ValueError, OSError) as exc:
             raise fail(str(exc)) from None
-        uvicorn.run(server_app, host=host, port=port, access_log=access_log, log_level="info")
+        if workers == 1:
+            uvicorn.run(server_app, host=host, port=port, access_log=access_log, log_level="info")
+            return
+        server_app.state.server.store.close()
+        os.environ[SETTINGS_ENV] = json.dumps({"scenario_path": str(scenario_path), "strategy": strategy, **options})
+        uvicorn.run("loadtests.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    access_log=access_log, log_level="info")

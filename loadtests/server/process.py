@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from loadtests.server import lifecycle
 from loadtests.server import protocol as p
 
 
@@ -54,9 +55,10 @@ def run_uvicorn_process(args: list[str], port: int, *, host: str = "127.0.0.1",
     base_url = f"http://{host}:{port}"
     with tempfile.TemporaryFile(mode="w+") as log:
         # a session of its own: a Ctrl-C at the terminal must not stop the server before the
-        # caller has read its ledger
+        # caller has read its ledger; and it dies with us however we die (lifecycle)
         process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, **lifecycle.child_options())
+        lifecycle.adopt(process.pid)
         try:
             try:
                 wait_healthy(base_url, process, startup_timeout_s)
@@ -83,11 +85,20 @@ def serve_args(
     service_time: bool = True,
     private_key_path: str | Path | None = None,
     host: str = "127.0.0.1",
+    store: str | None = None,
+    workers: int = 1,
+    ledger: bool = True,
+    prune: bool = True,
 ) -> list[str]:
-    """The interpreter arguments that serve variant ``strategy`` of the scenario file on ``host:port``."""
+    """The interpreter arguments that serve variant ``strategy`` of the scenario file on ``host:port``
+    (with ``/ledger`` on unless ``ledger`` is false: the load-test harness reads it)."""
     args = ["-m", "loadtests.server", str(scenario_path), "--strategy", strategy, "--host", host,
             "--port", str(port), "--time-scale", repr(float(time_scale)),
-            "--service-time" if service_time else "--no-service-time"]
+            "--service-time" if service_time else "--no-service-time",
+            "--ledger" if ledger else "--no-ledger", "--prune" if prune else "--no-prune",
+            "--workers", str(workers)]
+    if store:
+        args += ["--store", store]
     if algorithm:
         args += ["--algorithm", algorithm]
     if private_key_path:
@@ -107,15 +118,17 @@ def serve_in_subprocess(
     host: str = "127.0.0.1",
     port: int | None = None,
     startup_timeout_s: float = 30.0,
+    **options,
 ) -> Iterator[str]:
     """Serve variant ``strategy`` of the scenario file in a uvicorn child process.
 
     Yields the base URL (``http://127.0.0.1:<port>``, a free port unless ``port`` is given) once
-    ``/healthz`` answers; stops the process when the block ends. Raises :class:`ServerStartError`
+    ``/healthz`` answers; stops the process when the block ends. ``options``: ``store``,
+    ``workers``, ``ledger``, ``prune`` of :func:`serve_args`. Raises :class:`ServerStartError`
     with the child's output when it cannot start (bad scenario, unknown strategy, port taken).
     """
     port = port or free_port(host)
     args = serve_args(scenario_path, strategy, time_scale, port=port, algorithm=algorithm,
-                      service_time=service_time, private_key_path=private_key_path, host=host)
+                      service_time=service_time, private_key_path=private_key_path, host=host, **options)
     with run_uvicorn_process(args, port, host=host, startup_timeout_s=startup_timeout_s) as (base_url, _):
         yield base_url

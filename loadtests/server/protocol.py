@@ -19,6 +19,8 @@ LOGOUT_PATH = "/logout"
 PING_PATH = "/ping"
 HEALTH_PATH = "/healthz"
 LEDGER_PATH = "/ledger"
+#: the OpenAPI 3 description of the server
+OPENAPI_PATH = "/openapi.json"
 API_ITEMS_PATH = "/api/items"
 API_PROFILE_PATH = "/api/profile"
 API_ORDERS_PATH = "/api/orders"
@@ -48,6 +50,11 @@ REFRESH_GRANT = "refresh_token"
 TEST_PASSWORD = "refreshlab"
 
 # --- claims ------------------------------------------------------------------------------------
+#: ``aud`` of every token (the protected API)
+AUDIENCE = "refreshlab-api"
+#: ``iss`` of every token: this prefix and the server instance's id (tokens of one instance are
+#: refused by every other, even one that shares the signing key)
+ISSUER_PREFIX = "refreshlab:"
 #: ``typ`` claim values
 ACCESS_TYP = "access"
 REFRESH_TYP = "refresh"

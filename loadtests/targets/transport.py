@@ -197,6 +197,8 @@ class ProfileTransport:
                           "expires_in": body.get(fields.expires_in)}
         elif answer.status:
             reply.error = error_words(answer)
+            retry_after = (answer.header("Retry-After") or "").strip()
+            reply.retry_after_s = float(retry_after) if retry_after.isdecimal() else None
         else:
             reply.error = answer.error
         return reply

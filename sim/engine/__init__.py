@@ -8,18 +8,25 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from sim.engine.model import Simulation
+from sim.engine.model import FastSimulation, Simulation
 from sim.metrics import summarize, summary_table
 from sim.results import RunResult
 from sim.scenario import Scenario
 
 
-def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, events: bool):
+#: the engines: ``exact`` simulates every request; ``fast`` carries plain requests out in one
+#: step and gives identical results (see :class:`~sim.engine.model.FastSimulation`)
+ENGINES = {"exact": Simulation, "fast": FastSimulation}
+DEFAULT_ENGINE = "fast"
+
+
+def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, events: bool,
+                 engine: str = DEFAULT_ENGINE):
     """One variant, one replication: (summary row, timeseries, latency histogram, events)."""
     variant = scenario.variant(name)
-    rec = Simulation(scenario, variant, replication, seed, events).run()
+    rec = ENGINES[engine](scenario, variant, replication, seed, events).run()
     row, series, latency = summarize(
-        rec.tally, strategy=name, replication=replication, users=scenario.population.users,
+        rec.counts, strategy=name, replication=replication, users=scenario.population.users,
         warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=scenario.auth.workers,
     )
     return row, series, latency, rec.events()
@@ -68,9 +75,13 @@ def run(
     per core for big runs; 1 runs in this process), or on the Dask scheduler ``cluster`` (an
     address such as ``"tcp://10.0.0.5:8786"`` or a ``distributed.Client``). Where they run never
     changes the result. A worker that dies raises :class:`~sim.engine.dispatch.WorkerLost`.
-    ``progress(done, total)`` is called as simulations finish. Returns a :class:`RunResult`.
+    ``progress(done, total)`` is called as simulations finish. ``engine``: ``"fast"`` (the
+    default) or ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
     from sim.engine.dispatch import runner_for
+
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
     overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
     if overrides:
@@ -89,4 +100,6 @@ def run(
             job, out = runner.next_done()
             outputs[job.strategy, job.replication] = out
             report(len(outputs), len(jobs))
-    return assemble(scenario, names, outputs)
+    result = assemble(scenario, names, outputs)
+    result.meta["engine"] = engine or DEFAULT_ENGINE
+    return result

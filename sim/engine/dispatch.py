@@ -176,7 +176,8 @@ class Dask(Runner):
 
     Dask re-runs a job whose worker died on another worker (a job is deterministic, so the
     answer is the same); the run fails with :class:`WorkerLost` when Dask gives a job up
-    (``KilledWorker``) or when the cluster has had no worker for ``no_worker_timeout_s``."""
+    (``KilledWorker``), or when the scheduler has been unreachable or without a worker for
+    ``no_worker_timeout_s``."""
 
     def __init__(self, address: Any, no_worker_timeout_s: float = 60.0) -> None:
         super().__init__()
@@ -204,12 +205,12 @@ class Dask(Runner):
 
     def _wait_one(self) -> tuple[int, Any]:
         distributed = self._distributed
-        no_workers_since = None
+        trouble_since = None
         while True:
             try:
                 with self._client.as_current():
                     done, _ = distributed.wait(list(self._futures), timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
+            except (TimeoutError, OSError):
                 done = set()
             if done:
                 future = next(iter(done))
@@ -218,14 +219,15 @@ class Dask(Runner):
                     return future.result()
                 except distributed.KilledWorker as exc:
                     raise WorkerLost(f"Dask gave a simulation up after its workers died: {exc}") from None
-            workers = self._client.scheduler_info()["workers"]
-            if workers:
-                no_workers_since = None
-            else:
-                no_workers_since = no_workers_since or time.monotonic()
-                if time.monotonic() - no_workers_since > self._no_worker_timeout_s:
-                    raise WorkerLost(f"the Dask cluster at {self.where} has had no worker for "
-                                     f"{self._no_worker_timeout_s:g} s; the run is incomplete")
+            status = self._client.status
+            if status in ("closed", "failed"):
+                raise WorkerLost(f"lost the connection to the {self.where} ({status}); the run is incomplete")
+            trouble = status != "running" or not self._client.scheduler_info()["workers"]
+            trouble_since = (trouble_since or time.monotonic()) if trouble else None
+            if trouble_since is not None and time.monotonic() - trouble_since > self._no_worker_timeout_s:
+                what = "lost the connection to" if status != "running" else "no worker has been connected to"
+                raise WorkerLost(f"{what} the {self.where} for {self._no_worker_timeout_s:g} s; "
+                                 f"the run is incomplete")
 
     def close(self) -> None:
         if self._futures:

@@ -1,32 +1,55 @@
-"""The SimPy model of one strategy variant in one replication.
+"""The discrete-event engine: one strategy variant in one replication, in virtual time.
 
-Processes: a user (visits separated by time away), a visit (login, tabs, leave), a tab (page
-views, each a burst of parallel requests, think times and idle gaps), a timer per tab when the
-client policy has one, requests with their attempts, refresh and login calls through the auth
-tier (a finite pool of workers with a queue). Every decision is the strategy objects'; this
-module only carries decisions out in virtual time and records what happened.
+A user's life is the shared flows of :mod:`sim.strategies.flow` (visits, tabs, page views, timers,
+requests, renewals); this module only interprets their effects: it keeps the clock (a heap of
+timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs no extra
+layer), carries requests to the API and refresh and login calls through the auth tier (a finite
+pool of workers with a FIFO queue and a queue timeout), and records what happened.
+
+The event loop is written here rather than taken from SimPy because it runs one kind of event
+(resume a task, or call a callback) and the model's cost is dominated by that step: SimPy's
+general events, callbacks and process objects cost several times more per step than the model
+itself. Ties are broken first-scheduled, first-run, as in SimPy.
+
+:class:`FastSimulation` (``engine = "fast"``) is the same engine with plain page views — every
+request of the burst sends a token that stays valid with margin, nothing in flight, nothing to
+renew — carried out in one step instead of one event per half round trip; it draws the same
+numbers from the same streams and records the same counts, so its results are identical.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import simpy
 
-from sim.engine.recorder import Recorder, max_valid_per_session
-from sim.engine.streams import UserStreams, arrival_times, user_traits
+from sim.engine.recorder import Recorder
+from sim.engine.streams import TabStreams, UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies.client import Held, Response, TabView
+from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, RENEW, Adopt, Join, Login, Refresh, Renew, Send, basis_of, jar_after_refresh, renew_flow,
-    request_flow,
+    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
+    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
+    request_flow, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
 
-UNAVAILABLE = "unavailable"  # the auth tier's queue timed out (HTTP 503)
+#: a handler's answer meaning "the task waits; something will resume it"
+PENDING = object()
+UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
+
+
+class Signal:
+    """Something tasks wait for (a login or a refresh in flight); fired once with a value."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: list = []
 
 
 @dataclass(eq=False)
@@ -40,20 +63,32 @@ class Store:
 class Flight:
     """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock."""
 
-    inflight: simpy.Event | None = None
+    inflight: Signal | None = None
+
+
+@dataclass(eq=False)
+class User:
+    index: int
+    streams: UserStreams
+    skew_s: float
+    sim: "Simulation"
+    tasks: list = field(default_factory=list)
+
+    def clock(self) -> float:
+        """The user's own clock (client clock: server time plus skew)."""
+        return self.sim.now + self.skew_s
 
 
 @dataclass(eq=False)
 class Visit:
     """One user's presence between a login and leaving: the session and its cookie jar."""
 
-    user: int
-    streams: UserStreams
-    skew_s: float
+    user: User
+    tabs: list = field(default_factory=list)
     jar: Token | None = None  # the refresh token, shared by every tab
     session: int | None = None
     over: bool = False
-    login: simpy.Event | None = None
+    login: Signal | None = None
     flight: Flight = field(default_factory=Flight)
 
 
@@ -63,10 +98,51 @@ class Tab:
     visit: Visit
     store: Store
     flight: Flight
+    draws: TabStreams
+
+    _view: TabView | None = None
+
+    def view(self) -> TabView:
+        # a view is asked for several times per request and rarely changes: reuse it
+        v, held, refreshing = self._view, self.store.held, self.flight.inflight is not None
+        if v is None or v.held is not held or v.refreshing is not refreshing:
+            v = self._view = TabView(held, refreshing)
+        return v
+
+
+class Task:
+    """A running flow: a stack of generators (the innermost runs), its tab and its user."""
+
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
+
+    def __init__(self, gen, tab, user):
+        self.stack = [gen]
+        self.tab = tab
+        self.user = user
+        self.done = False
+        self.waiters: list | None = None
+        self.awaiting = 0
+        self.rtt = 0.0
+        self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
+        self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
+        user.tasks.append(self)
 
 
 def held(token: Token) -> Held:
     return Held(token.id, token.expires_at_s)
+
+
+def _one(effect):
+    return (yield effect)
+
+
+class _Acquire:
+    """Internal effect: wait for an auth worker; sends back True, or False on queue timeout."""
+
+    __slots__ = ()
+
+
+_ACQUIRE = _Acquire()
 
 
 class Simulation:
@@ -80,244 +156,506 @@ class Simulation:
         self.replication = replication
         self.seed = seed
         self.end_s = scenario.run.end_s
-        self.env = simpy.Environment()
-        self.rec = Recorder(variant.name, replication, keep_events)
+        self.now = 0.0
+        self.heap: list = []
+        self._seq = itertools.count()
+        self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
+        self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
-        self.auth = simpy.Resource(self.env, capacity=scenario.auth.workers)
         auth = scenario.auth
-        mints_login = 1 if self.server.kind == "sliding" else 2
-        self.login_service_s = auth.login_time_s + auth.sign_time_s * mints_login
+        self.workers_free = auth.workers
+        self.auth_queue: list = []  # FIFO of [task, asked_s, waiting]
+        self.auth_queue_head = 0
+        self.auth_waiting = 0  # calls in the queue that still wait
+        self.queue_limit = auth.queue_limit
+        self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
         self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
         self.api_verify_s = scenario.api.verify_time_s
         self.timeout_s = scenario.network.timeout_s
+        self.queue_timeout_s = auth.queue_timeout_s
         self.loss_p = scenario.network.loss_probability
         self.leeway_s = scenario.clocks.leeway_s
+        self.handlers = {
+            Sleep: self._sleep, Pause: self._pause, Call: self._call, Open: self._open, Close: self._close,
+            Spawn: self._spawn, Await: self._await, Request: self._request, Send: self._send,
+            Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt, Backoff: self._backoff,
+            _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
+        }
 
-    # -- top level --------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
+
+    def at(self, t: float, fn, arg) -> None:
+        heapq.heappush(self.heap, (t, next(self._seq), fn, arg))
 
     def run(self) -> Recorder:
-        arrivals = arrival_times(self.scenario, self.seed, self.replication)
-        tabs, skews = user_traits(self.scenario, self.seed, self.replication)
-        for u in range(self.scenario.population.users):
-            streams = UserStreams(self.scenario, self.seed, self.replication, u)
-            self.env.process(self.user(u, float(arrivals[u]), int(tabs[u]), float(skews[u]), streams))
-        self.env.run(until=self.end_s)
-        self.rec.busy.add(0, self.end_s)
-        self.rec.queued.add(0, self.end_s)
-        self.rec.tally.auth_busy_s = np.asarray(self.rec.busy.bins)
-        self.rec.tally.auth_queue_s = np.asarray(self.rec.queued.bins)
-        self.rec.tally.valid_tokens_per_session_max = max_valid_per_session(list(self.ledger.tokens.values()), self.end_s)
-        return self.rec
+        scenario = self.scenario
+        arrivals = arrival_times(scenario, self.seed, self.replication)
+        tabs, skews = user_traits(scenario, self.seed, self.replication)
+        p_idle = scenario.population.idle_probability
+        for u in range(scenario.population.users):
+            streams = UserStreams(scenario, self.seed, self.replication, u)
+            user = User(u, streams, float(skews[u]), self)
+            flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
+                             float(arrivals[u]), p_idle, user.clock)
+            self.step(Task(flow, None, user), None)
+        heap, pop, end = self.heap, heapq.heappop, self.end_s
+        while heap and heap[0][0] < end:
+            t, _, fn, arg = pop(heap)
+            self.now = t
+            fn(arg)
+        self.now = end
+        rec = self.rec
+        rec.busy.add(0, end)
+        rec.queued.add(0, end)
+        rec.counts.auth_busy_s = np.asarray(rec.busy.bins)
+        rec.counts.auth_queue_s = np.asarray(rec.queued.bins)
+        rec.counts.valid_tokens_per_session_max = rec.valid_max
+        return rec
 
-    def user(self, u: int, arrival_s: float, n_tabs: int, skew_s: float, streams: UserStreams):
-        env = self.env
-        yield env.timeout(arrival_s)
+    def resume(self, arg) -> None:
+        task, value = arg
+        task.wake = -math.inf
+        self.step(task, value)
+
+    def step(self, task: Task, value) -> None:
+        """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends."""
+        stack, handlers = task.stack, self.handlers
         while True:
-            length = streams.visit_length() if streams.visit_length else math.inf
-            visit = Visit(u, streams, skew_s)
-            yield from self.visit(visit, n_tabs, length)
-            if streams.away is None:
+            try:
+                effect = stack[-1].send(value)
+            except StopIteration as stop:
+                stack.pop()
+                value = stop.value
+                if stack:
+                    continue
+                self._finish(task)
                 return
-            yield env.timeout(streams.away())
-
-    def visit(self, visit: Visit, n_tabs: int, length_s: float):
-        env, rec = self.env, self.rec
-        started = env.now
-        rec.tally.active_users_delta[int(started)] += 1
-        shared, client = Store(), self.client
-        tabs = [Tab(i, visit, shared if client.storage == "shared" else Store(),
-                    visit.flight if client.cross_tab_lock else Flight()) for i in range(n_tabs)]
-        yield from self.login(tabs[0], forced=False)
-        for tab in tabs:
-            env.process(self.tab(tab))
-            if client.timer_interval_s is not None:
-                env.process(self.timer(tab))
-        remaining = length_s - (env.now - started)
-        if math.isinf(remaining):
-            yield env.event()  # stays until the run ends
-        yield env.timeout(max(remaining, 0.0))
-        visit.over = True
-        now = env.now
-        rec.tally.active_users_delta[int(now)] -= 1
-        rec.record(now, "logout", user=visit.user, session=visit.session)
-        session = self.ledger.sessions[visit.session]
-        if session.newest_access is not None:
-            rec.tally.exposure_t_s.append(now)
-            rec.tally.exposure_s.append(max(0.0, self.ledger.tokens[session.newest_access].expires_at_s - now))
-
-    # -- tabs -------------------------------------------------------------------------------
-
-    def tab(self, tab: Tab):
-        env, s = self.env, tab.visit.streams
-        p_idle = self.scenario.population.idle_probability
-        while not tab.visit.over:
-            # all but one request of a burst run as processes of their own; this tab's process
-            # carries the last one itself (a process per request is SimPy's main cost)
-            others = [env.process(self.request(tab)) for _ in range(int(s.burst()) - 1)]
-            yield from self.request(tab)
-            if others:
-                yield env.all_of(others)
-            if p_idle and s.idle_coin() < p_idle:
-                yield env.timeout(s.idle_gap())
-            yield env.timeout(s.think())
-
-    def timer(self, tab: Tab):
-        env, interval = self.env, self.client.timer_interval_s
-        while True:
-            yield env.timeout(interval)
-            if tab.visit.over:
+            value = handlers[type(effect)](task, effect)
+            if value is PENDING:
                 return
-            view = self.view(tab)
-            action = self.client.on_timer(view, env.now + tab.visit.skew_s)
-            if action in RENEW:
-                yield from self.carry_out(tab, renew_flow(self.client, action, basis_of(view), lambda: self.view(tab)))
 
-    def view(self, tab: Tab) -> TabView:
-        return TabView(tab.store.held, tab.flight.inflight is not None)
+    def _finish(self, task: Task) -> None:
+        task.done = True
+        task.user.tasks.remove(task)
+        if task.waiters:
+            for waiter in task.waiters:
+                waiter.awaiting -= 1
+                if not waiter.awaiting:
+                    if waiter.until > self.now:
+                        self.at(waiter.until, self.resume, (waiter, None))
+                    else:
+                        self.step(waiter, None)
+
+    def _fire(self, signal: Signal, value) -> None:
+        for waiter in signal.waiters:
+            self.at(self.now, self.resume, (waiter, value))
+
+    # -- structure: sleeps, sub-flows, visits, concurrency ------------------------------------
+
+    def _sleep(self, task, effect):
+        task.wake = self.now + effect.seconds
+        if effect.seconds != math.inf:
+            self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _pause(self, task, effect):
+        # after waiting for requests carried out in bulk (fast engine), count from their end
+        task.wake = (task.until if task.until > self.now else self.now) + effect.seconds
+        self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _call(self, task, effect):
+        task.stack.append(effect.flow)
+        return None
+
+    def _open(self, task, effect):
+        user, client = task.user, self.client
+        visit = Visit(user)
+        shared = Store()
+        visit.tabs = [Tab(i, visit, shared if client.storage == "shared" else Store(),
+                          visit.flight if client.cross_tab_lock else Flight(), user.streams.tab(i))
+                      for i in range(effect.n_tabs)]
+        self.rec.counts.active(self.now, 1)
+        return visit
+
+    def _close(self, task, effect):
+        visit, now = effect.visit, self.now
+        self.rec.counts.active(now, -1)
+        self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
+        if visit.session is not None:
+            session = self.ledger.sessions[visit.session]
+            if session.newest_access is not None:
+                self.rec.counts.exposure(now, max(0.0, self.ledger.tokens[session.newest_access].expires_at_s - now))
+        return None
+
+    def _spawn(self, task, effect):
+        child = Task(_one(effect.effect), effect.tab if effect.tab is not None else task.tab, task.user)
+        self.step(child, None)
+        return child
+
+    def _await(self, task, effect):
+        pending = 0
+        for handle in effect.handles:
+            if type(handle) is float:  # (fast engine) a request carried out in bulk, done then
+                if handle > task.until:
+                    task.until = handle
+            elif not handle.done:
+                pending += 1
+                if handle.waiters is None:
+                    handle.waiters = []
+                handle.waiters.append(task)
+        if not pending:
+            return None
+        task.awaiting = pending
+        return PENDING
+
 
     # -- requests ---------------------------------------------------------------------------
 
-    def request(self, tab: Tab):
-        env, visit = self.env, tab.visit
-        issued, rtts = env.now, []
-        flow = request_flow(self.client, lambda: self.view(tab), lambda: env.now + visit.skew_s)
-        ok = yield from self.carry_out(tab, flow, rtts)
+    def _request(self, task, effect):
+        task.stack.append(self._request_flow(task))
+        return None
+
+    def _views(self, task, effect):
+        return False  # every page view event by event
+
+    def _request_flow(self, task):
+        tab = task.tab
+        issued = self.now
+        ok = yield from request_flow(self.client, tab.view, task.user.clock)
+        visit = tab.visit
         if ok:
-            added_ms = (env.now - issued - rtts[-1] - self.api_verify_s) * 1000.0
-            self.rec.record(issued, "request", "ok", visit.user, tab.index, visit.session, latency_ms=max(round(added_ms, 6), 0.0))
+            added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
+            self.rec.request(issued, max(round(added_ms, 6), 0.0), visit.user.index, tab.index, visit.session)
         else:
-            self.rec.record(issued, "request", "failed", visit.user, tab.index, visit.session)
+            self.rec.request(issued, None, visit.user.index, tab.index, visit.session)
 
-    def carry_out(self, tab: Tab, flow, rtts: list | None = None):
-        """Run a flow of :mod:`sim.strategies.flow` in virtual time; returns its result.
-        The round trip of every attempt is appended to ``rtts``."""
-        result = None
-        while True:
-            try:
-                effect = flow.send(result)
-            except StopIteration as stop:
-                return stop.value
-            match effect:
-                case Send(held=held):
-                    result, rtt = yield from self.attempt(tab, held)
-                    rtts.append(rtt)
-                case Renew(action=action, basis=basis):
-                    result = yield from self.carry_out(tab, renew_flow(self.client, action, basis, lambda: self.view(tab)))
-                case Join():
-                    result = yield tab.flight.inflight
-                case Refresh(basis=basis):
-                    result = yield from self.refresh_in_flight(tab, basis)
-                case Login():
-                    result = yield from self.login(tab, forced=True)
-                case Adopt(held=held):
-                    tab.store.held, result = held, None
+    def _send(self, task, effect):
+        draws = task.tab.draws
+        rtt = draws.api_rtt()
+        lost = bool(self.loss_p) and draws.loss() < self.loss_p
+        task.rtt = rtt
+        self.at(self.now + rtt / 2, self._arrive, (task, effect.held, self.now, rtt, lost))
+        return PENDING
 
-    def attempt(self, tab: Tab, sent: Held):
-        env, s, visit = self.env, tab.visit.streams, tab.visit
-        sent_at, rtt = env.now, s.api_rtt()
-        lost = self.loss_p and s.loss() < self.loss_p
-        yield env.timeout(rtt / 2)
-        verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], env.now, self.leeway_s)
+    def _arrive(self, arg) -> None:
+        task, sent, sent_at, rtt, lost = arg
+        now = self.now
+        verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], now, self.leeway_s)
         if lost:
-            yield env.timeout(max(self.timeout_s - rtt / 2, 0.0))
-            outcome, response = "lost", Response(0)
+            done = now + max(self.timeout_s - rtt / 2, 0.0)
+            outcome, response = AttemptOutcome.LOST, Response(0)
         else:
-            yield env.timeout(rtt / 2 + self.api_verify_s)
-            outcome = verdict.status
-            reissued = held(verdict.reissued) if verdict.reissued else None
-            response = Response(200 if verdict.status == "ok" else 401, reissued)
-        self.rec.record(sent_at, "attempt", outcome, visit.user, tab.index, visit.session, sent.id,
-                        latency_ms=(env.now - sent_at) * 1000.0)
-        return response, rtt
+            done = now + (rtt / 2 + self.api_verify_s)
+            outcome = AttemptOutcome(verdict.status)
+            response = Response(200 if outcome is AttemptOutcome.OK else 401,
+                                held(verdict.reissued) if verdict.reissued else None)
+        self.at(done, self._answered, (task, sent, sent_at, outcome, response))
+
+    def _answered(self, arg) -> None:
+        task, sent, sent_at, outcome, response = arg
+        tab = task.tab
+        self.rec.record(sent_at, "attempt", outcome, tab.visit.user.index, tab.index, tab.visit.session, sent.id,
+                        latency_ms=(self.now - sent_at) * 1000.0)
+        self.step(task, response)
+
+    def _backoff(self, task, effect):
+        u = task.user.streams.backoff()
+        return self._sleep(task, Sleep(self.client.retry_delay_s(self.scenario.auth.retry_after_s, u)))
+
+    def _adopt(self, task, effect):
+        task.tab.store.held = effect.held
+        return None
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def refresh_in_flight(self, tab: Tab, basis: int | None):
+    def _renew(self, task, effect):
+        task.stack.append(renew_flow(self.client, effect.action, effect.basis, task.tab.view))
+        return None
+
+    def _join(self, task, effect):
+        task.tab.flight.inflight.waiters.append(task)
+        return PENDING
+
+    def _refresh(self, task, effect):
+        task.stack.append(self._refresh_in_flight(task.tab, effect.basis))
+        return None
+
+    def _refresh_in_flight(self, tab: Tab, basis):
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
-        the policy is single-flight; returns its outcome (``"ok"`` or a ``refresh_end`` outcome).
-        Those who joined it learn whether the tab then holds a new token."""
-        flight, done = tab.flight, self.env.event()
+        the policy is single-flight; returns its outcome. Those who joined it learn whether the
+        tab then holds a new token."""
+        flight, done = tab.flight, Signal()
         if self.client.single_flight:
             flight.inflight = done
-        outcome = yield from self.refresh(tab, basis)
+        outcome = yield from self._refresh_call(tab, basis)
         if flight.inflight is done:
             flight.inflight = None
-        done.succeed(outcome == "ok")
+        self._fire(done, outcome == RefreshOutcome.OK)
         return outcome
 
-    def refresh(self, tab: Tab, basis: int | None):
-        env, visit, rec = self.env, tab.visit, self.rec
+    def _refresh_call(self, tab: Tab, basis):
+        visit, rec = tab.visit, self.rec
+        user = visit.user
         if visit.login is not None:  # a login is replacing the session: its tokens will do
-            yield visit.login
-            return "ok" if tab.store.held is not None else "no_token"
+            yield from self._wait(visit.login)
+            return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
         token = visit.jar
-        sent_at, rtt = env.now, visit.streams.auth_rtt()
-        lost = self.loss_p and visit.streams.loss() < self.loss_p
-        rec.record(sent_at, "refresh_start", user=visit.user, tab=tab.index, session=visit.session,
+        if token is None:
+            return RefreshOutcome.NO_TOKEN
+        sent_at, rtt = self.now, user.streams.auth_rtt()
+        lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
+        rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
                    token=token.id, basis=basis)
-        yield env.timeout(rtt / 2)
-        result = yield from self.auth_call(
+        yield Sleep(rtt / 2)
+        result = yield from self._auth_call(
             self.refresh_service_s,
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:
-            yield env.timeout(max(self.timeout_s - (env.now - sent_at), 0.0))
+            yield Sleep(max(self.timeout_s - (self.now - sent_at), 0.0))
+            outcome = RefreshOutcome.LOST
         else:
-            yield env.timeout(rtt / 2)
-        outcome = "lost" if lost else (result if isinstance(result, str) else
-                                        "ok" if isinstance(result, Grant) else result.reason)
-        rec.record(env.now, "refresh_end", outcome, visit.user, tab.index, visit.session, token.id, basis,
-                   latency_ms=(env.now - sent_at) * 1000.0)
-        if outcome == "ok":
+            yield Sleep(rtt / 2)
+            outcome = (result if isinstance(result, RefreshOutcome) else
+                       RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
+        rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
+                   latency_ms=(self.now - sent_at) * 1000.0)
+        if outcome is RefreshOutcome.OK:
             tab.store.held = held(result.access)
             visit.jar = jar_after_refresh(visit.jar, token, result.refresh)
         return outcome
 
-    def login(self, tab: Tab, *, forced: bool):
+    def _wait(self, signal: Signal):
+        return (yield _Waiting(signal))
+
+    def _waiting(self, task, effect):
+        effect.signal.waiters.append(task)
+        return PENDING
+
+    def _login(self, task, effect):
+        tab = effect.tab if effect.tab is not None else task.tab
+        task.stack.append(self._login_flow(tab, effect.forced))
+        return None
+
+    def _login_flow(self, tab: Tab, forced: bool):
         """Log the user in (again, when ``forced``); one login at a time per user."""
-        env, visit = self.env, tab.visit
+        visit = tab.visit
+        user = visit.user
         if visit.login is not None:
-            yield visit.login
+            yield from self._wait(visit.login)
             return
-        visit.login = env.event()
-        self.rec.record(env.now, "login", "forced" if forced else "visit", visit.user, tab.index, visit.session)
+        visit.login = Signal()
+        self.rec.record(self.now, "login", LoginCause.FORCED if forced else LoginCause.VISIT, user.index, tab.index,
+                        visit.session)
         while True:
-            rtt = visit.streams.auth_rtt()
-            yield env.timeout(rtt / 2)
-            grant = yield from self.auth_call(
-                self.login_service_s, lambda now: None, lambda _, now: self.server.login(self.ledger, visit.user, now)
+            rtt = user.streams.auth_rtt()
+            yield Sleep(rtt / 2)
+            grant = yield from self._auth_call(
+                self.login_service_s, lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
-            yield env.timeout(rtt / 2)
-            if grant != UNAVAILABLE:
+            yield Sleep(rtt / 2)
+            if grant is not UNAVAILABLE:
                 break
-            yield env.timeout(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
+            yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
         visit.session, visit.jar = grant.access.session, grant.refresh
         tab.store.held = held(grant.access)
         done, visit.login = visit.login, None
-        done.succeed()
+        self._fire(done, None)
 
-    def auth_call(self, service_s: float, begin, finish):
+    # -- the auth tier ----------------------------------------------------------------------
+
+    def _auth_call(self, service_s: float, begin, finish):
         """Queue for an auth worker (giving up after the queue timeout), then serve: ``begin``
         when the worker picks the call up, ``finish`` after the service time."""
-        env, rec, auth = self.env, self.rec, self.auth
-        asked = env.now
-        req = auth.request()
-        if not req.triggered:
-            rec.queued.add(1, asked)
-            yield req | env.timeout(self.scenario.auth.queue_timeout_s)
-            rec.queued.add(-1, env.now)
-        else:
-            yield req
-        rec.tally.queue_wait_t_s.append(asked)
-        rec.tally.queue_wait_ms.append((env.now - asked) * 1000.0)
-        if not req.triggered:
-            req.cancel()
+        asked = self.now
+        if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
+            return UNAVAILABLE  # the queue is full: shed at once (503 with Retry-After)
+        served = yield _ACQUIRE
+        self.rec.counts.queue_waited(asked, (self.now - asked) * 1000.0)
+        if not served:
             return UNAVAILABLE
-        rec.busy.add(1, env.now)
-        pending = begin(env.now)
-        yield env.timeout(service_s)
-        result = finish(pending, env.now)
-        rec.busy.add(-1, env.now)
-        auth.release(req)
+        self.rec.busy.add(1, self.now)
+        pending = begin(self.now)
+        yield Sleep(service_s)
+        result = finish(pending, self.now)
+        self.rec.busy.add(-1, self.now)
+        self._release()
         return result
+
+    def _acquire(self, task, effect):
+        if self.workers_free:
+            self.workers_free -= 1
+            return True
+        entry = [task, self.now, True]
+        self.auth_queue.append(entry)
+        self.auth_waiting += 1
+        self.rec.queued.add(1, self.now)
+        self.at(self.now + self.queue_timeout_s, self._queue_timeout, entry)
+        return PENDING
+
+    def _queue_timeout(self, entry) -> None:
+        if entry[2]:
+            entry[2] = False
+            self.auth_waiting -= 1
+            self.rec.queued.add(-1, self.now)
+            self.step(entry[0], False)
+
+    def _release(self) -> None:
+        queue = self.auth_queue
+        while self.auth_queue_head < len(queue):
+            entry = queue[self.auth_queue_head]
+            self.auth_queue_head += 1
+            if entry[2]:
+                entry[2] = False
+                self.auth_waiting -= 1
+                self.rec.queued.add(-1, self.now)
+                self.at(self.now, self.resume, (entry[0], True))
+                break
+        else:
+            self.workers_free += 1
+        if self.auth_queue_head > 1024 and self.auth_queue_head * 2 > len(queue):
+            del queue[:self.auth_queue_head]
+            self.auth_queue_head = 0
+
+
+class _Waiting:
+    """Internal effect: wait for a :class:`Signal`; sends back the value it fires with."""
+
+    __slots__ = ("signal",)
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+
+
+
+_OK = Response(200)
+
+
+class FastSimulation(Simulation):
+    """The same model, with plain requests carried out in one step.
+
+    A request is plain when the policy would send the token it holds right away (no renewal,
+    nothing to wait for), the answer cannot be lost (its loss draw says so), and the server would
+    answer a plain ``ok`` when it arrives (:meth:`~sim.strategies.server.ServerPolicy.plain_at`):
+    nothing it does can change any state, so its attempt and its record are counted at once, its
+    round trip drawn from the same stream, and the task that waits for it resumes when it would
+    have ended. Everything else — renewals, logins, the auth tier, timers, lost or refused
+    requests — runs exactly as in :class:`Simulation`. With ``keep_events`` (per-record output)
+    nothing is skipped."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.events:
+            self.handlers[Request] = self._request_fast
+            self.handlers[Spawn] = self._spawn_fast
+            self.handlers[Views] = self._views
+        else:
+            self.handlers[Views] = super()._views
+
+    def _plain(self, tab: Tab) -> float | None:
+        """Carry out a plain request of ``tab`` now, returning when it ends; None (nothing
+        taken or counted) when the request is not plain."""
+        view = tab.view()
+        sent = view.held
+        if sent is None:
+            return None
+        client, now = self.client, self.now
+        clock = now + tab.visit.user.skew_s
+        if client.before_send(view, clock) is not Action.SEND:
+            return None
+        draws = tab.draws
+        rtt = draws.api_rtt.peek(1)[0]
+        if self.loss_p and draws.loss.peek(1)[0] < self.loss_p:
+            return None
+        arrive = now + rtt / 2
+        if not self.server.plain_at(self.ledger, self.ledger.tokens[sent.id], arrive, self.leeway_s):
+            return None
+        if client.on_response(view, sent, _OK, 1, clock) is not Action.DONE:
+            return None
+        draws.api_rtt.skip(1)
+        if self.loss_p:
+            draws.loss.skip(1)
+        done = arrive + (rtt / 2 + self.api_verify_s)
+        if done < self.end_s:
+            counts = self.rec.counts
+            counts.count("attempt", "ok", now)
+            counts.request(now, max(round((done - now - rtt - self.api_verify_s) * 1000.0, 6), 0.0))
+        return done
+
+    def _views(self, task, effect):
+        """Page views in bulk (:func:`~sim.strategies.flow.plain_page_views`) until the next
+        instant anything else of this user can happen: none of its other tasks (visit, tabs,
+        timers, requests) runs before then, and other users touch nothing of its own (only the
+        auth tier, which plain requests do not use), so what the views do is what they would
+        do event by event."""
+        tab = task.tab
+        view = tab.view()
+        sent = view.held
+        if sent is None:
+            return False
+        horizon = math.inf
+        for other in tab.visit.user.tasks:
+            if other is not task and other.wake < horizon:
+                horizon = other.wake
+        client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
+        token = ledger.tokens[sent.id]
+        skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
+        draws = tab.draws
+        loss = draws.loss
+        counts = self.rec.counts
+        send = Action.SEND
+        done_ = Action.DONE
+
+        def plain(t, rtts):
+            clock = t + skew
+            if client.before_send(view, clock) is not send or client.on_response(view, sent, _OK, 1, clock) is not done_:
+                return False
+            if loss_p and min(loss.peek(len(rtts))) < loss_p:
+                return False
+            return server.plain_at(ledger, token, t + max(rtts) / 2, leeway)
+
+        def view_done(t, rtts):
+            # the arithmetic of the event-by-event engine, request by request
+            done_max, ok, zero = t, 0, 0
+            for rtt in rtts:
+                h = rtt / 2
+                done = (t + h) + (h + verify)
+                if done > done_max:
+                    done_max = done
+                if done < end:
+                    ok += 1
+                    added_ms = (done - t - rtt - verify) * 1000.0
+                    if added_ms <= 1e-6:
+                        zero += 1
+                    else:
+                        counts.request(t, max(round(added_ms, 6), 0.0))
+            if loss_p:
+                loss.skip(len(rtts))
+            if ok:
+                counts.count("attempt", "ok", t, ok)
+                if zero:
+                    counts.requests_without_delay(t, zero)
+            return done_max
+
+        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done)
+        if not views:
+            return False
+        task.wake = t_next
+        self.at(t_next, self.resume, (task, True))
+        return PENDING
+
+    def _request_fast(self, task, effect):
+        done = self._plain(task.tab)
+        if done is None:
+            return self._request(task, effect)
+        task.until = done
+        return True
+
+    def _spawn_fast(self, task, effect):
+        if type(effect.effect) is Request and effect.tab is None:
+            done = self._plain(task.tab)
+            if done is not None:
+                return done
+        return self._spawn(task, effect)

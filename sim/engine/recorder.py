@@ -1,47 +1,59 @@
 """Records of a simulated run: every happening goes through :meth:`Recorder.record` (one record
-type, the ``events`` columns); counts go to a :class:`~sim.metrics.Tally`, full rows only when
-the events table was asked for."""
+type, the ``events`` columns). Counts go to a :class:`~sim.metrics.Counts` as they happen; full
+rows are kept only when the events table was asked for."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
-from sim.metrics import EVENT_COLUMNS, Level, Tally
+from sim.metrics import EVENT_COLUMNS, Counts, Level
 from sim.strategies.ledger import LedgerObserver, Session, Token
-
 
 _ROW = ["t_s", "event", "outcome", "user", "tab", "session", "token", "basis", "latency_ms"]
 
 
 class Recorder(LedgerObserver):
-    """Collects one simulated run of one variant; also watches the ledger for mints and reuse."""
+    """Collects one simulated run of one variant; also watches the ledger for mints and reuse
+    (and keeps the most access tokens of one session valid at once, as they are minted)."""
 
-    def __init__(self, strategy: str, replication: int, keep_events: bool):
+    def __init__(self, strategy: str, replication: int, keep_events: bool, warmup_s: float, duration_s: float):
         self.strategy = strategy
         self.replication = replication
-        self.tally = Tally()
+        self.counts = Counts(warmup_s, duration_s, keep_values=keep_events)
+        self.end_s = warmup_s + duration_s
         self.rows: list[tuple] | None = [] if keep_events else None
         self.busy = Level()
         self.queued = Level()
-        self.now = lambda: 0.0  # set by the engine to its clock
+        self._valid: dict[int, list[float]] = {}
+        self.valid_max = 0
 
     def record(self, t_s, event, outcome="", user=None, tab=None, session=None, token=None, basis=None,
                latency_ms=math.nan) -> None:
-        """One happening (EVENT_COLUMNS); see sim.metrics for the vocabulary."""
-        if event == "request":
-            self.tally.request_t_s.append(t_s)
-            self.tally.request_added_ms.append(latency_ms)
-        else:
-            self.tally.count(event, outcome, t_s)
+        """One happening (EVENT_COLUMNS); see sim.metrics for the vocabulary. Requests go
+        through :meth:`request`."""
+        self.counts.count(event, outcome, t_s)
         if self.rows is not None:
-            self.rows.append((t_s, event, outcome, user, tab, session, token, basis, latency_ms))
+            self.rows.append((t_s, event, str(outcome), user, tab, session, token, basis, latency_ms))
+
+    def request(self, t_s, added_ms, user, tab, session) -> None:
+        """A request issued at ``t_s``; ``added_ms`` None when it failed."""
+        self.counts.request(t_s, added_ms)
+        if self.rows is not None:
+            self.rows.append((t_s, "request", "failed" if added_ms is None else "ok", user, tab, session, None, None,
+                              math.nan if added_ms is None else added_ms))
 
     def on_mint(self, token: Token, *, cause: str, duplicate: bool, now: float) -> None:
         outcome = f"{token.kind}_{cause}" + ("_duplicate" if duplicate else "")
         self.record(now, "mint", outcome, session=token.session, token=token.id, basis=token.basis)
+        if token.kind == "access":
+            # valid from issue to expiry (cut at the run's end); one expiring as another is
+            # issued does not overlap it
+            valid = [e for e in self._valid.get(token.session, ()) if e > now]
+            valid.append(min(token.expires_at_s, self.end_s))
+            self._valid[token.session] = valid
+            self.valid_max = max(self.valid_max, len(valid))
 
     def on_reuse(self, token: Token, *, outcome: str, now: float) -> None:
         self.record(now, outcome, session=token.session, token=token.id)
@@ -60,9 +72,11 @@ class Recorder(LedgerObserver):
         return df.sort_values("t_s", kind="stable").reset_index(drop=True)[EVENT_COLUMNS]
 
 
-def max_valid_per_session(tokens: list[Token], end_s: float) -> int:
+def max_valid_per_session(tokens: list, end_s: float) -> int:
     """The most access tokens of one session valid at one instant (a token is valid from its
     issue to its expiry; one expiring as another is issued does not overlap it)."""
+    import numpy as np
+
     access = [t for t in tokens if t.kind == "access"]
     if not access:
         return 0

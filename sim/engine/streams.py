@@ -8,6 +8,8 @@ variants consume other streams.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from enum import IntEnum
 
 import numpy as np
@@ -16,7 +18,8 @@ from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
 
 class Source(IntEnum):
-    """The sources of randomness a user draws from, one stream each."""
+    """The sources of randomness, one stream each: per tab (what the tab does and its API round
+    trips) or per user (its visits and its calls to the auth tier)."""
 
     THINK = 0
     BURST = 1
@@ -25,6 +28,10 @@ class Source(IntEnum):
     AUTH_LATENCY = 4
     LOSS = 5
     VISIT = 6
+    IDLE_GAP = 7
+    AWAY = 8
+    AUTH_LOSS = 9
+    BACKOFF = 10
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -32,49 +39,122 @@ def generator(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
 
+def stream_state(seed: int, *key: int) -> dict:
+    """The starting state of the PCG64 stream identified by ``key`` under ``seed``: 128-bit state
+    and odd increment taken from a BLAKE2b hash of the key, so distinct keys give unrelated
+    streams. Building a numpy generator per user and source costs tens of microseconds (a
+    SeedSequence each); a state costs a hash."""
+    digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=32, person=b"refreshlab").digest()
+    return {"bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(digest[:16], "little"), "inc": int.from_bytes(digest[16:], "little") | 1},
+            "has_uint32": 0, "uinteger": 0}
+
+
+# one bit generator per thread for every keyed stream: a stream lends it its state to draw a batch
+# and takes the new state back (per thread: Dask workers run simulations in threads)
+_LOCAL = threading.local()
+
+
+def _shared_generator() -> np.random.Generator:
+    gen = getattr(_LOCAL, "gen", None)
+    if gen is None:
+        gen = _LOCAL.gen = np.random.Generator(np.random.PCG64(0))
+    return gen
+
+
 class Draws:
-    """Scalar draws from a distribution, taken from numpy in batches (a scalar numpy call costs
-    more than the simulation step that uses it)."""
+    """Scalar draws from a distribution on one keyed stream, taken from numpy in batches (a
+    scalar numpy call costs more than the simulation step that uses it). :meth:`peek` and
+    :meth:`skip` see and take several at once; the values are the same whichever way they are
+    taken."""
 
-    __slots__ = ("_sample", "_rng", "_buf", "_i", "_batch", "_floor")
+    __slots__ = ("_sample", "_state", "_buf", "_i", "_batch", "_floor")
 
-    def __init__(self, dist, rng: np.random.Generator, *, floor: float | None = 0.0, batch: int = 64):
+    def __init__(self, dist, state: dict | tuple, *, floor: float | None = 0.0, batch: int = 64):
+        # ``state``: a stream state, or the (seed, *key) to make it from at the first draw
         self._sample = dist.sample if dist is not None else (lambda r, n: r.random(n))
-        self._rng = rng
+        self._state = state
         self._buf: list = []
         self._i = 0
         self._batch = batch
         self._floor = floor
 
+    def _refill(self) -> None:
+        if type(self._state) is tuple:
+            self._state = stream_state(*self._state)
+        gen = _shared_generator()
+        gen.bit_generator.state = self._state
+        values = self._sample(gen, self._batch)
+        self._state = gen.bit_generator.state
+        if self._floor is not None:
+            values = np.maximum(values, self._floor)
+        self._buf = self._buf[self._i:] + values.tolist()
+        self._i = 0
+
     def __call__(self):
         if self._i >= len(self._buf):
-            values = self._sample(self._rng, self._batch)
-            if self._floor is not None:
-                values = np.maximum(values, self._floor)
-            self._buf = values.tolist()
-            self._i = 0
+            self._refill()
         value = self._buf[self._i]
         self._i += 1
         return value
 
+    def peek(self, n: int) -> list:
+        """The next ``n`` draws, without taking them."""
+        while len(self._buf) - self._i < n:
+            self._refill()
+        return self._buf[self._i:self._i + n]
+
+    def skip(self, n: int) -> None:
+        """Take ``n`` draws already seen with :meth:`peek`."""
+        self._i += n
+
+
+class TabStreams:
+    """The draws one tab takes, each from its own stream: what the user does in it and the
+    round trips (and losses) of its API requests."""
+
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss")
+
+    def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
+        pop, work, net = scenario.population, scenario.workload, scenario.network
+
+        def rng(source):
+            return (seed, replication, 2, user, tab, int(source))
+
+        # a batch costs about as much to set up as 200 draws: the busiest streams take big ones
+        self.think = Draws(work.think_time, rng(Source.THINK), batch=256)
+        self.burst = Draws(work.burst_size, rng(Source.BURST), floor=1, batch=256)
+        self.idle_coin = Draws(None, rng(Source.IDLE), floor=None, batch=256)
+        self.idle_gap = Draws(pop.idle_gap, rng(Source.IDLE_GAP))
+        self.api_rtt = Draws(net.rtt, rng(Source.API_LATENCY), batch=1024)
+        self.loss = Draws(None, rng(Source.LOSS), floor=None, batch=1024)
+
 
 class UserStreams:
-    """The draws one user makes, each from its own stream."""
+    """The draws one user takes, each from its own stream: visit lengths, time away, round trips
+    and losses of its calls to the auth tier; ``tab(i)`` gives tab ``i``'s :class:`TabStreams`."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "auth_rtt", "loss", "visit_length", "away")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
-        pop, work, net = scenario.population, scenario.workload, scenario.network
-        rng = {s: generator(seed, replication, 1, user, int(s)) for s in Source}
-        self.think = Draws(work.think_time, rng[Source.THINK])
-        self.burst = Draws(work.burst_size, rng[Source.BURST], floor=1)
-        self.idle_coin = Draws(None, rng[Source.IDLE], floor=None)
-        self.idle_gap = Draws(pop.idle_gap, rng[Source.IDLE])
-        self.api_rtt = Draws(net.rtt, rng[Source.API_LATENCY])
-        self.auth_rtt = Draws(net.rtt, rng[Source.AUTH_LATENCY])
-        self.loss = Draws(None, rng[Source.LOSS], floor=None)
-        self.visit_length = Draws(pop.session_length, rng[Source.VISIT], batch=8) if pop.session_length else None
-        self.away = Draws(pop.away, rng[Source.VISIT], batch=8) if pop.away else None
+        pop, net = scenario.population, scenario.network
+
+        def rng(source):
+            return (seed, replication, 1, user, int(source))
+
+        self.auth_rtt = Draws(net.rtt, rng(Source.AUTH_LATENCY))
+        self.auth_loss = Draws(None, rng(Source.AUTH_LOSS), floor=None)
+        self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
+        self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
+        self.away = Draws(pop.away, rng(Source.AWAY), batch=8) if pop.away else None
+        self._tabs: list[TabStreams] = []
+        self._key = (scenario, seed, replication, user)
+
+    def tab(self, i: int) -> TabStreams:
+        """Tab ``i``'s draws (the same object every time it is asked for)."""
+        while len(self._tabs) <= i:
+            self._tabs.append(TabStreams(*self._key, len(self._tabs)))
+        return self._tabs[i]
 
 
 def arrival_times(scenario: Scenario, seed: int, replication: int) -> np.ndarray:

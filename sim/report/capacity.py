@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib import transforms
 from matplotlib.figure import Figure
 
 from sim.report import style
@@ -25,16 +26,25 @@ def figure(result) -> Figure:
         ax = fig.add_subplot()
         users = sorted(data["users"].unique())
         log_x = len(users) > 1 and users[-1] / users[0] >= 20
-        for name in variants.order:
+        shown = [n for n in variants.order if (data["variant"] == n).any()]
+        # whole-number answers often coincide: each variant's line is shifted a few points up or
+        # down so that none hides another (a sliver of one worker on any readable scale)
+        step_pt = 2.5
+        for i, name in enumerate(shown):
             line = data[data["variant"] == name].sort_values("users")
-            if line.empty:
-                continue
+            shift = transforms.offset_copy(ax.transData, fig=fig, y=(i - (len(shown) - 1) / 2) * step_pt, units="points")
             met = line[line["workers_needed"].notna()]
-            ax.plot(met["users"], met["workers_needed"].astype(float), marker=variants.marker(name), **variants.line(name))
+            ax.plot(met["users"], met["workers_needed"].astype(float), transform=shift,
+                    **{**variants.line(name), "markevery": None})
             unmet = line[line["workers_needed"].isna()]
             if not unmet.empty:
                 ax.scatter(unmet["users"], [result.max_workers] * len(unmet), marker="^", s=90,
-                           color=variants.color(name), zorder=3)
+                           color=variants.color(name), zorder=3, transform=shift)
+        # shifted artists do not count for autoscaling: the data limits are given here
+        answers = data["workers_needed"].astype(float).fillna(result.max_workers)
+        ax.update_datalim(list(zip(data["users"].astype(float), answers)))
+        ax.margins(x=0.04, y=0.12)
+        ax.autoscale_view()
         if data["workers_needed"].isna().any():
             ax.axhline(result.max_workers, color=style.MUTED, linestyle=":", linewidth=1)
             ax.annotate(f"▲ not met with {result.max_workers} workers", (0.01, 0.97), xycoords="axes fraction",
@@ -49,7 +59,8 @@ def figure(result) -> Figure:
         ax.yaxis.get_major_locator().set_params(integer=True)
         reps = result.replications
         rule = f"upper 95% CI bound of {reps} replications" if reps > 1 else "one replication"
-        ax.set_title(f"fewest workers meeting {result.slo} ({rule})", loc="left", fontsize=12, color=style.MUTED)
+        ax.set_title(f"fewest workers meeting {result.slo} ({rule}); lines shifted apart slightly where they meet",
+                     loc="left", fontsize=12, color=style.MUTED)
         style.legend(fig, [ax])
         fig.suptitle("Auth workers needed against users", x=0.01, ha="left")
     return fig

@@ -194,7 +194,7 @@ def figure(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> F
                     continue
                 x = dodge(line["x"].to_numpy(float), i, len(variants.order), positions, log_x)
                 ax.errorbar(x, line[m.title], yerr=line[f"{m.title} ci95"].fillna(0),
-                            marker=variants.marker(name), capsize=3, **variants.line(name))
+                            capsize=3, **{**variants.line(name), "markevery": None})
             if len(facets) == 1:
                 ax.set_title(m.label, loc="left", fontweight="bold")
                 ax.set_ylabel(m.unit)
@@ -223,6 +223,6 @@ def figure(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> F
         style.legend(fig, flat[: len(panels)])
         subject = "Headline and capacity measures" if measures == SWEEP else ", ".join(m.label for m in measures)
         by = f" against {lay.xlabel}" if lay.ticklabels is None or lay.xlabel != "run" else " by run"
-        per = f", one column per {' and '.join(k.split('.')[-1] for k in lay.facet_fields)}" if len(facets) > 1 else ""
+        per = f", one column per value of {' and '.join(k.split('.')[-1] for k in lay.facet_fields)}" if len(facets) > 1 else ""
         style.title(fig, f"{subject}{by}{per}", results)
     return fig

@@ -7,6 +7,7 @@ users (:mod:`loadtests`) carry the actions out, each with its own clock, network
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
@@ -15,6 +16,10 @@ from pydantic import Field
 
 from sim.model import Model
 from sim.units import Duration
+
+
+#: relative slack under which two instants a timer computes count as the same one
+_SAME_INSTANT = 1e-9
 
 
 class Action(StrEnum):
@@ -66,20 +71,36 @@ class ClientPolicy(Model):
       instead of starting another; a 401 for a token already replaced is retried with the newer one;
     - ``cross_tab_lock``: the single-flight scope is every tab of the user (auth0-spa-js's lock);
     - ``storage``: ``shared`` (one access token for all tabs, like localStorage) or ``per_tab``;
-    - ``max_retries``: resends allowed after a 401 or a lost answer.
+    - ``max_retries``: resends allowed after a 401 or a lost answer;
+    - ``unavailable_retries``: refreshes tried again after the auth tier answered 503, each after
+      the ``Retry-After`` it sent stretched by a random factor of up to ``1 + retry_jitter``
+      (0: a 503 fails the requests that needed the token);
+    - ``compare``: a token needs renewing when its remaining life is ``le`` (at most) or ``lt``
+      (strictly less than) the policy's threshold; ``whole_seconds``: the remaining life is read
+      as whole seconds (JWT ``exp`` minus ``Math.floor(Date.now() / 1000)``), as hand-written
+      clients do.
     """
 
     trigger: str
     single_flight: bool = False
     cross_tab_lock: bool = False
     storage: Literal["shared", "per_tab"] = "shared"
-    max_retries: int = Field(default=1, ge=0)
+    max_retries: int = Field(default=1, ge=0, le=1000)
+    unavailable_retries: int = Field(default=0, ge=0, le=100)
+    retry_jitter: float = Field(default=0.5, ge=0, le=10)
+    compare: Literal["le", "lt"] = "le"
+    whole_seconds: bool = False
     preset: str | None = None
 
     #: seconds between timer ticks; None means the policy has no timer
     @property
     def timer_interval_s(self) -> float | None:
         return None
+
+    def next_tick_s(self, tab: TabView, now: float, origin_s: float) -> float:
+        """When the timer ticks next, by the client's clock, given what the tab holds, the time
+        ``now`` and when the timer was started (``origin_s``). Only for policies with a timer."""
+        raise NotImplementedError
 
     def before_send(self, tab: TabView, now: float) -> Action:
         """About to send a request. ``now`` is the client's clock. Returns SEND, REFRESH or WAIT."""
@@ -98,6 +119,12 @@ class ClientPolicy(Model):
             return Action.RETRY
         return self.renew(tab)
 
+    def retry_delay_s(self, retry_after_s: float, u: float) -> float:
+        """Seconds to wait before trying a refresh the auth tier shed: its ``Retry-After`` (seconds)
+        honoured, stretched by ``1 + retry_jitter * u`` for a uniform draw ``u`` in [0, 1), so
+        that shed clients do not all come back at the same instant."""
+        return max(retry_after_s, 0.0) * (1.0 + self.retry_jitter * u)
+
     def on_timer(self, tab: TabView, now: float) -> Action:
         """A timer tick (only when :attr:`timer_interval_s` is set). Returns NOTHING, REFRESH or WAIT."""
         return Action.NOTHING
@@ -107,8 +134,17 @@ class ClientPolicy(Model):
         return Action.WAIT if self.single_flight and tab.refreshing else Action.REFRESH
 
     def remaining_s(self, held: Held, now: float) -> float:
-        """Seconds of validity left by the client's own clock."""
+        """Seconds of validity left by the client's own clock (whole seconds when
+        ``whole_seconds``)."""
+        if self.whole_seconds:
+            return math.floor(held.expires_at_s) - math.floor(now)
         return held.expires_at_s - now
+
+    def due(self, held: Held, now: float, threshold_s: float) -> bool:
+        """Whether ``held`` needs renewing at ``now``: its remaining life compared with
+        ``threshold_s`` as ``compare`` says."""
+        remaining = self.remaining_s(held, now)
+        return remaining < threshold_s if self.compare == "lt" else remaining <= threshold_s
 
 
 class ReactiveClient(ClientPolicy):
@@ -125,25 +161,48 @@ class ProactiveClient(ClientPolicy):
     threshold_s: Duration = Field(alias="threshold")
 
     def before_send(self, tab, now):
-        if tab.held is None or self.remaining_s(tab.held, now) <= self.threshold_s:
+        if tab.held is None or self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
         return Action.SEND
 
 
 class TimerClient(ClientPolicy):
-    """Silent refresh: every ``check_interval`` (also while the user idles), renews when the
-    remaining life is at most ``threshold`` (oidc-client-ts); 401s still renew reactively."""
+    """Silent refresh: a timer (also running while the user idles) renews when the remaining life
+    is under ``threshold``; 401s still renew reactively.
+
+    ``timer_phase`` says when it ticks: ``fixed`` — every ``check_interval`` from when the page
+    loaded, whatever the ticks did (``setInterval``); ``rearm`` — ``check_interval`` after the
+    previous tick's work finished (a ``setTimeout`` re-armed at the end); ``exp`` — once, at the
+    token's ``exp`` minus ``threshold`` (oidc-client-ts), polling every ``check_interval`` while
+    that instant is past or there is no token."""
 
     trigger: Literal["timer"] = "timer"
-    check_interval_s: Duration = Field(alias="check_interval", gt=0)
+    check_interval_s: Duration = Field(alias="check_interval", ge=0.001)
     threshold_s: Duration = Field(alias="threshold")
+    timer_phase: Literal["fixed", "rearm", "exp"] = "rearm"
 
     @property
     def timer_interval_s(self):
         return self.check_interval_s
 
+    def next_tick_s(self, tab, now, origin_s):
+        interval = self.check_interval_s
+        if self.timer_phase == "rearm":
+            return now + interval
+        # a tick that is due within rounding of ``now`` is the one being served, not the next:
+        # sleeping the difference would not move the clock
+        if self.timer_phase == "fixed":
+            k = math.floor((now - origin_s) / interval + _SAME_INSTANT) + 1
+            return origin_s + k * interval
+        if tab.held is not None:
+            exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
+            tick = exp - self.threshold_s
+            if tick - now > _SAME_INSTANT * interval:
+                return tick
+        return now + interval
+
     def on_timer(self, tab, now):
-        if tab.held is not None and self.remaining_s(tab.held, now) <= self.threshold_s:
+        if tab.held is not None and self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
         return Action.NOTHING
 

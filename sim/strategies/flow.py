@@ -1,33 +1,127 @@
-"""The life of a request and of a renewal, sans-IO: what a client does between a policy's answers.
+"""The life of a user, sans-IO: visits, tabs, page views, timers, requests and renewals.
 
-:func:`request_flow` and :func:`renew_flow` are generators that *yield effects* for a driver to
-carry out and are *sent* the results back, as h11 and h2 do for HTTP. They hold the rules every
-driver must share — which token a renewal is about (its basis), that every resend passes the
-policy's check again, what a tab that waited for another's refresh does next — so that the SimPy
-engine and the Locust users cannot drift apart. A driver runs them with :func:`drive` (plain
-calls) or its own loop (SimPy's ``yield from``).
+Every function here is a generator that *yields effects* for a driver to carry out and is *sent*
+the results back, as h11 and h2 do for HTTP. They hold the rules every driver must share — when a
+user arrives, visits, opens tabs and leaves; what a tab does between page views; when a timer
+ticks; which token a renewal is about (its basis); that every resend passes the policy's check
+again; what a tab that waited for another's refresh does next — so that the SimPy-style engine
+(:mod:`sim.engine`) and the gevent/Locust users (:mod:`loadtests.client`) cannot drift apart. A
+driver brings its own clock, network and concurrency; it runs a flow with :func:`drive` (plain
+blocking calls) or with its own scheduler.
 
 Effects, and what the driver sends back:
 
+- :class:`Sleep` — pause ``seconds`` from now; :class:`Pause` — pause ``seconds`` after the work
+  done since the flow last paused (a driver in wall time counts from when that work was *due*, so
+  lateness does not pile up); send back nothing;
+- :class:`Open` — a visit starts: the driver gives the user ``n_tabs`` tabs (token stores and
+  single-flight scopes) and sends back a :class:`VisitHandle`; :class:`Close` — the visit ends
+  (the driver records the logout); send back nothing;
+- :class:`Spawn` — carry out ``effect`` concurrently for ``tab``; send back a handle;
+  :class:`Await` — wait until every handle in ``handles`` is done; send back nothing;
+- :class:`Views` — the driver may carry out the tab's next page views in bulk while they are
+  plain (see :func:`plain_page_views`); send back True when it did (the flow then goes on at the
+  next page view), False to have the flow do the next page view itself;
+- :class:`Request` — carry out one request (:func:`request_flow`) in the task's tab, recording it;
+  send back True when it succeeded;
 - :class:`Send` — send the request with ``held``; send back the :class:`Response`;
 - :class:`Renew` — carry out :func:`renew_flow` for ``action`` and ``basis``; send back True when
   the tab then holds a token;
 - :class:`Join` — wait for the refresh in flight in the tab's single-flight scope; send back its
   result (True if it got a token);
 - :class:`Refresh` — make a refresh call about ``basis`` (registering it as the one in flight
-  when the policy is single-flight); send back its outcome: ``"ok"``, or why not, in the
-  ``refresh_end`` vocabulary of :mod:`sim.metrics` (``expired``, ``revoked``, ``reuse_detected``,
-  ``unavailable``, ``lost``);
-- :class:`Login` — the session is gone: log in again (forced); send back nothing;
+  when the policy is single-flight); send back its :class:`RefreshOutcome`;
+- :class:`Backoff` — the auth tier shed a refresh (503): wait ``policy.retry_delay_s`` of its
+  ``Retry-After`` (the scenario's ``auth.retry_after`` in scenario seconds) and a uniform draw;
+  send back nothing;
+- :class:`Login` — log in (``forced``: the session was lost); send back nothing;
 - :class:`Adopt` — store the re-issued token ``held``; send back nothing.
+
+Outcomes are typed (:class:`RefreshOutcome`, :class:`AttemptOutcome`); they are string enums whose
+values are the record vocabulary of :mod:`sim.metrics`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from enum import StrEnum
+from typing import Any, Callable, Generator, Protocol
 
 from sim.strategies.client import Action, ClientPolicy, Held, TabView
+
+
+class RefreshOutcome(StrEnum):
+    """How a refresh call ended, as the client saw it (``refresh_end`` outcomes)."""
+
+    OK = "ok"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    REUSE_DETECTED = "reuse_detected"
+    UNAVAILABLE = "unavailable"  # the auth tier answered 503 (its queue timed out)
+    LOST = "lost"  # no answer before the client's timeout
+    NO_TOKEN = "no_token"  # nothing to refresh with (no refresh token in the jar)
+
+
+class AttemptOutcome(StrEnum):
+    """The API's verdict on one send of a request (``attempt`` outcomes)."""
+
+    OK = "ok"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+    LOST = "lost"
+
+
+class LoginCause(StrEnum):
+    """Why a user logs in (``login`` outcomes)."""
+
+    VISIT = "visit"
+    FORCED = "forced"
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    n_tabs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    visit: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    effect: Any
+    tab: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Await:
+    handles: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Views:
+    """Offer the driver to carry out the tab's next page views in bulk, as :func:`tab_flow`
+    would (:func:`plain_page_views`), while every request of them is plain."""
+
+    draws: Any
+    idle_probability: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +147,14 @@ class Refresh:
 
 @dataclass(frozen=True, slots=True)
 class Login:
-    pass
+    forced: bool = True
+    tab: Any = None  # None: the tab of the task that yields it
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Wait before trying a shed refresh again: ``policy.retry_delay_s`` of the ``Retry-After``
+    the auth tier answered and a uniform draw of the driver's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +162,41 @@ class Adopt:
     held: Held
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""
+
+    flow: Any
+
+
+class VisitHandle(Protocol):
+    """What a driver hands back for :class:`Open`: the visit's tabs (each with a ``view()``) and
+    whether the visit is over."""
+
+    tabs: list
+    over: bool
+
+
+class UserDraws(Protocol):
+    """The draws a user's life takes (:class:`sim.engine.streams.UserStreams`)."""
+
+    visit_length: Callable[[], float] | None
+    away: Callable[[], float] | None
+
+
+class TabDraws(Protocol):
+    """The draws one tab takes (:class:`sim.engine.streams.TabStreams`)."""
+
+    burst: Callable[[], float]
+    idle_coin: Callable[[], float]
+    idle_gap: Callable[[], float]
+    think: Callable[[], float]
+
+
 RENEW = (Action.REFRESH, Action.WAIT)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
-SESSION_LOST = frozenset({"expired", "revoked", "reuse_detected"})
+SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
 Flow = Generator[Any, Any, Any]
 #: seconds a user waits before trying a failed login (the auth tier answered 503) again
 LOGIN_RETRY_S = 1.0
@@ -73,6 +205,108 @@ LOGIN_RETRY_S = 1.0
 def basis_of(view: TabView) -> Any:
     """The id of the token a renewal decided now would be about (None when the tab holds none)."""
     return view.held.id if view.held is not None else None
+
+
+# -- a user's life ------------------------------------------------------------------------------
+
+
+def user_flow(policy: ClientPolicy, draws: UserDraws, tab_draws: list[TabDraws], arrival_s: float,
+              idle_probability: float, clock: Callable[[], float]) -> Flow:
+    """A user: arrives after ``arrival_s``, then visits (each visit as long as a ``visit_length``
+    draw, forever when there is none), away for an ``away`` draw between visits; never returns
+    when there is no ``away``. ``tab_draws``: one set of draws per tab (its length is the number
+    of tabs). ``clock()`` is the driver's clock (scenario seconds)."""
+    yield Sleep(arrival_s)
+    while True:
+        length = draws.visit_length() if draws.visit_length is not None else math.inf
+        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock))
+        if draws.away is None:
+            return
+        yield Sleep(draws.away())
+
+
+def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float, idle_probability: float,
+               clock: Callable[[], float]) -> Flow:
+    """One visit: open the tabs, log in from the first, run every tab (and its timer when the
+    policy has one) until ``length_s`` after the visit began, then leave."""
+    started = clock()
+    visit = yield Open(len(tab_draws))
+    yield Login(forced=False, tab=visit.tabs[0])
+    for tab, draws in zip(visit.tabs, tab_draws):
+        yield Spawn(Call(tab_flow(draws, idle_probability, visit)), tab)
+        if policy.timer_interval_s is not None:
+            yield Spawn(Call(timer_flow(policy, tab.view, visit, clock, started)), tab)
+    yield Sleep(max(length_s - (clock() - started), 0.0))
+    visit.over = True
+    yield Close(visit)
+
+
+def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Flow:
+    """A tab: page views until the visit is over. A page view is a burst of parallel requests;
+    after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap."""
+    views = Views(draws, idle_probability)
+    while not visit.over:
+        if (yield views):
+            continue
+        n = int(draws.burst())
+        others = []
+        for _ in range(n - 1):
+            others.append((yield Spawn(Request())))
+        yield Request()
+        if others:
+            yield Await(tuple(others))
+        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
+        yield Pause(pause + draws.think())
+
+
+def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
+                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float]
+                     ) -> tuple[int, float]:
+    """:func:`tab_flow`'s page views in bulk, for a driver that knows nothing else happens to
+    the tab before ``horizon_s``: from ``start_s``, each page view whose requests are all plain
+    — ``plain(t, rtts)`` says so for a view starting at ``t`` whose requests would draw round
+    trips ``rtts`` — is carried out at once with the same draws from the same streams
+    (``draws`` supports ``peek``/``skip``): ``view_done(t, rtts)`` carries its requests out and
+    returns when the last one ends; then the pause. Views go on while the next one starts before
+    ``horizon_s`` and ``end_s``. Returns (views done, when the next page view starts); (0,
+    ``start_s``) when the first one is not plain.
+    """
+    burst, rtt_draws = draws.burst, draws.api_rtt
+    t, views = start_s, 0
+    while True:
+        n = int(burst.peek(1)[0])
+        rtts = rtt_draws.peek(n)
+        if not plain(t, rtts):
+            return views, t
+        burst.skip(1)
+        rtt_draws.skip(n)
+        done = view_done(t, rtts)
+        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
+        t_next = done + (pause + draws.think())
+        views += 1
+        if not (t_next < horizon_s and t_next < end_s):
+            return views, t_next
+        t = t_next
+
+
+def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHandle, clock: Callable[[], float],
+               origin_s: float) -> Flow:
+    """A tab's renewal timer (policies with :attr:`~ClientPolicy.timer_interval_s`). When it
+    ticks is the policy's :meth:`~ClientPolicy.next_tick_s` (a fixed phase from ``origin_s``,
+    re-armed after each tick's work, or scheduled from the token's ``exp``); what a tick does is
+    :meth:`~ClientPolicy.on_timer`."""
+    while True:
+        now = clock()
+        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0))
+        if visit.over:
+            return
+        view = tab()
+        action = policy.on_timer(view, clock())
+        if action in RENEW:
+            yield Call(renew_flow(policy, action, basis_of(view), tab))
+
+
+# -- a request and a renewal --------------------------------------------------------------------
 
 
 def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float]) -> Flow:
@@ -122,9 +356,14 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
             return True
         action = Action.WAIT if after.refreshing else Action.REFRESH
     outcome = yield Refresh(basis)
+    for _ in range(policy.unavailable_retries):
+        if outcome != RefreshOutcome.UNAVAILABLE:
+            break
+        yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
+        outcome = yield Refresh(basis)
     if outcome in SESSION_LOST:
         yield Login()
-    return outcome == "ok"
+    return outcome == RefreshOutcome.OK
 
 
 def jar_after_refresh(jar: Any, sent: Any, returned: Any) -> Any:
@@ -135,11 +374,12 @@ def jar_after_refresh(jar: Any, sent: Any, returned: Any) -> Any:
 
 
 def drive(flow: Flow, carry_out: Callable[[Any], Any]) -> Any:
-    """Run ``flow`` to its end with blocking calls: ``carry_out(effect)`` returns each result."""
+    """Run ``flow`` to its end with blocking calls: ``carry_out(effect)`` returns each result
+    (a :class:`Call` runs its sub-flow the same way)."""
     result = None
     while True:
         try:
             effect = flow.send(result)
         except StopIteration as stop:
             return stop.value
-        result = carry_out(effect)
+        result = drive(effect.flow, carry_out) if type(effect) is Call else carry_out(effect)

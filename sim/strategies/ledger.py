@@ -3,10 +3,16 @@
 The ledger is the state behind a server policy. It has no clock: every call is told ``now``.
 Drivers watch it through a :class:`LedgerObserver` (the simulator records events from it; the
 reference server only keeps the counters).
+
+Pruning: a ledger made with ``retain_s`` forgets a token ``retain_s`` after it expired and a
+session ``retain_s`` after the last of its tokens did (a forgotten token can no longer be
+presented: its ``exp`` has passed), so a long-running server's memory stays bounded. The running
+totals (``counters``) are never pruned.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +56,11 @@ class Session:
     last_refresh_at_s: float
     revoked: bool = False
     newest_access: int | None = None
+    #: the API refuses the session's access tokens too (a logout; a reuse revocation on servers
+    #: that also revoke access tokens)
+    access_revoked: bool = False
+    #: the latest expiry of any token minted in the session (when it may be pruned)
+    expires_at_s: float = 0.0
 
 
 class LedgerObserver:
@@ -65,26 +76,38 @@ class LedgerObserver:
         with the tokens its rotation had already issued: no mint)."""
 
     def on_revoke(self, session: Session, *, now: float) -> None:
-        """A session's refresh-token family was revoked."""
+        """A session's refresh-token family was revoked (``session.access_revoked`` tells whether
+        its access tokens were too)."""
 
 
 class Ledger:
-    """Tokens and sessions of one server, plus running totals (``counters``)."""
+    """Tokens and sessions of one server, plus running totals (``counters``).
 
-    def __init__(self, observer: LedgerObserver | None = None) -> None:
+    ``retain_s``: forget tokens and sessions this long after they expired (None: keep everything,
+    what the simulator does — it reads every token at the end of a run)."""
+
+    #: mints between two pruning passes
+    PRUNE_EVERY = 1024
+
+    def __init__(self, observer: LedgerObserver | None = None, *, retain_s: float | None = None) -> None:
         self.observer = observer or LedgerObserver()
         self.tokens: dict[int, Token] = {}
         self.sessions: dict[int, Session] = {}
         self.counters: Counter[str] = Counter()
-        self._first_by_basis: set[tuple[int, int]] = set()
+        self.retain_s = retain_s
+        self._bases: dict[int, set[int]] = {}
         self._ids = itertools.count(1)
         self._session_ids = itertools.count(1)
+        self._expiries: list[tuple[float, int, int]] = []  # (expires_at_s, 0 token / 1 session, id)
+        self._mints_since_prune = 0
 
     def new_session(self, user: int, now: float) -> Session:
         """Open a session (a new refresh-token family) for ``user``."""
-        session = Session(next(self._session_ids), user, now, now)
+        session = Session(self._next_session_id(), user, now, now, expires_at_s=now)
         self.sessions[session.id] = session
         self.counters["sessions"] += 1
+        if self.retain_s is not None:
+            heapq.heappush(self._expiries, (now, 1, session.id))
         return session
 
     def mint(
@@ -99,23 +122,43 @@ class Ledger:
         basis: int | None = None,
     ) -> Token:
         """Sign a token and record it; counts a duplicate when (session, basis) was seen before."""
-        token = Token(next(self._ids), kind, session.id, now, expires_at_s, parent, basis)
+        token = Token(self._next_token_id(), kind, session.id, now, expires_at_s, parent, basis)
         self.tokens[token.id] = token
-        self.counters[f"{kind}_mints"] += 1
+        session.expires_at_s = max(session.expires_at_s, expires_at_s)
+        self._count_mint(token, session, cause)
         duplicate = False
-        if kind == "access":
+        if kind == "access" and basis is not None:
+            duplicate = not self._first_basis(session.id, basis)
+            if duplicate:
+                self.counters["duplicate_tokens"] += 1
+        self.observer.on_mint(token, cause=cause, duplicate=duplicate, now=now)
+        if self.retain_s is not None:
+            heapq.heappush(self._expiries, (expires_at_s, 0, token.id))
+            self._mints_since_prune += 1
+            if self._mints_since_prune >= self.PRUNE_EVERY:
+                self.prune(now)
+        return token
+
+    def _next_token_id(self) -> int:
+        return next(self._ids)
+
+    def _next_session_id(self) -> int:
+        return next(self._session_ids)
+
+    def _count_mint(self, token: Token, session: Session, cause: str) -> None:
+        self.counters[f"{token.kind}_mints"] += 1
+        if token.kind == "access":
             session.newest_access = token.id
             if cause != "login":
                 self.counters["renewal_access_mints"] += 1
-            if basis is not None:
-                key = (session.id, basis)
-                duplicate = key in self._first_by_basis
-                if duplicate:
-                    self.counters["duplicate_tokens"] += 1
-                else:
-                    self._first_by_basis.add(key)
-        self.observer.on_mint(token, cause=cause, duplicate=duplicate, now=now)
-        return token
+
+    def _first_basis(self, session_id: int, basis: int) -> bool:
+        """Note that (session, basis) got an access token; True if it is the first."""
+        seen = self._bases.setdefault(session_id, set())
+        if basis in seen:
+            return False
+        seen.add(basis)
+        return True
 
     def note_reuse(self, token: Token, outcome: str, now: float) -> None:
         """Count a rotated refresh token presented again (``grace_reuse`` / ``reuse_detected`` /
@@ -124,20 +167,51 @@ class Ledger:
                        "resent_pair": "resent_pairs"}[outcome]] += 1
         self.observer.on_reuse(token, outcome=outcome, now=now)
 
-    def revoke_session(self, session: Session, now: float) -> None:
-        """Revoke a whole refresh-token family."""
+    def revoke_session(self, session: Session, now: float, *, access: bool = False) -> None:
+        """Revoke a whole refresh-token family; with ``access`` its access tokens too."""
+        access_newly = access and not session.access_revoked
+        session.access_revoked = session.access_revoked or access
         if not session.revoked:
             session.revoked = True
             self.counters["revocations"] += 1
+            self.observer.on_revoke(session, now=now)
+        elif access_newly:
             self.observer.on_revoke(session, now=now)
 
     def session_of(self, token: Token) -> Session:
         return self.sessions[token.session]
 
+    def prune(self, now: float) -> int:
+        """Forget what expired more than ``retain_s`` before ``now``; returns how many tokens and
+        sessions went. Nothing happens on a ledger without ``retain_s``."""
+        self._mints_since_prune = 0
+        if self.retain_s is None:
+            return 0
+        horizon = now - self.retain_s
+        gone = 0
+        while self._expiries and self._expiries[0][0] < horizon:
+            _, what, key = heapq.heappop(self._expiries)
+            if what == 0:
+                gone += self.tokens.pop(key, None) is not None
+                continue
+            session = self.sessions.get(key)
+            if session is None:
+                continue
+            if session.expires_at_s >= horizon:  # extended since: look again when it expires
+                heapq.heappush(self._expiries, (session.expires_at_s, 1, key))
+                continue
+            del self.sessions[key]
+            self._bases.pop(key, None)
+            gone += 1
+        return gone
+
     def totals(self) -> dict[str, int]:
         """The running totals as a plain dict (what the reference server's ``/ledger`` returns)."""
-        keys = (
-            "sessions", "access_mints", "refresh_mints", "renewal_access_mints", "refresh_calls",
-            "duplicate_tokens", "reuse_detections", "grace_reuses", "resent_pairs", "revocations",
-        )
-        return {k: int(self.counters[k]) for k in keys}
+        return {k: int(self.counters[k]) for k in TOTALS}
+
+
+#: the running totals a ledger keeps
+TOTALS = (
+    "sessions", "access_mints", "refresh_mints", "renewal_access_mints", "refresh_calls",
+    "duplicate_tokens", "reuse_detections", "grace_reuses", "resent_pairs", "revocations",
+)

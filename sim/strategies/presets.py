@@ -50,9 +50,16 @@ SERVER_PRESETS: dict[str, dict] = {
 CLIENT_PRESETS: dict[str, dict] = {
     # the seed article's fetchWithRefresh: refresh on 401, retry once, no dedup
     "fetch-with-refresh": {"trigger": "reactive", "single_flight": False, "storage": "shared"},
-    # timer polls every 5 s, fires at expires_in - 60 s; per-tab sessionStorage, no cross-tab
+    # the seed article's silent refresh: setInterval(…, 60000) from page load (a fixed phase),
+    # refresh when exp - now < 300 (strict, whole seconds)
+    "seed-silent-refresh": {
+        "trigger": "timer", "check_interval": "60s", "threshold": "5m", "timer_phase": "fixed", "compare": "lt",
+        "whole_seconds": True,
+    },
+    # one timer at expires_in - 60 s (accessTokenExpiringNotificationTimeInSeconds), rescheduled
+    # on each new token; per-tab sessionStorage, no cross-tab
     "oidc-client-ts": {
-        "trigger": "timer", "check_interval": "5s", "threshold": "60s", "storage": "per_tab",
+        "trigger": "timer", "timer_phase": "exp", "check_interval": "5s", "threshold": "60s", "storage": "per_tab",
         "single_flight": False,
     },
     # cached token stale 60 s before expiry; lock across tabs

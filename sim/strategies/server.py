@@ -87,10 +87,27 @@ class ServerPolicy(Model):
     def authorize(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> Verdict:
         """Check an access token at the moment the API processes the request.
 
-        Expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        Invalid when its session's access tokens were revoked (a logout, or a reuse revocation
+        that covers access tokens); expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return INVALID
         if now > token.expires_at_s + leeway_s:
             return EXPIRED
         return OK
+
+    def logout(self, ledger: Ledger, token: Token, now: float) -> None:
+        """The user logged out with ``token`` (any of the session's tokens): the session is
+        revoked, its refresh tokens and its access tokens alike."""
+        ledger.revoke_session(ledger.session_of(token), now, access=True)
+
+    def plain_at(self, ledger: Ledger, token: Token, now: float, leeway_s: float = 0.0) -> bool:
+        """Whether :meth:`authorize` would answer a plain ``ok`` at ``now`` — no re-issued token,
+        nothing written — whatever else happens meanwhile, so an engine may skip the call.
+        Plain at ``now`` must mean plain at every earlier instant since the token was sent (the
+        answer is monotone in time). False means "ask :meth:`authorize`"."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return False
+        return not now > token.expires_at_s + leeway_s
 
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``."""
@@ -110,6 +127,10 @@ class ServerPolicy(Model):
 
     def mints_per_refresh(self) -> int:
         """Signatures one successful refresh costs (access + rotated refresh token)."""
+        return 1
+
+    def mints_per_login(self) -> int:
+        """Signatures one login costs (the tokens a login grants)."""
         return 1
 
 
@@ -156,10 +177,9 @@ class DualTokenServer(ServerPolicy):
         refresh = ledger.mint("refresh", session, now, self._refresh_expiry(session, now), cause="login")
         return Grant(access, refresh)
 
-    def authorize(self, ledger, token, now, leeway_s=0.0):
-        if self.revoke_access_on_reuse and ledger.sessions[token.session].revoked:
-            return INVALID
-        return super().authorize(ledger, token, now, leeway_s)
+    def plain_at(self, ledger, token, now, leeway_s=0.0):
+        # another tab's reuse may revoke the session while the request travels
+        return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
 
     def begin_refresh(self, ledger, token, basis, now):
         ledger.counters["refresh_calls"] += 1
@@ -173,7 +193,7 @@ class DualTokenServer(ServerPolicy):
         if decision == "reuse_detected":
             ledger.note_reuse(token, "reuse_detected", now)
             if self.reuse_detection == "family":
-                ledger.revoke_session(ledger.session_of(token), now)
+                ledger.revoke_session(ledger.session_of(token), now, access=self.revoke_access_on_reuse)
             return Rejection("reuse_detected")
         session = ledger.session_of(token)
         session.last_refresh_at_s = now
@@ -206,6 +226,9 @@ class DualTokenServer(ServerPolicy):
 
     def mints_per_refresh(self):
         return 2 if self.rotation else 1
+
+    def mints_per_login(self):
+        return 2  # access and refresh token
 
     def _check(self, ledger: Ledger, token: Token, now: float) -> str:
         session = ledger.session_of(token)
@@ -252,6 +275,9 @@ class SlidingServer(ServerPolicy):
             return verdict  # capped by absolute_max: nothing newer to give
         reissued = ledger.mint("access", session, now, expiry, cause="reissue", parent=token.id, basis=token.id)
         return Verdict("ok", reissued)
+
+    def plain_at(self, ledger, token, now, leeway_s=0.0):
+        return super().plain_at(ledger, token, now, leeway_s) and token.expires_at_s - now >= self.window_s
 
     def access_expiry(self, session, now):
         expiry = now + self.access_ttl_s

@@ -1,0 +1,94 @@
+"""The Redis-backed ledger: a real redis-server, the reference server with two uvicorn workers
+sharing it, and refresh races that are (atomic) or are not (check-then-write) decided once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+import redis
+
+from loadtests.server import protocol as p
+from loadtests.server.process import free_port, run_uvicorn_process, serve_args
+
+pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(180)]
+
+DATA = Path(__file__).parent / "data"
+RACE = DATA / "server-race.toml"  # refreshes hold a worker 300 ms; rotation with family reuse detection
+CONCURRENT = 50
+
+
+def login(client: httpx.Client) -> dict:
+    answer = client.post(p.LOGIN_PATH, data={p.USERNAME_FIELD: "ann", p.PASSWORD_FIELD: p.TEST_PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def race(base_url: str, refresh_token: str, basis: str, n: int) -> tuple[list[httpx.Response], set[int]]:
+    """``n`` refreshes of one token released together from ``n`` connections; the answers and the
+    worker pids that served the connections."""
+    barrier = threading.Barrier(n)
+    answers: list[httpx.Response | None] = [None] * n
+    pids: set[int] = set()
+
+    def send(i: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            pids.add(client.get(p.HEALTH_PATH).json()["pid"])  # connected (to one worker) before the barrier
+            barrier.wait()
+            answers[i] = client.post(p.TOKEN_PATH, data={
+                p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: refresh_token, p.BASIS_FIELD: basis})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return answers, pids
+
+
+@pytest.mark.parametrize("strategy", ["atomic", "check-then-write"])
+def test_concurrent_refreshes_across_two_workers(redis_url, strategy):
+    port = free_port()
+    args = serve_args(RACE, strategy, port=port, store=redis_url, workers=2)
+    with run_uvicorn_process(args, port) as (base_url, _), httpx.Client(base_url=base_url, timeout=30) as client:
+        grant = login(client)
+        basis = jwt.decode(grant["access_token"], options={"verify_signature": False})["jti"]
+        answers, pids = race(base_url, grant["refresh_token"], basis, CONCURRENT)
+        assert len(pids) == 2, f"both workers should serve connections, saw {pids}"
+        assert all(a is not None for a in answers)
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 400}, statuses
+        pairs = {a.json()["refresh_token"] for a in answers if a.status_code == 200}
+        totals = client.get(p.LEDGER_PATH).json()["totals"]
+        assert totals["refresh_calls"] == CONCURRENT
+        if strategy == "atomic":
+            assert len(pairs) == 1 and statuses.count(200) == 1
+            assert totals["duplicate_tokens"] == 0
+            assert totals["reuse_detections"] >= 1 and totals["revocations"] == 1
+        else:
+            assert len(pairs) > 1
+            assert totals["duplicate_tokens"] == len(pairs) - 1  # one basis, so every extra mint is one
+        assert totals["refresh_mints"] == 1 + len(pairs)
+        print(f"{strategy}: {statuses.count(200)} of {CONCURRENT} concurrent refreshes got a new pair "
+              f"across worker pids {sorted(pids)}; totals {totals}")
+
+
+def test_records_expire_with_their_tokens_and_totals_do_not(redis_url):
+    port = free_port()
+    args = serve_args(RACE, "atomic", port=port, store=redis_url)
+    with run_uvicorn_process(args, port) as (base_url, _), httpx.Client(base_url=base_url) as client:
+        grant = login(client)
+        issuer = client.get(p.HEALTH_PATH).json()["issuer"]
+        namespace = "refreshlab:" + issuer.removeprefix(p.ISSUER_PREFIX)
+        r = redis.Redis.from_url(redis_url)
+        token_keys = list(r.scan_iter(f"{namespace}:t:*"))
+        assert len(token_keys) == 2  # the access and the refresh token
+        ttls = sorted(r.pttl(key) for key in token_keys)
+        # 15 min access / 1 h refresh (time scale 1), each plus the 60 s kept after expiry
+        assert 0 < ttls[0] <= (15 * 60 + 60) * 1000 and ttls[1] <= (3600 + 60) * 1000
+        assert r.pttl(f"{namespace}:totals") == -1  # totals never expire
+        assert client.get(p.LEDGER_PATH).json()["sizes"]["tokens"] == 2
+        assert grant["refresh_token"]
