@@ -454,7 +454,7 @@ class UserDriver:
     def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
         """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
-        half = self._network_out(self.streams.api_rtt)
+        half = self._network_out(self.streams.tab(tab.index).api_rtt)
         reply = self.transport.api(sent.raw)
         self.clock.sleep(half)
         rtt = time.perf_counter() - started

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sim.model import Model
-from sim.scenario import ScenarioError, _describe
+from sim.scenario import ScenarioError, describe as _describe
 from sim.units import Duration
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
