@@ -116,6 +116,6 @@ OPT_IN_MARKERS = ("peers", "fidelity", "failing_runs")
 def pytest_collection_modifyitems(config, items):
     chosen = config.getoption("markexpr") or ""
     for item in items:
-        own = [m for m in OPT_IN_MARKERS if m in item.keywords]
+        own = [m for m in OPT_IN_MARKERS if item.get_closest_marker(m) is not None]
         if own and not any(m in chosen for m in own):
             item.add_marker(pytest.mark.skip(reason=f"opt-in: run with -m {own[-1]}"))
