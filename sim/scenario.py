@@ -245,6 +245,8 @@ class Scenario(Model):
     tokens: Tokens = Field(default_factory=Tokens)
     gates: Gates = Field(default_factory=Gates)
     strategies: list[Variant] = Field(min_length=1)
+    #: how a load test talks to the server (a target profile, validated by ``loadtests.targets``)
+    target: dict[str, Any] | None = None
     #: the scenario as written (file form, before defaults were resolved), when known
     _written: dict[str, Any] | None = PrivateAttr(default=None)
 
