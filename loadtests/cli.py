@@ -22,9 +22,11 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from sim.cli import ScenarioArg, OutOpt, default_out, err_console, fail, out_console, read_scenario
+from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
+from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+                     err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
-from sim.scenario import Scenario
+from sim.scenario import Scenario, ScenarioError
 from sim.units import format_number, parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -37,13 +39,24 @@ AGREEMENT = 0.10
 
 
 class LoadTestError(Exception):
-    """Locust or the server could not run; the message says which and quotes their output."""
+    """Locust or the server could not run; the message says which and quotes their output.
+    ``code`` is the exit status it means (1: the run failed, 2: bad input)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: the share of calls that may fail outside the protocol (no answer, unexpected status, failed
+#: logins, crashed user tasks) before a run counts as failed
+MAX_ERROR_SHARE = 0.05
 
 
 @dataclass
 class LoadTest:
     """One measured run: what was asked, and what it produced. ``result`` is None only when
-    nothing at all was recorded."""
+    nothing at all was recorded. ``failure`` says why the run does not count (None: it does);
+    ``target_lost``: the server stopped answering during the run."""
 
     scenario: Scenario
     strategy: str
@@ -53,8 +66,11 @@ class LoadTest:
     locust_log: str
     locust_requests: pd.DataFrame | None = None
     locust_stats: pd.DataFrame | None = None
-    #: why the measurement cannot be trusted whole (the server died mid-run); None when it can
+    #: why the run does not count as a measurement (nothing measured, errors beyond the bound); None when it does
     failure: str | None = None
+    #: the server stopped answering (or the reference server died) during the run: the folder is partial
+    target_lost: bool = False
+    findings: list[str] | None = None
 
 
 def effective_scenario(scenario: Scenario, users: int | None, duration: str | None) -> Scenario:
@@ -68,12 +84,14 @@ def effective_scenario(scenario: Scenario, users: int | None, duration: str | No
 
 
 @contextlib.contextmanager
-def _target(scenario_file: Path, strategy: str, time_scale: float, target: str | None):
+def _target(scenario_file: Path, strategy: str, time_scale: float, profile: TargetProfile):
     """Yields (base URL, ``died()``: the exit status of a reference server we started that has
     died since, else None)."""
-    if target:
-        yield target.rstrip("/"), lambda: None
+    if profile.base_url:
+        yield profile.base_url, lambda: None
         return
+    if profile.name != "reference":
+        raise LoadTestError(f"target profile {profile.name!r} names no base_url: pass --target URL", code=2)
     from loadtests.server.process import ServerStartError, run_uvicorn_process, free_port, serve_args
 
     port = free_port()
@@ -85,29 +103,44 @@ def _target(scenario_file: Path, strategy: str, time_scale: float, target: str |
 
 
 def locust_command(scenario_file: Path, strategy: str, url: str, users: int, time_scale: float,
-                   run_time_s: float, records: Path, processes: int | None) -> list[str]:
-    """The headless Locust command line of a load test."""
+                   run_time_s: float, records: Path, processes: int | None, html: Path | None = None,
+                   profile_file: Path | None = None, inject_rtt: bool = False) -> list[str]:
+    """The headless Locust command line of a load test. Locust keeps its own exit code on errors
+    (1 when a call failed outside the protocol); the caller judges the share."""
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
         "-u", str(users), "-r", str(max(users, 1)), "--run-time", f"{math.ceil(run_time_s)}s",
         "--scenario", str(scenario_file), "--strategy", strategy, "--time-scale", repr(time_scale),
-        "--records-dir", str(records), "--only-summary", "--exit-code-on-error", "0",
-        "--csv", str(records / "locust"),
+        "--records-dir", str(records), "--only-summary", "--csv", str(records / "locust"),
     ]
+    if profile_file is not None:
+        command += ["--target-profile", str(profile_file)]
+    if inject_rtt:
+        command.append("--inject-rtt")
     if processes and processes > 1:
         command += ["--processes", str(processes)]
+    if html is not None:
+        command += ["--html", str(html)]
     return command
 
 
 def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target: str | None = None,
-                 processes: int | None = None, quiet: bool = False) -> LoadTest:
-    """Run one load test of variant ``strategy`` (server in a child process unless ``target``).
+                 processes: int | None = None, quiet: bool = False, html: Path | None = None,
+                 profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE,
+                 inject_rtt: bool | None = None) -> LoadTest:
+    """Run one load test of variant ``strategy`` against the target ``profile`` describes (the
+    reference server in a child process unless it or ``target`` names a URL).
 
-    Ctrl-C stops Locust early; what was measured until then is kept and marked partial. Raises
-    :class:`LoadTestError` when Locust or the server cannot run."""
+    A preflight (:mod:`loadtests.targets.preflight`) runs first; Ctrl-C stops Locust early and
+    what was measured until then is kept and marked partial. Raises :class:`LoadTestError` when
+    the preflight fails or Locust or the server cannot run; a run that measured nothing or
+    failed beyond ``max_error_share`` comes back with ``failure`` set. ``inject_rtt``: add the
+    scenario's round trips to every call (default: when the target is on this machine)."""
     from loadtests.measure import Records, fetch_ledger, measured_result, reference_server_info
+    from loadtests.targets.preflight import PreflightError, preflight, wait_answering
     from loadtests.server import lifecycle
 
+    profile = (profile or reference_profile()).with_target(target)
     users = scenario.population.users
     end_s = scenario.run.end_s
     # the reaper removes the folder and stops the server and Locust even after a kill -9 of this
@@ -117,20 +150,31 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         work_dir = Path(work)
         scenario_file = work_dir / "scenario.toml"
         scenario_file.write_text(scenario.to_toml(), encoding="utf-8")
+        profile_file = work_dir / "profile.json"
+        profile_file.write_text(profile.model_dump_json(by_alias=True), encoding="utf-8")
         records = work_dir / "records"
         records.mkdir()
         log_path = work_dir / "locust.log"
         interrupted = False
-        failure = None
-        with _target(scenario_file, strategy, time_scale, target) as (url, died):
-            reference = reference_server_info(url)
+        server_died = None
+        with _target(scenario_file, strategy, time_scale, profile) as (url, died):
+            reference = reference_server_info(url) if profile.ledger else None
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
                 raise LoadTestError(
                     f"{url} serves strategy {reference['strategy']!r} at time scale {reference['time_scale']:g}, "
                     f"not {strategy!r} at {time_scale:g}")
+            try:
+                findings = preflight(profile, url, user=users)
+            except PreflightError as exc:
+                raise LoadTestError(str(exc)) from None
+            if not quiet:
+                for line in findings.lines():
+                    err_console.print(line, highlight=False)
             command = locust_command(scenario_file, strategy, url, users, time_scale,
-                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes)
+                                     end_s / time_scale + RUN_TIME_MARGIN_S, records, processes,
+                                     Path(html).resolve() if html is not None else None, profile_file,
+                                     _loopback(url) if inject_rtt is None else inject_rtt)
             started = time.time()
             with open(log_path, "w") as log:
                 # Locust gets its own process group: Ctrl-C here is forwarded once, so it stops
@@ -139,10 +183,10 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                                           stdin=subprocess.DEVNULL, **lifecycle.child_options())
                 lifecycle.adopt(locust.pid)
                 try:
-                    status = _wait(locust, quiet, end_s / time_scale, died)
+                    status = _wait(locust, quiet, end_s / time_scale, died, records / "locust_stats.csv")
                     if status is not None:
-                        failure = f"the reference server died during the run (exit status {status})"
-                        err_console.print(f"{failure}: stopping Locust; the measurement is partial")
+                        server_died = f"the reference server died during the run (exit status {status})"
+                        err_console.print(f"{server_died}: stopping Locust; the measurement is partial")
                         _stop(locust)
                 except KeyboardInterrupt:
                     interrupted = True
@@ -150,42 +194,97 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                     _stop(locust)
             elapsed_s = (time.time() - started) * time_scale
             locust_log = log_path.read_text(errors="replace")
-            if locust.returncode not in (0, None) and not interrupted and failure is None:
+            if locust.returncode not in (0, 1, None) and not interrupted and server_died is None:
                 raise LoadTestError(f"Locust exited with status {locust.returncode}:\n{_tail(locust_log)}")
-            if failure is None and died() is not None:
-                failure = f"the reference server died during the run (exit status {died()})"
-            ledger = fetch_ledger(url) if reference is not None and failure is None else None
+            if server_died is None and died() is not None:
+                server_died = f"the reference server died during the run (exit status {died()})"
+            alive = server_died is None and wait_answering(url, profile)
+            ledger = fetch_ledger(url) if reference is not None and alive else None
         try:
             measured = Records(records)
         except FileNotFoundError:
-            if interrupted or failure:
-                return LoadTest(scenario, strategy, time_scale, None, interrupted, locust_log, failure=failure)
+            if interrupted or server_died:
+                return LoadTest(scenario, strategy, time_scale, None, interrupted, locust_log,
+                                failure=server_died, target_lost=server_died is not None)
             raise LoadTestError(f"Locust wrote no records:\n{_tail(locust_log)}") from None
-        cut_short = interrupted or failure is not None
+        measured_s = min(elapsed_s, end_s) if interrupted else None
+        if not alive:
+            measured_s = _last_answer_s(measured.locust, end_s)
+        failure = _judge(measured, max_error_share, alive)
         result = measured_result(
             scenario, strategy, measured, ledger,
-            measured_s=min(elapsed_s, end_s) if cut_short else None, partial=cut_short,
-            meta={"target": target or "reference server", "users": users, "processes": processes or 1,
-                  **({"failure": failure} if failure else {})},
+            measured_s=measured_s, partial=interrupted or not alive or failure is not None,
+            meta={"target": url if target or profile.base_url else "reference server", "profile": profile.name,
+                  "users": users, "processes": processes or 1,
+                  "status": "failed" if failure else "partial" if interrupted or not alive else "complete",
+                  "failure": failure or server_died, "locust_exit_code": locust.returncode,
+                  "preflight": findings.lines(), "preflight_user": findings.user,
+                  "preflight_calls": findings.calls},
         )
         if failure:
             result.partial = True
         stats = records / "locust_stats.csv"
         return LoadTest(scenario, strategy, time_scale, result, interrupted, locust_log, measured.locust,
-                        pd.read_csv(stats) if stats.is_file() else None, failure=failure)
+                        pd.read_csv(stats) if stats.is_file() else None, failure, not alive, findings.lines())
 
 
-def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, died=lambda: None) -> int | None:
-    """Wait for Locust to end; returns the exit status of the server if it died first, else None."""
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _last_answer_s(rows: pd.DataFrame, end_s: float) -> float:
+    """Scenario time of the last call the target answered (how long the measurement lasted)."""
+    answered = rows[rows["exception"].isna() | ~rows["exception"].astype(str).str.startswith("no answer")]
+    return float(min(answered["t_s"].max(), end_s)) if len(answered) else 0.0
+
+
+def _judge(measured, max_error_share: float, alive: bool) -> str | None:
+    """Why a run does not count as a measurement, or None when it does."""
+    counters = measured.counters or {}
+    requests = int(counters.get("requests", 0))
+    ok = measured.client[(measured.client["event"] == "attempt") & (measured.client["outcome"] == "ok")]
+    if requests == 0 or len(ok) == 0:
+        logins = int(counters.get("login_failures", 0))
+        why = f" ({logins} failed logins)" if logins else ""
+        return f"measured nothing: no API call was answered with success{why}"
+    if not alive:
+        return None  # calls after the target died failed, of course: the run is partial instead
+    rows = measured.locust
+    calls = len(rows)
+    errors = int(rows["exception"].notna().sum()) if calls else 0
+    if calls and errors / calls > max_error_share:
+        return (f"{errors} of {calls} calls failed outside the protocol ({errors / calls:.1%} > "
+                f"{max_error_share:.0%}): no answer or an unexpected status; see locust.log")
+    logins = int(counters.get("logins", 0)) + int(counters.get("forced_logins", 0))
+    failed_logins = int(counters.get("login_failures", 0))
+    if failed_logins and failed_logins / max(logins + failed_logins, 1) > max_error_share:
+        return f"{failed_logins} of {logins + failed_logins} logins failed (> {max_error_share:.0%})"
+    task_errors = int(counters.get("task_errors", 0))
+    if task_errors:
+        return f"{task_errors} user tasks crashed; see locust.log"
+    return None
+
+
+def _wait(process: subprocess.Popen, quiet: bool, expected_s: float, died=lambda: None,
+          stats: Path | None = None) -> int | None:
+    """Wait for Locust to end; returns the exit status of the server if it died first, else None.
+    Says once when Locust's ``stats`` file first counts requests (a line a log can wait for)."""
     from sim.cli import progress_bar
 
     started = time.monotonic()
+    measured = False
     with progress_bar("load testing", enabled=not quiet) as update:
         while process.poll() is None:
             status = died()
             if status is not None:
                 return status
             update(min(int(time.monotonic() - started), int(expected_s)), int(math.ceil(expected_s)))
+            if not measured and stats is not None and not quiet and _requests_so_far(stats) > 0:
+                # a line a log (or a test) can wait for: load is on and being measured
+                measured = True
+                err_console.print("load testing: first requests measured", highlight=False)
             time.sleep(0.25)
     return None
 
@@ -200,6 +299,23 @@ def _stop(locust: subprocess.Popen) -> None:
         locust.wait()
 
 
+def _requests_so_far(stats: Path) -> int:
+    """Requests in the Aggregated row of the stats CSV Locust rewrites every second (0 until then)."""
+    try:
+        rows = stats.read_text().splitlines()
+    except OSError:
+        return 0
+    header = rows[0].split(",") if rows else []
+    for row in rows[1:]:
+        cells = row.split(",")
+        if "Aggregated" in cells and "Request Count" in header:
+            try:
+                return int(cells[header.index("Request Count")])
+            except (ValueError, IndexError):
+                return 0
+    return 0
+
+
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -212,6 +328,7 @@ def write_measured(test: LoadTest, folder: Path) -> None:
         test.locust_requests.to_parquet(folder / "locust_requests.parquet", index=False)
     if test.locust_stats is not None:
         test.locust_stats.to_csv(folder / "locust_stats.csv", index=False)
+    (folder / "locust.log").write_text(test.locust_log, encoding="utf-8")
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -224,7 +341,22 @@ VALIDATE_METRICS = [
     ("duplicates_occur", "duplicates occur", "occurs"),
     ("duplicate_tokens", "duplicate tokens", "info"),
     ("failed_requests_per_request", "failed / request", "info"),
-    ("forced_logins", "forced logins", "info"),
+    ("reuse_detections", "reuse detections", "count"),
+    ("forced_logins", "forced logins", "count"),
+    ("requests", "requests", "info"),
+    ("added_latency_ms_p99", "added latency p99 ms", "info"),
+]
+#: the checks against a real (third-party) server: every one must agree (``count`` metrics also
+#: agree when the measured value lies inside the simulated 95% CI over replications)
+TARGET_METRICS = [
+    ("refresh_calls", "refresh calls", "count"),
+    ("refresh_rate_per_s", "refresh rate /s", "rate"),
+    ("expiry_failures_per_request", "expiry 401s / request", "rate"),
+    ("reuse_detections", "refused refreshes: reuse", "count"),
+    ("expired_refreshes", "refused refreshes: expiry", "count"),
+    ("forced_logins", "forced logins", "count"),
+    ("duplicate_tokens", "duplicate tokens", "count"),
+    ("resent_pairs", "re-sent pairs", "count"),
     ("requests", "requests", "info"),
     ("added_latency_ms_p99", "added latency p99 ms", "info"),
 ]
@@ -236,14 +368,14 @@ def _derived(row: pd.Series) -> dict[str, tuple[float, float]]:
         return float(row.get(f"{col}_ci95", math.nan))
 
     requests = float(row["requests"]) or math.nan
-    out = {col: (float(row[col]), ci(col)) for col, _, _ in VALIDATE_METRICS if col in row.index}
+    out = {col: (float(row[col]), ci(col)) for col, _, _ in VALIDATE_METRICS + TARGET_METRICS if col in row.index}
     out["expiry_failures_per_request"] = (row["expiry_failures"] / requests, ci("expiry_failures") / requests)
     out["failed_requests_per_request"] = (row["failed_requests"] / requests, ci("failed_requests") / requests)
     out["duplicates_occur"] = (float(row["duplicate_tokens"] > 0), math.nan)
     return out
 
 
-def compare(simulated: RunResult, measured: RunResult, strategy: str) -> pd.DataFrame:
+def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=None) -> pd.DataFrame:
     """The validation rows of one variant: metric, simulated mean and 95% CI over replications,
     simulated replication 0, measured, relative difference and whether they agree.
 
@@ -255,13 +387,16 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str) -> pd.Data
     same_users = _derived(per[(per["strategy"] == strategy) & (per["replication"] == 0)].iloc[0])
     meas_row = _derived(measured.aggregate.loc[strategy])
     rows = []
-    for metric, title, kind in VALIDATE_METRICS:
+    for metric, title, kind in metrics or VALIDATE_METRICS:
         (mean, ci), (s, _), (m, _) = sim_mean[metric], same_users[metric], meas_row[metric]
         if kind == "occurs":
             rel, agree = math.nan, bool((s > 0) == (m > 0))
         else:
             rel = (m - s) / s if s else (0.0 if m == 0 else math.inf)
-            agree = bool(abs(rel) <= AGREEMENT) if kind == "rate" else None
+            agree = bool(abs(rel) <= AGREEMENT) if kind in ("rate", "count") else None
+            if kind == "count" and not agree and ci == ci:
+                # a count the replications themselves spread wider than 10%: inside their CI agrees
+                agree = bool(abs(m - mean) <= ci)
         rows.append({"strategy": strategy, "metric": metric, "title": title, "kind": kind,
                      "simulated_mean": mean, "simulated_ci95": ci, "simulated": s, "measured": m,
                      "relative_difference": rel, "agree": agree})
@@ -271,6 +406,9 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str) -> pd.Data
 def _cells(r: pd.Series) -> tuple[str, str, str, str, str]:
     """Text of one validation row: simulated mean ±CI, simulated (same users), measured,
     relative difference, agree."""
+    if r["kind"] == "count" and r["agree"] and abs(r["relative_difference"]) > AGREEMENT:
+        r = r.copy()
+        r["agree"] = "in CI"
     if r["kind"] == "occurs":
         mean, same, meas = _yes(r["simulated_mean"] > 0), _yes(r["simulated"] > 0), _yes(r["measured"] > 0)
     else:
@@ -279,7 +417,8 @@ def _cells(r: pd.Series) -> tuple[str, str, str, str, str]:
         same, meas = _num(r["simulated"]), _num(r["measured"])
     rel = r["relative_difference"]
     rel_text = "" if rel != rel else f"{rel:+.1%}" if math.isfinite(rel) else "∞"
-    agree = "" if r["agree"] is None or r["agree"] != r["agree"] else _yes(bool(r["agree"]))
+    agree = r["agree"] if isinstance(r["agree"], str) else (
+        "" if r["agree"] is None or r["agree"] != r["agree"] else _yes(bool(r["agree"])))
     return mean, same, meas, rel_text, agree
 
 
@@ -294,7 +433,7 @@ def validation_table(rows: pd.DataFrame, title: str) -> Table:
         table.add_column(name, justify="left" if i < 2 else "center" if i == 6 else "right")
     for _, r in rows.iterrows():
         *cells, agree = _cells(r)
-        agree = {"yes": "[green]yes[/]", "no": "[bold red]no[/]"}.get(agree, agree)
+        agree = {"yes": "[green]yes[/]", "in CI": "[green]in CI[/]", "no": "[bold red]no[/]"}.get(agree, agree)
         table.add_row(r["strategy"], r["title"], *cells, agree)
     return table
 
@@ -326,6 +465,17 @@ ProcessesOpt = Annotated[Optional[int], typer.Option(
     "--processes", help="Locust worker processes (distributed mode on this machine).", min=1)]
 
 
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="Base URL of the server [default: the profile's, or start the reference server].")]
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--target-profile", help="Target profile: a bundled name (reference, seed, keycloak, auth0, okta, hydra, "
+    "spring, simplejwt, ...) or a TOML file [default: the scenario's [target] table, else reference].")]
+ApiPathOpt = Annotated[Optional[str], typer.Option("--api-path", help="Protected path to call (overrides the profile).")]
+ErrorShareOpt = Annotated[float, typer.Option(
+    "--max-error-share", help="Share of calls that may fail outside the protocol before the run counts as failed.",
+    min=0.0, max=1.0)]
+
+
 def loadtest(
     scenario_path: ScenarioArg,
     strategy: StrategyOpt,
@@ -333,45 +483,111 @@ def loadtest(
     time_scale: TimeScaleOpt = 1.0,
     duration: Annotated[Optional[str], typer.Option(
         "--duration", help="Override the measurement window (scenario time, e.g. '10m').")] = None,
-    target: Annotated[Optional[str], typer.Option(
-        "--target", help="Base URL of a running server [default: start the reference server].")] = None,
+    target: TargetOpt = None,
+    target_profile: ProfileOpt = None,
+    api_path: ApiPathOpt = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    max_error_share: ErrorShareOpt = MAX_ERROR_SHARE,
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write Locust's own HTML report to this file.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
 ):
     """Load-test one strategy variant over real HTTP with Locust and write a measured run folder."""
     scenario = _scenario(scenario_path, [strategy], users, duration, time_scale)
+    profile = resolve_profile(scenario_path, scenario, target_profile, api_path)
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "loadtest")
-    test = _measure(scenario, strategy, time_scale, target, processes)
+    test = _measure(scenario, strategy, time_scale, target, processes, profile, max_error_share, html, quiet=as_json)
     if test.result is None:
         if test.failure:
             raise fail(f"{test.failure} before anything was measured: no run folder was written", code=1)
         raise fail("interrupted before anything was measured: no run folder was written", code=130)
     with atomic_dir(out) as tmp:
         write_measured(test, tmp)
+        outcome = None if test.failure else check_gates(gates, [("", test.result.aggregate)], tmp, as_json=True)
+    if test.target_lost:
+        err_console.print("[bold red]error:[/] the target stopped answering during the run; the folder is partial")
+    if test.failure:
+        err_console.print(f"[bold red]failed:[/] {test.failure}", highlight=False)
+        err_console.print(f"wrote {out} (marked failed in run.json, Locust's log in locust.log)")
+        raise typer.Exit(1)
     row = test.result.aggregate.loc[strategy]
-    out_console.print(
-        f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
-        f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
-        f"{int(row['forced_logins'])} forced logins")
-    out_console.print(f"wrote {out}" + (" (partial: interrupted)" if test.interrupted else
-                                        f" (partial: {test.failure})" if test.failure else ""))
+    if as_json:
+        from sim.cli import summary_json
+
+        emit_json(summary_json(test.result, out, outcome, partial=test.result.partial))
+    else:
+        out_console.print(
+            f"{strategy}: {int(row['requests'])} requests, refresh rate {_num(row['refresh_rate_per_s'])}/s, "
+            f"{int(row['duplicate_tokens'])} duplicates, {int(row['expiry_failures'])} expiry failures, "
+            f"{int(row['forced_logins'])} forced logins")
+        counters = test.result.meta.get("client_counters") or {}
+        if counters.get("resent_pairs"):
+            out_console.print(f"{counters['resent_pairs']} refresh answers re-sent a pair already issued (not mints)")
+        if outcome is not None:
+            out_console.print(gates_table(outcome))
+        reason = "interrupted" if test.interrupted else "the target stopped answering" if test.target_lost else ""
+        out_console.print(f"wrote {out}" + (f" (partial: {reason})" if test.result.partial else ""))
     if test.interrupted:
         raise typer.Exit(130)
-    if test.failure:
-        raise fail(f"{test.failure}; {out} is marked partial", code=1)
+    if test.target_lost:
+        raise typer.Exit(1)
+    gates_exit(outcome)
+
+
+def resolve_profile(scenario_path: Path, scenario: Scenario, spec: str | None, api_path: str | None = None) -> TargetProfile:
+    """The target profile of a command: ``--target-profile``, else the scenario's ``[target]``
+    table, else the reference server's; exits 2 naming the file and field when it is invalid."""
+    try:
+        if spec:
+            profile = load_profile(spec)
+        elif scenario.target is not None:
+            profile = parse_profile(scenario.target, str(scenario_path), scenario_path.parent, "target")
+        else:
+            profile = reference_profile()
+    except ScenarioError as exc:
+        raise fail(exc.render()) from None
+    if api_path:
+        profile = profile.model_copy(update={"api": profile.api.model_copy(update={"paths": [ApiPath(path=api_path)]})})
+    return profile
+
 
 def validate(
     scenario_path: ScenarioArg,
     strategy: Annotated[Optional[list[str]], typer.Option(
         "--strategy", help="Variant(s) to validate [default: all].", show_default=False)] = None,
-    time_scale: TimeScaleOpt = VALIDATE_TIME_SCALE,
+    time_scale: Annotated[Optional[float], typer.Option(
+        "--time-scale", help="Scenario seconds per wall second [default: 40 against the reference server, "
+        "1 against any other].")] = None,
+    target: TargetOpt = None,
+    target_profile: ProfileOpt = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    as_json: JsonOpt = False,
 ):
-    """Simulate a scenario and load-test it over real HTTP; print and write how far they agree."""
+    """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
+
+    Against the reference server (the default) both worlds run the scenario's own server models.
+    With ``--target-profile`` naming another server, the simulation runs the server model the
+    profile names (``server_model``, a preset) for every variant and the load test measures the
+    real server at time scale 1 (its clock is real)."""
     scenario = read_scenario(scenario_path)
     names = strategy or scenario.names
+    profile = resolve_profile(scenario_path, scenario, target_profile)
+    external = profile.name != "reference" or bool(target or profile.base_url)
+    if external and not profile.ledger:
+        if time_scale not in (None, 1.0):
+            raise fail(f"--time-scale: a third-party server runs on real time; expected 1, got {time_scale:g}")
+        time_scale = 1.0
+        if not profile.server_model:
+            raise fail(f"target profile {profile.name!r}: validate needs server_model (a preset name) to simulate it")
+        scenario = with_server_model(scenario, profile.server_model, scenario_path)
+    time_scale = VALIDATE_TIME_SCALE if time_scale is None else time_scale
     scenario = _scenario(scenario_path, names, None, None, time_scale, scenario)
+    metrics = TARGET_METRICS if external else VALIDATE_METRICS
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
@@ -380,7 +596,9 @@ def validate(
     interrupted = False
     for name in names:
         err_console.print(f"load testing {name} ({scenario.run.end_s / time_scale:.0f} s at time scale {time_scale:g})")
-        test = _measure(scenario, name, time_scale, None, processes)
+        test = _measure(scenario, name, time_scale, target, processes, profile)
+        if test.failure or test.target_lost:
+            raise fail(f"{name}: the measurement failed: {test.failure or 'the target stopped answering'}", code=1)
         if test.result is not None:
             tests[name] = test
         if test.interrupted or test.failure:
@@ -390,9 +608,10 @@ def validate(
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
-    rows = pd.concat([compare(simulated, t.result, n) for n, t in tests.items()], ignore_index=True)
-    title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications) "
-             f"vs measured (time scale {time_scale:g})")
+    rows = pd.concat([compare(simulated, t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
+    model = f", server model {profile.server_model}" if external and profile.server_model else ""
+    title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
+             f"vs measured ({profile.name if external else 'reference server'}, time scale {time_scale:g})")
     with atomic_dir(out) as tmp:
         (tmp / "simulated").mkdir()
         simulated.write_into(tmp / "simulated")
@@ -402,13 +621,35 @@ def validate(
         write_validation(rows, tmp, title)
         if interrupted:
             (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
-    out_console.print(validation_table(rows, title))
     checked = rows["agree"].dropna().astype(bool)
-    out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
+    if as_json:
+        from sim.jsonout import records
+
+        emit_json({"out": str(out), "agree": bool(checked.all()), "partial": interrupted, "checks": records(rows)})
+    else:
+        out_console.print(validation_table(rows, title))
+        out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
     if interrupted:
         raise typer.Exit(130)
     if not checked.all():
         raise typer.Exit(1)
+
+
+def with_server_model(scenario: Scenario, preset: str, source: Path) -> Scenario:
+    """``scenario`` with every variant's server replaced by the preset ``preset`` (its lifetimes
+    from the scenario's ``[tokens]`` unless the preset sets them)."""
+    from sim.scenario import parse_scenario
+
+    raw = scenario.to_file_dict()
+    raw.pop("target", None)
+    tokens = raw.get("tokens", {})
+    for variant in raw["strategies"]:
+        # the scenario's [tokens] describe the deployment measured: they win over the preset's
+        variant["server"] = {"preset": preset, **{k: tokens[k] for k in ("access_ttl", "refresh_ttl") if k in tokens}}
+    try:
+        return parse_scenario(raw, f"{source} with server model {preset!r}")
+    except ScenarioError as exc:
+        raise fail(exc.render()) from None
 
 
 def register_loadtest(app: typer.Typer) -> None:
@@ -436,8 +677,11 @@ def _scenario(path: Path, names: list[str], users, duration, time_scale, scenari
         raise fail(f"--duration: {exc}") from None
 
 
-def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes) -> LoadTest:
+def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes,
+             profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE, html=None,
+             quiet: bool = False) -> LoadTest:
     try:
-        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes)
+        return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes,
+                            profile=profile, max_error_share=max_error_share, html=html, quiet=quiet)
     except LoadTestError as exc:
-        raise fail(str(exc), code=1) from None
+        raise fail(str(exc), code=exc.code) from None

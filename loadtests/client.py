@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import gevent
-import jwt
 from gevent.event import AsyncResult
 from gevent.pool import Group
 
@@ -37,6 +36,9 @@ from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, Await, Backoff, Close, Join, Login, Open, Pause, Refresh, Renew, Request, Send, Sleep, Spawn, drive,
     jar_after_refresh, renew_flow, request_flow, user_flow,
 )
+from loadtests.targets.classify import Classifier
+from loadtests.targets.profile import TargetProfile, reference_profile
+from loadtests.targets.tokens import expires_unix, held_of, token_id
 #: columns of the client's record files: the ``events`` columns without strategy/replication,
 #: plus ``expires_s`` (scenario expiry of the token a ``mint`` or ``logout`` row is about)
 RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
@@ -98,7 +100,8 @@ class Transport(Protocol):
     """The three HTTP calls a client makes; each returns a :class:`Reply` and never raises for
     network or HTTP errors."""
 
-    def login(self, username: str) -> Reply: ...
+    def login(self, index: int) -> Reply:
+        """Log in user ``index`` (the profile says with which credentials)."""
 
     def refresh(self, refresh_token: str, basis: str | None) -> Reply: ...
 
@@ -119,24 +122,15 @@ class Token:
         return self.held.id
 
 
-def read_token(raw: str, clock: ScenarioClock, received_unix_s: float, expires_in: Any = None) -> Token:
-    """Decode a JWT without verifying it (the client only learns ``jti``, ``sid`` and ``exp``).
-
-    ``exp`` is whole seconds, up to one second earlier than the server's own expiry; when the
-    answer also said ``expires_in`` and it agrees with ``exp`` to the second, the finer value is
-    used (what OAuth clients do with ``expires_in``)."""
-    claims = jwt.decode(raw, options={"verify_signature": False})
-    exp = claims.get("exp")
-    expires_unix = float(exp) if exp is not None else math.inf
-    if expires_in is not None:
-        try:
-            finer = received_unix_s + float(expires_in)
-        except (TypeError, ValueError):
-            finer = math.nan
-        if expires_unix <= finer < expires_unix + 1.0 or exp is None:
-            expires_unix = finer
-    sid = claims.get("sid")
-    return Token(raw, Held(str(claims.get("jti")), clock.at_unix(expires_unix)), None if sid is None else str(sid))
+def read_token(raw: str, clock: ScenarioClock, received_unix_s: float, expires_in: Any = None,
+               fmt: str = "jwt", default_ttl_s: float | None = None) -> Token:
+    """What the client learns of a token (:mod:`loadtests.targets.tokens`): a JWT's ``jti``,
+    ``sid`` and ``exp`` read without verifying it (``exp`` refined by ``expires_in``), or for an
+    opaque token a hash of the string and the expiry ``expires_in`` (else ``default_ttl_s``,
+    scenario seconds) says."""
+    expires = expires_unix(raw, received_unix_s, expires_in, fmt, default_ttl_s, clock.time_scale)
+    held, sid = held_of(raw, clock.at_unix(expires) if math.isfinite(expires) else math.inf)
+    return Token(raw, held, sid)
 
 
 class RecordSink:
@@ -208,6 +202,8 @@ class RecordSink:
 COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
+    "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
+    "refused_sessions",
 )
 
 
@@ -304,6 +300,20 @@ class _Pace:
     began: float
 
 
+class _Watched(Group):
+    """A greenlet group whose crashed greenlets are counted (``task_errors``), so a run whose
+    users fail does not look like a quiet one; gevent prints the traceback to the log."""
+
+    def __init__(self, sink: "RecordSink") -> None:
+        super().__init__()
+        self.sink = sink
+
+    def spawn(self, *args, **kwargs):
+        greenlet = super().spawn(*args, **kwargs)
+        greenlet.link_exception(lambda g: self.sink.count("task_errors"))
+        return greenlet
+
+
 class UserDriver:
     """One user carrying out ``variant.client`` against a server through ``transport``.
 
@@ -314,20 +324,32 @@ class UserDriver:
     """
 
     def __init__(self, scenario: Scenario, variant: Variant, index: int, transport: Transport,
-                 clock: ScenarioClock, sink: RecordSink, population: Population | None = None) -> None:
+                 clock: ScenarioClock, sink: RecordSink, population: Population | None = None,
+                 profile: TargetProfile | None = None, inject_rtt: bool = False) -> None:
         self.scenario = scenario
         self.policy = variant.client
         self.index = index
-        self.username = f"user-{index}"
+        self.profile = profile or reference_profile()
+        self.classifier = Classifier(self.profile.classify)
         self.transport = transport
+        #: add the scenario's round trip (drawn from the user's own streams, as the simulator
+        #: does) to every call, so a loopback test sees the network the scenario describes
+        self.inject_rtt = inject_rtt
         self.clock = clock
         self.sink = sink
         self.end_s = scenario.run.end_s
         self.arrival_s, self.n_tabs, self.skew_s, self.streams = (population or Population(scenario)).user(index)
-        self.greenlets = Group()
+        self.greenlets = _Watched(sink)
         self.bases: set[tuple[str | None, str]] = set()
         #: what the device kept from its last visit ("remember me"): jar, shared token, session
         self.kept: tuple | None = None
+        #: every token string this user received: a mint is a string not seen before
+        self.seen: set[str] = set()
+        #: refresh tokens (ids) the user saw exchanged for a newer one, and known refresh expiries
+        self.rotated: set[str] = set()
+        self.jar_expiry: dict[str, float] = {}
+        self.refused_sessions: set[str | None] = set()
+        self.visits = itertools.count(1)
 
     # -- top level --------------------------------------------------------------------------
 
@@ -440,12 +462,16 @@ class UserDriver:
     def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
         """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
+        half = self._network_out(self.streams.tab(tab.index).api_rtt)
         reply = self.transport.api(sent.raw)
+        self.clock.sleep(half)
         rtt = time.perf_counter() - started
         if reply.status == 200:
             outcome = "ok"
         elif reply.status == 401:
-            outcome = "expired" if reply.error == "expired" else "invalid"
+            outcome, how = self.classifier.access(reply.error, sent.held.expires_at_s, self.clock.now_s())
+            if how == "client":
+                self.sink.count("inferred_classifications")
         else:
             outcome = "lost"
         self.sink.record(sent_at, self.index, tab.index, sent.session, "attempt", sent.id, outcome=outcome,
@@ -459,7 +485,7 @@ class UserDriver:
         """The token a sliding server re-issued with ``reply`` on behalf of ``sent``, else None."""
         if reply.status != 200 or not reply.reissued:
             return None
-        token = read_token(reply.reissued, self.clock, reply.received_unix_s, reply.reissued_expires_in)
+        token = self._read(reply.reissued, reply, reply.reissued_expires_in)
         self._minted(token, "access_reissue", sent.id, visit)
         return token
 
@@ -492,15 +518,20 @@ class UserDriver:
         if jar is None:
             return "no_token"
         sent_at, started = clock.now_s(), time.perf_counter()
-        jar_id = _jti(jar)
+        jar_id = token_id(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
         sink.count("refresh_calls")
+        half = self._network_out(self.streams.auth_rtt)
         reply = self.transport.refresh(jar, basis)
+        self.clock.sleep(half)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if reply.status == 200 and reply.body and "access_token" in reply.body:
+        if reply.status == 200 and reply.body and reply.body.get("access_token"):
             outcome = "ok"
-        elif reply.status == 400:
-            outcome = reply.error if reply.error in ("expired", "revoked", "reuse_detected") else "revoked"
+        elif reply.status in self.classifier.spec.refresh_rejected_statuses:
+            outcome, how = self.classifier.refresh(reply.error, jar_id in self.rotated,
+                                                   self.jar_expiry.get(jar_id, math.inf), clock.now_s())
+            if how == "client":
+                sink.count("inferred_classifications")
         elif reply.status == 503:
             outcome = "unavailable"
             visit.retry_after_wall_s = reply.retry_after_s
@@ -509,17 +540,31 @@ class UserDriver:
         sink.record(clock.now_s(), self.index, tab.index, visit.session, "refresh_end", jar_id, basis,
                     outcome=outcome, latency_ms=latency_ms)
         if outcome == "ok":
-            token = read_token(reply.body["access_token"], clock, reply.received_unix_s, reply.body.get("expires_in"))
-            self._minted(token, "access_refresh", basis, visit)
-            tab.store.token = token
+            token = self._read(reply.body["access_token"], reply, reply.body.get("expires_in"))
             new_jar = reply.body.get("refresh_token")
+            if token.raw in self.seen:
+                # the server answered with tokens it had already issued (a concurrent replay of a
+                # just-rotated refresh token): neither a mint nor a duplicate
+                sink.record(clock.now_s(), self.index, tab.index, visit.session, "resent_pair", token.id, basis)
+                sink.count("resent_pairs")
+            else:
+                self._minted(token, "access_refresh", basis, visit)
+            tab.store.token = token
             if new_jar and new_jar != jar:
-                self._minted(read_token(new_jar, clock, reply.received_unix_s), "refresh_refresh", None, visit)
+                if jar_id not in self.rotated:
+                    self.rotated.add(jar_id)
+                    sink.count("rotated_tokens")
+                if new_jar not in self.seen:
+                    self._minted(self._read_jar(new_jar, reply), "refresh_refresh", None, visit)
             visit.jar = jar_after_refresh(visit.jar, jar, new_jar)
             return outcome
         sink.count("refresh_failures")
         if outcome == "reuse_detected":
             sink.count("reuse_detected")
+        if outcome in ("reuse_detected", "revoked") and visit.session not in self.refused_sessions:
+            # a server that revokes the family on reuse revoked this session's: one revocation
+            self.refused_sessions.add(visit.session)
+            sink.count("refused_sessions")
         return outcome
 
     def login(self, tab: Tab, *, forced: bool, lapsed: bool = False) -> None:
@@ -535,25 +580,48 @@ class UserDriver:
                         outcome="lapsed" if lapsed else "forced" if forced else "visit")
             sink.count("forced_logins" if forced else "logins")
             while True:
-                reply = self.transport.login(self.username)
+                half = self._network_out(self.streams.auth_rtt)
+                reply = self.transport.login(self.index)
+                self.clock.sleep(half)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
+                sink.count("login_failures")
                 if not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
                     return
             body = reply.body
-            token = read_token(body["access_token"], clock, reply.received_unix_s, body.get("expires_in"))
+            token = self._read(body["access_token"], reply, body.get("expires_in"))
+            # a server that names no session (no sid claim): the visit's login is one
+            visit.session = token.session or f"{self.index}.{next(self.visits)}"
+            token = Token(token.raw, token.held, visit.session)
             self._minted(token, "access_login", None, visit)
-            visit.session, visit.jar = token.session, body.get("refresh_token")
+            visit.jar = body.get("refresh_token")
             if visit.jar:
-                self._minted(read_token(visit.jar, clock, reply.received_unix_s), "refresh_login", None, visit)
+                self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
             tab.store.token = token
         finally:
             done, visit.login = visit.login, None
             done.set(True)
 
+    def _read(self, raw: str, reply: Reply, expires_in: Any) -> Token:
+        tokens = self.profile.tokens
+        return read_token(raw, self.clock, reply.received_unix_s, expires_in, tokens.format, tokens.access_ttl_s)
+
+    def _read_jar(self, raw: str, reply: Reply) -> Token:
+        """A refresh token as the client knows it; its expiry is remembered to classify refusals."""
+        tokens = self.profile.tokens
+        token = read_token(raw, self.clock, reply.received_unix_s, None, tokens.format, tokens.refresh_ttl_s)
+        self.jar_expiry[token.id] = token.held.expires_at_s
+        return token
+
     def _minted(self, token: Token, outcome: str, basis: str | None, visit: Visit) -> None:
-        """Record a mint as the client sees it (a token it received), flagging an access token
-        whose (session, basis) the user has received before as a duplicate."""
+        """Record a mint as the client sees it (a token string it had not received before),
+        flagging an access token whose (session, basis) the user has received before as a
+        duplicate."""
+        self.seen.add(token.raw)
+        if token.session is None and visit.session is not None:
+            token = Token(token.raw, token.held, visit.session)
+        if outcome.startswith("refresh"):
+            self.sink.count("refresh_mints")
         if outcome.startswith("access"):
             visit.newest = token
             self.sink.count("access_mints")
@@ -570,6 +638,15 @@ class UserDriver:
                          outcome=outcome, expires_s=token.held.expires_at_s)
 
     # -- time -------------------------------------------------------------------------------
+
+    def _network_out(self, draw) -> float:
+        """With ``inject_rtt``: draw a round trip, sleep its first half (scenario seconds, slept
+        scaled) and return the half still to come back; 0 otherwise."""
+        if not self.inject_rtt:
+            return 0.0
+        half = draw() / 2
+        self.clock.sleep(half)
+        return half
 
     def _sleep_until(self, t_s: float) -> bool:
         """Sleep until scenario time ``t_s``, at most until the scenario's end; False when the
@@ -592,9 +669,3 @@ class UserDriver:
 def _one(effect: Any):
     return (yield effect)
 
-
-def _jti(raw: str) -> str | None:
-    try:
-        return str(jwt.decode(raw, options={"verify_signature": False}).get("jti"))
-    except jwt.InvalidTokenError:
-        return None

@@ -17,21 +17,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
+import ssl
 import time
 from collections import Counter
+from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.client import COUNTERS, LOCUST_COLUMNS, Population, RecordSink, Reply, ScenarioClock, UserDriver
-from loadtests.server import protocol as p
+from loadtests.client import COUNTERS, LOCUST_COLUMNS, Population, RecordSink, ScenarioClock, UserDriver
+from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, reference_profile
+from loadtests.targets.transport import LocustHttp, ProfileTransport
 from sim.scenario import ScenarioError, load_scenario
 
 log = logging.getLogger("refreshlab")
 
-_DESCRIPTION = re.compile(r'error_description="([^"]*)"')
 T0_MESSAGE = "refreshlab_t0"
 
 
@@ -43,7 +44,8 @@ class _State:
     population: Population | None = None
     clock: ScenarioClock | None = None
     sink = RecordSink()
-    api_path = p.API_ITEMS_PATH
+    profile: TargetProfile | None = None
+    inject_rtt = False
     locust_rows: list[tuple] = []
     master_counters: Counter = Counter()
     users_started = 0
@@ -65,8 +67,13 @@ def _options(parser):
                        help="Scenario seconds per wall second; must match the server's.")
     group.add_argument("--records-dir", type=str, default="",
                        help="Folder for client records, Locust request rows and counters.")
-    group.add_argument("--api-path", type=str, default=p.API_ITEMS_PATH,
-                       help="Protected path the users call (default %(default)s).")
+    group.add_argument("--target-profile", type=str, default="reference",
+                       help="Target profile: a bundled name, a TOML file, or a resolved profile.json "
+                            "(default %(default)s).")
+    group.add_argument("--inject-rtt", action="store_true",
+                       help="Add the scenario's network round trips to every call (scaled by the time scale).")
+    group.add_argument("--api-path", type=str, default="",
+                       help="Protected path the users call (overrides the profile's API paths).")
 
 
 @events.init.add_listener
@@ -85,12 +92,30 @@ def _init(environment, **kwargs):
     state.population = Population(scenario)
     state.clock = ScenarioClock(options.time_scale)
     state.sink = RecordSink(options.records_dir or None)
-    state.api_path = options.api_path
+    try:
+        state.profile = _profile(options.target_profile, options.api_path)
+    except ScenarioError as exc:
+        raise SystemExit(f"refreshlab: {exc.render()}") from None
+    state.inject_rtt = bool(options.inject_rtt)
+    tls = state.profile.tls
+    PolicyUser.insecure = tls.insecure
+    if tls.ca_bundle:
+        PolicyUser.ssl_context_factory = lambda: ssl.create_default_context(cafile=tls.ca_bundle)
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message(T0_MESSAGE, _on_t0)
     timeout_s = scenario.network.timeout_s / options.time_scale
     PolicyUser.network_timeout = PolicyUser.connection_timeout = timeout_s
+
+
+def _profile(spec: str, api_path: str) -> TargetProfile:
+    if spec.endswith(".json"):
+        profile = TargetProfile.model_validate(json.loads(Path(spec).read_text()))
+    else:
+        profile = reference_profile() if spec == "reference" else load_profile(spec)
+    if api_path:
+        profile = profile.model_copy(update={"api": profile.api.model_copy(update={"paths": [ApiPath(path=api_path)]})})
+    return profile
 
 
 def _on_t0(environment, msg, **kwargs):
@@ -165,63 +190,6 @@ def _quitting(environment, **kwargs):
     _write_out(environment)
 
 
-class FastHttpTransport:
-    """:class:`loadtests.client.Transport` over a Locust ``FastHttpSession``: every call shows in
-    Locust's statistics, logins and refreshes under their own request types (``login /login``,
-    ``refresh /token``, ``GET /api/items``), 4xx/5xx as failures named by the server's
-    ``error_description``."""
-
-    def __init__(self, session, api_path: str = p.API_ITEMS_PATH) -> None:
-        self.session = session
-        self.api_path = api_path
-
-    def login(self, username: str) -> Reply:
-        return self._call("POST", p.LOGIN_PATH, "login",
-                          data={p.USERNAME_FIELD: username, p.PASSWORD_FIELD: p.TEST_PASSWORD})
-
-    def refresh(self, refresh_token: str, basis: str | None) -> Reply:
-        data = {p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: refresh_token}
-        if basis is not None:
-            data[p.BASIS_FIELD] = basis
-        return self._call("POST", p.TOKEN_PATH, "refresh", data=data)
-
-    def api(self, access_token: str) -> Reply:
-        return self._call("GET", self.api_path, "GET", headers={"Authorization": f"Bearer {access_token}"})
-
-    def _call(self, method: str, path: str, request_type: str, **kwargs) -> Reply:
-        with self.session.request(method, path, catch_response=True, **kwargs) as response:
-            # login and refresh are their own request types in Locust's statistics
-            response.request_meta["request_type"] = request_type
-            reply = Reply(response.status_code or 0, received_unix_s=time.time())
-            headers = response.headers or {}
-            if reply.status == 200:
-                reply.reissued = headers.get(p.REFRESHED_TOKEN_HEADER)
-                reply.reissued_expires_in = headers.get(p.REFRESHED_EXPIRES_IN_HEADER)
-                if method == "POST":
-                    reply.body = _json(response)
-                response.success()
-            elif reply.status == 401 and path != p.LOGIN_PATH:
-                match = _DESCRIPTION.search(headers.get(p.WWW_AUTHENTICATE_HEADER, "") or "")
-                reply.error = match.group(1) if match else (_json(response) or {}).get("error_description")
-                response.failure(f"401 {reply.error}")
-            elif reply.status:
-                reply.error = (_json(response) or {}).get("error_description")
-                retry_after = (headers.get("Retry-After") or "").strip()
-                reply.retry_after_s = float(retry_after) if retry_after.isdecimal() else None
-                response.failure(f"{reply.status} {reply.error or ''}".strip())
-            else:
-                response.failure(f"no answer: {response.error!r}")
-        return reply
-
-
-def _json(response) -> dict | None:
-    try:
-        body = response.json()
-    except Exception:  # any undecodable body is simply no body
-        return None
-    return body if isinstance(body, dict) else None
-
-
 class PolicyUser(FastHttpUser):
     """One scenario user driven by the strategy variant's client policy (``--strategy``)."""
 
@@ -234,9 +202,9 @@ class PolicyUser(FastHttpUser):
         state.clock.start()
         index = state.offset + state.users_started * state.stride
         state.users_started += 1
-        self.driver = UserDriver(state.scenario, state.variant, index,
-                                 FastHttpTransport(self.client, state.api_path),
-                                 state.clock, state.sink, state.population)
+        transport = ProfileTransport(state.profile, LocustHttp(self.client), self.host)
+        self.driver = UserDriver(state.scenario, state.variant, index, transport,
+                                 state.clock, state.sink, state.population, state.profile, state.inject_rtt)
 
     @task
     def live(self):

@@ -95,7 +95,8 @@ def build_events(records: Records, ledger: dict | None, strategy: str) -> tuple[
     if ledger is not None and "records" in ledger:
         server = pd.DataFrame(ledger["records"], columns=list(p.RECORD_COLUMNS))
         server["t_s"] = server["t_s"].astype(float) + records.to_common(ledger["t0_unix_s"])
-        events = pd.concat([client[client["event"] != "mint"], server], ignore_index=True)
+        # the server's own records of mints and re-sent pairs replace what the client inferred
+        events = pd.concat([client[~client["event"].isin(["mint", "resent_pair"])], server], ignore_index=True)
         source = "server"
     else:
         rejected = client[(client["event"] == "refresh_end") & (client["outcome"] == "reuse_detected")]

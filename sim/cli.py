@@ -7,28 +7,30 @@ through the ``refreshlab.commands`` entry-point group, so that ``sim`` never imp
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, requires, version
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sim import cli_planning
-from sim.scenario import Scenario, ScenarioError, load_scenario
+from sim.scenario import Scenario, ScenarioError, load_scenario, sanity_warnings
 from sim.units import format_number
 
 app = typer.Typer(
     name="refreshlab",
     help="Simulate and load-test JWT renewal strategies: dual token, sliding expiration, silent refresh.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 out_console = Console()
@@ -40,6 +42,32 @@ SeedOpt = Annotated[Optional[int], typer.Option(help="Override the scenario's se
 RepsOpt = Annotated[Optional[int], typer.Option(help="Override the number of replications.", min=1)]
 EventsOpt = Annotated[bool, typer.Option("--events", help="Also write events.parquet (every record).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even when the work estimate exceeds the free memory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as strict JSON (null for a missing number) "
+                                       "instead of tables.")]
+FailOnOpt = Annotated[Optional[list[str]], typer.Option(
+    "--fail-on", help="Gate for CI, e.g. 'failed_requests > 0' (any summary column; repeatable; added to the "
+    "scenario's [gates]): exit 1 when it holds for a variant; results in gates.json.", show_default=False)]
+GateOnOpt = Annotated[Optional[str], typer.Option(
+    "--gate-on", help="Check gates on the 'mean' or on the 95% CI bound on the failing side ('ci') "
+    "[default: the scenario's gates.on, else mean].", show_default=False)]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Treat sanity warnings (suspicious values) as errors.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(f"refreshlab {version('refreshlab')}")
+        except PackageNotFoundError:
+            print("refreshlab (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                                               is_eager=True)] = False,
+):
+    """Simulate and load-test JWT renewal strategies: dual token, sliding expiration, silent refresh."""
 
 
 class Engine(str, Enum):
@@ -69,17 +97,116 @@ HEADLINE = [
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` to stderr and return the exit to raise (status 2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-def read_scenario(path: Path, settings: dict | None = None) -> Scenario:
+def read_scenario(path: Path, settings: dict | None = None, strict: bool = False, quiet: bool = False) -> Scenario:
     """Load a scenario (with dotted ``settings`` overriding it) or exit 2 with the file, field
-    and what was expected."""
+    and what was expected. Sanity warnings are printed (to stderr), or with ``strict`` refused."""
     try:
-        return load_scenario(path, settings)
+        scenario = load_scenario(path, settings)
     except ScenarioError as exc:
         raise fail(exc.render()) from None
+    warn(scenario, path, strict, quiet)
+    return scenario
+
+
+def warn(scenario: Scenario, path: Path, strict: bool = False, quiet: bool = False) -> list[tuple[str, str]]:
+    """Print the scenario's sanity warnings (exit 2 under ``strict``); returns them."""
+    found = sanity_warnings(scenario)
+    if found and strict:
+        raise fail(ScenarioError(str(path), found, _lines(path)).render() + "\n(--strict: warnings are errors)")
+    if found and not quiet:
+        for line in ScenarioError(str(path), found, _lines(path)).render().splitlines():
+            err_console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return found
+
+
+def _lines(path: Path) -> dict[str, int]:
+    from sim.scenario import toml_lines
+
+    try:
+        return toml_lines(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+
+
+def emit_json(document: dict) -> None:
+    """Print ``document`` as strict JSON (NaN and infinities become null)."""
+    from sim.jsonout import dumps
+
+    print(dumps(document))
+
+
+# -- gates ---------------------------------------------------------------------------------------
+
+def read_gates(scenario: Scenario, fail_on: list[str] | None, gate_on: str | None) -> list:
+    """The scenario's ``[gates]`` and the ``--fail-on`` ones, parsed; exit 2 naming a bad one."""
+    from sim.gates import GateError, parse_gate
+
+    on = gate_on or scenario.gates.on
+    if on not in ("mean", "ci"):
+        raise fail(f"--gate-on: expected 'mean' or 'ci', got {on!r}")
+    gates = []
+    for source, texts in (("gates.fail_on", scenario.gates.fail_on), ("--fail-on", fail_on or [])):
+        for text in texts:
+            try:
+                gates.append(parse_gate(text, on))
+            except GateError as exc:
+                raise fail(f"{source}: {exc}") from None
+    return gates
+
+
+def check_gates(gates: list, runs: list[tuple[str, object]], folder: Path | None, as_json: bool = False):
+    """Evaluate ``gates`` on each (label, aggregate) of ``runs``; print the pass/fail table (unless
+    ``as_json``) and write ``gates.json`` into ``folder``. Returns the outcome table, or None
+    without gates."""
+    if not gates:
+        return None
+    import pandas as pd
+
+    from sim.gates import evaluate, to_json
+
+    outcome = pd.concat([evaluate(gates, agg, label) for label, agg in runs], ignore_index=True)
+    if folder is not None:
+        from sim.jsonout import dumps
+
+        (Path(folder) / "gates.json").write_text(dumps(to_json(outcome)) + "\n", encoding="utf-8")
+    if not as_json:
+        out_console.print(gates_table(outcome))
+    return outcome
+
+
+def gates_table(outcome) -> Table:
+    """The pass/fail table: one row per gate, run and variant."""
+    from sim.gates import all_passed
+
+    table = Table(title="gates: " + ("all passed" if all_passed(outcome) else "FAILED"), title_justify="left")
+    several = outcome["run"].nunique() > 1 or (outcome["run"] != "").any()
+    for label in (["run"] if several else []) + ["gate", "on", "strategy", "value", "result"]:
+        table.add_column(label, justify="right" if label == "value" else "left")
+    for _, row in outcome.iterrows():
+        value = format_number(row["mean"])
+        if row["on"] == "ci" and row["ci95"] == row["ci95"] and row["ci95"] > 0:
+            value += f" ±{format_number(row['ci95'])} (bound {format_number(row['compared'])})"
+        result = {True: "[green]pass[/]", False: "[bold red]FAIL[/]"}.get(row["passed"], "[bold red]FAIL (no value)[/]")
+        table.add_row(*([escape(str(row["run"]))] if several else []), escape(row["gate"]), row["on"],
+                      escape(str(row["strategy"])), value, result)
+    return table
+
+
+def gates_exit(outcome) -> None:
+    """Exit 1 naming the failing variants when a gate failed."""
+    from sim.gates import all_passed, failures
+
+    if outcome is None or all_passed(outcome):
+        return
+    failed = failures(outcome)
+    names = ", ".join(dict.fromkeys(f"{r['strategy']} ({r['gate']}{', ' + r['run'] if r['run'] else ''})"
+                                    for _, r in failed.iterrows()))
+    err_console.print(f"[bold red]gate failed:[/] {escape(names)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @contextmanager
@@ -98,12 +225,28 @@ def default_out(scenario_path: Path, command: str = "") -> Path:
     return Path("runs") / f"{scenario_path.stem}{'-' + command if command else ''}-{stamp}"
 
 
+#: seconds between two progress lines when stderr is not a terminal
+LOG_EVERY_S = 5.0
+
+
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator:
     """A progress callback ``(done, total)``; drawn on a terminal, and only once a run has
-    taken longer than a second."""
-    if not enabled or not err_console.is_terminal:
+    taken longer than a second; elsewhere (logs, CI) written as ``description: done/total`` lines."""
+    if not enabled:
         yield lambda done, total: None
+        return
+    if not err_console.is_terminal:
+        # logs and CI: a plain line when progress is made, at most one per LOG_EVERY_S
+        last = {"done": 0, "at": float("-inf")}
+
+        def log(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done > last["done"] and (now - last["at"] >= LOG_EVERY_S or done >= total):
+                last.update(done=done, at=now)
+                print(f"{description}: {done}/{total}", file=sys.stderr, flush=True)
+
+        yield log
         return
     started = time.monotonic()
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -165,6 +308,16 @@ def headline_table(result, title: str) -> Table:
     return table
 
 
+def summary_json(result, out: Path, outcome=None, **extra) -> dict:
+    from sim.gates import to_json
+    from sim.jsonout import records
+
+    doc = {"out": str(out), **extra, "summary": records(result.aggregate)}
+    if outcome is not None:
+        doc["gates"] = to_json(outcome)
+    return doc
+
+
 @app.command()
 def run(
     scenario_path: ScenarioArg,
@@ -172,24 +325,44 @@ def run(
     seed: SeedOpt = None,
     replications: RepsOpt = None,
     events: EventsOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated summary as strict JSON.")] = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
+    strict: StrictOpt = False,
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
     force: ForceOpt = False,
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
-    scenario = read_scenario(scenario_path)
+    from sim.results import atomic_dir
+
+    scenario = read_scenario(scenario_path, strict=strict)
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path)
     with interruptible(out):
         result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
                           force=force, engine=engine.value)
-        result.save(out)
+        with atomic_dir(out) as tmp:
+            result.write_into(tmp)
+            outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json)
+    result.path = out
+    warn_empty(result)
     if as_json:
-        records = result.aggregate.reset_index().to_dict(orient="records")
-        print(json.dumps({"out": str(out), "summary": records}, indent=2, default=float))
+        emit_json(summary_json(result, out, outcome))
     else:
         out_console.print(f"wrote {out}")
+    gates_exit(outcome)
+
+
+def warn_empty(result) -> None:
+    """A variant that counted no request in the window measured nothing: say so."""
+    agg = result.aggregate
+    if "requests" in agg:
+        empty = [n for n, v in agg["requests"].items() if not v > 0]
+        if empty:
+            err_console.print(f"[bold yellow]warning:[/] no request in the measurement window for "
+                              f"{escape(', '.join(empty))}: these numbers measure nothing", highlight=False)
 
 
 @app.command()
@@ -200,6 +373,10 @@ def compare(
     replications: RepsOpt = None,
     events: EventsOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the folder.")] = True,
+    as_json: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
+    strict: StrictOpt = False,
     processes: cli_planning.ProcessesOpt = None,
     cluster: cli_planning.ClusterOpt = None,
     force: ForceOpt = False,
@@ -208,11 +385,12 @@ def compare(
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
     from sim.results import atomic_dir
 
-    scenario = read_scenario(scenario_path)
+    scenario = read_scenario(scenario_path, strict=strict)
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path)
     with interruptible(out):
-        result = simulate(scenario, seed, replications, events, processes=processes, cluster=cluster, force=force,
-                          engine=engine.value)
+        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
+                          force=force, engine=engine.value)
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
@@ -220,13 +398,22 @@ def compare(
 
                 result.path = tmp
                 build_report([result], tmp)
+            outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json=True)
     result.path = out
+    warn_empty(result)
+    if as_json:
+        emit_json(summary_json(result, out, outcome, report=str(out / "report.html") if report else None))
+        gates_exit(outcome)
+        return
     reps = result.replications["replication"].nunique()
     window = scenario.run.duration_s
     out_console.print(headline_table(
         result, f"{scenario_path.name}: {scenario.population.users} users, {window / 60:g} min window, "
         f"mean of {reps} replication(s) ± 95% CI"))
+    if outcome is not None:
+        out_console.print(gates_table(outcome))
     out_console.print(f"wrote {out}" + (f" (report: {out / 'report.html'})" if report else ""))
+    gates_exit(outcome)
 
 
 # sweep, capacity and calibrate live in their own module
@@ -234,10 +421,24 @@ cli_planning.register(app)
 
 
 @app.command()
-def check(scenario_path: ScenarioArg):
-    """Validate a scenario file without running it."""
-    scenario = read_scenario(scenario_path)
-    out_console.print(f"{scenario_path}: ok ({len(scenario.strategies)} strategy variants: {', '.join(scenario.names)})")
+def check(
+    scenario_path: ScenarioArg,
+    resolved: Annotated[bool, typer.Option("--resolved", help="Print the scenario with every default filled in "
+                                           "(presets expanded, [tokens] lifetimes given to each server), as TOML.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the resolved scenario and the warnings as strict JSON.")] = False,
+    strict: StrictOpt = False,
+):
+    """Validate a scenario file without running it; show its sanity warnings and what it resolves to."""
+    scenario = read_scenario(scenario_path, strict=strict, quiet=as_json)
+    if as_json:
+        emit_json({"scenario": scenario.to_file_dict(), "warnings": [
+            {"field": field, "message": message} for field, message in sanity_warnings(scenario)]})
+        return
+    if resolved:
+        print(scenario.to_toml(), end="")
+        return
+    out_console.print(f"{escape(str(scenario_path))}: ok ({len(scenario.strategies)} strategy variants: "
+                      f"{escape(', '.join(scenario.names))}); --resolved prints every default", highlight=False)
 
 
 @app.command()
@@ -251,7 +452,9 @@ def schema():
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.", show_default=False, metavar="RUN_DIR...")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for report.html, report.md and charts.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for report.html, report.md and charts [default: RUN_DIR-report for one run folder, "
+        "runs/report-<time> for several].")] = None,
 ):
     """Turn run folders into a self-contained HTML and Markdown report with charts."""
     from sim.report import build_report
@@ -263,29 +466,96 @@ def report(
             results.append(load_run(d))
         except (FileNotFoundError, ScenarioError) as exc:
             raise fail(str(exc)) from None
+    if out is None:
+        only = run_dirs[0].resolve()
+        out = (only.parent / f"{only.name}-report" if len(run_dirs) == 1
+               else Path("runs") / f"report-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     with interruptible(out), atomic_dir(out) as tmp:
         build_report(results, tmp)
     out_console.print(f"wrote {out / 'report.html'}")
 
 
+# -- commands from other packages ------------------------------------------------------------------
+
+def _installed(distribution: str) -> bool:
+    try:
+        version(distribution)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def missing_for(extras: list[str]) -> list[str]:
+    """Distributions that ``refreshlab[extras]`` needs and that are not installed."""
+    import re
+
+    try:
+        needed = requires("refreshlab") or []
+    except PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in needed:
+        name, _, marker = requirement.partition(";")
+        if any(re.search(rf"extra\s*==\s*['\"]{re.escape(e)}['\"]", marker) for e in extras):
+            dist = re.split(r"[\s<>=!~\[(]", name.strip(), maxsplit=1)[0]
+            if dist and not _installed(dist):
+                missing.append(dist)
+    return missing
+
+
 def _register_plugins() -> None:
     for ep in entry_points(group="refreshlab.commands"):
-        try:
-            ep.load()(app)
-        except ImportError as exc:
-            missing = getattr(exc, "name", None) or ""
-            if missing.split(".")[0] in ("sim", "loadtests"):
-                raise  # a bug of ours, not a missing extra
-            # the optional extra is not installed: the command says how to get it
+        extras = list(ep.extras) or ["loadtests"]
+        missing = missing_for(extras)
+        if not missing:
+            try:
+                ep.load()(app)
+                continue
+            except ImportError as exc:
+                if (getattr(exc, "name", None) or "").split(".")[0] in ("sim", "loadtests"):
+                    raise  # a bug of ours, not a missing extra
+                missing = [getattr(exc, "name", None) or str(exc)]
+        _unavailable(ep.name, extras, missing)
 
-            @app.command(ep.name, help=f"(unavailable: {missing} is not installed; pip install 'refreshlab[loadtests]')")
-            def _unavailable():
-                raise fail(f"'refreshlab {ep.name}' needs the loadtests extra: pip install -e '.[loadtests]'")
+
+def _unavailable(name: str, extras: list[str], missing: list[str]) -> None:
+    """Register ``name`` as a command that says which extra it needs and exits 2."""
+    extra = ",".join(extras)
+    install = f"pip install 'refreshlab[{extra}]' (from a clone: pip install -e '.[{extra}]')"
+
+    @app.command(name, help=f"(unavailable: needs the {extra} extra; {install})",
+                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def unavailable(ctx: typer.Context):
+        raise fail(f"'refreshlab {name}' needs the {extra} extra, which is not installed "
+                   f"(missing: {', '.join(missing)}); install it with: {install}")
+
+
+def _escape_help(command: click.Command) -> None:
+    """Help texts are shown with rich markup on; escape their square brackets so that
+    ``[default: …]`` and ``refreshlab[loadtests]`` are printed as written."""
+    if command.help:
+        command.help = escape(command.help)
+    if getattr(command, "short_help", None):
+        command.short_help = escape(command.short_help)
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_help(sub)
+
+
+def build_command() -> click.Command:
+    """The console script as a click command: plugins registered, help texts escaped."""
+    if not getattr(app, "_plugins_registered", False):
+        _register_plugins()
+        app._plugins_registered = True
+    command = typer.main.get_command(app)
+    _escape_help(command)
+    return command
 
 
 def main() -> None:
-    _register_plugins()
-    app()
+    build_command()(prog_name="refreshlab")
 
 
 if __name__ == "__main__":

@@ -47,13 +47,24 @@ def sweep(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
     processes: ProcessesOpt = None,
     cluster: ClusterOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sweep table (and gates) as strict JSON "
+                                          "instead of tables.")] = False,
+    fail_on: Annotated[Optional[list[str]], typer.Option(
+        "--fail-on", help="Gate for CI, e.g. 'failed_requests > 0', checked per setting and variant: exit 1 when "
+        "it holds; results in gates.json.", show_default=False)] = None,
+    gate_on: Annotated[Optional[str], typer.Option(
+        "--gate-on", help="Check gates on the 'mean' or on the 95% CI bound on the failing side ('ci').",
+        show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat sanity warnings (suspicious values) as errors.")] = False,
 ):
     """Simulate a scenario once per combination of the --set values and compare them.
 
     One run folder per setting, written as soon as it is complete; running the same command
     again resumes an interrupted sweep without recomputing a point. The table shows how refresh
-    load, queue wait and failures move with users, workers, lifetimes."""
-    from sim.cli import default_out, fail, out_console, read_scenario
+    load, queue wait and failures move with users, workers, lifetimes; the table is also saved as
+    sweep.csv."""
+    from sim.cli import (check_gates, default_out, emit_json, fail, gates_exit, gates_table, out_console,
+                         read_gates, read_scenario)
     from sim.engine.dispatch import WorkerLost
     from sim.scenario import parse_setting, sweep_settings
     from sim.sweep import Point, SweepFolderError, finish, run_sweep
@@ -66,8 +77,9 @@ def sweep(
     overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
     points = []
     for combo in combos:  # every point checked before any runs
-        scenario = read_scenario(scenario_path, combo)
+        scenario = read_scenario(scenario_path, combo, strict=strict, quiet=len(points) > 0)
         points.append(Point(combo, scenario.replace(run=overrides) if overrides else scenario))
+    gates = read_gates(points[0].scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "sweep")
 
     written = [0]
@@ -95,8 +107,41 @@ def sweep(
     for point, result in zip(points, results):
         for strategy, row in result.aggregate.iterrows():
             table.add_row(point.label, strategy, *(format_number(row[col]) for col, _ in SWEEP_COLUMNS))
+    frame = sweep_frame(points, results)
+    frame.to_csv(out / "sweep.csv", index=False)
+    outcome = check_gates(gates, [(p.label, r.aggregate) for p, r in zip(points, results)], out, as_json=True)
+    if as_json:
+        from sim.gates import to_json
+        from sim.jsonout import records
+
+        doc = {"out": str(out), "sweep": records(frame)}
+        if outcome is not None:
+            doc["gates"] = to_json(outcome)
+        emit_json(doc)
+        gates_exit(outcome)
+        return
     out_console.print(table)
-    out_console.print(f"wrote {out}: one run folder per setting" + (f", report: {out / 'report.html'}" if report else ""))
+    if outcome is not None:
+        out_console.print(gates_table(outcome))
+    out_console.print(f"wrote {out}: one run folder per setting, sweep.csv"
+                      + (f", report: {out / 'report.html'}" if report else ""))
+    gates_exit(outcome)
+
+
+def sweep_frame(points, results):
+    """The sweep as one table: per setting and variant, the varied fields (file spelling) and
+    every aggregated summary column (what sweep.csv holds)."""
+    import pandas as pd
+
+    from sim.scenario import spell
+
+    rows = []
+    for point, result in zip(points, results):
+        rows.append(result.aggregate.reset_index().assign(
+            **{"setting": point.label, "folder": point.folder}, **{k: spell(v) for k, v in point.settings.items()}))
+    frame = pd.concat(rows, ignore_index=True)
+    first = ["setting", *points[0].settings, "folder", "strategy"]
+    return frame[first + [c for c in frame.columns if c not in first and c != "replication"]]
 
 
 def capacity(

@@ -17,6 +17,7 @@ in scenario time):
 - ``mint``, ``<kind>_<cause>`` with kind ``access`` | ``refresh`` and cause ``login`` | ``refresh``
   | ``grace`` | ``reissue``, suffixed ``_duplicate`` for a duplicate access token;
 - ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger;
+- ``resent_pair``: a refresh answered with tokens already issued (neither a mint nor a duplicate);
 - ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``forced`` when the
   session was lost in use, ``lapsed`` when its remembered refresh token had lapsed — both count
   as forced logins);
@@ -37,8 +38,8 @@ SUMMARY_COLUMNS = [
     "strategy", "replication", "users", "window_s", "requests", "attempts", "refresh_calls",
     "access_mints", "refresh_mints", "sign_ops", "verify_ops", "refresh_rate_per_s",
     "refresh_rate_peak_per_s", "duplicate_tokens", "duplicate_per_1k_refresh", "reuse_detections",
-    "grace_reuses", "expiry_failures", "failed_requests", "forced_logins", "lapse_logins_per_user_day",
-    "added_latency_ms_p50",
+    "grace_reuses", "resent_pairs", "expired_refreshes", "expiry_failures", "failed_requests", "forced_logins",
+    "lapse_logins_per_user_day", "added_latency_ms_p50",
     "added_latency_ms_p95", "added_latency_ms_p99", "auth_utilization", "auth_queue_wait_ms_p99",
     "exposure_s_mean", "valid_tokens_per_session_max",
 ]
@@ -382,6 +383,8 @@ def summarize(
         "duplicate_per_1k_refresh": 1000 * duplicates / renewals_in if renewals_in else 0.0,
         "reuse_detections": n("reuse_detected", ""),
         "grace_reuses": n("grace_reuse", ""),
+        "resent_pairs": n("resent_pair", ""),
+        "expired_refreshes": n("refresh_end", "expired"),
         "expiry_failures": n("attempt", "expired"),
         "failed_requests": n("request", "failed"),
         "forced_logins": n("login", "forced", "lapsed"),

@@ -20,7 +20,7 @@ from typing import Iterator, Literal
 import pandas as pd
 
 from sim.metrics import LATENCY_COLUMNS
-from sim.scenario import Scenario, parse_scenario
+from sim.scenario import Scenario, parse_scenario, unresolved
 
 
 @dataclass
@@ -80,6 +80,9 @@ def load_run(path: str | Path) -> RunResult:
         raise FileNotFoundError(f"{path}: not a run folder (no summary.csv)")
     scenario_file = path / "scenario.resolved.toml"
     scenario = parse_scenario(tomllib.loads(scenario_file.read_text(encoding="utf-8")), str(scenario_file))
+    # the resolved file spells out every server's lifetimes; those equal to [tokens] count as
+    # inherited, so that scenario.replace(tokens=...) reaches them as it would from the original
+    scenario._written = unresolved(scenario)
     summary = pd.read_csv(path / "summary.csv", dtype={"replication": str})
     meta_file = path / "run.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}

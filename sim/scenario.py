@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import tomli_w
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sim.distributions import CountDist, DurationDist
 from sim.model import Model
@@ -42,17 +42,22 @@ def _bounded_count(dist, field: str):
 
 
 class ScenarioError(Exception):
-    """A scenario that cannot be used. ``problems`` is a list of (field, message)."""
+    """A scenario that cannot be used. ``problems`` is a list of (field, message); ``lines``
+    maps a field to its line in the file, where known."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
+    def __init__(self, source: str, problems: list[tuple[str, str]], lines: dict[str, int] | None = None):
         self.source = source
         self.problems = problems
+        self.lines = lines or {}
         super().__init__(self.render())
 
     def render(self) -> str:
-        lines = [f"{self.source}: {field}: {message}" if field else f"{self.source}: {message}"
-                 for field, message in self.problems]
-        return "\n".join(lines)
+        out = []
+        for field, message in self.problems:
+            line = line_of(self.lines, field) if field else None
+            where = f"{self.source}:{line}" if line else self.source
+            out.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+        return "\n".join(out)
 
 
 class RunSettings(Model):
@@ -192,6 +197,27 @@ class Tokens(Model):
     algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = "HS256"
 
 
+class Gates(Model):
+    """Pass/fail gates for CI, checked after a run (``refreshlab`` exits 1 when one fails)."""
+
+    #: expressions like ``"failed_requests > 0"``: the run fails when one holds for a variant
+    fail_on: list[str] = Field(default_factory=list)
+    #: compare the ``mean``, or the bound of the 95% CI on the failing side (``ci``)
+    on: Literal["mean", "ci"] = "mean"
+
+    @field_validator("fail_on")
+    @classmethod
+    def _parse(cls, expressions):
+        from sim.gates import GateError, parse_gate
+
+        for i, text in enumerate(expressions):
+            try:
+                parse_gate(text)
+            except GateError as exc:
+                raise ValueError(f"fail_on[{i}]: {exc}") from None
+        return expressions
+
+
 class Variant(Model):
     """One strategy variant to compare: a name, a client policy and a server policy."""
 
@@ -221,7 +247,12 @@ class Scenario(Model):
     auth: AuthTier = Field(default_factory=AuthTier)
     api: ApiTier = Field(default_factory=ApiTier)
     tokens: Tokens = Field(default_factory=Tokens)
+    gates: Gates = Field(default_factory=Gates)
     strategies: list[Variant] = Field(min_length=1)
+    #: how a load test talks to the server (a target profile, validated by ``loadtests.targets``)
+    target: dict[str, Any] | None = None
+    #: the scenario as written (file form, before defaults were resolved), when known
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
 
     @field_validator("strategies")
     @classmethod
@@ -246,35 +277,60 @@ class Scenario(Model):
 
     def replace(self, **sections: Any) -> "Scenario":
         """A copy with some sections or fields changed, validated again, e.g.
-        ``s.replace(run={"replications": 1}, population={"users": 50})`` (Python units)."""
-        data = self.model_dump(by_alias=False)
+        ``s.replace(run={"replications": 1}, population={"users": 50})``. Fields may be given by
+        their Python names (``access_ttl_s=60``, seconds) or as a file spells them
+        (``access_ttl="1m"``). Goes the same way as ``--set``: ``[tokens]`` lifetimes reach every
+        variant's server that does not set its own."""
+        settings: dict[str, Any] = {}
         for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
+            if isinstance(value, dict) and key != "strategies":
+                for field, item in value.items():
+                    settings[f"{key}.{field}"] = item
+            elif key == "strategies":
+                settings[key] = [v.to_file_dict() if isinstance(v, Model) else v for v in value]
             else:
-                data[key] = value
-        return Scenario.model_validate(data)
+                settings[key] = value.to_file_dict() if isinstance(value, Model) else value
+        return self.with_settings(settings, python_units=True)
+
+    def with_settings(self, settings: dict[str, Any], python_units: bool = False, source: str = "<scenario>") -> "Scenario":
+        """A copy with dotted ``settings`` (``tokens.access_ttl``, ``strategies[1].client.threshold``)
+        applied to the scenario as written, then defaults resolved and validated again.
+        ``python_units``: bare numbers are seconds (Python callers); otherwise durations need a
+        unit, as in a file. :class:`ScenarioError` names the field."""
+        raw = self._written if self._written is not None else unresolved(self)
+        try:
+            changed = with_settings(raw, {_file_path(Scenario, path): value for path, value in settings.items()})
+        except ValueError as exc:
+            raise ScenarioError(source, [("", str(exc))]) from None
+        return parse_scenario(changed, source, python_units=python_units)
 
     def to_toml(self) -> str:
         """The scenario with every default filled in, as a scenario file."""
         return tomli_w.dumps(self.to_file_dict())
 
 
-def resolve_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+def resolve_defaults(raw: dict[str, Any], inherited: dict[str, str] | None = None) -> dict[str, Any]:
     """Step one of loading: expand presets and give each variant's server the ``[tokens]``
-    lifetimes it does not set itself. Returns a new dict; validation comes after."""
+    lifetimes it does not set itself. Returns a new dict; validation comes after. ``inherited``,
+    when given, is filled with the field each copied value came from (``strategies[0].server.access_ttl``
+    -> ``tokens.access_ttl``, or ``strategies[0].client`` for a preset's fields), so that a
+    problem is reported once, where the user wrote it."""
+    inherited = {} if inherited is None else inherited
     data = dict(raw)
     tokens = data.get("tokens", {})
     if not isinstance(tokens, dict) or not isinstance(data.get("strategies"), list):
         return data
     token_defaults = {k: tokens[k] for k in ("access_ttl", "refresh_ttl", "refresh_idle_ttl") if k in tokens}
     strategies = []
-    for variant in data["strategies"]:
+    for i, variant in enumerate(data["strategies"]):
         if isinstance(variant, dict):
             variant = dict(variant)
             for part, presets in (("client", CLIENT_PRESETS), ("server", SERVER_PRESETS)):
                 table = variant.get(part)
                 if isinstance(table, dict) and isinstance(table.get("preset"), str) and table["preset"] in presets:
+                    for key in presets[table["preset"]]:
+                        if key not in table:
+                            inherited[f"strategies[{i}].{part}.{key}"] = f"strategies[{i}].{part}.preset"
                     variant[part] = {**presets[table["preset"]], **table}
             server = variant.get("server")
             if isinstance(server, dict):
@@ -282,6 +338,9 @@ def resolve_defaults(raw: dict[str, Any]) -> dict[str, Any]:
                 lifetimes.setdefault("access_ttl", Tokens().to_file_dict()["access_ttl"])
                 if server.get("kind", "dual_token") == "sliding":
                     lifetimes = {k: v for k, v in lifetimes.items() if k == "access_ttl"}
+                for key in lifetimes:
+                    if key not in server and key in token_defaults:
+                        inherited[f"strategies[{i}].server.{key}"] = f"tokens.{key}"
                 variant["server"] = {**lifetimes, **server}
         strategies.append(variant)
     data["strategies"] = strategies
@@ -326,27 +385,84 @@ def apply_profile(raw: dict[str, Any], base_dir: Path, source: str) -> dict[str,
     return {**raw, "auth": {**measured, **table}}
 
 
-def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", base_dir: str | Path = ".") -> Scenario:
-    """Validate a scenario given as a dict in file form (durations as strings); an
-    ``[auth] profile`` path is relative to ``base_dir``."""
+def parse_scenario(raw: dict[str, Any], source: str = "<scenario>", base_dir: str | Path = ".", *,
+                   python_units: bool = False, lines: dict[str, int] | None = None) -> Scenario:
+    """Validate a scenario given as a dict in file form (durations as strings; with
+    ``python_units`` bare numbers are seconds); an ``[auth] profile`` path is relative to
+    ``base_dir``. :class:`ScenarioError` lists one problem per field the user wrote, at that
+    field's path (and ``lines``' line number when given)."""
     problems = _check_presets(raw)
     if problems:
-        raise ScenarioError(source, problems)
+        raise ScenarioError(source, problems, lines)
     raw = apply_profile(raw, Path(base_dir), source)
+    inherited: dict[str, str] = {}
     try:
-        return Scenario.model_validate(resolve_defaults(raw), context={"from_file": True})
+        scenario = Scenario.model_validate(resolve_defaults(raw, inherited), context={"from_file": not python_units})
     except ValidationError as exc:
-        raise ScenarioError(source, [_describe(e) for e in exc.errors()]) from None
+        found: dict[str, str] = {}
+        for error in exc.errors():
+            field, message = describe(error)
+            for copied, origin in inherited.items():
+                if field == copied or field.startswith(copied + "."):
+                    field = origin + field[len(copied):]
+                    break
+            found.setdefault(field, message)  # one problem per field, the first reason
+        raise ScenarioError(source, list(found.items()), lines) from None
     except RecursionError:
         raise ScenarioError(source, [("", "values nested too deeply")]) from None
+    scenario._written = copy.deepcopy(raw)
+    return scenario
+
+
+def unresolved(scenario: Scenario) -> dict[str, Any]:
+    """A scenario built without a file, in file form, with every server lifetime that equals the
+    ``[tokens]`` default left out again (so that a new ``[tokens]`` value reaches it)."""
+    data = scenario.to_file_dict()
+    tokens = data.get("tokens", {})
+    for variant in data.get("strategies", []):
+        server = variant.get("server", {})
+        for key in ("access_ttl", "refresh_ttl", "refresh_idle_ttl"):
+            if key in server and key in tokens and server[key] == tokens[key]:
+                del server[key]
+    return data
+
+
+def _file_path(model: type, path: str) -> str:
+    """A dotted path with Python field names (``tokens.access_ttl_s``) in file spelling
+    (``tokens.access_ttl``); parts it does not know are kept as written."""
+    out = []
+    for part in path.split("."):
+        match = _PATH_PART.fullmatch(part)
+        if match is None:
+            return path
+        name, indices = match.groups()
+        fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
+        info = fields.get(name)
+        if info is None:
+            info = next((candidate for candidate in fields.values() if candidate.alias == name), None)
+        out.append((info.alias or name if info is not None else name) + indices)
+        model = _inner_model(info.annotation) if info is not None else None
+    return ".".join(out)
+
+
+def _inner_model(annotation: Any) -> type | None:
+    """The single pydantic model inside an annotation (``list[Variant]`` -> ``Variant``), if any."""
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    found = [m for arg in typing.get_args(annotation) if (m := _inner_model(arg)) is not None]
+    return found[0] if len(found) == 1 else None
 
 
 def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> Scenario:
-    """Read and validate a scenario file, with dotted ``settings`` overriding it (see
-    :func:`with_settings`); :class:`ScenarioError` names the file and field."""
+    """Read and validate a scenario file, with dotted ``settings`` overriding it (file spelling,
+    as ``--set`` takes them; see :meth:`Scenario.with_settings`); :class:`ScenarioError` names
+    the file, the line and the field."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise ScenarioError(str(path), [("", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -355,14 +471,67 @@ def load_scenario(path: str | Path, settings: dict[str, Any] | None = None) -> S
         raise ScenarioError(str(path), [("", f"not valid TOML: {exc}")]) from None
     except RecursionError:
         raise ScenarioError(str(path), [("", "not valid TOML here: arrays or tables nested too deeply")]) from None
+    lines = toml_lines(text)
     if settings:
         try:
-            raw = with_settings(raw, settings)
+            raw = with_settings(raw, {_file_path(Scenario, k): v for k, v in settings.items()})
         except ValueError as exc:
             raise ScenarioError(str(path), [("", str(exc))]) from None
         source = f"{path} with " + ", ".join(f"{k}={spell(v)}" for k, v in settings.items())
-        return parse_scenario(raw, source, path.parent)
-    return parse_scenario(raw, str(path), path.parent)
+        set_here = {_file_path(Scenario, k) for k in settings}
+        lines = {k: v for k, v in lines.items() if not any(k == s or k.startswith(s + ".") for s in set_here)}
+        return parse_scenario(raw, source, path.parent, lines=lines)
+    return parse_scenario(raw, str(path), path.parent, lines=lines)
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"""\s*([A-Za-z0-9_.\-"']+?)\s*=""")
+
+
+def toml_lines(text: str) -> dict[str, int]:
+    """Where each field of a TOML scenario is written: dotted path (``strategies[1].client.trigger``)
+    -> line number (1-based). Keys of inline tables get the line of their table; a table header
+    gives the line of the table. A reading aid for error messages, not a parser."""
+    lines: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            parts = [p.strip().strip('"') for p in header.group(2).split(".")]
+            if header.group(1) == "[[":
+                key = ".".join(parts)
+                counts[key] = counts.get(key, -1) + 1
+                parts[-1] = f"{parts[-1]}[{counts[key]}]"
+            else:
+                # a sub-table of the latest array entry: [strategies.client] after [[strategies]]
+                for i in range(len(parts), 0, -1):
+                    key = ".".join(parts[:i])
+                    if key in counts:
+                        parts[i - 1] = f"{parts[i - 1]}[{counts[key]}]"
+                        break
+            table = parts
+            lines.setdefault(".".join(table), number)
+            continue
+        match = _KEY.match(line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        base = ".".join(table + [p.strip().strip('"') for p in match.group(1).split(".")])
+        lines.setdefault(base, number)
+        rest = line[match.end():]
+        if rest.lstrip().startswith("{"):
+            for inner in re.finditer(r"([A-Za-z0-9_]+)\s*=", rest):
+                lines.setdefault(f"{base}.{inner.group(1)}", number)
+    return lines
+
+
+def line_of(lines: dict[str, int], field: str) -> int | None:
+    """The line of ``field`` or of the nearest enclosing field that has one."""
+    while field:
+        if field in lines:
+            return lines[field]
+        field = field.rsplit(".", 1)[0] if "." in field else (field.rsplit("[", 1)[0] if "[" in field else "")
+    return None
 
 
 _PATH_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
@@ -419,7 +588,20 @@ def sweep_settings(settings: list[tuple[str, list[Any]]]) -> list[dict[str, Any]
     return [dict(zip(paths, combo)) for combo in itertools.product(*(values for _, values in settings))]
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+_TYPES = {
+    "int_type": "expected a whole number", "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number", "float_type": "expected a number",
+    "float_parsing": "expected a number", "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false", "string_type": "expected a string",
+    "dict_type": "expected a table", "model_type": "expected a table", "model_attributes_type": "expected a table",
+    "list_type": "expected a list", "finite_number": "expected a finite number",
+}
+_BOUNDS = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("at least", "ge"),
+           "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+
+
+def describe(error: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error as (field path in file spelling, what was expected in plain words)."""
     parts: list[str] = []
     for item in error["loc"]:
         if isinstance(item, int):
@@ -428,13 +610,31 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
             continue  # the discriminator's branch name, not a field the user wrote
         else:
             parts.append(("." if parts else "") + str(item))
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "missing":
+    if kind == "missing":
         message = "required field is missing"
-    elif error["type"] == "too_short":
-        message = f"expected at least {error['ctx']['min_length']} entry, got none"
-    elif error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        message = f"{message} (got {error.get('input')!r})"
+    elif kind == "too_short":
+        message = f"expected at least {ctx.get('min_length', 1)} entry, got none"
+    elif kind in _BOUNDS:
+        words, key = _BOUNDS[kind]
+        message = f"expected a value {words} {ctx.get(key)}, got {given!r}"
+    elif kind in _TYPES:
+        message = f"{_TYPES[kind]}, got {given!r}"
+    elif kind == "literal_error":
+        message = f"expected one of: {ctx.get('expected')}; got {given!r}"
+    elif kind == "union_tag_invalid":
+        message = (f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r}; "
+                   f"expected one of: {ctx.get('expected_tags')}")
+    elif kind == "union_tag_not_found":
+        message = f"missing {ctx.get('discriminator', 'kind').strip(chr(39))}; say which kind this table is"
+    elif kind == "string_pattern_mismatch":
+        message = f"expected letters, digits, '_', '.' or '-' only, got {given!r}"
+    elif kind == "string_too_long":
+        message = f"expected at most {ctx.get('max_length')} characters"
+    unknown = re.match(r"unknown field '([^']+)'", message)
+    if unknown:  # at the path of the key the user wrote
+        parts.append(("." if parts else "") + unknown.group(1))
     return "".join(parts), message
 
 
@@ -443,3 +643,82 @@ _UNION_TAGS = {
     "diurnal", "constant", "exponential", "uniform", "normal", "lognormal", "empirical",
 }
 
+
+# -- sanity warnings ---------------------------------------------------------------------------
+
+#: checks of values that are valid but probably not meant; each takes a scenario and yields
+#: (field path in file spelling, message). Append to add checks (bounds, work estimates).
+SANITY_CHECKS: list = []
+
+
+def sanity_check(check):
+    """Register ``check`` (a function of a :class:`Scenario` yielding (field, message)) among the
+    sanity warnings that ``check``, ``run`` and ``compare`` show and ``--strict`` refuses."""
+    SANITY_CHECKS.append(check)
+    return check
+
+
+def sanity_warnings(scenario: Scenario) -> list[tuple[str, str]]:
+    """Every sanity warning of ``scenario``, one per (field, message)."""
+    found: list[tuple[str, str]] = []
+    for check in SANITY_CHECKS:
+        for item in check(scenario):
+            if item not in found:
+                found.append(item)
+    return found
+
+
+def _d(seconds: float) -> str:
+    from sim.units import format_duration
+
+    return format_duration(seconds)
+
+
+@sanity_check
+def _round_trips(s: Scenario):
+    rtt = s.network.rtt.mean
+    if rtt >= s.network.timeout_s:
+        yield ("network.rtt", f"a mean round trip of {_d(rtt)} is at least the client timeout "
+                              f"({_d(s.network.timeout_s)}): almost every call would time out (did you mean ms?)")
+    elif rtt > 5.0:
+        yield ("network.rtt", f"a mean round trip of {_d(rtt)} is far longer than any real network (did you mean ms?)")
+
+
+@sanity_check
+def _thresholds(s: Scenario):
+    for i, v in enumerate(s.strategies):
+        ttl = v.server.access_ttl_s
+        threshold = getattr(v.client, "threshold_s", None)
+        if threshold is not None and threshold >= ttl:
+            yield (f"strategies[{i}].client.threshold",
+                   f"a threshold of {_d(threshold)} is not shorter than the token's life ({_d(ttl)}): "
+                   "the client would renew before every request or tick")
+        interval = getattr(v.client, "check_interval_s", None)
+        if interval is not None and threshold is not None and interval > ttl:
+            yield (f"strategies[{i}].client.check_interval",
+                   f"checking every {_d(interval)} on a token that lives {_d(ttl)}: tokens expire between checks")
+
+
+@sanity_check
+def _queue_timeout(s: Scenario):
+    a = s.auth
+    service = {"login": a.login_time_s + 2 * a.sign_time_s, "refresh": a.refresh_time_s + a.verify_time_s + a.sign_time_s}
+    for what, seconds in service.items():
+        if a.queue_timeout_s < seconds:
+            yield ("auth.queue_timeout", f"a queue timeout of {_d(a.queue_timeout_s)} is shorter than a {what}'s "
+                                         f"service time ({_d(seconds)})")
+
+
+@sanity_check
+def _empty_window(s: Scenario):
+    think = s.workload.think_time.mean
+    if think >= s.run.duration_s:
+        yield ("workload.think_time", f"a mean think time of {_d(think)} is not shorter than the measurement window "
+                                      f"({_d(s.run.duration_s)}): few or no requests would be counted")
+    arrival = s.population.arrival
+    first = getattr(arrival, "at_s", None)
+    if first is None:
+        first = getattr(arrival, "start_s", None)
+    if first is not None and first >= s.run.end_s:
+        yield ("population.arrival", f"users arrive at {_d(first)}, after the run ends ({_d(s.run.end_s)}): "
+                                     "the window would have no requests")

@@ -1,6 +1,5 @@
 import os
 import pathlib
-import sys
 
 import pytest
 from hypothesis import settings
@@ -42,16 +41,33 @@ def make_scenario():
 
 
 @pytest.fixture
-def cli():
-    """Run the console script in a subprocess: returns (exit code, stdout, stderr)."""
-    import subprocess
+def cli(monkeypatch):
+    """Run the console script in this process (click's runner): returns (exit code, stdout,
+    stderr). An exception other than the command's exit is raised, not hidden in the result."""
+    from click.testing import CliRunner
 
-    def run(*args, cwd=ROOT, timeout=300):
-        proc = subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout, proc.stderr
+    from sim.cli import build_command
+
+    command = build_command()
+
+    def run(*args, cwd=ROOT, env=None):
+        monkeypatch.chdir(cwd)
+        outcome = CliRunner().invoke(command, [str(a) for a in args], prog_name="refreshlab", env=env)
+        if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+            raise outcome.exception
+        return outcome.exit_code, outcome.stdout, outcome.stderr
 
     return run
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and infinities, as strict parsers do."""
+    import json
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +106,16 @@ def redis_url(tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+#: markers of checks too slow for the default run; ``.ci/run`` runs them in a second pass
+#: (``pytest -m "peers or fidelity or failing_runs"``), and naming them in ``-m`` runs them anywhere
+OPT_IN_MARKERS = ("peers", "fidelity", "failing_runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    chosen = config.getoption("markexpr") or ""
+    for item in items:
+        own = [m for m in OPT_IN_MARKERS if item.get_closest_marker(m) is not None]
+        if own and not any(m in chosen for m in own):
+            item.add_marker(pytest.mark.skip(reason=f"opt-in: run with -m {own[-1]}"))

@@ -11,6 +11,7 @@ def baseline():
     return sim.run(sim.load_scenario(SCENARIOS / "baseline.toml"))
 
 
+@pytest.mark.slow
 def test_baseline_findings(baseline):
     agg = baseline.aggregate
     assert list(agg.index) == ["dual_token", "dual_token_single_flight", "sliding", "silent_refresh"]

@@ -134,16 +134,16 @@ def client_with(extra: str) -> str:
 
 
 @pytest.mark.parametrize("text, field, expected", [
-    (with_("run", "seed = -1"), "run.seed", "greater than or equal to 0"),
-    (with_("run", "replications = 1000000000"), "run.replications", "less than or equal to 10000"),
-    (with_("population", "users = 1000000000"), "population.users", "less than or equal to 10000000"),
+    (with_("run", "seed = -1"), "run.seed", "expected a value at least 0"),
+    (with_("run", "replications = 1000000000"), "run.replications", "expected a value at most 10000"),
+    (with_("population", "users = 1000000000"), "population.users", "expected a value at most 10000000"),
     (with_("population", "tabs = 1000000000"), "population.tabs", "at most 1000"),
     (with_("workload", "burst_size = { dist = 'uniform', low = 1, high = 1000000000 }"),
      "workload.burst_size", "at most 1000"),
     (with_("run", "warmup = '" + "9" * 400 + "s'"), "run.warmup", "at most 100 years"),
     (with_("run", "duration = '1e999s'"), "run.duration", "duration string"),
     (client_with('check_interval = "1us", threshold = "1m"').replace('"reactive", check', '"timer", check')
-     .replace('name = "timer"', 'name = "reactive"'), "strategies[0].client.check_interval", "greater than or equal to 0.001"),
+     .replace('name = "timer"', 'name = "reactive"'), "strategies[0].client.check_interval", "expected a value at least 0.001"),
     (client_with('preset = ["msal"]'), "strategies[0].client.preset", "expected a preset name"),
     (client_with("preset = { a = 1 }"), "strategies[0].client.preset", "expected a preset name"),
     (with_("run", "nested = " + "[" * 5000 + "]" * 5000), "", "nested too deeply"),

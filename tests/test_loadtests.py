@@ -19,6 +19,7 @@ from loadtests.measure import Records, fetch_ledger
 from loadtests.server.process import serve_in_subprocess
 from sim.metrics import EVENT_COLUMNS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from sim.results import load_run
+from tests.conftest import strict_json
 
 pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(180)]
 
@@ -37,6 +38,7 @@ def locust(url: str, strategy: str, records: Path, *extra: str, users: int = 12)
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_headless_locust_races_without_single_flight_and_not_with_it(tmp_path):
     totals = {}
     for strategy in ("dual_token", "dual_token_single_flight"):
@@ -68,10 +70,17 @@ def test_headless_locust_races_without_single_flight_and_not_with_it(tmp_path):
 
 def test_loadtest_command_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
+    html = tmp_path / "locust.html"
     done = subprocess.run([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "sliding",
-                           "--time-scale", str(TIME_SCALE), "--users", "8", "--duration", "8m", "--out", str(out)],
+                           "--time-scale", str(TIME_SCALE), "--users", "8", "--duration", "8m", "--out", str(out),
+                           "--html", str(html), "--json", "--fail-on", "requests < 1", "--fail-on", "failed_requests > 0"],
                           capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout + done.stderr
+    printed = strict_json(done.stdout)
+    assert printed["gates"]["passed"] is True and printed["summary"][0]["strategy"] == "sliding"
+    assert json.loads((out / "gates.json").read_text())["passed"] is True
+    assert "<html" in html.read_text().lower()  # Locust's own report, passed through
+    html.unlink()
     assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # no temporary folder left over
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
@@ -87,6 +96,7 @@ def test_loadtest_command_writes_a_complete_run_folder(tmp_path):
     assert (out / "locust_requests.parquet").is_file() and (out / "locust_stats.csv").is_file()
 
 
+@pytest.mark.slow
 def test_distributed_run_brings_worker_counters_to_the_master(tmp_path):
     records = tmp_path / "records"
     with serve_in_subprocess(SCENARIO, "dual_token", TIME_SCALE) as url:
@@ -107,11 +117,10 @@ def test_distributed_run_brings_worker_counters_to_the_master(tmp_path):
     assert sorted(users) == list(range(12))  # each scenario user exactly once across workers
 
 
-def test_loadtest_refuses_an_unknown_strategy_without_a_traceback():
-    done = subprocess.run([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "nope"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "no strategy 'nope'" in done.stderr and "Traceback" not in done.stderr
+def test_loadtest_refuses_an_unknown_strategy_without_a_traceback(cli):
+    code, _, err = cli("loadtest", SCENARIO, "--strategy", "nope")
+    assert code == 2
+    assert "no strategy 'nope'" in err and "Traceback" not in err
 
 
 def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):

@@ -32,6 +32,7 @@ def poisson_scenario(make_scenario, *, users=200, ttl_s=60, mean_think_s=20, bur
     )
 
 
+@pytest.mark.slow
 def test_reactive_refresh_rate_is_users_over_lifetime_plus_mean_wait(make_scenario):
     # Poisson requests at rate λ, lifetime T, zero latency: after each refresh the token lives T,
     # then the next request comes Exp(λ) later (memoryless) and gets the 401 that triggers the
@@ -48,7 +49,7 @@ def test_reactive_refresh_rate_is_users_over_lifetime_plus_mean_wait(make_scenar
     assert (per["failed_requests"] == 0).all() and (per["duplicate_tokens"] == 0).all()
 
 
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_bursts_of_k_make_k_minus_1_duplicates_per_expiry_hit_without_single_flight(make_scenario, k):
     strategies = [
         {"name": "plain", "client": {"trigger": "reactive", "single_flight": False}, "server": {"kind": "dual_token"}},
@@ -105,6 +106,7 @@ def test_sliding_window_as_long_as_the_lifetime_reissues_on_every_request(make_s
     assert row["expiry_failures"] == pytest.approx(row["requests"] * lapse, rel=0.25)
 
 
+@pytest.mark.slow
 def test_replication_ci_covers_the_truth_at_about_the_nominal_rate(make_scenario):
     # 95% t-intervals from 3 replications, 12 independent runs: coverage is Binomial(12, 0.95)
     expected = 60 / 80

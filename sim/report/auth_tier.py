@@ -11,6 +11,12 @@ from sim.report import style
 from sim.report.refresh_load import SMOOTH_S, draw_over_time, mean_series
 from sim.results import RunResult
 
+#: smallest top of the utilisation axis (%) and of the queue axis (calls)
+MIN_UTILISATION_PCT = 10.0
+MIN_QUEUE_CALLS = 1.0
+#: a panel whose peak stays under this share of its axis floor has nothing to show, and says so
+EMPTY_SHARE = 0.01
+
 
 def figure(result: RunResult, smooth_s: float = SMOOTH_S) -> Figure:
     """Two stacked panels sharing the time axis: utilisation (busy workers / workers, %) and
@@ -22,17 +28,20 @@ def figure(result: RunResult, smooth_s: float = SMOOTH_S) -> Figure:
     with style.styled():
         fig = style.new_figure(11.0, 7.0)
         top, bottom = fig.subplots(2, 1, sharex=True)
-        panels = ((top, busy, f"utilisation of {workers} auth workers", "no worker was busy"),
-                  (bottom, queue, "calls waiting (mean queue length)", "no call waited for a worker"))
-        for ax, wide, label, nothing in panels:
+        panels = ((top, busy, f"utilisation of {workers} auth workers", "no worker was busy", MIN_UTILISATION_PCT, "%"),
+                  (bottom, queue, "calls waiting (mean queue length)", "no call waited for a worker", MIN_QUEUE_CALLS,
+                   " calls"))
+        for ax, wide, label, nothing, floor, unit in panels:
             if wide.dropna(how="all").empty:
                 style.no_data(ax, "not measured in this run")
                 continue
             draw_over_time(ax, wide, variants, result, label)
             peak = float(np.nanmax(wide.to_numpy(float)))
-            ax.set_ylim(0, peak * 1.15 if peak > 0 else 1.0)
-            if peak == 0:
-                ax.text(0.5, 0.5, nothing, transform=ax.transAxes, ha="center", color=style.MUTED)
+            # a floor on the axis: rounding noise must not be scaled up into a spike
+            ax.set_ylim(0, max(peak * 1.15, floor))
+            if peak < floor * EMPTY_SHARE:
+                ax.text(0.5, 0.55, nothing + (f" (peak {style.fmt(peak)}{unit})" if peak > 0 else ""),
+                        transform=ax.transAxes, ha="center", color=style.MUTED, fontsize=12)
         if not busy.dropna(how="all").empty:
             top.yaxis.set_major_formatter(PercentFormatter(decimals=None))
             if float(np.nanmax(busy.to_numpy(float))) > 50:

@@ -4,7 +4,6 @@ embedded as base64 PNG, no JavaScript, opens offline) and ``report.md``."""
 from __future__ import annotations
 
 import base64
-import html
 import io
 import re
 from dataclasses import dataclass
@@ -48,7 +47,9 @@ PER_RUN = [
               auth_tier.figure, auth_tier.table),
     ChartSpec("latency_cdf", "Added latency",
               "Share of requests whose added latency (time lost to expired tokens, refreshes and retries) is at "
-              "most x; all replications pooled, read off the latency histogram. Failed requests are not counted.",
+              "most x; all replications pooled, read off the latency histogram. Failed requests are not counted. "
+              "Markers and the table: p50, p95 and p99 as summary.csv gives them (means over replications; a "
+              "percentile of 0 has no marker on the logarithmic axis).",
               latency.figure, latency.table),
     ChartSpec("tradeoff", "Security against cost",
               "Exposure window: remaining life of a session's newest access token when its user leaves. Refresh "
@@ -117,6 +118,8 @@ def _render(spec: ChartSpec, data, out_dir: Path, name: str) -> Section:
     fig.savefig(buffer, format="png", dpi=style.DPI)
     png = buffer.getvalue()
     (out_dir / "charts" / f"{name}.png").write_bytes(png)
+    # the layout was just computed for the PNG; the SVG keeps it instead of computing it again
+    fig.set_layout_engine("none")
     fig.savefig(out_dir / "charts" / f"{name}.svg", format="svg", metadata={"Date": None})
     caption = spec.caption.format(smooth=f"{refresh_load.SMOOTH_S:g}")
     width_pct = min(100.0, 100 * fig.get_figwidth() / WIDEST_IN)
@@ -139,12 +142,11 @@ def _run_heading(result: RunResult, label: str) -> str:
     return f"{heading} ({tag})" if tag else heading
 
 
-def display_table(table: pd.DataFrame) -> tuple[list[str], list[bool], list[list[str]]]:
-    """Header, which columns hold numbers, and formatted cells of a chart's table: the index
-    becomes the first column, and a ``<col> ci95`` column is folded into ``<col>`` as
-    ``mean ± half-width``."""
+def display_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[bool]]:
+    """A chart's table as text cells, and which columns hold numbers: the index becomes the
+    first column, and a ``<col> ci95`` column is folded into ``<col>`` as ``mean ± half-width``."""
     frame = table.reset_index() if table.index.name else table
-    header, numeric, columns = [], [], []
+    shown, numeric = {}, []
     for col in frame.columns:
         if str(col).endswith(" ci95") and str(col)[:-5] in frame.columns:
             continue
@@ -152,106 +154,43 @@ def display_table(table: pd.DataFrame) -> tuple[list[str], list[bool], list[list
         cells = [style.fmt(v) if not isinstance(v, str) else v for v in frame[col]]
         if ci is not None:
             cells = [c if pd.isna(e) else f"{c} ± {style.fmt(e)}" for c, e in zip(cells, ci)]
-        header.append(str(col))
+        shown[str(col)] = cells
         numeric.append(pd.api.types.is_numeric_dtype(frame[col]))
-        columns.append(cells)
-    return header, numeric, [list(row) for row in zip(*columns)]
+    return pd.DataFrame(shown), numeric
 
 
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def markdown_table(table: pd.DataFrame) -> str:
+    """pandas' Markdown writer (a pipe table), numbers right-aligned."""
+    cells, numeric = display_table(table)
+    return cells.to_markdown(index=False, colalign=["right" if n else "left" for n in numeric],
+                             disable_numparse=True)
+
+
+def html_table(table: pd.DataFrame, uuid: str = "t") -> str:
+    """pandas' HTML writer (a ``Styler``), numeric cells classed ``num`` for right alignment."""
+    cells, numeric = display_table(table)
+    classes = pd.DataFrame([["num" if n else "" for n in numeric]] * len(cells), index=cells.index,
+                           columns=cells.columns)
+    styler = cells.style.hide(axis="index").set_td_classes(classes)
+    html = styler.to_html(table_uuid=uuid, doctype_html=False)
+    return re.sub(r'^<style type="text/css">\s*</style>\s*', "", html)  # no styles set: no empty block
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("sim.report", "templates"), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
+    env.filters["html_table"] = html_table
+    env.filters["markdown_table"] = markdown_table
+    return env
 
 
 def _markdown(page: Page) -> str:
-    lines = [f"# {page.title}", ""]
-    if page.tag:
-        lines += [f"**{page.tag}**", ""]
-    if page.description:
-        lines += [f"*{page.description}*", ""]
-    lines += [page.summary, ""]
-    for heading, sections in page.groups:
-        lines += [f"## {heading}", ""]
-        for s in sections:
-            lines += [f"### {s.heading}", "", f"![{s.heading}]({s.path}.png)", "", s.caption, ""]
-            header, numeric, rows = display_table(s.table)
-            lines.append("| " + " | ".join(_markdown_cell(h) for h in header) + " |")
-            lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
-            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
-            lines.append("")
-    lines += ["## Resolved scenario", ""]
-    for label, toml in page.scenarios:
-        if len(page.scenarios) > 1:
-            lines += [f"### {label}", ""]
-        lines += ["```toml", toml.rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #222;
-       max-width: 72rem; margin: 2rem auto; padding: 0 1.5rem; line-height: 1.5; }
-h1 { font-size: 1.7rem; margin-bottom: .3rem; }
-h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-h3 { margin-top: 2rem; }
-.meta { color: #666; margin-top: 0; }
-.tag { display: inline-block; background: #fff3cd; border: 1px solid #e0c36a; border-radius: 4px;
-       padding: .1rem .5rem; font-weight: 600; }
-.summary { font-size: 1.05rem; background: #f5f8fb; border-left: 4px solid #0072B2; padding: .8rem 1rem; }
-figure { margin: 1rem 0; }
-figure img { max-width: 100%; height: auto; }
-figcaption { color: #555; font-size: .95rem; }
-figcaption a { color: #0072B2; }
-table { border-collapse: collapse; margin: .8rem 0 1.5rem; font-size: .92rem; }
-th, td { border: 1px solid #ddd; padding: .3rem .6rem; }
-th { background: #f2f2f2; text-align: left; vertical-align: bottom; }
-td { white-space: nowrap; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.description { color: #444; }
-tbody tr:nth-child(even) { background: #fafafa; }
-.scroll { overflow-x: auto; }
-pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: 1rem; overflow-x: auto; font-size: .85rem; }
-"""
-
-
-def _html_table(table: pd.DataFrame) -> str:
-    header, numeric, rows = display_table(table)
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if n else f"<td>{esc(c)}</td>" for c, n in zip(row, numeric))
-        + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return _environment().get_template("report.md.j2").render(page=page)
 
 
 def _html(page: Page) -> str:
-    esc = html.escape
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(page.title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
-        f"<h1>{esc(page.title)}</h1>",
-        f'<p class="meta">Generated {stamp}' + (f' · <span class="tag">{esc(page.tag)}</span>' if page.tag else "")
-        + "</p>",
-    ]
-    if page.description:
-        parts.append(f'<p class="description">{esc(page.description)}</p>')
-    parts.append(f'<p class="summary">{esc(page.summary)}</p>')
-    for heading, sections in page.groups:
-        parts.append(f"<h2>{esc(heading)}</h2>")
-        for s in sections:
-            data = base64.b64encode(s.png).decode("ascii")
-            parts += [
-                f"<h3>{esc(s.heading)}</h3>",
-                f'<figure><img src="data:image/png;base64,{data}" alt="{esc(s.heading)}" '
-                f'style="width: {s.width_pct:.0f}%">',
-                f'<figcaption>{esc(s.caption)} Files: <a href="{s.path}.png">PNG</a>, '
-                f'<a href="{s.path}.svg">SVG</a>.</figcaption></figure>',
-                _html_table(s.table),
-            ]
-    parts.append("<h2>Resolved scenario</h2>")
-    for label, toml in page.scenarios:
-        if len(page.scenarios) > 1:
-            parts.append(f"<h3>{esc(label)}</h3>")
-        parts.append(f"<pre>{esc(toml)}</pre>")
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+    return _environment().get_template("report.html.j2").render(page=page, stamp=stamp)

@@ -34,8 +34,8 @@ def figure(result) -> Figure:
             line = data[data["variant"] == name].sort_values("users")
             shift = transforms.offset_copy(ax.transData, fig=fig, y=(i - (len(shown) - 1) / 2) * step_pt, units="points")
             met = line[line["workers_needed"].notna()]
-            ax.plot(met["users"], met["workers_needed"].astype(float), marker=variants.marker(name), transform=shift,
-                    **variants.line(name))
+            ax.plot(met["users"], met["workers_needed"].astype(float), transform=shift,
+                    **{**variants.line(name), "markevery": None})
             unmet = line[line["workers_needed"].isna()]
             if not unmet.empty:
                 ax.scatter(unmet["users"], [result.max_workers] * len(unmet), marker="^", s=90,

@@ -1,5 +1,6 @@
 """Chart 4, added latency: the distribution over requests per variant, as a cumulative curve
-read off the ``latency`` histogram (all replications pooled)."""
+read off the ``latency`` histogram (all replications pooled), with the summary's p50, p95 and
+p99 (means over replications) marked on each curve."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from sim.metrics import LATENCY_BINS_MS, latency_quantile
+from sim.metrics import LATENCY_BINS_MS
 from sim.report import style
 from sim.results import RunResult
 
+#: the percentiles the summary gives, marked on the curves and listed in the table
+QUANTILES = (50, 95, 99)
 #: shares of requests the y axis can mark; the axis spans those the data needs
 Y_TICKS = [0.01, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 0.9999, 0.99999, 0.999999]
 
@@ -51,6 +54,7 @@ def figure(result: RunResult) -> Figure:
     variants = style.VariantStyle.of(result)
     curves = {n: histogram(result, n) for n in result.scenario.names}
     curves = {n: h for n, h in curves.items() if len(h)}
+    agg = result.aggregate
     with style.styled():
         fig = style.new_figure()
         ax = fig.add_subplot()
@@ -64,10 +68,17 @@ def figure(result: RunResult) -> Figure:
             x_right = max(h["upper_ms"].max() for h in curves.values()) * 1.5
             for name, h in curves.items():
                 x, y = cdf_points(h)
-                style_kw = variants.line(name)
+                # the only markers on this chart are the summary's percentiles
+                style_kw = {**variants.line(name), "marker": "", "markevery": None}
                 if (h["lower_ms"] == 0).all():
                     style_kw["label"] = f"{name} (no request delayed)"
                 ax.plot(np.append(x, x_right), np.clip(np.append(y, 1.0), lo, hi), clip_on=False, **style_kw)
+                marks = [(float(agg.at[name, f"added_latency_ms_p{q}"]), q / 100) for q in QUANTILES
+                         if name in agg.index and f"added_latency_ms_p{q}" in agg]
+                marks = [(v, q) for v, q in marks if v == v and v > 0 and lo <= q <= hi]
+                if marks:
+                    ax.plot(*zip(*marks), linestyle="none", marker=variants.marker(name), markersize=9,
+                            color=style_kw["color"], markeredgecolor="black", markeredgewidth=1.0, zorder=5)
             ax.set_xscale("log")
             ax.set_xlim(LATENCY_BINS_MS[1], x_right)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: style.fmt(v)))
@@ -84,17 +95,18 @@ def figure(result: RunResult) -> Figure:
 
 
 def table(result: RunResult) -> pd.DataFrame:
-    """Per variant, from the histogram: requests, share with no added latency, and the p50,
-    p95, p99 and largest bin (lower edges, ms)."""
+    """Per variant: requests and the p50, p95 and p99 of added latency as the summary gives
+    them (means over replications, 95% CI half-widths), and the share of requests that waited
+    not at all (from the histogram, replications pooled)."""
+    agg = result.aggregate
     rows = {}
     for name in result.scenario.names:
         h = histogram(result, name)
-        hist = h.rename(columns={"lower_ms": "added_latency_ms"})
         none = h.loc[h["lower_ms"] == 0, "requests"].sum() / h["requests"].sum() if len(h) else np.nan
-        rows[name] = {
-            "requests": h["requests"].sum() if len(h) else np.nan,
-            "no added latency (%)": 100 * none,
-            **{f"p{q} (ms)": latency_quantile(hist, q / 100) for q in (50, 95, 99)},
-            "largest (ms)": h["lower_ms"].max() if len(h) else np.nan,
-        }
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+        row = agg.loc[name] if name in agg.index else pd.Series(dtype=float)
+        rows[name] = {"requests": row.get("requests", np.nan), "requests ci95": row.get("requests_ci95", np.nan),
+                      "no added latency (%)": 100 * none}
+        for q in QUANTILES:
+            rows[name][f"p{q} (ms)"] = row.get(f"added_latency_ms_p{q}", np.nan)
+            rows[name][f"p{q} (ms) ci95"] = row.get(f"added_latency_ms_p{q}_ci95", np.nan)
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).rename_axis("variant")

@@ -194,7 +194,7 @@ def figure(results: list[RunResult], measures: list[Measure | str] = SWEEP) -> F
                     continue
                 x = dodge(line["x"].to_numpy(float), i, len(variants.order), positions, log_x)
                 ax.errorbar(x, line[m.title], yerr=line[f"{m.title} ci95"].fillna(0),
-                            marker=variants.marker(name), capsize=3, **variants.line(name))
+                            capsize=3, **{**variants.line(name), "markevery": None})
             if len(facets) == 1:
                 ax.set_title(m.label, loc="left", fontweight="bold")
                 ax.set_ylabel(m.unit)

@@ -71,8 +71,9 @@ class LedgerObserver:
         ``duplicate`` is true for an access token whose (session, basis) was minted before."""
 
     def on_reuse(self, token: Token, *, outcome: str, now: float) -> None:
-        """A rotated refresh token was presented again; ``outcome`` is ``grace_reuse`` (accepted)
-        or ``reuse_detected`` (rejected, and revoked per the policy)."""
+        """A rotated refresh token was presented again; ``outcome`` is ``grace_reuse`` (accepted),
+        ``reuse_detected`` (rejected, and revoked per the policy) or ``resent_pair`` (answered
+        with the tokens its rotation had already issued: no mint)."""
 
     def on_revoke(self, session: Session, *, now: float) -> None:
         """A session's refresh-token family was revoked (``session.access_revoked`` tells whether
@@ -160,8 +161,10 @@ class Ledger:
         return True
 
     def note_reuse(self, token: Token, outcome: str, now: float) -> None:
-        """Count a rotated refresh token presented again (``grace_reuse`` / ``reuse_detected``)."""
-        self.counters[{"grace_reuse": "grace_reuses", "reuse_detected": "reuse_detections"}[outcome]] += 1
+        """Count a rotated refresh token presented again (``grace_reuse`` / ``reuse_detected`` /
+        ``resent_pair``)."""
+        self.counters[{"grace_reuse": "grace_reuses", "reuse_detected": "reuse_detections",
+                       "resent_pair": "resent_pairs"}[outcome]] += 1
         self.observer.on_reuse(token, outcome=outcome, now=now)
 
     def revoke_session(self, session: Session, now: float, *, access: bool = False) -> None:
@@ -210,5 +213,5 @@ class Ledger:
 #: the running totals a ledger keeps
 TOTALS = (
     "sessions", "access_mints", "refresh_mints", "renewal_access_mints", "refresh_calls",
-    "duplicate_tokens", "reuse_detections", "grace_reuses", "revocations",
+    "duplicate_tokens", "reuse_detections", "grace_reuses", "resent_pairs", "revocations",
 )

@@ -32,10 +32,18 @@ SERVER_PRESETS: dict[str, dict] = {
     },
     # access 5 min, refresh 1 day, ROTATE_REFRESH_TOKENS false
     "simplejwt": {"kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "1d", "rotation": False},
-    # ROTATE_REFRESH_TOKENS + BLACKLIST_AFTER_ROTATION: a reused token fails alone, no grace
+    # ROTATE_REFRESH_TOKENS + BLACKLIST_AFTER_ROTATION: a reused token fails alone, no grace;
+    # the blacklist is checked when the token is read, before the rotation writes (check-then-write)
     "simplejwt-blacklist": {
         "kind": "dual_token", "access_ttl": "5m", "refresh_ttl": "1d", "rotation": True,
-        "reuse_detection": "token",
+        "reuse_detection": "token", "atomic": False,
+    },
+    # node-oidc-provider, public client: rotation on every use; a consumed token presented again
+    # is destroyed and its grant revoked. Its consumed check and the rotation's write are separate
+    # awaits, but with its in-memory adapter they run in one turn of Node's event loop: measured
+    # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic
+    "oidc-provider": {
+        "kind": "dual_token", "refresh_ttl": "1d", "rotation": True, "reuse_detection": "family",
     },
 }
 

@@ -144,6 +144,13 @@ class DualTokenServer(ServerPolicy):
     ``grace_reuse_count`` times, 0 = unlimited) a reuse is accepted and returns a ``new_pair``
     (Auth0, Hydra) or the ``same_pair`` the rotation returned (FusionAuth). ``revoke_access_on_reuse``
     also makes the family's access tokens invalid at the API (Okta).
+
+    ``atomic = false`` is a server that checks the presented token when it reads it and writes
+    the rotation later without looking again (check-then-write: it checks before taking its
+    lock). ``concurrent_replay`` says what such a server answers to a refresh that passed the check
+    while another refresh of the same token rotated it in the meantime: ``new_pair`` (it mints
+    again: both succeed with different pairs) or ``same_pair`` (under its lock it finds the
+    rotation done and answers with the pair already issued: a *re-sent pair*, not a mint).
     """
 
     kind: Literal["dual_token"] = "dual_token"
@@ -154,11 +161,14 @@ class DualTokenServer(ServerPolicy):
     grace_returns: Literal["new_pair", "same_pair"] = "new_pair"
     atomic: bool = True
     revoke_access_on_reuse: bool = False
+    concurrent_replay: Literal["new_pair", "same_pair"] = "new_pair"
 
     @model_validator(mode="after")
     def _coherent(self):
         if not self.rotation and (self.reuse_detection != "none" or self.grace_period_s > 0):
             raise ValueError("reuse_detection and grace_period need rotation = true")
+        if self.concurrent_replay == "same_pair" and (self.atomic or not self.rotation):
+            raise ValueError("concurrent_replay = 'same_pair' needs rotation = true and atomic = false")
         return self
 
     def login(self, ledger, user, now):
@@ -191,8 +201,14 @@ class DualTokenServer(ServerPolicy):
             ledger.note_reuse(token, "grace_reuse", now)
             token.grace_uses += 1
             if self.grace_returns == "same_pair" and token.successor:
+                ledger.note_reuse(token, "resent_pair", now)
                 access_id, refresh_id = token.successor
                 return Grant(ledger.tokens[access_id], ledger.tokens[refresh_id])
+        if decision == "ok" and self.concurrent_replay == "same_pair" and token.successor:
+            # rotated by a concurrent refresh after this one's check: hand its pair out again
+            ledger.note_reuse(token, "resent_pair", now)
+            access_id, refresh_id = token.successor
+            return Grant(ledger.tokens[access_id], ledger.tokens[refresh_id])
         cause = "grace" if decision == "grace_reuse" else "refresh"
         access = ledger.mint(
             "access", session, now, self.access_expiry(session, now),
