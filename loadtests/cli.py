@@ -217,7 +217,8 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
             meta={"target": url if target or profile.base_url else "reference server", "profile": profile.name,
                   "users": users, "processes": processes or 1,
                   "status": "failed" if failure else "partial" if interrupted or not alive else "complete",
-                  "failure": failure or server_died, "locust_exit_code": locust.returncode,
+                  "failure": "; ".join(filter(None, (server_died, failure))) or None,
+                  "locust_exit_code": locust.returncode,
                   "preflight": findings.lines(), "preflight_user": findings.user,
                   "preflight_calls": findings.calls},
         )
@@ -513,7 +514,7 @@ def loadtest(
     if test.failure:
         err_console.print(f"[bold red]failed:[/] {test.failure}", highlight=False)
         err_console.print(f"wrote {out} (marked failed in run.json, Locust's log in locust.log)")
-        raise typer.Exit(1)
+        raise typer.Exit(130 if test.interrupted else 1)
     row = test.result.aggregate.loc[strategy]
     if as_json:
         from sim.cli import summary_json

@@ -11,10 +11,12 @@ leaving the runner (normally, on an error or on Ctrl-C) stops every worker it st
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,6 +62,21 @@ def _ignore_interrupts() -> None:
     # Ctrl-C at a terminal reaches the whole process group: the parent stops the workers, which
     # must not die on their own first (that would look like a lost worker)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored_while_spawning():
+    """Ignore SIGINT in this process while worker processes are started: an ignored signal stays
+    ignored across exec, so a Ctrl-C that comes while a worker is still importing (before its
+    initializer ran) cannot kill it with a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Runner:
@@ -137,7 +154,8 @@ class Processes(Runner):
         self._futures: dict[cf.Future, int] = {}
 
     def _start(self, job: Job) -> None:
-        self._futures[self._pool.submit(_execute_in_worker, job)] = job.id
+        with _interrupts_ignored_while_spawning():
+            self._futures[self._pool.submit(_execute_in_worker, job)] = job.id
 
     def _wait_one(self) -> tuple[int, Any]:
         done, _ = cf.wait(list(self._futures), return_when=cf.FIRST_COMPLETED)
