@@ -108,8 +108,8 @@ def redis_url(tmp_path_factory):
         process.wait(timeout=30)
 
 
-#: markers of checks too slow for the default run; ``.ci/run`` runs them in a second pass
-#: (``pytest -m "peers or fidelity or failing_runs"``), and naming them in ``-m`` runs them anywhere
+#: markers of checks too slow for the default run, run only when named in ``-m`` (``.ci/run`` names
+#: ``peers`` and ``failing_runs``; the minutes-long ``fidelity`` runs are a manual step)
 OPT_IN_MARKERS = ("peers", "fidelity", "failing_runs")
 
 
