@@ -119,3 +119,17 @@ def pytest_collection_modifyitems(config, items):
         own = [m for m in OPT_IN_MARKERS if item.get_closest_marker(m) is not None]
         if own and not any(m in chosen for m in own):
             item.add_marker(pytest.mark.skip(reason=f"opt-in: run with -m {own[-1]}"))
+
+
+def poll_until(condition, timeout_s: float = 60.0, what: str = "condition"):
+    """Poll ``condition()`` until it returns something truthy (the state is reached) and return
+    that; fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout_s}s")

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from loadtests.server import protocol as p
+from tests.conftest import poll_until
 from loadtests.server.keys import ALGORITHMS
 from loadtests.server.process import serve_in_subprocess
 
@@ -250,15 +251,6 @@ def test_tokens_of_another_instance_are_refused(servers, algorithm, store):
         assert_refused_everywhere(b, grant_a["refresh_token"], "refresh token of another instance")
 
 
-def wait_until(condition, timeout_s: float = 10.0, interval_s: float = 0.05):
-    """Poll ``condition()`` until it is truthy (the state is reached) or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"not reached within {timeout_s}s")
 
 
 @pytest.mark.parametrize("store", STORES)
@@ -267,10 +259,10 @@ def test_expired_tokens(servers, algorithm, store):
     base_url, _ = servers(algorithm, store, scale=SCALE)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         grant = login(client)
-        expired = wait_until(lambda: (a := api(client, grant["access_token"])).status_code == 401 and a)
+        expired = poll_until(lambda: (a := api(client, grant["access_token"])).status_code == 401 and a)
         assert expired.json() == {"error": "invalid_token", "error_description": "expired"}
         # past the JWT's own exp (plus its leeway): refused before the ledger is asked
-        wait_until(lambda: time.time() > parts(grant["access_token"])[1]["exp"] + 1.5, 5)
+        poll_until(lambda: time.time() > parts(grant["access_token"])[1]["exp"] + 1.5, 5)
         assert api(client, grant["access_token"]).json()["error_description"] == "expired"
 
 

@@ -7,11 +7,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.conftest import poll_until
 
 pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(180)]
 
@@ -26,15 +27,6 @@ def start_loadtest(out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
-def until(condition, timeout_s: float = 60.0, what: str = "condition"):
-    """Poll ``condition()`` until it returns something truthy (the state is reached)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s}s")
 
 
 def children(process: subprocess.Popen) -> dict[str, psutil.Process]:
@@ -72,13 +64,13 @@ def assert_all_gone(procs: dict[str, psutil.Process], folder: Path) -> None:
             pass
     _, alive = psutil.wait_procs(everything, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
-    until(lambda: not folder.exists(), 30, f"removal of {folder}")
+    poll_until(lambda: not folder.exists(), 30, f"removal of {folder}")
 
 
 def test_server_killed_mid_run_gives_a_partial_result_and_a_non_zero_exit(tmp_path):
     out = tmp_path / "run"
     loadtest = start_loadtest(out)
-    procs = until(lambda: children(loadtest), what="server and Locust running")
+    procs = poll_until(lambda: children(loadtest), what="server and Locust running")
     folder = work_dir(procs)
     procs["server"].kill()
     _, stderr = loadtest.communicate(timeout=120)
@@ -92,7 +84,7 @@ def test_server_killed_mid_run_gives_a_partial_result_and_a_non_zero_exit(tmp_pa
 
 def test_kill_9_of_the_load_test_takes_its_server_and_locust_with_it(tmp_path):
     loadtest = start_loadtest(tmp_path / "run")
-    procs = until(lambda: children(loadtest), what="server and Locust running")
+    procs = poll_until(lambda: children(loadtest), what="server and Locust running")
     folder = work_dir(procs)
     loadtest.kill()
     loadtest.communicate(timeout=30)
@@ -103,7 +95,7 @@ def test_kill_9_of_the_load_test_takes_its_server_and_locust_with_it(tmp_path):
 def test_sigterm_stops_the_load_test_like_ctrl_c(tmp_path):
     out = tmp_path / "run"
     loadtest = start_loadtest(out)
-    procs = until(lambda: children(loadtest), what="server and Locust running")
+    procs = poll_until(lambda: children(loadtest), what="server and Locust running")
     folder = work_dir(procs)
     loadtest.send_signal(signal.SIGTERM)
     _, stderr = loadtest.communicate(timeout=120)
