@@ -127,7 +127,8 @@ def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
     import signal
     import urllib.request
 
-    from tests.test_faults import children, until
+    from tests.conftest import poll_until
+    from tests.test_faults import children
 
     out = tmp_path / "run"
     proc = subprocess.Popen([str(REFRESHLAB), "loadtest", str(SCENARIO), "--strategy", "dual_token",
@@ -135,7 +136,7 @@ def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait for states, not for a guessed time: Locust runs, its 6 users have logged in, and a
     # scenario minute of requests has passed on the server's clock
-    procs = until(lambda: children(proc), what="server and Locust running")
+    procs = poll_until(lambda: children(proc), what="server and Locust running")
     command = procs["server"].cmdline()
     ledger_url = f"http://127.0.0.1:{command[command.index('--port') + 1]}/ledger"
 
@@ -143,7 +144,7 @@ def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
         ledger = json.loads(urllib.request.urlopen(ledger_url, timeout=10).read())
         return ledger["totals"]["sessions"] >= 6 and ledger["scenario_time_s"] >= 120
 
-    until(busy, what="users logged in and making requests")
+    poll_until(busy, what="users logged in and making requests")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 130, stdout + stderr
