@@ -33,8 +33,8 @@ from sim.engine.streams import UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, Await, Backoff, Close, Join, Login, Open, Pause, Refresh, Renew, Request, Send, Sleep, Spawn, drive,
-    jar_after_refresh, renew_flow, request_flow, user_flow,
+    LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Jitter, Join, Login, Open, Pause, Refresh, Renew, Request, Reread,
+    Send, Sleep, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
 )
 from loadtests.targets.classify import Classifier
 from loadtests.targets.profile import TargetProfile, reference_profile
@@ -203,7 +203,7 @@ COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
     "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
-    "refused_sessions",
+    "refused_sessions", "stranded",
 )
 
 
@@ -264,6 +264,8 @@ class Visit:
     tabs: list = field(default_factory=list)
     #: the ``Retry-After`` (wall seconds) of the last 503 a refresh got
     retry_after_wall_s: float | None = None
+    #: the refresh tokens (strings) this visit's tabs presented
+    presented: set = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -273,6 +275,8 @@ class _Trace:
 
     rtt_s: float = 0.0
     reissued: Token | None = None
+    #: the refresh token (string) the flow's last refresh call presented
+    presented: str | None = None
 
 
 @dataclass(eq=False)
@@ -372,9 +376,9 @@ class UserDriver:
     def _run(self, flow, tab: Tab | None) -> Any:
         """Carry out ``flow`` in this greenlet for ``tab``; returns what it returns (None when
         the scenario ended first)."""
-        pace = _Pace(self.clock.now_s(), time.perf_counter())
+        pace, trace = _Pace(self.clock.now_s(), time.perf_counter()), _Trace()
         try:
-            return drive(flow, lambda effect: self.carry_out(tab, effect, _Trace(), pace))
+            return drive(flow, lambda effect: self.carry_out(tab, effect, trace, pace))
         except _Ended:
             return None
 
@@ -411,7 +415,17 @@ class UserDriver:
             case Join():
                 return tab.flight.inflight.get()
             case Refresh(basis=basis):
-                return self.refresh_in_flight(tab, basis)
+                return self.refresh_in_flight(tab, basis, trace)
+            case Reread():
+                return tab.visit.jar is not None and tab.visit.jar != trace.presented
+            case Clear(every_tab=every_tab):
+                visit = tab.visit
+                self._drop(tab, visit.jar)
+                visit.jar = None
+                for t in (visit.tabs if every_tab else (tab,)):
+                    t.store.token = None
+            case Jitter():
+                self.clock.sleep(self.policy.timer_jitter_s * self.streams.jitter())
             case Login(forced=forced, lapsed=lapsed):
                 return self.login(effect.tab if effect.tab is not None else tab, forced=forced, lapsed=lapsed)
             case Backoff():
@@ -491,7 +505,13 @@ class UserDriver:
 
     # -- renewal ----------------------------------------------------------------------------
 
-    def refresh_in_flight(self, tab: Tab, basis: str | None) -> str:
+    def _drop(self, tab: Tab, jar: str | None) -> None:
+        """The client lets go of the refresh token ``jar``: stranded when never presented."""
+        if jar is not None and jar not in tab.visit.presented:
+            self.sink.record(self.clock.now_s(), self.index, tab.index, tab.visit.session, "stranded", token_id(jar))
+            self.sink.count("stranded")
+
+    def refresh_in_flight(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None) -> str:
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
         the policy is single-flight; returns its outcome (``"ok"`` or a ``refresh_end``
         outcome). Those who joined it learn whether the tab then holds a new token."""
@@ -500,14 +520,14 @@ class UserDriver:
             flight.inflight = done
         outcome = "lost"
         try:
-            outcome = self.refresh(tab, basis)
+            outcome = self.refresh(tab, basis, trace)
         finally:
             if flight.inflight is done:
                 flight.inflight = None
             done.set(outcome == "ok")
         return outcome
 
-    def refresh(self, tab: Tab, basis: str | None) -> str:
+    def refresh(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None) -> str:
         """One refresh call with the jar's refresh token; on success the tab's store gets the
         access token. Returns ``"ok"`` or the ``refresh_end`` outcome."""
         clock, visit, sink = self.clock, tab.visit, self.sink
@@ -516,7 +536,10 @@ class UserDriver:
             return "ok" if tab.store.token is not None else "no_token"
         jar = visit.jar
         if jar is None:
-            return "no_token"
+            return "signed_out"
+        if trace is not None:
+            trace.presented = jar
+        visit.presented.add(jar)
         sent_at, started = clock.now_s(), time.perf_counter()
         jar_id = token_id(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
@@ -556,7 +579,8 @@ class UserDriver:
                     sink.count("rotated_tokens")
                 if new_jar not in self.seen:
                     self._minted(self._read_jar(new_jar, reply), "refresh_refresh", None, visit)
-            visit.jar = jar_after_refresh(visit.jar, jar, new_jar)
+            visit.jar, dropped = jar_write(self.policy, visit.jar, jar, new_jar)
+            self._drop(tab, dropped)
             return outcome
         sink.count("refresh_failures")
         if outcome == "reuse_detected":

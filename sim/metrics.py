@@ -21,7 +21,12 @@ in scenario time):
 - ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``forced`` when the
   session was lost in use, ``lapsed`` when its remembered refresh token had lapsed — both count
   as forced logins);
-- ``logout``, ``""``: a user leaves.
+- ``logout``, ``""``: a user leaves;
+- ``stranded``, ``""``: the client let go of a refresh token it had never presented (``token``):
+  its jar discarded or overwrote an answer, or a failure path deleted it;
+- derived from the rows above by :class:`Divergence` (the simulator as it runs, a load test
+  from its events table): ``spurious_logout``, ``race_logout`` (``latency_ms``: milliseconds
+  since the session's first refresh race), ``stranded_token``, ``benign_revocation``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ SUMMARY_COLUMNS = [
     "access_mints", "refresh_mints", "sign_ops", "verify_ops", "refresh_rate_per_s",
     "refresh_rate_peak_per_s", "duplicate_tokens", "duplicate_per_1k_refresh", "reuse_detections",
     "grace_reuses", "resent_pairs", "expired_refreshes", "expiry_failures", "failed_requests", "forced_logins",
+    "spurious_logouts", "stranded_tokens", "race_to_logout_s_mean", "benign_revocations",
     "lapse_logins_per_user_day", "added_latency_ms_p50",
     "added_latency_ms_p95", "added_latency_ms_p99", "auth_utilization", "auth_queue_wait_ms_p99",
     "exposure_s_mean", "valid_tokens_per_session_max",
@@ -143,6 +149,76 @@ def exact_quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q, method="lower")) if len(values) else np.nan
 
 
+#: the rows :class:`Divergence` derives
+DIVERGENCE_EVENTS = ("spurious_logout", "race_logout", "stranded_token", "benign_revocation")
+
+
+class Divergence:
+    """Where the client's and the server's views of a session drift apart, read off the records
+    in time order (the same rule for a simulated run and a load test):
+
+    - a *race*: a refresh call presenting a refresh token that an earlier call of the session
+      already presented (``refresh_start`` rows with the same token);
+    - a *spurious logout*: a forced login (``login``/``forced``; a lapsed refresh token is a
+      legitimate one) that leaves a session the server had not revoked (no ``revoke`` row
+      before it): the session's family was still valid — the user was logged out by the client;
+    - a *benign revocation*: a session revoked at the instant a reuse of one of its tokens was
+      detected, the token having been presented by the user's own client (every client of a
+      simulation or a load test is the user's own: no thief);
+    - a *stranded token*: a ``stranded`` row (a refresh token the client let go of unpresented)
+      of a session not revoked then.
+
+    - a *race logout*: a forced login (spurious or not) leaving a session that had a race;
+      its value is the seconds from the session's first race to it.
+
+    :meth:`feed` takes one row and returns the derived rows ``(event, value)`` (``value`` NaN
+    but for ``race_logout``)."""
+
+    __slots__ = ("presented", "first_race", "revoked", "reuse_at", "logged_out")
+
+    def __init__(self) -> None:
+        self.presented: dict = defaultdict(set)
+        self.first_race: dict = {}
+        self.revoked: set = set()
+        self.reuse_at: dict = {}
+        self.logged_out: set = set()
+
+    def feed(self, t_s: float, event: str, outcome: str, session, token) -> tuple:
+        if event == "refresh_start":
+            seen = self.presented[session]
+            if token in seen and session not in self.first_race:
+                self.first_race[session] = t_s
+            seen.add(token)
+        elif event == "reuse_detected":
+            self.reuse_at[session] = t_s
+        elif event == "revoke":
+            if session not in self.revoked:
+                self.revoked.add(session)
+                if self.reuse_at.get(session) == t_s:
+                    return (("benign_revocation", math.nan),)
+        elif event == "login" and outcome == "forced" and session is not None and session not in self.logged_out:
+            self.logged_out.add(session)
+            out = () if session in self.revoked else (("spurious_logout", math.nan),)
+            race = self.first_race.get(session)
+            return out + ((("race_logout", t_s - race),) if race is not None else ())
+        elif event == "stranded" and session not in self.revoked:
+            return (("stranded_token", math.nan),)
+        return ()
+
+    @classmethod
+    def rows(cls, events: pd.DataFrame) -> pd.DataFrame:
+        """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows
+        (``latency_ms`` of a ``race_logout``: the race-to-logout time in milliseconds)."""
+        tracker, out = cls(), []
+        relevant = events[events["event"].isin(["refresh_start", "reuse_detected", "revoke", "login", "stranded"])]
+        for row in relevant.itertuples(index=False):
+            session = None if pd.isna(row.session) else row.session
+            for event, value in tracker.feed(row.t_s, row.event, row.outcome, session, row.token):
+                out.append({**row._asdict(), "event": event, "outcome": "", "token": row.token if event == "stranded_token" else pd.NA,
+                            "basis": pd.NA, "latency_ms": value * 1000.0})
+        return pd.DataFrame(out, columns=events.columns) if out else events.iloc[0:0]
+
+
 class Counts:
     """What a run of one variant produced, counted as it happens: per (event, outcome), counts
     per one-second bin and inside the measurement window ``[warmup, warmup + duration)``;
@@ -160,6 +236,8 @@ class Counts:
         self.queue_wait_values: array | None = array("d") if keep_values else None
         self.exposure_sum_s = 0.0
         self.exposure_n = 0
+        self.race_sum_s = 0.0
+        self.race_n = 0
         self.active_delta = array("q", bytes(8 * self.n_bins))
         self.auth_busy_s: np.ndarray | None = None
         self.auth_queue_s: np.ndarray | None = None
@@ -208,6 +286,12 @@ class Counts:
             self.exposure_sum_s += exposure_s
             self.exposure_n += 1
 
+    def race_to_logout(self, t_s: float, seconds: float) -> None:
+        """A logout at ``t_s`` came ``seconds`` after its session's first refresh race."""
+        if self.lo <= t_s < self.hi:
+            self.race_sum_s += seconds
+            self.race_n += 1
+
     def active(self, t_s: float, delta: int) -> None:
         i = int(t_s)
         if 0 <= i < self.n_bins:
@@ -242,6 +326,9 @@ class Counts:
         ex_t, ex_s = _arr(tally.exposure_t_s), _arr(tally.exposure_s)
         left = _in(ex_t, counts.lo, counts.hi)
         counts.exposure_sum_s, counts.exposure_n = float(ex_s[left].sum()), int(left.sum())
+        rt, rs = _arr(tally.race_t_s), _arr(tally.race_s)
+        inside = _in(rt, counts.lo, counts.hi)
+        counts.race_sum_s, counts.race_n = float(rs[inside].sum()), int(inside.sum())
         for second, delta in tally.active_users_delta.items():
             counts.active(second, delta)
         counts.auth_busy_s, counts.auth_queue_s = tally.auth_busy_s, tally.auth_queue_s
@@ -290,6 +377,9 @@ class Tally:
     queue_wait_ms: array = field(default_factory=lambda: array("d"))
     exposure_t_s: array = field(default_factory=lambda: array("d"))
     exposure_s: array = field(default_factory=lambda: array("d"))
+    #: per logout after a refresh race: its time and the seconds since the race
+    race_t_s: array = field(default_factory=lambda: array("d"))
+    race_s: array = field(default_factory=lambda: array("d"))
     active_users_delta: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     auth_busy_s: np.ndarray | None = None
     auth_queue_s: np.ndarray | None = None
@@ -300,8 +390,14 @@ class Tally:
 
     @classmethod
     def from_events(cls, events: pd.DataFrame) -> "Tally":
-        """Build a tally from an events table (EVENT_COLUMNS) of one variant and replication."""
+        """Build a tally from an events table (EVENT_COLUMNS) of one variant and replication,
+        sorted by time; the :class:`Divergence` rows are derived unless the table has them."""
         tally = cls()
+        if not events["event"].isin(DIVERGENCE_EVENTS).any():
+            events = pd.concat([events, Divergence.rows(events)], ignore_index=True)
+        races = events[events["event"] == "race_logout"]
+        tally.race_t_s.extend(races["t_s"].to_numpy(float))
+        tally.race_s.extend((races["latency_ms"] / 1000.0).to_numpy(float))
         for (event, outcome), group in events.groupby(["event", "outcome"], dropna=False, sort=False):
             key = (event, "" if pd.isna(outcome) else outcome)
             tally.times[key].extend(group["t_s"].to_numpy(float))
@@ -388,6 +484,10 @@ def summarize(
         "expiry_failures": n("attempt", "expired"),
         "failed_requests": n("request", "failed"),
         "forced_logins": n("login", "forced", "lapsed"),
+        "spurious_logouts": n("spurious_logout", ""),
+        "stranded_tokens": n("stranded_token", ""),
+        "race_to_logout_s_mean": counts.race_sum_s / counts.race_n if counts.race_n else np.nan,
+        "benign_revocations": n("benign_revocation", ""),
         "lapse_logins_per_user_day": n("login", "lapsed") / (users * duration_s / 86400.0),
         "added_latency_ms_p50": p[0.5],
         "added_latency_ms_p95": p[0.95],

@@ -31,9 +31,9 @@ from sim.engine.streams import TabStreams, UserStreams, arrival_times, user_trai
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
-    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
-    request_flow, user_flow,
+    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Jitter, Join, Login, LoginCause, Open,
+    Pause, Refresh, RefreshOutcome, Renew, Reread, Request, Send, Sleep, Spawn, Views, jar_write, plain_page_views,
+    renew_flow, request_flow, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
@@ -93,6 +93,8 @@ class Visit:
     over: bool = False
     login: Signal | None = None
     flight: Flight = field(default_factory=Flight)
+    #: ids of the refresh tokens this visit's tabs presented
+    presented: set = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -116,7 +118,7 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "presented")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen]
@@ -128,6 +130,7 @@ class Task:
         self.rtt = 0.0
         self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
         self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
+        self.presented = None  # the refresh token this task's last refresh call presented
         user.tasks.append(self)
 
 
@@ -184,6 +187,7 @@ class Simulation:
             Spawn: self._spawn, Await: self._await, Request: self._request, Send: self._send,
             Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt, Backoff: self._backoff,
             _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
+            Clear: self._clear, Reread: self._reread, Jitter: self._jitter,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -388,23 +392,44 @@ class Simulation:
         return PENDING
 
     def _refresh(self, task, effect):
-        task.stack.append(self._refresh_in_flight(task.tab, effect.basis))
+        task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis))
         return None
 
-    def _refresh_in_flight(self, tab: Tab, basis):
+    def _clear(self, task, effect):
+        tab = task.tab
+        visit = tab.visit
+        self._drop(visit, visit.jar)
+        visit.jar = None
+        for t in (visit.tabs if effect.every_tab else (tab,)):
+            t.store.held = None
+        return None
+
+    def _reread(self, task, effect):
+        jar = task.tab.visit.jar
+        return jar is not None and jar.id != task.presented
+
+    def _jitter(self, task, effect):
+        return self._sleep(task, Sleep(self.client.timer_jitter_s * task.user.streams.jitter()))
+
+    def _drop(self, visit: Visit, token: Token | None) -> None:
+        """The client lets go of ``token``: stranded when none of its tabs ever presented it."""
+        if token is not None and token.id not in visit.presented:
+            self.rec.record(self.now, "stranded", user=visit.user.index, session=token.session, token=token.id)
+
+    def _refresh_in_flight(self, task: Task, tab: Tab, basis):
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
         the policy is single-flight; returns its outcome. Those who joined it learn whether the
         tab then holds a new token."""
         flight, done = tab.flight, Signal()
         if self.client.single_flight:
             flight.inflight = done
-        outcome = yield from self._refresh_call(tab, basis)
+        outcome = yield from self._refresh_call(task, tab, basis)
         if flight.inflight is done:
             flight.inflight = None
         self._fire(done, outcome == RefreshOutcome.OK)
         return outcome
 
-    def _refresh_call(self, tab: Tab, basis):
+    def _refresh_call(self, task: Task, tab: Tab, basis):
         visit, rec = tab.visit, self.rec
         user = visit.user
         if visit.login is not None:  # a login is replacing the session: its tokens will do
@@ -412,7 +437,9 @@ class Simulation:
             return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
         token = visit.jar
         if token is None:
-            return RefreshOutcome.NO_TOKEN
+            return RefreshOutcome.SIGNED_OUT
+        task.presented = token.id
+        visit.presented.add(token.id)
         sent_at, rtt = self.now, user.streams.auth_rtt()
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
@@ -434,7 +461,8 @@ class Simulation:
                    latency_ms=(self.now - sent_at) * 1000.0)
         if outcome is RefreshOutcome.OK:
             tab.store.held = held(result.access)
-            visit.jar = jar_after_refresh(visit.jar, token, result.refresh)
+            visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
+            self._drop(visit, dropped)
         return outcome
 
     def _wait(self, signal: Signal):

@@ -8,9 +8,11 @@ import math
 
 import pandas as pd
 
-from sim.metrics import EVENT_COLUMNS, Counts, Level
+from sim.metrics import EVENT_COLUMNS, Counts, Divergence, Level
 from sim.strategies.ledger import LedgerObserver, Session, Token
 
+#: the events :class:`~sim.metrics.Divergence` reads
+_WATCHED = frozenset({"refresh_start", "reuse_detected", "revoke", "login", "stranded"})
 _ROW = ["t_s", "event", "outcome", "user", "tab", "session", "token", "basis", "latency_ms"]
 
 
@@ -28,6 +30,7 @@ class Recorder(LedgerObserver):
         self.queued = Level()
         self._valid: dict[int, list[float]] = {}
         self.valid_max = 0
+        self.divergence = Divergence()
 
     def record(self, t_s, event, outcome="", user=None, tab=None, session=None, token=None, basis=None,
                latency_ms=math.nan) -> None:
@@ -36,6 +39,14 @@ class Recorder(LedgerObserver):
         self.counts.count(event, outcome, t_s)
         if self.rows is not None:
             self.rows.append((t_s, event, str(outcome), user, tab, session, token, basis, latency_ms))
+        if event in _WATCHED:
+            for derived, value in self.divergence.feed(t_s, event, outcome, session, token):
+                self.counts.count(derived, "", t_s)
+                if value == value:
+                    self.counts.race_to_logout(t_s, value)
+                if self.rows is not None:
+                    self.rows.append((t_s, derived, "", user, tab, session,
+                                      token if derived == "stranded_token" else None, None, value * 1000.0))
 
     def request(self, t_s, added_ms, user, tab, session) -> None:
         """A request issued at ``t_s``; ``added_ms`` None when it failed."""

@@ -32,6 +32,7 @@ class Source(IntEnum):
     AWAY = 8
     AUTH_LOSS = 9
     BACKOFF = 10
+    JITTER = 11
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -134,7 +135,7 @@ class UserStreams:
     """The draws one user takes, each from its own stream: visit lengths, time away, round trips
     and losses of its calls to the auth tier; ``tab(i)`` gives tab ``i``'s :class:`TabStreams`."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_jitter", "_tabs", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -147,8 +148,16 @@ class UserStreams:
         self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
         self.away = Draws(pop.away, rng(Source.AWAY), batch=8) if pop.away else None
+        self._jitter: Draws | None = None
         self._tabs: list[TabStreams] = []
         self._key = (scenario, seed, replication, user)
+
+    def jitter(self) -> float:
+        """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""
+        if self._jitter is None:
+            _, seed, replication, user = self._key
+            self._jitter = Draws(None, (seed, replication, 1, user, int(Source.JITTER)), floor=None, batch=8)
+        return self._jitter()
 
     def tab(self, i: int) -> TabStreams:
         """Tab ``i``'s draws (the same object every time it is asked for)."""

@@ -79,6 +79,24 @@ class ClientPolicy(Model):
       (strictly less than) the policy's threshold; ``whole_seconds``: the remaining life is read
       as whole seconds (JWT ``exp`` minus ``Math.floor(Date.now() / 1000)``), as hand-written
       clients do.
+
+    The credential store (where the refresh token lives and what a failure does to it):
+    - ``jar_writes``: the refresh token lives in one cookie jar shared by every tab. ``keep_newer``:
+      an answer replaces the jar's token only when the jar still holds the token that refresh
+      presented (a newer one another tab's refresh put there stays); ``last_write_wins``: every
+      answer's ``Set-Cookie`` overwrites the jar, as a browser does;
+    - ``on_refused``: what the failure path of a refused refresh (``invalid_grant``) does:
+      ``login`` — the user logs in again at once; ``clear_jar`` — it deletes the refresh cookie
+      and the tab's access token, and the user meets the login page the next time a token is
+      needed (wiping a token a sibling's refresh had just rotated in); ``clear_all`` — it clears
+      the session of every tab (jar and every tab's access token), then the user logs in;
+    - ``recovery``: tried before the failure path: ``none``; ``retry`` — refresh once more after
+      ``recovery_delay`` with whatever the jar then holds; ``adopt`` — re-read storage: a newer
+      access token a sibling stored is used, a newer refresh token a sibling put in the jar is
+      presented (one more refresh); only when neither exists does the failure path run;
+    - ``timer_jitter``: a timer tick is delayed by a uniform random offset in ``[0, timer_jitter)``
+      (0: ticks at the computed instant), so that tabs that learned one token do not all renew it
+      at the same instant.
     """
 
     trigger: str
@@ -90,6 +108,11 @@ class ClientPolicy(Model):
     retry_jitter: float = Field(default=0.5, ge=0, le=10)
     compare: Literal["le", "lt"] = "le"
     whole_seconds: bool = False
+    jar_writes: Literal["keep_newer", "last_write_wins"] = "keep_newer"
+    on_refused: Literal["login", "clear_jar", "clear_all"] = "login"
+    recovery: Literal["none", "retry", "adopt"] = "none"
+    recovery_delay_s: Duration = Field(default="0s", alias="recovery_delay", ge=0)
+    timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
     preset: str | None = None
 
     #: seconds between timer ticks; None means the policy has no timer

@@ -35,7 +35,17 @@ Effects, and what the driver sends back:
   ``Retry-After`` (the scenario's ``auth.retry_after`` in scenario seconds) and a uniform draw;
   send back nothing;
 - :class:`Login` — log in (``forced``: the session was lost); send back nothing;
-- :class:`Adopt` — store the re-issued token ``held``; send back nothing.
+- :class:`Adopt` — store the re-issued token ``held``; send back nothing;
+- :class:`Clear` — a refused refresh's failure path deletes credentials: the jar's refresh
+  token and the tab's access token, or (``every_tab``) every tab's; send back nothing;
+- :class:`Reread` — after a refused refresh, look at the jar again: send back True when it now
+  holds a refresh token other than the one the refused call presented (a sibling's rotation);
+- :class:`Jitter` — (timers) pause a uniform draw in ``[0, policy.timer_jitter_s)``; send back
+  nothing.
+
+The refresh token a driver keeps in the shared jar follows :func:`jar_write` (the policy's
+``jar_writes``); a refresh token the client drops without ever presenting it — an answer the jar
+discarded or overwrote, a jar a failure path deleted — is recorded as ``stranded``.
 
 Outcomes are typed (:class:`RefreshOutcome`, :class:`AttemptOutcome`); they are string enums whose
 values are the record vocabulary of :mod:`sim.metrics`.
@@ -60,7 +70,8 @@ class RefreshOutcome(StrEnum):
     REUSE_DETECTED = "reuse_detected"
     UNAVAILABLE = "unavailable"  # the auth tier answered 503 (its queue timed out)
     LOST = "lost"  # no answer before the client's timeout
-    NO_TOKEN = "no_token"  # nothing to refresh with (no refresh token in the jar)
+    NO_TOKEN = "no_token"  # a login replaced the session meanwhile, and left this tab no token
+    SIGNED_OUT = "signed_out"  # the jar holds no refresh token (a failure path deleted it)
 
 
 class AttemptOutcome(StrEnum):
@@ -167,6 +178,23 @@ class Adopt:
 
 
 @dataclass(frozen=True, slots=True)
+class Clear:
+    """A failure path deletes credentials: the jar and this tab's access token, or every tab's."""
+
+    every_tab: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reread:
+    """Look at the jar again after a refused refresh (see the module's list of effects)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Jitter:
+    """Pause a uniform draw in ``[0, policy.timer_jitter_s)`` (a timer's random offset)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""
 
@@ -202,7 +230,10 @@ class TabDraws(Protocol):
 RENEW = (Action.REFRESH, Action.WAIT)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
-SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
+SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
+                          RefreshOutcome.SIGNED_OUT})
+#: refusals a client's recovery policy and failure path act on (``invalid_grant``)
+REFUSED = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
 Flow = Generator[Any, Any, Any]
 #: seconds a user waits before trying a failed login (the auth tier answered 503) again
 LOGIN_RETRY_S = 1.0
@@ -313,6 +344,8 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
     while True:
         now = clock()
         yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0))
+        if policy.timer_jitter_s > 0 and not visit.over:
+            yield Jitter()
         if visit.over:
             return
         view = tab()
@@ -376,15 +409,47 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
             break
         yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
         outcome = yield Refresh(basis)
+    if outcome in REFUSED and policy.recovery != "none":
+        outcome = yield Call(recover_flow(policy, outcome, basis, tab))
+    if outcome in REFUSED and policy.on_refused != "login":
+        yield Clear(every_tab=policy.on_refused == "clear_all")
+        if policy.on_refused == "clear_jar":
+            return False  # signed out: the login page comes with the next need of a token
     if outcome in SESSION_LOST:
         yield Login(lapsed=outcome == RefreshOutcome.EXPIRED)
     return outcome == RefreshOutcome.OK
 
 
-def jar_after_refresh(jar: Any, sent: Any, returned: Any) -> Any:
+def recover_flow(policy: ClientPolicy, refused: RefreshOutcome, basis: Any, tab: Callable[[], TabView]) -> Flow:
+    """A refresh refused with ``refused``, before its failure path: the policy's ``recovery``.
+    Returns the outcome that counts (OK when the tab then holds a token to send)."""
+    if policy.recovery == "retry":
+        if policy.recovery_delay_s > 0:
+            yield Sleep(policy.recovery_delay_s)
+        return (yield Refresh(basis))
+    held = tab().held
+    if held is not None and held.id != basis:
+        return RefreshOutcome.OK  # a sibling stored a newer access token: use it
+    if (yield Reread()):
+        return (yield Refresh(basis))  # a sibling's rotation left a newer refresh token in the jar
+    return refused
+
+
+def jar_write(policy: ClientPolicy, jar: Any, sent: Any, returned: Any) -> tuple[Any, Any]:
     """The refresh token the cookie jar holds after a refresh that presented ``sent`` and got
-    ``returned`` back (None: the answer named none, so the old one stays). A newer refresh token
-    that another tab's refresh put in the jar meanwhile stays too."""
+    ``returned`` back (None: the answer named none, so the old one stays), and the token the
+    write dropped (None when none): with ``keep_newer`` a newer token another tab's refresh put
+    in the jar meanwhile stays and the answer is dropped; with ``last_write_wins`` the answer
+    overwrites whatever the jar holds."""
+    if returned is None or returned == jar:
+        return jar, None
+    if policy.jar_writes == "last_write_wins" or jar == sent:
+        return returned, (jar if jar is not None and jar != sent else None)
+    return jar, returned
+
+
+def jar_after_refresh(jar: Any, sent: Any, returned: Any) -> Any:
+    """The jar after a refresh with ``keep_newer`` writes (see :func:`jar_write`)."""
     return returned if returned is not None and jar == sent else jar
 
 

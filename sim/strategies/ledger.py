@@ -61,6 +61,11 @@ class Session:
     access_revoked: bool = False
     #: the latest expiry of any token minted in the session (when it may be pruned)
     expires_at_s: float = 0.0
+    #: (servers that keep one row per session) the refresh token the row holds now, the one it
+    #: held before the last rotation written, and when that rotation was written
+    current_refresh: int | None = None
+    previous_refresh: int | None = None
+    previous_until_s: float = 0.0
 
 
 class LedgerObserver:

@@ -158,7 +158,8 @@ class DualTokenServer(ServerPolicy):
     reuse_detection: Literal["none", "token", "family"] = "none"
     grace_period_s: Duration = Field(default="0s", alias="grace_period")
     grace_reuse_count: int = Field(default=0, ge=0)
-    grace_returns: Literal["new_pair", "same_pair"] = "new_pair"
+    grace_returns: Literal["new_pair", "same_pair", "reject"] = "new_pair"
+    rotation_store: Literal["per_token", "session_row"] = "per_token"
     atomic: bool = True
     revoke_access_on_reuse: bool = False
     concurrent_replay: Literal["new_pair", "same_pair"] = "new_pair"
@@ -175,6 +176,7 @@ class DualTokenServer(ServerPolicy):
         session = ledger.new_session(user, now)
         access = ledger.mint("access", session, now, self.access_expiry(session, now), cause="login")
         refresh = ledger.mint("refresh", session, now, self._refresh_expiry(session, now), cause="login")
+        session.current_refresh = refresh.id
         return Grant(access, refresh)
 
     def plain_at(self, ledger, token, now, leeway_s=0.0):
@@ -196,6 +198,9 @@ class DualTokenServer(ServerPolicy):
                 ledger.revoke_session(ledger.session_of(token), now, access=self.revoke_access_on_reuse)
             return Rejection("reuse_detected")
         session = ledger.session_of(token)
+        if decision == "grace_reuse" and self.grace_returns == "reject":
+            ledger.note_reuse(token, "reuse_detected", now)
+            return Rejection("reuse_detected")
         session.last_refresh_at_s = now
         if decision == "grace_reuse":
             ledger.note_reuse(token, "grace_reuse", now)
@@ -222,6 +227,10 @@ class DualTokenServer(ServerPolicy):
         if token.rotated_at_s is None:
             token.rotated_at_s = now
             token.successor = (access.id, refresh.id)
+        if self.rotation_store == "session_row":
+            # the row is written with what this refresh read: a concurrent write is overwritten
+            session.previous_refresh, session.current_refresh = token.id, refresh.id
+            session.previous_until_s = now + self.grace_period_s
         return Grant(access, refresh)
 
     def mints_per_refresh(self):
@@ -238,6 +247,13 @@ class DualTokenServer(ServerPolicy):
             self.refresh_idle_ttl_s is not None and now - session.last_refresh_at_s > self.refresh_idle_ttl_s
         ):
             return "expired"
+        if self.rotation_store == "session_row" and self.rotation:
+            if token.id == session.current_refresh or self.reuse_detection == "none":
+                return "ok"
+            within = token.id == session.previous_refresh and now <= session.previous_until_s and self.grace_period_s > 0
+            if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
+                return "grace_reuse"
+            return "reuse_detected"
         if token.rotated_at_s is None or self.reuse_detection == "none":
             return "ok"
         within = now - token.rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
