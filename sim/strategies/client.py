@@ -90,10 +90,11 @@ class ClientPolicy(Model):
       and the tab's access token, and the user meets the login page the next time a token is
       needed (wiping a token a sibling's refresh had just rotated in); ``clear_all`` — it clears
       the session of every tab (jar and every tab's access token), then the user logs in;
-    - ``recovery``: tried before the failure path: ``none``; ``retry`` — refresh once more after
-      ``recovery_delay`` with whatever the jar then holds; ``adopt`` — re-read storage: a newer
-      access token a sibling stored is used, a newer refresh token a sibling put in the jar is
-      presented (one more refresh); only when neither exists does the failure path run;
+    - ``recovery``: tried before the failure path, after waiting ``recovery_delay`` (so that a
+      sibling's answer already on its way can land): ``none``; ``retry`` — refresh once more with
+      whatever the jar then holds; ``adopt`` — re-read storage: a newer access token a sibling
+      stored is used, a newer refresh token a sibling put in the jar is presented (one more
+      refresh); only when neither exists does the failure path run;
     - ``timer_jitter``: a timer tick is delayed by a uniform random offset in ``[0, timer_jitter)``
       (0: ticks at the computed instant), so that tabs that learned one token do not all renew it
       at the same instant.

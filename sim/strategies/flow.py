@@ -423,9 +423,9 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
 def recover_flow(policy: ClientPolicy, refused: RefreshOutcome, basis: Any, tab: Callable[[], TabView]) -> Flow:
     """A refresh refused with ``refused``, before its failure path: the policy's ``recovery``.
     Returns the outcome that counts (OK when the tab then holds a token to send)."""
+    if policy.recovery_delay_s > 0:
+        yield Sleep(policy.recovery_delay_s)  # let a sibling's answer that is on its way land
     if policy.recovery == "retry":
-        if policy.recovery_delay_s > 0:
-            yield Sleep(policy.recovery_delay_s)
         return (yield Refresh(basis))
     held = tab().held
     if held is not None and held.id != basis:

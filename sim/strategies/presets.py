@@ -45,6 +45,13 @@ SERVER_PRESETS: dict[str, dict] = {
     "oidc-provider": {
         "kind": "dual_token", "refresh_ttl": "1d", "rotation": True, "reuse_detection": "family",
     },
+    # GoTrue (Supabase Auth): rotation on by default, reuse interval 10 s
+    # (GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL): inside it a reused token is answered with
+    # the session's current token; after it, reuse revokes the session's tokens; JWT_EXP 3600 s
+    "gotrue": {
+        "kind": "dual_token", "access_ttl": "1h", "rotation": True, "reuse_detection": "family",
+        "grace_period": "10s", "grace_returns": "same_pair",
+    },
 }
 
 CLIENT_PRESETS: dict[str, dict] = {
@@ -73,6 +80,19 @@ CLIENT_PRESETS: dict[str, dict] = {
     "keycloak-js": {"trigger": "proactive", "threshold": "5s", "single_flight": True, "storage": "per_tab"},
     # reactive on 401, one shared refresh promise per axios instance
     "axios-auth-refresh": {"trigger": "reactive", "single_flight": True, "storage": "shared"},
+    # supabase-js v1 (auth-js before PR 274): one timer per tab at exp - 60 s, session in
+    # localStorage shared by every tab, no cross-tab coordination
+    "supabase-js-v1": {
+        "trigger": "timer", "timer_phase": "exp", "check_interval": "5s", "threshold": "60s", "storage": "shared",
+        "single_flight": False,
+    },
+    # supabase-js v2: an auto-refresh tick every 30 s refreshes when the session expires within
+    # three ticks (90 s); localStorage; concurrent refreshes share one promise and a lock across
+    # tabs (navigator.locks)
+    "supabase-js": {
+        "trigger": "timer", "timer_phase": "fixed", "check_interval": "30s", "threshold": "90s", "storage": "shared",
+        "single_flight": True, "cross_tab_lock": True,
+    },
     # proactive with leeway 60 s, single-flight with a lock
     "authlib": {"trigger": "proactive", "threshold": "60s", "single_flight": True},
 }

@@ -1,0 +1,223 @@
+"""Client/server divergence: the credential store, recovery policies, the server's rotation
+store, the divergence metrics, and the incident library (scenarios/incidents)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+import sim
+from sim.metrics import DIVERGENCE_EVENTS, Divergence
+from sim.strategies.ledger import Ledger
+from sim.strategies.server import DualTokenServer, Grant, Rejection
+from tests.conftest import SCENARIOS
+from tests.test_engine_fast import assert_identical, both
+
+INCIDENTS = sorted((SCENARIOS / "incidents").glob("*.toml"))
+TIMER = {"trigger": "timer", "timer_phase": "exp", "check_interval": "5s", "threshold": "60s", "storage": "shared"}
+ROW_NO_CAS = {"kind": "dual_token", "rotation": True, "reuse_detection": "family", "atomic": False,
+              "rotation_store": "session_row"}
+SINGLE_USE = {"kind": "dual_token", "rotation": True, "reuse_detection": "token"}
+DIVERGENCE = ["forced_logins", "spurious_logouts", "benign_revocations", "stranded_tokens", "race_to_logout_s_mean"]
+
+
+def log(result, *events):
+    ev = result.events
+    ev = ev[ev["event"].isin(events)] if events else ev[~ev["event"].isin(["request", "attempt"])]
+    return [(round(r.t_s, 6), r.event, r.outcome, None if pd.isna(r.token) else int(r.token))
+            for r in ev.itertuples()]
+
+
+def row(result):
+    return result.summary.iloc[0]
+
+
+def one_variant(make_scenario, client, server, **sections):
+    sections.setdefault("network", {"rtt": "100ms"})
+    return make_scenario(strategies=[{"name": "v", "client": client, "server": server}], **sections)
+
+
+# -- cookie jar: last write wins against a session row without compare-and-swap -----------------
+
+
+def test_keep_newer_jar_strands_the_rows_token_and_reuse_detection_logs_out_a_lifetime_later(make_scenario):
+    # two tabs share one token; both timers fire at exp - 60 = 240.05. Without compare-and-swap
+    # both refreshes succeed (refresh tokens 4 and 6); the row keeps 6 (the last write), the jar
+    # keeps 4 (the first answer) and drops 6: stranded. At the next tick (480.1) the jar's 4 is
+    # unknown to the row: reuse detected, the session revoked (a benign race), a forced login
+    result = sim.run(one_variant(make_scenario, TIMER, ROW_NO_CAS, population={"users": 1, "tabs": 2}), events=True)
+    assert log(result, "refresh_start")[:4] == [(240.05, "refresh_start", "", 2), (240.05, "refresh_start", "", 2),
+                                                (480.1, "refresh_start", "", 4), (480.1, "refresh_start", "", 4)]
+    assert log(result, "stranded", "stranded_token")[:2] == [(240.15, "stranded", "", 6),
+                                                              (240.15, "stranded_token", "", 6)]
+    assert log(result, "reuse_detected", "revoke", "benign_revocation", "login")[:5] == [
+        (0.0, "login", "visit", None), (480.15, "reuse_detected", "", 4), (480.15, "revoke", "", None),
+        (480.15, "benign_revocation", "", None), (480.15, "reuse_detected", "", 4)]
+    ev = result.events
+    race = ev[ev["event"] == "race_logout"].iloc[0]
+    assert race["t_s"] == pytest.approx(480.2) and race["latency_ms"] == pytest.approx(240150.0)
+    r = row(result)
+    assert r["spurious_logouts"] == 0 and r["benign_revocations"] == r["forced_logins"] == 3
+    assert r["race_to_logout_s_mean"] == pytest.approx(240.15)
+
+
+def test_last_write_wins_jar_follows_the_row_when_answers_come_in_write_order(make_scenario):
+    client = {**TIMER, "jar_writes": "last_write_wins"}
+    result = sim.run(one_variant(make_scenario, client, ROW_NO_CAS, population={"users": 1, "tabs": 2}), events=True)
+    # the jar's 4 is overwritten by 6 (what the row holds): 4 is stranded, nobody is logged out
+    assert log(result, "stranded")[0] == (240.15, "stranded", "", 4)
+    assert row(result)["forced_logins"] == 0
+
+
+def test_compare_and_swap_with_successor_replay_strands_nothing(make_scenario):
+    client = {**TIMER, "jar_writes": "last_write_wins"}
+    server = {**ROW_NO_CAS, "atomic": True, "grace_period": "60s", "grace_returns": "same_pair"}
+    result = sim.run(one_variant(make_scenario, client, server, population={"users": 1, "tabs": 2}), events=True)
+    assert log(result, "resent_pair")[0][:2] == (240.1, "resent_pair")
+    r = row(result)
+    assert r["stranded_tokens"] == 0 and r["forced_logins"] == 0 and r["resent_pairs"] == 7
+
+
+def test_session_row_keeps_the_last_write_without_compare_and_swap():
+    server = DualTokenServer.model_validate({"access_ttl": "5m", **ROW_NO_CAS})
+    ledger = Ledger()
+    grant = server.login(ledger, 0, 0.0)
+    a, b = (server.begin_refresh(ledger, grant.refresh, None, 1.0) for _ in range(2))
+    first, second = server.finish_refresh(ledger, a, 2.0), server.finish_refresh(ledger, b, 3.0)
+    assert isinstance(first, Grant) and isinstance(second, Grant)
+    session = ledger.session_of(grant.refresh)
+    assert session.current_refresh == second.refresh.id
+    # the first answer's token is unknown to the row: reuse, the family revoked
+    assert server.refresh(ledger, first.refresh, None, 4.0) == Rejection("reuse_detected") and session.revoked
+
+
+def test_reuse_inside_the_grace_window_can_be_refused_without_revoking():
+    server = DualTokenServer.model_validate({"access_ttl": "5m", "rotation": True, "reuse_detection": "family",
+                                            "grace_period": "10s", "grace_returns": "reject"})
+    ledger = Ledger()
+    grant = server.login(ledger, 0, 0.0)
+    assert isinstance(server.refresh(ledger, grant.refresh, None, 1.0), Grant)
+    assert server.refresh(ledger, grant.refresh, None, 2.0) == Rejection("reuse_detected")
+    assert not ledger.session_of(grant.refresh).revoked
+    assert server.refresh(ledger, grant.refresh, None, 20.0) == Rejection("reuse_detected")
+    assert ledger.session_of(grant.refresh).revoked  # after the window: family revocation
+
+
+# -- failure paths and recovery ----------------------------------------------------------------
+
+
+def test_loser_deletes_the_cookies_and_the_user_is_signed_out_at_the_next_request(make_scenario):
+    # two requests of a page get a 401 at 300.6 and both refresh token 2; the second is refused
+    # (single use). The loser's failure path deletes the jar holding the winner's 4 (stranded);
+    # the next request (360.9) finds no refresh token: a forced login of a valid session
+    client = {"trigger": "reactive", "storage": "shared", "on_refused": "clear_jar"}
+    result = sim.run(one_variant(make_scenario, client, SINGLE_USE, workload={"burst_size": 2}), events=True)
+    assert log(result)[3:15] == [
+        (300.7, "refresh_start", "", 2), (300.7, "refresh_start", "", 2), (300.75, "mint", "access_refresh", 3),
+        (300.75, "mint", "refresh_refresh", 4), (300.75, "reuse_detected", "", 2), (300.8, "refresh_end", "ok", 2),
+        (300.8, "refresh_end", "reuse_detected", 2), (300.8, "stranded", "", 4), (300.8, "stranded_token", "", 4),
+        (360.9, "login", "forced", None), (360.9, "spurious_logout", "", None), (360.9, "race_logout", "", None)]
+    r = row(result)
+    assert r["spurious_logouts"] == r["forced_logins"] == 4 and r["benign_revocations"] == 0
+    assert r["race_to_logout_s_mean"] == pytest.approx(60.2)
+
+
+@pytest.mark.parametrize("recovery", [{"recovery": "adopt"}, {"recovery": "retry", "recovery_delay": "1s"}])
+def test_recovery_uses_the_winners_token(make_scenario, recovery):
+    client = {"trigger": "reactive", "storage": "shared", "on_refused": "clear_jar", **recovery}
+    result = sim.run(one_variant(make_scenario, client, SINGLE_USE, workload={"burst_size": 2}), events=True)
+    starts = log(result, "refresh_start")
+    if recovery["recovery"] == "adopt":
+        # the shared store already holds the winner's access token: nothing more to send
+        assert starts[:3] == [(300.7, "refresh_start", "", 2), (300.7, "refresh_start", "", 2),
+                              (601.4, "refresh_start", "", 4)]
+    else:
+        # the retry presents the winner's 4 one second after the refusal
+        assert starts[:3] == [(300.7, "refresh_start", "", 2), (300.7, "refresh_start", "", 2),
+                              (301.8, "refresh_start", "", 4)]
+    r = row(result)
+    assert r["forced_logins"] == 0 and r["stranded_tokens"] == 0 and r["failed_requests"] == 0
+
+
+def test_adopt_presents_a_siblings_newer_refresh_token(make_scenario):
+    # per-tab storage: both tabs present 4 (at 300.7 and 300.8); the loser's tab has no newer
+    # access token, but the jar has the winner's refresh token 6: it refreshes once more with it
+    client = {"trigger": "reactive", "storage": "per_tab", "recovery": "adopt"}
+    result = sim.run(one_variant(make_scenario, client, SINGLE_USE, population={"users": 1, "tabs": 2}), events=True)
+    starts = log(result, "refresh_start")
+    assert starts[1:4] == [(300.7, "refresh_start", "", 4), (300.8, "refresh_start", "", 4),
+                           (300.9, "refresh_start", "", 6)]
+    assert row(result)["forced_logins"] == 0
+
+
+def test_a_refused_refresh_that_clears_every_tab_logs_the_user_in_at_once(make_scenario):
+    client = {"trigger": "reactive", "storage": "per_tab", "on_refused": "clear_all"}
+    result = sim.run(one_variant(make_scenario, client, SINGLE_USE, population={"users": 1, "tabs": 2}), events=True)
+    # the loser's refusal (300.9) deletes the jar holding the winner's 6 and logs in at once
+    assert log(result, "stranded", "login", "spurious_logout")[1:4] == [
+        (300.9, "stranded", "", 6), (300.9, "login", "forced", None), (300.9, "spurious_logout", "", None)]
+    assert row(result)["spurious_logouts"] == row(result)["forced_logins"] > 0
+
+
+def test_timer_jitter_spreads_the_tabs_refreshes(make_scenario):
+    family = {"kind": "dual_token", "rotation": True, "reuse_detection": "family"}
+    population = {"users": 1, "tabs": 3}
+    synced = sim.run(one_variant(make_scenario, TIMER, family, population=population), events=True)
+    assert [t for t, *_ in log(synced, "refresh_start")[:3]] == [240.05] * 3
+    jittered = sim.run(one_variant(make_scenario, {**TIMER, "timer_jitter": "30s"}, family, population=population),
+                       events=True)
+    first = [t for t, *_ in log(jittered, "refresh_start")]
+    # ticks spread over [240.05, 270.05): the first tick renews; the others find the new token
+    assert 240.05 <= first[0] < 270.05 and len(set(first)) == len(first)
+    assert row(jittered)["forced_logins"] == 0 < row(synced)["forced_logins"]
+
+
+# -- the metrics --------------------------------------------------------------------------------
+
+
+def test_divergence_from_the_events_table_equals_the_one_counted_while_running():
+    # the rule a load test applies to its events table, applied to a simulated run's
+    scenario = sim.load_scenario(SCENARIOS / "incidents" / "loser_deletes_cookies.toml")
+    scenario = scenario.replace(population={"users": 15}, run={"replications": 1, "duration_s": 900.0})
+    result = sim.run(scenario, events=True)
+    ev = result.events
+    for name, group in ev.groupby("strategy", sort=False):
+        raw = group[~group["event"].isin(DIVERGENCE_EVENTS)].reset_index(drop=True)
+        derived = Divergence.rows(raw)
+        online = group[group["event"].isin(DIVERGENCE_EVENTS)]
+        assert derived["event"].value_counts().to_dict() == online["event"].value_counts().to_dict()
+        assert derived["latency_ms"].sum() == pytest.approx(online["latency_ms"].sum())
+    assert result.aggregate.loc["broken_loser_deletes", "spurious_logouts"] > 0
+
+
+def test_a_lapse_or_a_revocation_is_not_a_spurious_logout():
+    tracker = Divergence()
+    assert tracker.feed(1.0, "login", "lapsed", 1, None) == ()
+    assert tracker.feed(2.0, "reuse_detected", "", 2, 7) == ()
+    (event, _), = tracker.feed(2.0, "revoke", "", 2, None)
+    assert event == "benign_revocation"
+    assert tracker.feed(3.0, "login", "forced", 2, None) == ()
+    assert tracker.feed(4.0, "stranded", "", 2, 9) == ()  # a revoked session strands nothing
+    (event, value), = tracker.feed(5.0, "login", "forced", 3, None)
+    assert event == "spurious_logout" and math.isnan(value)
+
+
+# -- the incident library -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", INCIDENTS, ids=lambda p: p.stem)
+def test_incident_scenarios_fast_engine_equals_exact(path):
+    scenario = sim.load_scenario(path).replace(population={"users": 6}, run={"replications": 1, "duration_s": 900.0})
+    assert_identical(*both(scenario))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", INCIDENTS, ids=lambda p: p.stem)
+def test_incident_broken_variant_shows_the_symptom_and_the_fix_removes_it(path):
+    scenario = sim.load_scenario(path)
+    assert "https://github.com/" in scenario.description
+    agg = sim.run(scenario.replace(run={"replications": 2})).aggregate
+    broken, fix = agg.iloc[0], agg.iloc[-1]
+    assert broken.name.startswith("broken") and fix.name.startswith("fix")
+    assert broken["forced_logins"] > 0 and broken["spurious_logouts"] + broken["benign_revocations"] > 0
+    assert fix["forced_logins"] < broken["forced_logins"] / 10
