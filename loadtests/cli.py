@@ -344,6 +344,8 @@ VALIDATE_METRICS = [
     ("failed_requests_per_request", "failed / request", "info"),
     ("reuse_detections", "reuse detections", "count"),
     ("forced_logins", "forced logins", "count"),
+    ("spurious_logouts", "spurious logouts", "count"),
+    ("stranded_tokens", "stranded refresh tokens", "count"),
     ("requests", "requests", "info"),
     ("added_latency_ms_p99", "added latency p99 ms", "info"),
 ]
@@ -358,6 +360,8 @@ TARGET_METRICS = [
     ("forced_logins", "forced logins", "count"),
     ("duplicate_tokens", "duplicate tokens", "count"),
     ("resent_pairs", "re-sent pairs", "count"),
+    ("spurious_logouts", "spurious logouts", "count"),
+    ("stranded_tokens", "stranded refresh tokens", "count"),
     ("requests", "requests", "info"),
     ("added_latency_ms_p99", "added latency p99 ms", "info"),
 ]

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sim.report import auth_tier, headline, latency, refresh_load, style, sweep, tradeoff
+from sim.report.measures import DIVERGENCE
 from sim.report.summary import summary
 from sim.results import RunResult
 
@@ -41,6 +42,12 @@ PER_RUN = [
               "replication). Rates per 1k requests and per 1k user-hours divide by the window's mean requests and "
               "users × window.",
               headline.figure, headline.table),
+    ChartSpec("divergence", "Client and server out of step",
+              "Spurious logouts: forced logins while the server still held the session valid. Revoked by a benign "
+              "race: reuse detection revoking a session for a token its own client presented twice. Stranded "
+              "refresh tokens: valid on the server, held by no client. Race to logout: mean time from a session's "
+              "first refresh race to its forced login. Means over replications; whiskers: 95% CI.",
+              lambda result: headline.figure(result, DIVERGENCE), lambda result: headline.table(result, DIVERGENCE)),
     ChartSpec("auth_tier", "Auth tier",
               "Busy workers as a share of the auth tier's workers, and calls waiting for a worker, per second, "
               "mean over replications, {smooth} s centred rolling mean.",

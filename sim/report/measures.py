@@ -68,11 +68,21 @@ AUTH_UTILIZATION = Measure("auth_utilization", "Auth utilisation", "% of worker 
                            scale=100)
 QUEUE_WAIT_P99 = Measure("queue_wait_p99", "p99 auth queue wait", "ms", "auth_queue_wait_ms_p99")
 
+SPURIOUS_LOGOUTS = Measure("spurious_logouts", "Spurious logouts", "per 1k user-hours", "spurious_logouts",
+                           _thousand_user_hours)
+BENIGN_REVOCATIONS = Measure("benign_revocations", "Revoked by a benign race", "per 1k user-hours",
+                             "benign_revocations", _thousand_user_hours)
+STRANDED_TOKENS = Measure("stranded_tokens", "Stranded refresh tokens", "per 1k user-hours", "stranded_tokens",
+                          _thousand_user_hours)
+RACE_TO_LOGOUT = Measure("race_to_logout", "Race to logout", "s", "race_to_logout_s_mean")
+
 HEADLINE = [REFRESH_RATE, DUPLICATES, EXPIRY_FAILURES, FORCED_LOGINS, P99_LATENCY]
+#: where the client's and the server's views of a session drift apart (docs/metrics.md)
+DIVERGENCE = [SPURIOUS_LOGOUTS, BENIGN_REVOCATIONS, STRANDED_TOKENS, RACE_TO_LOGOUT]
 #: every measure by key, for ``measures=["refresh_rate", "queue_wait_p99"]`` in chart calls
 #: across runs of a sweep, capacity matters too
 SWEEP = HEADLINE + [AUTH_UTILIZATION, QUEUE_WAIT_P99]
-MEASURES = {m.key: m for m in HEADLINE + [EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99]}
+MEASURES = {m.key: m for m in HEADLINE + [EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99] + DIVERGENCE}
 
 
 def resolve(measures: list[Measure | str]) -> list[Measure]:

@@ -1,0 +1,62 @@
+"""The incidents measured: a load test against the reference server (real Locust, loopback)
+shows the symptom of the broken variant and its absence with the fix, for the cookie-jar race,
+the loser that deletes the cookies and the synchronised timers (scenarios/incidents)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import SCENARIOS
+
+pytestmark = [pytest.mark.loadtest, pytest.mark.slow, pytest.mark.timeout(240)]
+
+REFRESHLAB = Path(sys.executable).with_name("refreshlab")
+# 12 users for 9 scenario minutes at 60x: two refresh rounds (240 s and 480 s) in 9 wall seconds
+ARGS = ("--time-scale", "60", "--users", "12", "--duration", "9m")
+
+
+def measure(tmp_path: Path, incident: str, *strategies: str) -> list[pd.Series]:
+    """Load-test the variants side by side (one reference server and one Locust each); returns
+    their summary rows."""
+    runs = []
+    for strategy in strategies:
+        out = tmp_path / strategy
+        command = [str(REFRESHLAB), "loadtest", str(SCENARIOS / "incidents" / f"{incident}.toml"),
+                   "--strategy", strategy, *ARGS, "--out", str(out), "--json"]
+        runs.append((out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    rows = []
+    for out, process in runs:
+        stdout, stderr = process.communicate(timeout=200)
+        assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+        summary = pd.read_csv(out / "summary.csv", dtype={"replication": str})
+        rows.append(summary[summary["replication"] == "0"].iloc[0])
+    return rows
+
+
+def test_measured_cookie_jar_race(tmp_path):
+    broken, fixed = measure(tmp_path, "cookie_jar_race", "broken_no_cas", "fix_cas_successor")
+    # concurrent refreshes both succeed; the jar and the session row keep different tokens
+    assert broken["stranded_tokens"] > 0 and broken["benign_revocations"] > 0
+    assert broken["forced_logins"] > 0 and broken["race_to_logout_s_mean"] > 0
+    assert fixed["refresh_calls"] > 0  # a race, when one happens, is answered with the successor (a re-sent pair)
+    assert fixed["forced_logins"] == fixed["stranded_tokens"] == fixed["benign_revocations"] == 0
+
+
+def test_measured_loser_deletes_cookies(tmp_path):
+    broken, fixed = measure(tmp_path, "loser_deletes_cookies", "broken_loser_deletes", "fix_adopt_sibling")
+    assert broken["spurious_logouts"] > 0 and broken["stranded_tokens"] > 0
+    assert broken["benign_revocations"] == 0  # nothing was revoked: every one of these logouts is spurious
+    assert fixed["reuse_detections"] > 0  # the races still happen; the client recovers from them
+    assert fixed["forced_logins"] == fixed["spurious_logouts"] == fixed["stranded_tokens"] == 0
+
+
+def test_measured_synchronised_timers(tmp_path):
+    broken, fixed = measure(tmp_path, "synchronised_timers", "broken_synchronised", "fix_jitter_gotrue_reuse_interval")
+    assert broken["benign_revocations"] > 0 and broken["forced_logins"] > 0
+    assert fixed["refresh_calls"] > 0
+    assert fixed["forced_logins"] == fixed["benign_revocations"] == fixed["spurious_logouts"] == 0
