@@ -412,8 +412,11 @@ class UserDriver:
             case Renew(action=action, basis=basis):
                 return drive(renew_flow(self.policy, action, basis, tab.view),
                              lambda inner: self.carry_out(tab, inner, trace, pace))
-            case Join():
-                return tab.flight.inflight.get()
+            case Join(timeout_s=timeout_s):
+                try:
+                    return tab.flight.inflight.get(timeout=None if timeout_s is None else self.clock.wall(timeout_s))
+                except gevent.Timeout:
+                    return None
             case Refresh(basis=basis):
                 return self.refresh_in_flight(tab, basis, trace)
             case Reread():
@@ -522,9 +525,10 @@ class UserDriver:
         try:
             outcome = self.refresh(tab, basis, trace)
         finally:
-            if flight.inflight is done:
-                flight.inflight = None
-            done.set(outcome == "ok")
+            if self.policy.releases_lock(outcome):
+                if flight.inflight is done:
+                    flight.inflight = None
+                done.set(outcome == "ok")
         return outcome
 
     def refresh(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None) -> str:

@@ -221,3 +221,52 @@ def test_incident_broken_variant_shows_the_symptom_and_the_fix_removes_it(path):
     assert broken.name.startswith("broken") and fix.name.startswith("fix")
     assert broken["forced_logins"] > 0 and broken["spurious_logouts"] + broken["benign_revocations"] > 0
     assert fix["forced_logins"] < broken["forced_logins"] / 10
+
+
+# -- cross-tab coordination: lock timeout and an orphaned lock ------------------------------------
+
+LOCKED = {"trigger": "proactive", "threshold": "30s", "single_flight": True, "cross_tab_lock": True, "storage": "shared"}
+LOSSY = {"rtt": "100ms", "loss_probability": 0.2, "timeout": "10s"}
+
+
+def refreshes(result):
+    ev = result.events
+    ev = ev[ev["event"].isin(["refresh_start", "refresh_end"])]
+    return [(round(t, 3), o) for t, o in zip(ev["t_s"], ev["outcome"])]
+
+
+def test_a_lost_refresh_releases_the_lock(make_scenario):
+    result = sim.run(one_variant(make_scenario, LOCKED, {"kind": "dual_token"}, population={"users": 1, "tabs": 2},
+                                 network=LOSSY), events=True)
+    # the refresh sent at 621.2 is lost (answer given up at 631.2); the next need refreshes at 691.2
+    assert refreshes(result)[:6] == [(310.6, ""), (310.7, "ok"), (621.2, ""), (631.2, "lost"), (691.2, ""),
+                                     (691.3, "ok")]
+    assert row(result)["requests"] == 58
+
+
+def test_an_orphaned_lock_hangs_every_later_auth_call(make_scenario):
+    client = {**LOCKED, "lock_release": "not_on_lost"}
+    result = sim.run(one_variant(make_scenario, client, {"kind": "dual_token"}, population={"users": 1, "tabs": 2},
+                                 network=LOSSY), events=True)
+    # the lost refresh never releases the lock: nothing renews again, and the tabs stop
+    assert refreshes(result) == [(310.6, ""), (310.7, "ok"), (621.2, ""), (631.2, "lost")]
+    assert row(result)["requests"] == 21
+
+
+def test_a_lock_timeout_frees_the_waiters_of_an_orphaned_lock(make_scenario):
+    client = {**LOCKED, "lock_release": "not_on_lost", "lock_timeout": "5s"}
+    result = sim.run(one_variant(make_scenario, client, {"kind": "dual_token"}, population={"users": 1, "tabs": 2},
+                                 network=LOSSY), events=True)
+    # a need at 621.2 waits for the lock 5 s, then refreshes on its own (626.2)
+    assert refreshes(result)[:6] == [(310.6, ""), (310.7, "ok"), (621.2, ""), (626.2, ""), (626.3, "ok"),
+                                     (631.2, "lost")]
+    assert row(result)["requests"] == 58
+
+
+@pytest.mark.parametrize("client", [{**LOCKED, "lock_release": "not_on_lost", "lock_timeout": "5s"},
+                                    {**LOCKED, "lock_timeout": "50ms"}], ids=["orphaned", "short"])
+def test_lock_timeouts_fast_engine_equals_exact(make_scenario, client):
+    scenario = one_variant(make_scenario, client, {"kind": "dual_token", "rotation": True, "reuse_detection": "family"},
+                           population={"users": 5, "tabs": 3}, workload={"burst_size": 3},
+                           network={"rtt": {"dist": "lognormal", "mean": "80ms", "sd": "25ms"}, "loss_probability": 0.05})
+    assert_identical(*both(scenario))

@@ -256,6 +256,11 @@ class Simulation:
 
     def _fire(self, signal: Signal, value) -> None:
         for waiter in signal.waiters:
+            if type(waiter) is _TimedWait:
+                if not waiter.alive:
+                    continue
+                waiter.alive = False
+                waiter = waiter.task
             self.at(self.now, self.resume, (waiter, value))
 
     # -- structure: sleeps, sub-flows, visits, concurrency ------------------------------------
@@ -388,8 +393,19 @@ class Simulation:
         return None
 
     def _join(self, task, effect):
-        task.tab.flight.inflight.waiters.append(task)
+        if effect.timeout_s is None:
+            task.tab.flight.inflight.waiters.append(task)
+            return PENDING
+        wait = _TimedWait(task)
+        task.tab.flight.inflight.waiters.append(wait)
+        task.wake = self.now + effect.timeout_s  # (fast engine) when this task may run again
+        self.at(task.wake, self._join_timeout, wait)
         return PENDING
+
+    def _join_timeout(self, wait) -> None:
+        if wait.alive:
+            wait.alive = False
+            self.resume((wait.task, None))
 
     def _refresh(self, task, effect):
         task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis))
@@ -424,9 +440,10 @@ class Simulation:
         if self.client.single_flight:
             flight.inflight = done
         outcome = yield from self._refresh_call(task, tab, basis)
-        if flight.inflight is done:
-            flight.inflight = None
-        self._fire(done, outcome == RefreshOutcome.OK)
+        if self.client.releases_lock(outcome):
+            if flight.inflight is done:
+                flight.inflight = None
+            self._fire(done, outcome == RefreshOutcome.OK)
         return outcome
 
     def _refresh_call(self, task: Task, tab: Tab, basis):
@@ -556,6 +573,16 @@ class Simulation:
         if self.auth_queue_head > 1024 and self.auth_queue_head * 2 > len(queue):
             del queue[:self.auth_queue_head]
             self.auth_queue_head = 0
+
+
+class _TimedWait:
+    """A task waiting for a :class:`Signal` with a timeout; ``alive`` until either comes."""
+
+    __slots__ = ("task", "alive")
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.alive = True
 
 
 class _Waiting:

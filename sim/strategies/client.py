@@ -95,6 +95,13 @@ class ClientPolicy(Model):
       whatever the jar then holds; ``adopt`` — re-read storage: a newer access token a sibling
       stored is used, a newer refresh token a sibling put in the jar is presented (one more
       refresh); only when neither exists does the failure path run;
+    - ``lock_timeout``: a need that waits for the refresh in flight in its single-flight scope
+      (the tab, or every tab with ``cross_tab_lock``) waits at most this long, then refreshes on
+      its own (auth0-spa-js's lock: 5 s); none: as long as it takes;
+    - ``lock_release``: ``always`` — a refresh releases its scope however it ended;
+      ``not_on_lost`` — a refresh whose answer never came never releases it (a promise that
+      never settles): the lock is orphaned, and every later need in that scope waits for it
+      (for ``lock_timeout``, or for ever);
     - ``timer_jitter``: a timer tick is delayed by a uniform random offset in ``[0, timer_jitter)``
       (0: ticks at the computed instant), so that tabs that learned one token do not all renew it
       at the same instant.
@@ -114,6 +121,8 @@ class ClientPolicy(Model):
     recovery: Literal["none", "retry", "adopt"] = "none"
     recovery_delay_s: Duration = Field(default="0s", alias="recovery_delay", ge=0)
     timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
+    lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
+    lock_release: Literal["always", "not_on_lost"] = "always"
     preset: str | None = None
 
     #: seconds between timer ticks; None means the policy has no timer
@@ -125,6 +134,11 @@ class ClientPolicy(Model):
         """When the timer ticks next, by the client's clock, given what the tab holds, the time
         ``now`` and when the timer was started (``origin_s``). Only for policies with a timer."""
         raise NotImplementedError
+
+    def releases_lock(self, outcome: str) -> bool:
+        """Whether a refresh that ended with ``outcome`` (a ``refresh_end`` outcome) releases its
+        single-flight scope (see ``lock_release``)."""
+        return self.lock_release == "always" or outcome != "lost"
 
     def before_send(self, tab: TabView, now: float) -> Action:
         """About to send a request. ``now`` is the client's clock. Returns SEND, REFRESH or WAIT."""

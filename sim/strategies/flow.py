@@ -27,8 +27,9 @@ Effects, and what the driver sends back:
 - :class:`Send` — send the request with ``held``; send back the :class:`Response`;
 - :class:`Renew` — carry out :func:`renew_flow` for ``action`` and ``basis``; send back True when
   the tab then holds a token;
-- :class:`Join` — wait for the refresh in flight in the tab's single-flight scope; send back its
-  result (True if it got a token);
+- :class:`Join` — wait for the refresh in flight in the tab's single-flight scope, at most
+  ``timeout_s`` (None: as long as it takes); send back its result (True if it got a token), or
+  None when the wait timed out;
 - :class:`Refresh` — make a refresh call about ``basis`` (registering it as the one in flight
   when the policy is single-flight); send back its :class:`RefreshOutcome`;
 - :class:`Backoff` — the auth tier shed a refresh (503): wait ``policy.retry_delay_s`` of its
@@ -151,7 +152,7 @@ class Renew:
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    pass
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +398,10 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     refresh means a new login; the requests waiting for it fail."""
     while action is Action.WAIT and tab().refreshing:
         before = tab().held
-        if not (yield Join()):
+        joined = yield Join(policy.lock_timeout_s)
+        if joined is None:  # the lock was held too long: take an own turn
+            break
+        if not joined:
             return False
         after = tab()
         if after.held is not None and after.held != before:
