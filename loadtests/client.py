@@ -248,6 +248,9 @@ class Flight:
     refresh in flight, whose value is True when it left its tab holding a new token."""
 
     inflight: AsyncResult | None = None
+    #: when (scenario s) and from which tab the refresh in flight started
+    since: float = 0.0
+    owner: Any = None
 
 
 @dataclass(eq=False)
@@ -285,10 +288,16 @@ class Tab:
     visit: Visit
     store: Store
     flight: Flight
+    #: the user's policy and scenario clock (whether a sibling's refresh is visible yet)
+    policy: Any = None
+    now: Any = None
 
     def view(self) -> TabView:
-        token = self.store.token
-        return TabView(token.held if token else None, self.flight.inflight is not None)
+        token, flight = self.store.token, self.flight
+        refreshing = flight.inflight is not None
+        if refreshing and flight.owner is not self and self.policy is not None:
+            refreshing = self.policy.sees_refresh(False, flight.since, self.now())
+        return TabView(token.held if token else None, refreshing)
 
 
 class _Ended(Exception):
@@ -455,7 +464,8 @@ class UserDriver:
             case Open(n_tabs=n):
                 visit, policy, shared = Visit(), self.policy, Store()
                 visit.tabs = [Tab(i, visit, shared if policy.storage == "shared" else Store(),
-                                  visit.flight if policy.cross_tab_lock else Flight()) for i in range(n)]
+                                  visit.flight if policy.cross_tab_lock else Flight(), policy, self.clock.now_s)
+                              for i in range(n)]
                 if self.kept is not None:
                     visit.jar, shared.token, visit.session = self.kept
                 return visit
@@ -520,7 +530,7 @@ class UserDriver:
         outcome). Those who joined it learn whether the tab then holds a new token."""
         flight, done = tab.flight, AsyncResult()
         if self.policy.single_flight:
-            flight.inflight = done
+            flight.inflight, flight.since, flight.owner = done, self.clock.now_s(), tab
         outcome = "lost"
         try:
             outcome = self.refresh(tab, basis, trace)

@@ -270,3 +270,19 @@ def test_lock_timeouts_fast_engine_equals_exact(make_scenario, client):
                            population={"users": 5, "tabs": 3}, workload={"burst_size": 3},
                            network={"rtt": {"dist": "lognormal", "mean": "80ms", "sd": "25ms"}, "loss_probability": 0.05})
     assert_identical(*both(scenario))
+
+
+def test_a_storage_flag_lock_is_not_seen_by_a_sibling_deciding_at_the_same_moment(make_scenario):
+    client = {**TIMER, "single_flight": True, "cross_tab_lock": True}
+    family = {"kind": "dual_token", "rotation": True, "reuse_detection": "family"}
+    population = {"users": 1, "tabs": 2}
+    web_locks = sim.run(one_variant(make_scenario, client, family, population=population), events=True)
+    # Web Locks: the second tab's tick at 240.05 joins the first's refresh
+    assert log(web_locks, "refresh_start")[:2] == [(240.05, "refresh_start", "", 2), (480.1, "refresh_start", "", 4)]
+    assert row(web_locks)["forced_logins"] == 0
+    flag = sim.run(one_variant(make_scenario, {**client, "lock_visibility": "50ms"}, family, population=population),
+                   events=True)
+    # a flag that takes 50 ms to reach the sibling: both refresh token 2 at 240.05; reuse revokes
+    assert log(flag, "refresh_start")[:2] == [(240.05, "refresh_start", "", 2), (240.05, "refresh_start", "", 2)]
+    assert log(flag, "login")[1] == (240.15, "login", "forced", None)
+    assert row(flag)["benign_revocations"] == row(flag)["forced_logins"] == 7

@@ -61,9 +61,12 @@ class Store:
 
 @dataclass(eq=False)
 class Flight:
-    """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock."""
+    """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock; the
+    refresh in flight, when and from which tab it started."""
 
     inflight: Signal | None = None
+    since: float = 0.0
+    owner: object = None
 
 
 @dataclass(eq=False)
@@ -109,7 +112,11 @@ class Tab:
 
     def view(self) -> TabView:
         # a view is asked for several times per request and rarely changes: reuse it
-        v, held, refreshing = self._view, self.store.held, self.flight.inflight is not None
+        flight = self.flight
+        v, held, refreshing = self._view, self.store.held, flight.inflight is not None
+        if refreshing and flight.owner is not self:
+            sim = self.visit.user.sim
+            refreshing = sim.client.sees_refresh(False, flight.since, sim.now)
         if v is None or v.held is not held or v.refreshing is not refreshing:
             v = self._view = TabView(held, refreshing)
         return v
@@ -438,7 +445,7 @@ class Simulation:
         tab then holds a new token."""
         flight, done = tab.flight, Signal()
         if self.client.single_flight:
-            flight.inflight = done
+            flight.inflight, flight.since, flight.owner = done, self.now, tab
         outcome = yield from self._refresh_call(task, tab, basis)
         if self.client.releases_lock(outcome):
             if flight.inflight is done:

@@ -95,6 +95,10 @@ class ClientPolicy(Model):
       whatever the jar then holds; ``adopt`` — re-read storage: a newer access token a sibling
       stored is used, a newer refresh token a sibling put in the jar is presented (one more
       refresh); only when neither exists does the failure path run;
+    - ``lock_visibility``: (``cross_tab_lock``) how long a tab's "refreshing" mark takes to reach
+      its siblings: 0 for Web Locks (``navigator.locks``, atomic); a BroadcastChannel message
+      or a localStorage flag (``storage`` event) arrives a moment later, and a sibling that
+      decides inside that moment does not see it and refreshes too;
     - ``lock_timeout``: a need that waits for the refresh in flight in its single-flight scope
       (the tab, or every tab with ``cross_tab_lock``) waits at most this long, then refreshes on
       its own (auth0-spa-js's lock: 5 s); none: as long as it takes;
@@ -121,6 +125,7 @@ class ClientPolicy(Model):
     recovery: Literal["none", "retry", "adopt"] = "none"
     recovery_delay_s: Duration = Field(default="0s", alias="recovery_delay", ge=0)
     timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
+    lock_visibility_s: Duration = Field(default="0s", alias="lock_visibility", ge=0)
     lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
     lock_release: Literal["always", "not_on_lost"] = "always"
     preset: str | None = None
@@ -134,6 +139,11 @@ class ClientPolicy(Model):
         """When the timer ticks next, by the client's clock, given what the tab holds, the time
         ``now`` and when the timer was started (``origin_s``). Only for policies with a timer."""
         raise NotImplementedError
+
+    def sees_refresh(self, own: bool, started_s: float, now: float) -> bool:
+        """Whether a tab sees the refresh in flight in its single-flight scope that started at
+        ``started_s`` (``own``: it is the tab's own, or the scope is the tab)."""
+        return own or now - started_s >= self.lock_visibility_s
 
     def releases_lock(self, outcome: str) -> bool:
         """Whether a refresh that ended with ``outcome`` (a ``refresh_end`` outcome) releases its
