@@ -70,13 +70,7 @@ def _main(
     """Simulate and load-test JWT renewal strategies: dual token, sliding expiration, silent refresh."""
 
 
-class Engine(str, Enum):
-    fast = "fast"
-    exact = "exact"
-
-
-EngineOpt = Annotated[Engine, typer.Option(
-    "--engine", help="fast: plain requests in one step; exact: every request simulated (identical results).")]
+from sim.cli_planning import Engine, EngineOpt  # noqa: E402  (shared by every simulating command)
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [

@@ -106,7 +106,7 @@ def run_sweep(
     """Run every point not already in ``out`` (all their simulations in parallel) and write each
     point's run folder as soon as it is complete. ``on_point(point, result, reused, done,
     total)`` is called for every point, reused ones first. Returns the runs in point order."""
-    from sim.engine import assemble, jobs_of
+    from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
     from sim.engine.dispatch import runner_for
 
     done = prepare(out, points, source)
@@ -131,6 +131,7 @@ def run_sweep(
                 point = points[i]
                 result = assemble(point.scenario, point.scenario.names, outputs.pop(i))
                 result.meta["sweep_point"] = point.settings
+                result.meta["engine"] = engine or DEFAULT_ENGINE
                 result.save(out / point.folder)
                 done[i] = result
                 report(point, result, False, len(done), len(points))

@@ -37,6 +37,7 @@ from sim.strategies.flow import (
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
+from sim.strategies.service import ServiceTimes
 
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
@@ -172,8 +173,9 @@ class Simulation:
         self.auth_waiting = 0  # calls in the queue that still wait
         self.queue_limit = auth.queue_limit
         self.remember_me = scenario.population.remember_me
-        self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
-        self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
+        self.service = ServiceTimes(auth, self.server)
+        self.login_service_s = self.service.login_mean_s
+        self.refresh_service_s = self.service.refresh_mean_s
         self.api_verify_s = scenario.api.verify_time_s
         self.timeout_s = scenario.network.timeout_s
         self.queue_timeout_s = auth.queue_timeout_s
@@ -419,7 +421,7 @@ class Simulation:
                    token=token.id, basis=basis)
         yield Sleep(rtt / 2)
         result = yield from self._auth_call(
-            self.refresh_service_s,
+            self.service.refresh_s(user.streams.service),
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
@@ -463,7 +465,7 @@ class Simulation:
             rtt = user.streams.auth_rtt()
             yield Sleep(rtt / 2)
             grant = yield from self._auth_call(
-                self.login_service_s, lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
+                self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
             yield Sleep(rtt / 2)
             if grant is not UNAVAILABLE:
