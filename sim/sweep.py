@@ -115,7 +115,9 @@ def run_sweep(
         report(points[i], done[i], True, k, len(points))
     todo = [i for i in range(len(points)) if i not in done]
     jobs = [job for i in todo for job in jobs_of(points[i].scenario, points[i].scenario.names, tag=i, engine=engine)]
-    missing = {i: len(points[i].scenario.names) * points[i].scenario.run.replications for i in todo}
+    missing = {i: 0 for i in todo}
+    for job in jobs:
+        missing[job.tag] += 1
     outputs: dict[int, dict] = {i: {} for i in todo}
     if jobs:
         with runner_for(jobs, processes=processes, cluster=cluster) as runner:
@@ -124,7 +126,7 @@ def run_sweep(
             while runner.pending:
                 job, output = runner.next_done()
                 i = job.tag
-                outputs[i][job.strategy, job.replication] = output
+                outputs[i][job.key] = output
                 missing[i] -= 1
                 if missing[i]:
                     continue

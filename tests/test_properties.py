@@ -72,7 +72,7 @@ def scenarios(draw):
                   {"dist": "lognormal", "mean": "20ms", "sd": "30ms"}])),
               "login_time": draw(st.sampled_from(["50ms", {"dist": "empirical", "values": ["10ms", "40ms", "2s"]}])),
               "sign_time": draw(st.sampled_from(["1ms", {"dist": "normal", "mean": "1ms", "sd": "2ms"}])),
-              "workers": draw(st.integers(1, 3))},
+              "workers": draw(st.integers(1, 3)), "instances": draw(st.sampled_from([1, 1, 2]))},
         tokens={"access_ttl": "3m"},
         strategies=variants,
     ))

@@ -152,7 +152,10 @@ _ACQUIRE = _Acquire()
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
-    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool):
+    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
+                 users=None):
+        # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
+        self.users = users
         self.scenario = scenario
         self.variant = variant
         self.client = variant.client
@@ -198,7 +201,7 @@ class Simulation:
         arrivals = arrival_times(scenario, self.seed, self.replication)
         tabs, skews = user_traits(scenario, self.seed, self.replication)
         p_idle = scenario.population.idle_probability
-        for u in range(scenario.population.users):
+        for u in range(scenario.population.users) if self.users is None else map(int, self.users):
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
