@@ -83,6 +83,7 @@ HEADLINE = [
     ("expiry_failures", "expiry failures (401)"),
     ("failed_requests", "failed requests"),
     ("forced_logins", "forced logins"),
+    ("lapse_logins_per_user_day", "lapse-forced logins per user-day"),
     ("added_latency_ms_p99", "added latency p99, ms"),
     ("auth_utilization", "auth utilization"),
     ("exposure_s_mean", "exposure after leaving, s"),
@@ -291,7 +292,10 @@ def headline_table(result, title: str) -> Table:
     table.add_column("metric", style="bold")
     for name in agg.index:
         table.add_column(name, justify="right", overflow="fold")
+    remember = result.scenario is not None and result.scenario.population.remember_me
     for col, label in HEADLINE:
+        if col == "lapse_logins_per_user_day" and not remember:
+            continue  # every visit logs in anew: there is no lapse to count
         cells = []
         for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")
