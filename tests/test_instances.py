@@ -101,3 +101,25 @@ def test_events_of_a_split_run_keep_sessions_and_tokens_apart(smoke):
         assert requests["user"].nunique() == split.population.users
         row = result.replications.set_index("strategy").loc[name]
         assert requests["t_s"].between(lo, hi, inclusive="left").sum() == row["requests"]
+
+
+@pytest.mark.slow  # four sweep points and two capacity searches through the command line
+def test_sweep_and_capacity_take_the_engine_option_and_split_by_instances(cli, tmp_path, smoke):
+    path = tmp_path / "small.toml"
+    path.write_text(smoke.replace(population={"users": 8}, run={"duration_s": 300.0, "replications": 1}).to_toml())
+    tables = {}
+    for engine in ("exact", "fast"):
+        out = tmp_path / f"sweep-{engine}"
+        code, _, err = cli("sweep", path, "--set", "auth.instances=1,2", "--engine", engine, "--out", out, "--no-report")
+        assert code == 0, err
+        tables[engine] = pd.read_csv(out / "sweep.csv")
+        assert '"engine": "%s"' % engine in (out / "instances=2" / "run.json").read_text()
+    pd.testing.assert_frame_equal(tables["exact"], tables["fast"], check_exact=True)
+    capacity = {}
+    for engine in ("exact", "fast"):
+        out = tmp_path / f"capacity-{engine}"
+        code, _, err = cli("capacity", path, "--slo", "auth_queue_wait_ms_p99 < 100", "--users", "8",
+                           "--strategy", "dual_token", "--engine", engine, "--out", out)
+        assert code == 0, err
+        capacity[engine] = pd.read_csv(out / "capacity.csv")
+    pd.testing.assert_frame_equal(capacity["exact"], capacity["fast"], check_exact=True)
