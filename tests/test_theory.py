@@ -199,6 +199,15 @@ def test_queue_waits_of_one_worker_at_half_load_follow_mm1_and_md1(make_scenario
             expected = theory[kind][stat]
             assert abs(mean - expected) <= max(4 * se, floor * expected), (kind, stat, mean, expected, se)
             measured[kind, stat] = mean
+        # the whole wait distribution, where it is estimated more sharply than its 99th
+        # percentile: P(W > 0) = ρ in any M/G/1, and the tail at 20 and 50 ms
+        tail = {"exponential": lambda t: rho * math.exp(-(mu - rate) * t),
+                "constant": lambda t: 1 - md1_wait_cdf(t, rate, service)}[kind]
+        for t_ms in (0.0, 20.0, 50.0):
+            shares = np.array([(w > t_ms).mean() for w in per])
+            mean, se = shares.mean(), shares.std(ddof=1) / math.sqrt(reps)
+            expected = tail(t_ms / 1000)
+            assert abs(mean - expected) <= max(4 * se, 0.01), (kind, t_ms, mean, expected, se)
     # service-time variability more than doubles the tail a capacity answer must plan for
     assert measured["exponential", "p99"] > 2 * measured["constant", "p99"]
 
