@@ -32,8 +32,8 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
-    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
-    request_flow, user_flow,
+    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_after_refresh, plain_page_views,
+    renew_flow, request_flow, sends_at_once, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
@@ -41,6 +41,8 @@ from sim.strategies.server import Grant
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
+_OK, _UNAUTHORIZED, _LOST = Response(200), Response(401), Response(0)
+_VERDICT = {o.value: o for o in AttemptOutcome}
 
 
 class Signal:
@@ -119,7 +121,7 @@ class Task:
     __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
 
     def __init__(self, gen, tab, user):
-        self.stack = [gen]
+        self.stack = [gen] if gen is not None else []
         self.tab = tab
         self.user = user
         self.done = False
@@ -299,7 +301,16 @@ class Simulation:
         return None
 
     def _spawn(self, task, effect):
-        child = Task(_one(effect.effect), effect.tab if effect.tab is not None else task.tab, task.user)
+        inner = effect.effect
+        child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
+        # the sub-flow goes straight onto the child's stack: no extra generator layer
+        if type(inner) is Request:
+            self._start_request(child)
+            return child
+        if type(inner) is Call:
+            child.stack.append(inner.flow)
+        else:
+            child.stack.append(_one(inner))
         self.step(child, None)
         return child
 
@@ -323,50 +334,96 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
-        task.stack.append(self._request_flow(task))
-        return None
+        return self._start_request(task)
 
     def _views(self, task, effect):
         return False  # every page view event by event
 
-    def _request_flow(self, task):
+    def _start_request(self, task):
+        """Begin a request in ``task``'s tab. When the policy sends the token it holds at once
+        (:func:`~sim.strategies.flow.sends_at_once`), the engine sends it itself and runs
+        :func:`~sim.strategies.flow.request_flow` only if the answer is not a plain success, so
+        most requests cost their two network events and no generator; else the flow runs now."""
         tab = task.tab
-        issued = self.now
-        ok = yield from request_flow(self.client, tab.view, task.user.clock)
-        visit = tab.visit
+        sent = sends_at_once(self.client, tab.view(), self.now + tab.visit.user.skew_s)
+        if sent is None:
+            task.stack.append(self._request_flow(task, self.now, None))
+            if len(task.stack) == 1:  # a spawned request: its own task
+                self.step(task, None)
+            return None
+        task.rtt = self._transmit(task, sent, True)
+        return PENDING
+
+    def _request_flow(self, task, issued, sent):
+        tab = task.tab
+        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent)
+        self._requested(task, issued, ok)
+        return ok
+
+    def _requested(self, task, issued, ok) -> None:
+        visit, tab = task.tab.visit, task.tab
         if ok:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
+            if added_ms < 4e-7 and not self.events:  # rounds to 0 (the common case: no delay)
+                self.rec.counts.requests_without_delay(issued, 1)
+                return
             self.rec.request(issued, max(round(added_ms, 6), 0.0), visit.user.index, tab.index, visit.session)
         else:
             self.rec.request(issued, None, visit.user.index, tab.index, visit.session)
 
     def _send(self, task, effect):
+        task.rtt = self._transmit(task, effect.held, False)
+        return PENDING
+
+    def _transmit(self, task, sent, started: bool) -> float:
+        """Send ``sent`` to the API: its arrival and its answer are events. ``started``: the
+        request was sent by :meth:`_start_request`, with no flow running for it yet."""
         draws = task.tab.draws
         rtt = draws.api_rtt()
         lost = bool(self.loss_p) and draws.loss() < self.loss_p
-        task.rtt = rtt
-        self.at(self.now + rtt / 2, self._arrive, (task, effect.held, self.now, rtt, lost))
-        return PENDING
+        now = self.now
+        heapq.heappush(self.heap, (now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
+        return rtt
 
     def _arrive(self, arg) -> None:
-        task, sent, sent_at, rtt, lost = arg
+        task, sent, sent_at, rtt, lost, started = arg
         now = self.now
         verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], now, self.leeway_s)
         if lost:
             done = now + max(self.timeout_s - rtt / 2, 0.0)
-            outcome, response = AttemptOutcome.LOST, Response(0)
+            outcome, response = AttemptOutcome.LOST, _LOST
         else:
             done = now + (rtt / 2 + self.api_verify_s)
-            outcome = AttemptOutcome(verdict.status)
-            response = Response(200 if outcome is AttemptOutcome.OK else 401,
-                                held(verdict.reissued) if verdict.reissued else None)
-        self.at(done, self._answered, (task, sent, sent_at, outcome, response))
+            outcome = _VERDICT[verdict.status]
+            if verdict.reissued:
+                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued))
+            else:
+                response = _OK if outcome is AttemptOutcome.OK else _UNAUTHORIZED
+        heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
-        task, sent, sent_at, outcome, response = arg
+        task, sent, sent_at, outcome, response, started = arg
         tab = task.tab
-        self.rec.record(sent_at, "attempt", outcome, tab.visit.user.index, tab.index, tab.visit.session, sent.id,
-                        latency_ms=(self.now - sent_at) * 1000.0)
+        visit = tab.visit
+        if self.events:
+            self.rec.record(sent_at, "attempt", outcome, visit.user.index, tab.index, visit.session, sent.id,
+                            latency_ms=(self.now - sent_at) * 1000.0)
+        else:
+            self.rec.counts.count("attempt", outcome, sent_at)
+        if not started:
+            self.step(task, response)
+            return
+        if response is _OK and answer_is_done(self.client, tab.view(), sent, response, self.now + visit.user.skew_s):
+            self._requested(task, sent_at, True)
+            if task.stack:
+                self.step(task, True)  # the tab's own request: its flow goes on
+            else:
+                self._finish(task)
+            return
+        # not a plain success: the request's flow takes over from its first answer
+        flow = self._request_flow(task, sent_at, sent)
+        flow.send(None)  # up to the Send already carried out
+        task.stack.append(flow)
         self.step(task, response)
 
     def _backoff(self, task, effect):
@@ -538,9 +595,6 @@ class _Waiting:
     def __init__(self, signal: Signal) -> None:
         self.signal = signal
 
-
-
-_OK = Response(200)
 
 
 class FastSimulation(Simulation):

@@ -200,6 +200,8 @@ class TabDraws(Protocol):
 
 
 RENEW = (Action.REFRESH, Action.WAIT)
+_REQUEST = Request()
+_SPAWN_REQUEST = Spawn(_REQUEST)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
@@ -266,8 +268,8 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Fl
         n = int(draws.burst())
         others = []
         for _ in range(n - 1):
-            others.append((yield Spawn(Request())))
-        yield Request()
+            others.append((yield _SPAWN_REQUEST))
+        yield _REQUEST
         if others:
             yield Await(tuple(others))
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
@@ -324,28 +326,35 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
 # -- a request and a renewal --------------------------------------------------------------------
 
 
-def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float]) -> Flow:
+def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float],
+                 sent: Held | None = None) -> Flow:
     """One request. ``tab()`` returns the tab's current view, ``clock()`` the client's clock.
-    Returns True when the request succeeded, False when it failed."""
-    view = tab()
-    action, basis = policy.before_send(view, clock()), basis_of(view)  # basis: what a renewal is about
+    Returns True when the request succeeded, False when it failed.
+
+    ``sent``: the driver has already sent this token, because :func:`sends_at_once` said so when
+    the request began; the flow then starts by yielding that :class:`Send` again (the driver
+    answers it with the response it got) and goes on from there."""
     attempt = 0
+    if sent is None:
+        view = tab()
+        action, basis = policy.before_send(view, clock()), basis_of(view)  # basis: what a renewal is about
     while True:
-        if action in RENEW:
-            if not (yield Renew(action, basis)):
-                return False
-        elif action is Action.LOGIN:
-            yield Login()
-            return False
-        elif action is Action.FAIL:
-            return False
-        elif action is Action.RETRY:  # every resend passes the policy's check again
-            view = tab()
-            action, basis = policy.before_send(view, clock()), basis_of(view)
-            continue
-        sent = tab().held
         if sent is None:
-            return False
+            if action in RENEW:
+                if not (yield Renew(action, basis)):
+                    return False
+            elif action is Action.LOGIN:
+                yield Login()
+                return False
+            elif action is Action.FAIL:
+                return False
+            elif action is Action.RETRY:  # every resend passes the policy's check again
+                view = tab()
+                action, basis = policy.before_send(view, clock()), basis_of(view)
+                continue
+            sent = tab().held
+            if sent is None:
+                return False
         attempt += 1
         response = yield Send(sent)
         action = policy.on_response(tab(), sent, response, attempt, clock())
@@ -354,6 +363,24 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
             yield Adopt(response.reissued)
         if action in (Action.DONE, Action.ADOPT):
             return True
+        sent = None
+
+
+def sends_at_once(policy: ClientPolicy, view: TabView, now: float) -> Held | None:
+    """The token a request that begins now sends at once (what :func:`request_flow` sends
+    first when the policy says SEND), or None when the request must first renew, wait or give up.
+    A driver that sends it itself hands it to :func:`request_flow` as ``sent`` if the answer
+    needs the flow."""
+    if view.held is None or policy.before_send(view, now) is not Action.SEND:
+        return None
+    return view.held
+
+
+def answer_is_done(policy: ClientPolicy, view: TabView, sent: Held, response: Any, now: float) -> bool:
+    """Whether the first answer ``response`` to ``sent`` ends the request with nothing more to
+    do (the policy says DONE): a driver may then count it a success without running
+    :func:`request_flow`."""
+    return policy.on_response(view, sent, response, 1, now) is Action.DONE
 
 
 def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[], TabView]) -> Flow:
