@@ -194,6 +194,12 @@ class Counts:
             window = self.window
             window[key] = window.get(key, 0) + n
 
+    def bins_of(self, event: str, outcome: str) -> array | None:
+        """The per-second bins of (event, outcome), for a caller that adds counts of times
+        ``0 <= t_s < hi`` straight into them; None when the window must be counted apart (then
+        use :meth:`count`)."""
+        return self._bin((event, outcome)) if self._from_bins and self.latency_values is None else None
+
     def settle(self) -> None:
         """Complete :attr:`window` (the counts inside the measurement window) before reading it."""
         if self._settled:

@@ -597,6 +597,11 @@ class _Waiting:
 
 
 
+def _below(t: float) -> float:
+    """An instant safely before ``t``: closer to it, rounding could decide either way."""
+    return t - (1e-6 + abs(t) * 1e-12) if math.isfinite(t) else t
+
+
 class FastSimulation(Simulation):
     """The same model, with plain requests carried out in one step.
 
@@ -671,6 +676,12 @@ class FastSimulation(Simulation):
         counts = self.rec.counts
         send = Action.SEND
         done_ = Action.DONE
+        if loss_p:
+            sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
+        else:
+            # the policies' pure answers, with a margin for the rounding of the engine's sums
+            sure_sends = _below(client.sends_until_s(view) - skew)
+            sure_arrives = _below(server.plain_until_s(ledger, token, leeway))
 
         def plain(t, rtts):
             clock = t + skew
@@ -679,6 +690,9 @@ class FastSimulation(Simulation):
             if loss_p and min(loss.peek(len(rtts))) < loss_p:
                 return False
             return server.plain_at(ledger, token, t + max(rtts) / 2, leeway)
+
+        attempts_ok, requests_ok = counts.bins_of("attempt", "ok"), counts.bins_of("request", "ok")
+        latency, lo, hi = counts.latency, counts.lo, counts.hi
 
         def view_done(t, rtts):
             # the arithmetic of the event-by-event engine, request by request
@@ -698,12 +712,22 @@ class FastSimulation(Simulation):
             if loss_p:
                 loss.skip(len(rtts))
             if ok:
-                counts.count("attempt", "ok", t, ok)
-                if zero:
-                    counts.requests_without_delay(t, zero)
+                if attempts_ok is not None:  # straight into the bins (Counts.bins_of)
+                    i = int(t)
+                    attempts_ok[i] += ok
+                    if zero:
+                        requests_ok[i] += zero
+                        if lo <= t < hi:
+                            latency.n += zero
+                            latency.zeros += zero
+                else:
+                    counts.count("attempt", "ok", t, ok)
+                    if zero:
+                        counts.requests_without_delay(t, zero)
             return done_max
 
-        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done)
+        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done,
+                                         sure_sends, sure_arrives)
         if not views:
             return False
         task.wake = t_next

@@ -115,6 +115,12 @@ class Draws:
         self._i = i + 1
         return self._buf[i]
 
+    def head(self) -> float:
+        """The next draw, without taking it."""
+        if self._i >= len(self._buf):
+            self._refill()
+        return self._buf[self._i]
+
     def peek(self, n: int):
         """The next ``n`` draws, without taking them."""
         while len(self._buf) - self._i < n:

@@ -277,29 +277,33 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Fl
 
 
 def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
-                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float]
+                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float],
+                     sure_sends_before_s: float = -math.inf, sure_arrives_before_s: float = -math.inf,
                      ) -> tuple[int, float]:
     """:func:`tab_flow`'s page views in bulk, for a driver that knows nothing else happens to
     the tab before ``horizon_s``: from ``start_s``, each page view whose requests are all plain
     — ``plain(t, rtts)`` says so for a view starting at ``t`` whose requests would draw round
-    trips ``rtts`` — is carried out at once with the same draws from the same streams
-    (``draws`` supports ``peek``/``skip``): ``view_done(t, rtts)`` carries its requests out and
-    returns when the last one ends; then the pause. Views go on while the next one starts before
-    ``horizon_s`` and ``end_s``. Returns (views done, when the next page view starts); (0,
-    ``start_s``) when the first one is not plain.
+    trips ``rtts``; a view starting before ``sure_sends_before_s`` whose requests all arrive
+    before ``sure_arrives_before_s`` is plain without asking (the policies' pure
+    ``sends_until_s`` / ``plain_until_s``) — is carried out at once with the same draws from the
+    same streams (``draws`` supports ``head``/``peek``/``skip``): ``view_done(t, rtts)`` carries
+    its requests out and returns when the last one ends; then the pause. Views go on while the
+    next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
+    view starts); (0, ``start_s``) when the first one is not plain.
     """
-    burst, rtt_draws = draws.burst, draws.api_rtt
+    burst, rtt_draws, think = draws.burst, draws.api_rtt, draws.think
+    idle_coin, idle_gap = draws.idle_coin, draws.idle_gap
     t, views = start_s, 0
     while True:
-        n = int(burst.peek(1)[0])
+        n = int(burst.head())
         rtts = rtt_draws.peek(n)
-        if not plain(t, rtts):
+        if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
             return views, t
         burst.skip(1)
         rtt_draws.skip(n)
         done = view_done(t, rtts)
-        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
-        t_next = done + (pause + draws.think())
+        pause = idle_gap() if idle_probability and idle_coin() < idle_probability else 0.0
+        t_next = done + (pause + think())
         views += 1
         if not (t_next < horizon_s and t_next < end_s):
             return views, t_next
