@@ -54,6 +54,10 @@ def stream_state(seed: int, *key: int) -> dict:
 _EMPTY = array("d")
 
 
+def _uniform(gen: np.random.Generator, n: int) -> np.ndarray:
+    return gen.random(n)
+
+
 def _packed(state: dict) -> tuple:
     # a PCG64 state as 4 numbers (the dict numpy hands out takes 5 times the memory)
     return (state["state"]["state"], state["state"]["inc"], state["has_uint32"], state["uinteger"])
@@ -78,12 +82,14 @@ class Draws:
     the next). A batch waits as packed doubles (8 bytes a draw, not a Python float's 32): with
     a million users, the draws not yet taken are most of the engine's memory."""
 
-    __slots__ = ("_sample", "_key", "_state", "_buf", "_i", "_batch", "_floor")
+    __slots__ = ("_sample", "_key", "_source", "_state", "_buf", "_i", "_batch", "_floor")
 
-    def __init__(self, dist, key: tuple, *, floor: float | None = 0.0, batch: int = 64):
-        # ``key``: the (seed, *key) of the stream (:func:`stream_state`), made at the first draw
-        self._sample = dist.sample if dist is not None else (lambda r, n: r.random(n))
+    def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+        # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
+        # ``key`` is shared by the streams of a user or tab
+        self._sample = dist.sample if dist is not None else _uniform
         self._key = key
+        self._source = int(source)
         self._state: tuple | None = None  # packed PCG64 state, from the first draw on
         self._buf = _EMPTY
         self._i = 0
@@ -93,7 +99,7 @@ class Draws:
     def _refill(self) -> None:
         state = self._state
         if state is None:
-            state = _packed(stream_state(*self._key))
+            state = _packed(stream_state(*self._key, self._source))
         gen = _shared_generator()
         bits = gen.bit_generator
         bits.state = {"bit_generator": "PCG64", "state": {"state": state[0], "inc": state[1]},
@@ -141,17 +147,15 @@ class TabStreams:
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
 
-        def rng(source):
-            return (seed, replication, 2, user, tab, int(source))
-
+        key = (seed, replication, 2, user, tab)
         # a batch costs about as much to set up as a hundred draws, and waits in memory until
-        # taken: the busiest streams take batches of about an hour of a busy tab
-        self.think = Draws(work.think_time, rng(Source.THINK), batch=128)
-        self.burst = Draws(work.burst_size, rng(Source.BURST), floor=1, batch=128)
-        self.idle_coin = Draws(None, rng(Source.IDLE), floor=None, batch=128)
-        self.idle_gap = Draws(pop.idle_gap, rng(Source.IDLE_GAP), batch=16)
-        self.api_rtt = Draws(net.rtt, rng(Source.API_LATENCY), batch=256)
-        self.loss = Draws(None, rng(Source.LOSS), floor=None, batch=256)
+        # taken: the busiest streams take batches of about half an hour of a busy tab
+        self.think = Draws(work.think_time, key, Source.THINK, batch=64)
+        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=64)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=64)
+        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
+        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=128)
+        self.loss = Draws(None, key, Source.LOSS, floor=None, batch=128)
 
 
 class UserStreams:
@@ -163,14 +167,12 @@ class UserStreams:
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
 
-        def rng(source):
-            return (seed, replication, 1, user, int(source))
-
-        self.auth_rtt = Draws(net.rtt, rng(Source.AUTH_LATENCY), batch=16)
-        self.auth_loss = Draws(None, rng(Source.AUTH_LOSS), floor=None, batch=16)
-        self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
-        self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
-        self.away = Draws(pop.away, rng(Source.AWAY), batch=8) if pop.away else None
+        key = (seed, replication, 1, user)
+        self.auth_rtt = Draws(net.rtt, key, Source.AUTH_LATENCY, batch=8)
+        self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
+        self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
+        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
+        self.away = Draws(pop.away, key, Source.AWAY, batch=8) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = (scenario, seed, replication, user)
 
