@@ -66,7 +66,8 @@ def test_a_split_without_queueing_changes_no_count(smoke):
     # are added in another order
     roomy = smoke.replace(auth={"workers": 64})
     whole, split = sim.run(roomy, processes=1), sim.run(roomy.replace(auth={"instances": 4}), processes=1)
-    counts = [c for c in SUMMARY_COLUMNS if c != "auth_utilization"]
+    # (a metric that is NaN in every replication, like race_to_logout_s_mean without races, is left out)
+    counts = [c for c in SUMMARY_COLUMNS if c != "auth_utilization" and c in whole.replications]
     pd.testing.assert_frame_equal(whole.replications[counts], split.replications[counts], check_exact=True)
     series = [c for c in TIMESERIES_COLUMNS if c != "auth_busy_workers"]
     pd.testing.assert_frame_equal(whole.timeseries[series], split.timeseries[series], check_exact=True)
