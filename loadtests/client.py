@@ -203,7 +203,7 @@ COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
     "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
-    "refused_sessions",
+    "refused_sessions", "retried_refreshes",
 )
 
 
@@ -359,7 +359,7 @@ class UserDriver:
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
                          self.scenario.population.idle_probability, self.client_clock)
-        self._run(flow, None)
+        self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
         """Kill this user's tabs, timers and requests (the load test is stopping)."""
@@ -418,7 +418,11 @@ class UserDriver:
                 # the server's Retry-After (wall seconds) in scenario seconds, else the scenario's
                 retry_after_s = (tab.visit.retry_after_wall_s * self.clock.time_scale
                                  if tab.visit.retry_after_wall_s is not None else self.scenario.auth.retry_after_s)
-                self.clock.sleep(self.policy.retry_delay_s(retry_after_s, self.streams.backoff()))
+                wait_s = self.policy.retry_delay_s(retry_after_s, self.streams.backoff())
+                self.sink.record(self.clock.now_s(), self.index, tab.index, tab.visit.session, "backoff",
+                                 latency_ms=wait_s * 1000.0)
+                self.sink.count("retried_refreshes")
+                self.clock.sleep(wait_s)
             case Adopt():
                 tab.store.token = trace.reissued
             case Sleep(seconds=seconds):
@@ -668,4 +672,20 @@ class UserDriver:
 
 def _one(effect: Any):
     return (yield effect)
+
+
+def _arriving_from_t0(flow, started_s: float):
+    """A user's ``flow`` begun at scenario time ``started_s`` (when Locust spawned the user)
+    instead of 0: its first effect, the wait for the user's arrival, is shortened by that much, so
+    a user arrives at its scenario instant however late it was spawned (spawning a few dozen
+    users takes a wall second, many scenario seconds at a high time scale)."""
+    effect = next(flow)
+    if type(effect) is Sleep:
+        effect = Sleep(max(effect.seconds - started_s, 0.0))
+    while True:
+        result = yield effect
+        try:
+            effect = flow.send(result)
+        except StopIteration as stop:
+            return stop.value
 

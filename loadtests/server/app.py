@@ -25,7 +25,7 @@ import math
 import os
 import time
 import urllib.parse
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 import jwt
@@ -115,12 +115,14 @@ class AuthTier:
         self.calls = 0
         self.unavailable = 0
         self.shed = 0
-        self.waiting = 0
+        #: calls waiting for a worker, first come first served; a freed worker is handed to the
+        #: first at once (so a call being handed a worker no longer counts against the bound)
+        self._queue: deque[asyncio.Future] = deque()
+        self._free = settings.workers
         #: (scenario time asked, wait in scenario ms) of every call that was not shed at once; kept
         #: only with ``keep_waits`` (a server that serves its records: they grow with the run)
         self.waits: list[tuple[float, float]] = []
         self.keep_waits = keep_waits
-        self._workers = asyncio.Semaphore(settings.workers)
         self._pending = _TierDelta()
 
     def serving(self) -> None:
@@ -153,43 +155,63 @@ class AuthTier:
             if added:
                 which[first + k] += added
 
-    def _waited(self, asked_s: float) -> None:
+    def _waited(self, asked_s: float, served_s: float) -> None:
         if not self.keep_waits:
             return
-        wait = (round(asked_s, 6), round((self.clock.now_s() - asked_s) * 1000.0, 3))
+        wait = (round(asked_s, 6), round((served_s - asked_s) * 1000.0, 3))
         self.waits.append(wait)
         self._pending.waits.append(wait)
 
     async def _acquire(self) -> None:
         asked = self.clock.now_s()
-        if self._workers.locked():
+        if self._free:
+            # a free worker is taken without waiting: no timer to arm on the common path
+            self._free -= 1
+        else:
             limit = self.settings.queue_limit
-            if limit is not None and self.waiting >= limit:
+            if limit is not None and len(self._queue) >= limit:
                 self._count("unavailable")
                 self._count("shed")
                 raise Unavailable
-            self.waiting += 1
+            granted = asyncio.get_running_loop().create_future()
+            self._queue.append(granted)
             self._level(self.queued, self._pending.queued, 1, asked)
             try:
                 async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
-                    await self._workers.acquire()
+                    await asyncio.shield(granted)
             except TimeoutError:
-                self._count("unavailable")
-                raise Unavailable from None
-            finally:
-                self.waiting -= 1
-                self._level(self.queued, self._pending.queued, -1, self.clock.now_s())
-                self._waited(asked)
-        else:
-            # a free worker is taken without waiting: no timer to arm on the common path
-            await self._workers.acquire()
-            self._waited(asked)
-        self._level(self.busy, self._pending.busy, 1, self.clock.now_s())
+                if not granted.done():  # still in the queue: give up
+                    self._queue.remove(granted)
+                    self._level(self.queued, self._pending.queued, -1, self.clock.now_s())
+                    self._waited(asked, self.clock.now_s())
+                    self._count("unavailable")
+                    raise Unavailable from None
+                # handed a worker as the timeout fired: the call goes on
+            except BaseException:
+                if granted.done():
+                    self._release()  # cancelled after a worker was handed over: hand it on
+                else:
+                    self._queue.remove(granted)
+                    self._level(self.queued, self._pending.queued, -1, self.clock.now_s())
+                raise
+            self._waited(asked, granted.result())
+            return
+        self._waited(asked, asked)
+        self._level(self.busy, self._pending.busy, 1, asked)
         self._count("calls")
 
     def _release(self) -> None:
-        self._workers.release()
-        self._level(self.busy, self._pending.busy, -1, self.clock.now_s())
+        """The worker is free: hand it to the first call in the queue at once (it leaves the queue
+        and starts its service now, as in the simulator), else put it back."""
+        now = self.clock.now_s()
+        if self._queue:
+            granted = self._queue.popleft()
+            self._level(self.queued, self._pending.queued, -1, now)
+            granted.set_result(now)  # busy stays as it is: the worker passes from one call to the next
+            self._count("calls")
+        else:
+            self._free += 1
+            self._level(self.busy, self._pending.busy, -1, now)
 
     async def spend(self, service_s: float) -> None:
         """Hold the worker for ``service_s`` scenario seconds of work (nothing when service time is off)."""
