@@ -380,9 +380,11 @@ SHED_METRICS = [
 
 
 #: wall milliseconds a real server may add to an answered auth call's wait beyond the model's
-#: queue bound: its workers' holds overrun the service time by the event loop's lag (a few ms on a
-#: busy 2-core machine), and the longest wait is one hold; counted in scenario time (× time scale)
-SCHEDULING_SLACK_WALL_MS = 25.0
+#: queue bound: its workers' holds overrun the service time by the event loop's lag, and the
+#: longest wait is a hold or more. On a 2-core machine shared with other jobs, logins held for a
+#: nominal 2.5 ms wall were answered in 8-34 ms and the storm's waits overran the bound by up to
+#: 26 ms; counted in scenario time (× time scale)
+SCHEDULING_SLACK_WALL_MS = 40.0
 
 
 def validation_metrics(scenario: Scenario, external: bool) -> list:

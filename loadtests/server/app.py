@@ -91,8 +91,9 @@ class Unavailable(Exception):
 
 
 class AuthTier:
-    """The auth tier's finite workers: a semaphore of ``settings.workers``, a bounded queue
-    (``settings.queue_limit`` calls may wait; one more is shed at once) and a queue timeout.
+    """The auth tier's finite workers: ``settings.workers`` of them, a bounded first-come
+    first-served queue (``settings.queue_limit`` calls may wait; one more is shed at once; a freed
+    worker passes straight to the first in the queue, as in the simulator) and a queue timeout.
 
     Receives the scenario's ``[auth]`` settings, the clock, whether to spend service time and the
     store. Keeps, per one-second bin of scenario time, the worker-seconds spent busy and the
