@@ -23,7 +23,8 @@ import typer
 from rich.table import Table
 
 from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
-from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+from sim.cli import (Engine, EngineOpt, FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out,
+                     emit_json,
                      err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario, ScenarioError
@@ -401,7 +402,8 @@ def queue_bound_ms(scenario: Scenario) -> float:
     """The longest an answered auth call can wait for a worker (scenario ms): at most
     ``queue_limit`` calls wait, so one let in finds at most ``queue_limit - 1`` ahead of it and is
     served after ``queue_limit`` departures from ``workers`` workers, each taking at most the
-    longest service time; never more than the queue timeout."""
+    longest service time (its mean: exact for constant service times, as a storm scenario has
+    them); never more than the queue timeout."""
     auth = scenario.auth
     if auth.queue_limit is None:
         return auth.queue_timeout_s * 1000.0
@@ -657,6 +659,7 @@ def validate(
     out: OutOpt = None,
     processes: ProcessesOpt = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -685,7 +688,7 @@ def validate(
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = simulate(scenario, None, None, False)
+    simulated = simulate(scenario, None, None, False, engine=engine.value)
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
