@@ -118,7 +118,7 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen] if gen is not None else []
@@ -130,6 +130,7 @@ class Task:
         self.rtt = 0.0
         self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
         self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
+        self.timer: float | None = None  # a renewal timer sleeping until its next tick: its origin
         user.tasks.append(self)
 
 
@@ -261,6 +262,7 @@ class Simulation:
     # -- structure: sleeps, sub-flows, visits, concurrency ------------------------------------
 
     def _sleep(self, task, effect):
+        task.timer = effect.timer_origin_s
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
             self.at(task.wake, self.resume, (task, None))
@@ -683,10 +685,16 @@ class FastSimulation(Simulation):
         sent = view.held
         if sent is None:
             return False
-        horizon = math.inf
+        horizon, timers = math.inf, None
         for other in tab.visit.user.tasks:
-            if other is not task and other.wake < horizon:
-                horizon = other.wake
+            if other is not task:
+                if other.timer is not None and other.wake > -math.inf:
+                    timers = (timers or []) + [other]
+                elif other.wake < horizon:
+                    horizon = other.wake
+        if timers:
+            for timer in timers:
+                horizon = self._timer_acts(timer, horizon)
         client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
         token = ledger.tokens[sent.id]
         skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
@@ -752,6 +760,23 @@ class FastSimulation(Simulation):
         task.wake = t_next
         self.at(t_next, self.resume, (task, True))
         return PENDING
+
+    def _timer_acts(self, timer: Task, limit: float) -> float:
+        """When the sleeping renewal timer ``timer`` may first do anything, looking over its
+        ticks (:func:`~sim.strategies.flow.timer_flow`, with the same arithmetic) until ``limit``:
+        a tick whose :meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING changes
+        nothing, so page views need not stop for it while nothing else of the user happens.
+        Returns ``limit`` when no tick before it may act."""
+        client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
+        w, nothing = timer.wake, Action.NOTHING
+        for _ in range(10_000):
+            if not w < limit:
+                return limit
+            clock = w + skew
+            if client.on_timer(view, clock) is not nothing:
+                return w
+            w = w + max(client.next_tick_s(view, clock, origin) - clock, 0.0)
+        return w
 
     def _request_fast(self, task, effect):
         done = self._plain(task.tab)

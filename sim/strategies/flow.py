@@ -85,6 +85,9 @@ class LoginCause(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+    #: a renewal timer's sleep until its next tick (the timer started at this instant, by the
+    #: client's clock): a driver that knows the timer's ticks may look ahead over them
+    timer_origin_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +321,7 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
     :meth:`~ClientPolicy.on_timer`."""
     while True:
         now = clock()
-        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0))
+        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0), origin_s)
         if visit.over:
             return
         view = tab()
