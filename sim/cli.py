@@ -277,7 +277,7 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
 
     try:
         sized = scenario.replace(run={"replications": replications}) if replications else scenario
-        warning = estimate.check(sized, force=force, parallel=processes)
+        warning = estimate.check(sized, force=force, parallel=processes, events=bool(events))
     except estimate.TooMuchWork as exc:
         raise fail(str(exc)) from None
     if warning:
