@@ -251,6 +251,32 @@ class Counts:
         elif i < 0:
             self.active_delta[0] += delta
 
+    def merge(self, other: "Counts") -> None:
+        """Add the counts of ``other`` (the same window; another part of the population, e.g.
+        the users of another auth-tier instance): counts, bins and time integrals add up,
+        sketches merge, kept values join, the per-session maximum is the larger."""
+        if (other.lo, other.hi) != (self.lo, self.hi):
+            raise ValueError("the counts were taken for another window")
+        for key, b in other.bins.items():
+            np.frombuffer(self._bin(key), dtype=np.int64)[:] += np.frombuffer(b, dtype=np.int64)
+        self.window.update(other.window)
+        self.latency.merge(other.latency)
+        self.queue_wait.merge(other.queue_wait)
+        for mine, theirs in ((self.latency_values, other.latency_values),
+                             (self.queue_wait_values, other.queue_wait_values)):
+            if mine is not None and theirs is not None:
+                mine.extend(theirs)
+        self.exposure_sum_s += other.exposure_sum_s
+        self.exposure_n += other.exposure_n
+        np.frombuffer(self.active_delta, dtype=np.int64)[:] += np.frombuffer(other.active_delta, dtype=np.int64)
+        for name in ("auth_busy_s", "auth_queue_s"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, _fit(mine, self.n_bins) + _fit(theirs, self.n_bins) if mine is not None
+                        else _fit(theirs, self.n_bins))
+        values = [v for v in (self.valid_tokens_per_session_max, other.valid_tokens_per_session_max) if v == v]
+        self.valid_tokens_per_session_max = max(values) if values else float("nan")
+
     @classmethod
     def from_tally(cls, tally: "Tally", warmup_s: float, duration_s: float) -> "Counts":
         """The counts of a :class:`Tally` (records of a load test), with exact percentiles."""

@@ -37,6 +37,7 @@ from sim.strategies.flow import (
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
+from sim.strategies.service import ServiceTimes
 
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
@@ -154,7 +155,10 @@ _ACQUIRE = _Acquire()
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
-    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool):
+    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
+                 users=None):
+        # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
+        self.users = users
         self.scenario = scenario
         self.variant = variant
         self.client = variant.client
@@ -177,8 +181,9 @@ class Simulation:
         self.auth_waiting = 0  # calls in the queue that still wait
         self.queue_limit = auth.queue_limit
         self.remember_me = scenario.population.remember_me
-        self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
-        self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
+        self.service = ServiceTimes(auth, self.server)
+        self.login_service_s = self.service.login_mean_s
+        self.refresh_service_s = self.service.refresh_mean_s
         self.api_verify_s = scenario.api.verify_time_s
         self.timeout_s = scenario.network.timeout_s
         self.queue_timeout_s = auth.queue_timeout_s
@@ -201,7 +206,7 @@ class Simulation:
         arrivals = arrival_times(scenario, self.seed, self.replication)
         tabs, skews = user_traits(scenario, self.seed, self.replication)
         p_idle = scenario.population.idle_probability
-        for u in range(scenario.population.users):
+        for u in range(scenario.population.users) if self.users is None else map(int, self.users):
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
@@ -497,7 +502,7 @@ class Simulation:
                    token=token.id, basis=basis)
         yield Sleep(rtt / 2)
         result = yield from self._auth_call(
-            self.refresh_service_s,
+            self.service.refresh_s(user.streams.service),
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
@@ -541,7 +546,7 @@ class Simulation:
             rtt = user.streams.auth_rtt()
             yield Sleep(rtt / 2)
             grant = yield from self._auth_call(
-                self.login_service_s, lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
+                self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
             yield Sleep(rtt / 2)
             if grant is not UNAVAILABLE:

@@ -33,6 +33,16 @@ class Source(IntEnum):
     AWAY = 8
     AUTH_LOSS = 9
     BACKOFF = 10
+    # the auth tier's service times of the user's calls, one stream per part
+    LOGIN_TIME = 11
+    REFRESH_TIME = 12
+    SIGN_TIME = 13
+    VERIFY_TIME = 14
+
+
+#: the stream of each part of a service time (:mod:`sim.strategies.service`)
+SERVICE_SOURCES = {"login_time": Source.LOGIN_TIME, "refresh_time": Source.REFRESH_TIME,
+                   "sign_time": Source.SIGN_TIME, "verify_time": Source.VERIFY_TIME}
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -160,9 +170,12 @@ class TabStreams:
 
 class UserStreams:
     """The draws one user takes, each from its own stream: visit lengths, time away, round trips
-    and losses of its calls to the auth tier; ``tab(i)`` gives tab ``i``'s :class:`TabStreams`."""
+    and losses of its calls to the auth tier, the service times of those calls
+    (:meth:`service`); ``tab(i)`` gives tab ``i``'s :class:`TabStreams`. Every stream is keyed by
+    the user's index, so a user draws the same numbers whichever other users share its run (or
+    its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key", "_service")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -175,6 +188,20 @@ class UserStreams:
         self.away = Draws(pop.away, key, Source.AWAY, batch=8) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = (scenario, seed, replication, user)
+        self._service: dict | None = None
+
+    def service(self, part: str) -> float:
+        """One draw (seconds, at least 0) of the ``[auth]`` service-time ``part`` (``login_time``,
+        ``sign_time``, …) for a call of this user's, from the part's own stream."""
+        streams = self._service
+        if streams is None:
+            streams = self._service = {}
+        draws = streams.get(part)
+        if draws is None:
+            scenario, seed, replication, user = self._key
+            draws = streams[part] = Draws(getattr(scenario.auth, part), (seed, replication, 1, user),
+                                          SERVICE_SOURCES[part], batch=8)
+        return draws()
 
     def tab(self, i: int) -> TabStreams:
         """Tab ``i``'s draws (the same object every time it is asked for)."""
