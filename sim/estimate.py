@@ -39,7 +39,7 @@ class WorkEstimate:
                 f"replication, needing about {_bytes(self.peak_bytes)} of memory")
 
 
-def estimate(scenario: Scenario, *, parallel: int | None = None, events: bool = True) -> WorkEstimate:
+def estimate(scenario: Scenario, *, parallel: int | None = None, events: bool = False) -> WorkEstimate:
     """The work of ``scenario``; ``parallel`` replications held in memory at once (default: the
     number of CPUs, as ``sim.run`` spreads replications over processes); ``events``: every record
     is held (``--events``), else only counts."""
@@ -81,7 +81,7 @@ class TooMuchWork(Exception):
 
 
 def check(scenario: Scenario, *, force: bool = False, available: float | None = None,
-          parallel: int | None = None, events: bool = True) -> str | None:
+          parallel: int | None = None, events: bool = False) -> str | None:
     """Raise :class:`TooMuchWork` when ``scenario`` needs more memory than is available (a
     warning text instead when ``force``); None when it fits or the memory is unknown. ``parallel``
     and ``events``: see :func:`estimate`."""
