@@ -133,3 +133,14 @@ def poll_until(condition, timeout_s: float = 60.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"{what} not reached within {timeout_s}s")
+
+
+def advance_clock(client, seconds: float) -> float:
+    """Move the test clock of the server behind ``client`` (an ``httpx.Client`` with its base URL,
+    started with ``test_clock=True``) forward by ``seconds`` scenario seconds; returns the new
+    scenario time."""
+    from loadtests.server import protocol as p
+
+    answer = client.post(p.CLOCK_PATH, json={p.ADVANCE_FIELD: seconds})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["scenario_time_s"]
