@@ -159,6 +159,10 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         server_died = None
         with _target(scenario_file, strategy, time_scale, profile) as (url, died):
             reference = reference_server_info(url) if profile.ledger else None
+            if reference is not None and reference.get("clock", "real") != "real":
+                raise LoadTestError(
+                    f"{url} runs on a test clock (serve --test-clock): its time stands still, so a load "
+                    f"test against it would measure nothing real; serve it without --test-clock", code=2)
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
                 raise LoadTestError(

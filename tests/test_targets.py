@@ -152,6 +152,17 @@ def test_wrong_credentials_fail_in_the_preflight_naming_step_and_status(cli, tmp
 
 
 @pytest.mark.loadtest
+def test_a_server_on_a_test_clock_is_refused_as_a_target(cli, tmp_path):
+    from loadtests.server.process import serve_in_subprocess
+
+    with serve_in_subprocess(SMALL, "dual_token", 60.0, test_clock=True) as url:
+        code, _, err, _ = in_process(cli, "loadtest", SMALL, "--strategy", "dual_token", "--time-scale", 60,
+                                     "--target", url, "--out", tmp_path / "out")
+    assert code == 2 and "runs on a test clock" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.loadtest
 @pytest.mark.failing_runs
 def test_a_run_that_measured_nothing_is_marked_failed(tmp_path):
     scenario = tmp_path / "late.toml"

@@ -214,8 +214,9 @@ class TokenServer:
         if clock_endpoint and not isinstance(clock, ManualClock):
             raise ValueError("the clock endpoint needs a ManualClock (refreshlab serve --test-clock)")
         scale = check_time_scale(1.0 if time_scale is None else time_scale) if clock is None else clock.time_scale
+        # Redis expires keys on its own wall clock: after the wall time this clock needs to pass
         self.store = open_store(store, retain_s=retain_s, records=ledger_endpoint, namespace=namespace,
-                                wall=lambda s: s / scale)
+                                wall=lambda s: self.clock.wall_until(s))
         if clock is None:
             t0 = float(self.store.shared_value("t0_unix_s", lambda: repr(time.time()).encode()))
             clock = ScenarioClock(scale, t0 if self.store.shared else None)

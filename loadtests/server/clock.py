@@ -60,6 +60,11 @@ class ScenarioClock:
         """A scenario duration as wall seconds."""
         return seconds / self.time_scale
 
+    def wall_until(self, seconds: float) -> float | None:
+        """Wall seconds until ``seconds`` of scenario time will have passed on their own (what a
+        Redis key expiry is set to); None when that never happens."""
+        return self.wall(seconds)
+
 
 class ManualClock(ScenarioClock):
     """A clock for tests: scenario time stands at ``start_s`` until :meth:`advance` moves it.
@@ -81,6 +86,11 @@ class ManualClock(ScenarioClock):
     def now_s(self) -> float:
         """Scenario seconds: where the clock was last set."""
         return self._now_s
+
+    def wall_until(self, seconds: float) -> None:
+        """None: scenario time moves only when told, never by waiting (Redis keys get no
+        expiry; the ledger still prunes by this clock)."""
+        return None
 
     def advance(self, seconds: float) -> float:
         """Move the clock forward by ``seconds`` scenario seconds (0 allowed; never backwards)
