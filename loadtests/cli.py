@@ -23,7 +23,8 @@ import typer
 from rich.table import Table
 
 from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
-from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+from sim.cli import (Engine, EngineOpt, FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out,
+                     emit_json,
                      err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario, ScenarioError
@@ -572,6 +573,7 @@ def validate(
     out: OutOpt = None,
     processes: ProcessesOpt = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -596,7 +598,7 @@ def validate(
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = simulate(scenario, None, None, False)
+    simulated = simulate(scenario, None, None, False, engine=engine.value)
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
