@@ -32,6 +32,7 @@ class Source(IntEnum):
     AWAY = 8
     AUTH_LOSS = 9
     BACKOFF = 10
+    RACE = 11
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
