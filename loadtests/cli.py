@@ -574,9 +574,9 @@ def validate(
     out: OutOpt = None,
     processes: ProcessesOpt = None,
     measured_rtt: Annotated[Optional[bool], typer.Option(
-        "--measured-rtt/--injected-rtt", help="Simulate with the round trips the load test measured, or inject the "
-        "scenario's round trips into the load test's calls [default: measured against a third-party server, "
-        "injected against the reference server].", show_default=False)] = None,
+        "--measured-rtt/--injected-rtt", help="Simulate each variant with the round trips its load test measured "
+        "(real wall time, unscaled), or inject the scenario's round trips into the load test's calls (slept "
+        "scaled) [default: measured].", show_default=False)] = None,
     as_json: JsonOpt = False,
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
@@ -603,7 +603,7 @@ def validate(
     metrics = TARGET_METRICS if external else VALIDATE_METRICS
     # the network both worlds see: the scenario's round trips injected into the load test's calls,
     # or (a server whose own answers take real time) the round trips measured, told the simulation
-    measured_rtt = (external and not profile.ledger) if measured_rtt is None else measured_rtt
+    measured_rtt = True if measured_rtt is None else measured_rtt
     gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
@@ -626,7 +626,7 @@ def validate(
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
     sims = {n: simulated for n in tests} if simulated is not None else {
-        n: simulate(scenario.replace(network={"rtt": round_trips(t)}), None, None, False) for n, t in tests.items()}
+        n: simulate(scenario.replace(network=round_trips(t)), None, None, False) for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
@@ -678,14 +678,26 @@ RTT_QUANTILES = 50
 
 
 def round_trips(test: LoadTest) -> dict:
-    """The round trips a load test met, as a scenario distribution (seconds): the latency of its
-    API attempts (network and the server's own time), ``RTT_QUANTILES`` quantiles weighted equally."""
+    """The round trips a load test met, as ``[network]`` fields (scenario distributions of
+    ``RTT_QUANTILES`` quantiles weighted equally): ``rtt`` from its API attempts, ``auth_rtt``
+    from its refresh calls less the scenario's refresh service time (which the simulation adds).
+    Latencies are real wall time, counted unscaled like every real round trip."""
     events = test.result.events
-    wall_s = events.loc[events["event"] == "attempt", "latency_ms"].dropna().to_numpy(float) / 1000.0
-    if not len(wall_s):
+
+    def quantiles(event: str, less_s: float = 0.0) -> dict | None:
+        wall_s = events.loc[events["event"] == event, "latency_ms"].dropna().to_numpy(float) / 1000.0
+        if not len(wall_s):
+            return None
+        q = np.quantile(wall_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
+        return {"dist": "empirical", "values": [max(float(v) - less_s, 0.0) for v in q]}
+
+    rtt = quantiles("attempt")
+    if rtt is None:
         raise fail(f"{test.strategy}: no API attempt was timed; cannot tell the simulation its round trips", code=1)
-    quantiles = np.quantile(wall_s * test.time_scale, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
-    return {"dist": "empirical", "values": [float(q) for q in quantiles]}
+    auth = test.scenario.auth
+    server = test.scenario.variant(test.strategy).server
+    service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * server.mints_per_refresh()
+    return {"rtt": rtt, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

@@ -143,7 +143,7 @@ class UserStreams:
         def rng(source):
             return (seed, replication, 1, user, int(source))
 
-        self.auth_rtt = Draws(net.rtt, rng(Source.AUTH_LATENCY))
+        self.auth_rtt = Draws(net.auth_rtt or net.rtt, rng(Source.AUTH_LATENCY))
         self.auth_loss = Draws(None, rng(Source.AUTH_LOSS), floor=None)
         self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
