@@ -585,8 +585,10 @@ def validate(
 
     Against the reference server (the default) both worlds run the scenario's own server models.
     With ``--target-profile`` naming another server, the simulation runs the server model the
-    profile names (``server_model``, a preset) for every variant and the load test measures the
-    real server at time scale 1 (its clock is real)."""
+    profile names (``server_model``, a preset, with its ``server_settings``) for every variant and
+    the load test measures the real server at time scale 1 (its clock is real). Each variant is
+    simulated with the round trips its load test measured (``--measured-rtt``, the default), or
+    the load test injects the scenario's (``--injected-rtt``)."""
     scenario = read_scenario(scenario_path)
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
