@@ -378,7 +378,9 @@ def _derived(row: pd.Series) -> dict[str, tuple[float, float]]:
         return float(row.get(f"{col}_ci95", math.nan))
 
     requests = float(row["requests"]) or math.nan
-    out = {col: (float(row[col]), ci(col)) for col, *_ in VALIDATE_METRICS + TARGET_METRICS if col in row.index}
+    # every numeric column of the summary row can be a check; derived ratios follow
+    out = {col: (float(row[col]), ci(col)) for col in row.index
+           if not str(col).endswith("_ci95") and isinstance(row[col], (int, float, np.number)) and not isinstance(row[col], bool)}
     out["expiry_failures_per_request"] = (row["expiry_failures"] / requests, ci("expiry_failures") / requests)
     out["failed_requests_per_request"] = (row["failed_requests"] / requests, ci("failed_requests") / requests)
     out["duplicates_occur"] = (float(row["duplicate_tokens"] > 0), math.nan)

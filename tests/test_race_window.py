@@ -41,3 +41,26 @@ def test_the_window_a_load_test_met_comes_from_its_refresh_answers():
     assert probe.offsets_s[:6] == [0.0, 0.001, 0.002, 0.005, 0.01, 0.02]
     assert probe.counted == [1, 0, 0, 0, 1, 0, 0, 0] and probe.passed == [1, 0, 0, 0, 0, 0, 0, 0]
     assert window_from_records(events[events["token"] == 2]) is None
+
+
+def test_validate_checks_are_data_driven_with_their_own_tolerances(make_scenario):
+    import dataclasses
+
+    import sim
+    from loadtests.cli import AGREEMENT, VALIDATE_METRICS, compare
+
+    simulated = sim.run(make_scenario(run={"replications": 2}, workload={"think_time": "20s", "burst_size": 2}))
+    measured = dataclasses.replace(simulated, summary=simulated.summary.copy())
+    mean = measured.summary["replication"] == "mean"
+    same = compare(simulated, measured, "reactive")
+    assert same["agree"].dropna().astype(bool).all() and "added_latency_ms_p99" in set(same["metric"])
+    # a rate 15% off fails a 10% check and passes a 20% one; a 0 against 0.6 passes a floor of 1
+    measured.summary.loc[mean, "refresh_rate_per_s"] *= 1.15
+    simulated.summary["failed_requests"] = 0.0
+    measured.summary.loc[mean, "failed_requests"] = 0.6
+    checks = [("refresh_rate_per_s", "rate", "rate"), ("refresh_rate_per_s", "rate", "rate", 0.2),
+              ("failed_requests", "failed", "rate", AGREEMENT), ("failed_requests", "failed", "rate", AGREEMENT, 1.0)]
+    rows = compare(simulated, measured, "reactive", checks)
+    assert rows["agree"].tolist() == [False, True, False, True]
+    assert rows["tolerance"].tolist() == [AGREEMENT, 0.2, AGREEMENT, AGREEMENT]
+    assert all(len(check) in (3, 4, 5) for check in VALIDATE_METRICS)
