@@ -24,7 +24,8 @@ import typer
 from rich.table import Table
 
 from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, parse_profile, reference_profile
-from sim.cli import (FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out, emit_json,
+from sim.cli import (Engine, EngineOpt, FailOnOpt, GateOnOpt, JsonOpt, OutOpt, ScenarioArg, check_gates, default_out,
+                     emit_json,
                      err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario, ScenarioError
@@ -587,6 +588,7 @@ def validate(
     as_json: JsonOpt = False,
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
+    engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -618,7 +620,7 @@ def validate(
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = None if measured_rtt else simulate(scenario, None, None, False)
+    simulated = None if measured_rtt else simulate(scenario, None, None, False, engine=engine.value)
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
@@ -636,7 +638,8 @@ def validate(
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
     sims = {n: simulated for n in tests} if simulated is not None else {
-        n: simulate(scenario.replace(network=round_trips(t)), None, None, False) for n, t in tests.items()}
+        n: simulate(scenario.replace(network=round_trips(t)), None, None, False, engine=engine.value)
+        for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
@@ -704,9 +707,9 @@ def round_trips(test: LoadTest) -> dict:
     rtt = quantiles("attempt")
     if rtt is None:
         raise fail(f"{test.strategy}: no API attempt was timed; cannot tell the simulation its round trips", code=1)
-    auth = test.scenario.auth
-    server = test.scenario.variant(test.strategy).server
-    service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * server.mints_per_refresh()
+    from sim.strategies.service import ServiceTimes
+
+    service_s = ServiceTimes(test.scenario.auth, test.scenario.variant(test.strategy).server).refresh_mean_s
     return {"rtt": rtt, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
 
 

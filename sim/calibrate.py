@@ -7,13 +7,23 @@ server pays. And, when asked, a running reference server's ``/login`` and ``/tok
 from parallel clients: the mean service demand of a call is the busy time of the server over
 the calls it completed (its throughput at saturation, one event loop serving).
 
+A measured time goes into the profile as a distribution: the empirical distribution of
+:data:`QUANTILES` equally likely quantiles of the samples (at probabilities (i + ½)/n). Timings
+of a real signature are skewed, with a long right tail (allocation, the scheduler, caches); a
+queue's waits depend on that spread (Pollaczek–Khinchine: on the second moment, not just the
+mean), and a parametric fit would impose a shape the samples may not have. The quantiles keep
+the measured shape up to its far tail in a fixed, readable size whatever the number of samples;
+the mean, median and p99 of the raw samples are written beside it.
+
 Profile layout::
 
     [machine]                 # where and with what it was measured
     [algorithms.RS256]        # one table per algorithm
-    sign_time = "1.2ms"       # mean, the value a scenario uses
-    sign_time_p50 = "…"       # and the spread, for the reader
-    verify_time = "…"
+    sign_time = { dist = "empirical", values = ["…", …] }   # what a scenario uses
+    sign_time_mean = "1.2ms"  # and, for the reader, the measured mean, median and p99
+    sign_time_p50 = "…"
+    sign_time_p99 = "…"
+    verify_time = { dist = "empirical", values = ["…", …] }
     [endpoints]               # only with --server
     login_call = "…"          # mean service demand of one /login (signing included)
     refresh_call = "…"        # of one /token refresh
@@ -40,6 +50,8 @@ import numpy as np
 import tomli_w
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
+#: how many equally likely quantiles of the samples a profile keeps per measured time
+QUANTILES = 100
 
 
 def format_seconds(seconds: float) -> str:
@@ -94,10 +106,32 @@ def measure_algorithm(algorithm: str, samples: int = 2000) -> dict[str, np.ndarr
     }
 
 
-def _spread(name: str, values: np.ndarray) -> dict[str, str]:
-    return {name: format_seconds(float(values.mean())),
+def measured_distribution(values: np.ndarray, n: int = QUANTILES) -> dict:
+    """The samples ``values`` (seconds) as a scenario distribution: the empirical distribution
+    of their ``n`` quantiles at probabilities (i + ½)/n, each equally likely."""
+    probabilities = (np.arange(n) + 0.5) / n
+    return {"dist": "empirical", "values": [format_seconds(float(q)) for q in np.quantile(values, probabilities)]}
+
+
+def _spread(name: str, values: np.ndarray) -> dict:
+    return {name: measured_distribution(values),
+            f"{name}_mean": format_seconds(float(values.mean())),
             f"{name}_p50": format_seconds(float(np.percentile(values, 50))),
             f"{name}_p99": format_seconds(float(np.percentile(values, 99)))}
+
+
+def _mean(table: dict, name: str) -> str:
+    """The mean a profile gives for ``name``: its ``_mean`` entry, or (older profiles) the value."""
+    value = table.get(f"{name}_mean", table[name])
+    return value if isinstance(value, str) else format_seconds(_dist_mean(value))
+
+
+def _dist_mean(value) -> float:
+    from pydantic import TypeAdapter
+
+    from sim.distributions import DurationDist
+
+    return TypeAdapter(DurationDist).validate_python(value, context={"from_file": True}).mean
 
 
 @dataclass
@@ -132,7 +166,7 @@ class Profile:
         for col in ("algorithm", "sign", "verify"):
             table.add_column(col, justify="left" if col == "algorithm" else "right")
         for name, t in self.algorithms.items():
-            table.add_row(name, *(f"{t[k]} / {t[k + '_p50']} / {t[k + '_p99']}" for k in ("sign_time", "verify_time")))
+            table.add_row(name, *(f"{_mean(t, k)} / {t[k + '_p50']} / {t[k + '_p99']}" for k in ("sign_time", "verify_time")))
         if self.endpoints:
             e = self.endpoints
             table.add_row(f"server /login, /token ({e['algorithm']})", e["login_call"], e["refresh_call"])
@@ -152,7 +186,7 @@ def calibrate(algorithms: list[str] = list(ALGORITHMS), samples: int = 2000,
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of: {', '.join(ALGORITHMS)}")
         times = measure_algorithm(algorithm, samples)
         measured[algorithm] = {**_spread("sign_time", times["sign"]), **_spread("verify_time", times["verify"])}
-        tell(f"{algorithm}: sign {measured[algorithm]['sign_time']}, verify {measured[algorithm]['verify_time']}")
+        tell(f"{algorithm}: sign {measured[algorithm]['sign_time_mean']}, verify {measured[algorithm]['verify_time_mean']} (means)")
     machine = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": platform.platform(), "processor": platform.machine(), "cores": os.cpu_count() or 1,
@@ -238,11 +272,12 @@ def measure_server(base_url: str, concurrency: int = 8, duration_s: float = 5.0,
 
 # -- scenarios ----------------------------------------------------------------------------------
 
-def auth_times(profile_path: Path, algorithm: str) -> dict[str, str]:
+def auth_times(profile_path: Path, algorithm: str) -> dict:
     """The ``[auth]`` fields a profile gives a scenario signing with ``algorithm``:
-    ``sign_time`` and ``verify_time``, and with measured endpoints ``login_time`` and
-    ``refresh_time`` (the call's demand less the signing and verifying the scenario adds).
-    ``ValueError`` says what is missing."""
+    ``sign_time`` and ``verify_time`` (measured distributions, or a mean in older profiles), and
+    with measured endpoints ``login_time`` and ``refresh_time``: the call's mean demand less the
+    mean signing and verifying the scenario adds (a constant: under load only the throughput,
+    hence the mean, of a call is measured). ``ValueError`` says what is missing."""
     from sim.units import parse_duration
 
     try:
@@ -260,7 +295,7 @@ def auth_times(profile_path: Path, algorithm: str) -> dict[str, str]:
     endpoints = data.get("endpoints")
     if isinstance(endpoints, dict) and {"login_call", "refresh_call"} <= set(endpoints):
         server = data.get("algorithms", {}).get(endpoints.get("algorithm"), table)
-        sign, verify = parse_duration(server["sign_time"]), parse_duration(server["verify_time"])
+        sign, verify = parse_duration(_mean(server, "sign_time")), parse_duration(_mean(server, "verify_time"))
         mints = int(endpoints.get("refresh_mints", 2))
         out["login_time"] = format_seconds(max(parse_duration(endpoints["login_call"]) - 2 * sign, 0.0))
         out["refresh_time"] = format_seconds(max(parse_duration(endpoints["refresh_call"]) - verify - mints * sign, 0.0))

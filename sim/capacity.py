@@ -237,8 +237,9 @@ def capacity(
                     launch(following[k])
                 return
             probe = probe_scenario(scenario, searches[k].users, workers)
-            waiting[k, workers] = {}
-            for job in jobs_of(probe, [searches[k].variant], tag=(k, workers), engine=engine):
+            jobs = jobs_of(probe, [searches[k].variant], tag=(k, workers), engine=engine)
+            waiting[k, workers] = ({}, len(jobs))
+            for job in jobs:
                 runner.submit(job)
 
         for k in range(len(searches)):
@@ -247,9 +248,9 @@ def capacity(
         while runner.pending:
             job, output = runner.next_done()
             k, workers = job.tag
-            got = waiting[k, workers]
-            got[job.strategy, job.replication] = output
-            if len(got) < reps:
+            got, expected = waiting[k, workers]
+            got[job.key] = output
+            if len(got) < expected:
                 continue
             del waiting[k, workers]
             search = searches[k]

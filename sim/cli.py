@@ -70,13 +70,7 @@ def _main(
     """Simulate and load-test JWT renewal strategies: dual token, sliding expiration, silent refresh."""
 
 
-class Engine(str, Enum):
-    fast = "fast"
-    exact = "exact"
-
-
-EngineOpt = Annotated[Engine, typer.Option(
-    "--engine", help="fast: plain requests in one step; exact: every request simulated (identical results).")]
+from sim.cli_planning import Engine, EngineOpt  # noqa: E402  (shared by every simulating command)
 
 #: the headline metrics ``compare`` prints, with their column titles
 HEADLINE = [
@@ -89,6 +83,7 @@ HEADLINE = [
     ("expiry_failures", "expiry failures (401)"),
     ("failed_requests", "failed requests"),
     ("forced_logins", "forced logins"),
+    ("lapse_logins_per_user_day", "lapse-forced logins per user-day"),
     ("added_latency_ms_p99", "added latency p99, ms"),
     ("auth_utilization", "auth utilization"),
     ("exposure_s_mean", "exposure after leaving, s"),
@@ -297,7 +292,10 @@ def headline_table(result, title: str) -> Table:
     table.add_column("metric", style="bold")
     for name in agg.index:
         table.add_column(name, justify="right", overflow="fold")
+    remember = result.scenario is not None and result.scenario.population.remember_me
     for col, label in HEADLINE:
+        if col == "lapse_logins_per_user_day" and not remember:
+            continue  # every visit logs in anew: there is no lapse to count
         cells = []
         for _, row in agg.iterrows():
             value, ci = row[col], row.get(f"{col}_ci95")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +17,15 @@ ProcessesOpt = Annotated[Optional[int], typer.Option(
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", metavar="ADDRESS",
     help="Send the simulations to the Dask scheduler at ADDRESS (tcp://host:8786); needs refreshlab[cluster].")]
+
+
+class Engine(str, Enum):
+    fast = "fast"
+    exact = "exact"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="fast: plain requests in one step; exact: every request simulated (identical results).")]
 
 #: what ``sweep`` prints per setting and variant
 SWEEP_COLUMNS = [
@@ -47,6 +57,7 @@ def sweep(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the sweep report.html.")] = True,
     processes: ProcessesOpt = None,
     cluster: ClusterOpt = None,
+    engine: EngineOpt = Engine.fast,
     as_json: Annotated[bool, typer.Option("--json", help="Print the sweep table (and gates) as strict JSON "
                                           "instead of tables.")] = False,
     fail_on: Annotated[Optional[list[str]], typer.Option(
@@ -90,7 +101,7 @@ def sweep(
 
     try:
         results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
-                            on_point=on_point)
+                            on_point=on_point, engine=engine.value)
         finish(out, points, results, scenario_path.name, report)
     except SweepFolderError as exc:
         raise fail(str(exc)) from None
@@ -159,6 +170,7 @@ def capacity(
     max_workers: Annotated[int, typer.Option("--max-workers", min=1, help="Give up above this many workers.")] = 1024,
     processes: ProcessesOpt = None,
     cluster: ClusterOpt = None,
+    engine: EngineOpt = Engine.fast,
 ):
     """Find per variant the fewest auth workers meeting an objective at each population.
 
@@ -188,7 +200,7 @@ def capacity(
         try:
             result = find_capacity(scenario, objective, populations, strategies=strategies, seed=seed,
                                    replications=replications, max_workers=max_workers, processes=processes,
-                                   cluster=cluster, progress=say)
+                                   cluster=cluster, progress=say, engine=engine.value)
         except WorkerLost as exc:
             raise fail(f"{exc}; nothing was written", 1) from None
         result.save(out)

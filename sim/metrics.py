@@ -149,11 +149,16 @@ class Counts:
     added latency and auth-queue waits in :class:`LogSketch` es (and, with ``keep_values``, as
     exact values too). Memory grows with the run's length, not with its number of requests."""
 
-    def __init__(self, warmup_s: float, duration_s: float, keep_values: bool = False) -> None:
+    def __init__(self, warmup_s: float, duration_s: float, keep_values: bool = False,
+                 window_from_bins: bool = False) -> None:
         self.lo, self.hi = warmup_s, warmup_s + duration_s
         self.n_bins = max(int(math.ceil(self.hi)), 1)
         self.bins: dict[tuple[str, str], array] = {}
         self.window: Counter[tuple[str, str]] = Counter()
+        # with a window of whole seconds, what fell in it is the sum of its bins: counting it
+        # apart on every record (the simulator's busiest line) is then left to :meth:`settle`
+        self._from_bins = window_from_bins and self.lo == int(self.lo) and self.hi == int(self.hi)
+        self._settled = not self._from_bins
         self.latency = LogSketch()
         self.queue_wait = LogSketch()
         self.latency_values: array | None = array("d") if keep_values else None
@@ -173,13 +178,36 @@ class Counts:
 
     def count(self, event: str, outcome: str, t_s: float, n: int = 1) -> None:
         key = (event, outcome)
-        i = int(t_s)
         b = self.bins.get(key)
         if b is None:
             b = self._bin(key)
+        i = int(t_s)
+        if self._from_bins and t_s >= 0 and i < self.n_bins:
+            b[i] += n
+            return
         b[0 if i < 0 else (i if i < self.n_bins else self.n_bins - 1)] += n
-        if self.lo <= t_s < self.hi:
-            self.window[key] += n
+        if self._from_bins:
+            # a time outside the bins went to the first or last one: keep the window right
+            clamped = min(max(i, 0), self.n_bins - 1)
+            self.window[key] += n * ((self.lo <= t_s < self.hi) - (self.lo <= clamped < self.hi))
+        elif self.lo <= t_s < self.hi:
+            window = self.window
+            window[key] = window.get(key, 0) + n
+
+    def bins_of(self, event: str, outcome: str) -> array | None:
+        """The per-second bins of (event, outcome), for a caller that adds counts of times
+        ``0 <= t_s < hi`` straight into them; None when the window must be counted apart (then
+        use :meth:`count`)."""
+        return self._bin((event, outcome)) if self._from_bins and self.latency_values is None else None
+
+    def settle(self) -> None:
+        """Complete :attr:`window` (the counts inside the measurement window) before reading it."""
+        if self._settled:
+            return
+        lo, hi = int(self.lo), int(self.hi)
+        for key, b in self.bins.items():
+            self.window[key] += int(np.frombuffer(b, dtype=np.int64)[lo:hi].sum())
+        self._settled = True
 
     def requests_without_delay(self, t_s: float, n: int) -> None:
         """``n`` requests issued at ``t_s`` that succeeded with no added latency."""
@@ -191,9 +219,17 @@ class Counts:
 
     def request(self, t_s: float, added_ms: float | None) -> None:
         """A request issued at ``t_s``; ``added_ms`` None when it failed."""
-        self.count("request", "failed" if added_ms is None else "ok", t_s)
-        if added_ms is not None and self.lo <= t_s < self.hi:
-            self.latency.add(added_ms)
+        if added_ms is None:
+            self.count("request", "failed", t_s)
+            return
+        self.count("request", "ok", t_s)
+        if self.lo <= t_s < self.hi:
+            latency = self.latency
+            if added_ms <= latency.zero_ms:
+                latency.n += 1
+                latency.zeros += 1
+            else:
+                latency.add(added_ms)
             if self.latency_values is not None:
                 self.latency_values.append(added_ms)
 
@@ -214,6 +250,32 @@ class Counts:
             self.active_delta[i] += delta
         elif i < 0:
             self.active_delta[0] += delta
+
+    def merge(self, other: "Counts") -> None:
+        """Add the counts of ``other`` (the same window; another part of the population, e.g.
+        the users of another auth-tier instance): counts, bins and time integrals add up,
+        sketches merge, kept values join, the per-session maximum is the larger."""
+        if (other.lo, other.hi) != (self.lo, self.hi):
+            raise ValueError("the counts were taken for another window")
+        for key, b in other.bins.items():
+            np.frombuffer(self._bin(key), dtype=np.int64)[:] += np.frombuffer(b, dtype=np.int64)
+        self.window.update(other.window)
+        self.latency.merge(other.latency)
+        self.queue_wait.merge(other.queue_wait)
+        for mine, theirs in ((self.latency_values, other.latency_values),
+                             (self.queue_wait_values, other.queue_wait_values)):
+            if mine is not None and theirs is not None:
+                mine.extend(theirs)
+        self.exposure_sum_s += other.exposure_sum_s
+        self.exposure_n += other.exposure_n
+        np.frombuffer(self.active_delta, dtype=np.int64)[:] += np.frombuffer(other.active_delta, dtype=np.int64)
+        for name in ("auth_busy_s", "auth_queue_s"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, _fit(mine, self.n_bins) + _fit(theirs, self.n_bins) if mine is not None
+                        else _fit(theirs, self.n_bins))
+        values = [v for v in (self.valid_tokens_per_session_max, other.valid_tokens_per_session_max) if v == v]
+        self.valid_tokens_per_session_max = max(values) if values else float("nan")
 
     @classmethod
     def from_tally(cls, tally: "Tally", warmup_s: float, duration_s: float) -> "Counts":
@@ -336,6 +398,7 @@ def summarize(
     counts = tally if isinstance(tally, Counts) else Counts.from_tally(tally, warmup_s, duration_s)
     if (counts.lo, counts.hi) != (warmup_s, warmup_s + duration_s):
         raise ValueError("the counts were taken for another window")
+    counts.settle()
     lo, hi, n_bins = counts.lo, counts.hi, counts.n_bins
     zeros = np.zeros(n_bins, np.int64)
 

@@ -169,10 +169,18 @@ class AuthTier(Model):
     """The token service: a pool of workers with a queue."""
 
     workers: int = Field(default=4, ge=1)
-    login_time_s: Duration = Field(default="50ms", alias="login_time")
-    refresh_time_s: Duration = Field(default="5ms", alias="refresh_time")
-    sign_time_s: Duration = Field(default="1ms", alias="sign_time")
-    verify_time_s: Duration = Field(default="200us", alias="verify_time")
+    #: the tier is built as this many independent instances, each with ``workers`` workers and
+    #: its own queue, users spread over them at random (a seeded draw); a run then simulates
+    #: each instance as an independent job and merges their tables (exactly: nothing couples
+    #: users of different instances)
+    instances: int = Field(default=1, ge=1, le=1024)
+    #: service times: a duration (constant) or a distribution like any other duration; a call's
+    #: service is its own part plus one ``sign_time`` per token minted (and one ``verify_time``
+    #: for a refresh), each drawn anew (:class:`sim.strategies.service.ServiceTimes`)
+    login_time: DurationDist = Field(default="50ms")
+    refresh_time: DurationDist = Field(default="5ms")
+    sign_time: DurationDist = Field(default="1ms")
+    verify_time: DurationDist = Field(default="200us")
     #: a call that waited this long for a worker is answered 503
     queue_timeout_s: Duration = Field(default="10s", alias="queue_timeout", gt=0)
     #: calls that may wait for a worker at once; one more is shed at once (503 with Retry-After).
@@ -183,6 +191,26 @@ class AuthTier(Model):
     #: a profile written by ``refreshlab calibrate`` (relative to the scenario file): it gives
     #: the times above that the table does not set; loading replaces it by those times
     profile: str | None = None
+
+    @property
+    def login_time_s(self) -> float:
+        """Mean of ``login_time``, seconds."""
+        return self.login_time.mean
+
+    @property
+    def refresh_time_s(self) -> float:
+        """Mean of ``refresh_time``, seconds."""
+        return self.refresh_time.mean
+
+    @property
+    def sign_time_s(self) -> float:
+        """Mean of ``sign_time``, seconds."""
+        return self.sign_time.mean
+
+    @property
+    def verify_time_s(self) -> float:
+        """Mean of ``verify_time``, seconds."""
+        return self.verify_time.mean
 
 
 class ApiTier(Model):

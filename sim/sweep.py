@@ -106,7 +106,7 @@ def run_sweep(
     """Run every point not already in ``out`` (all their simulations in parallel) and write each
     point's run folder as soon as it is complete. ``on_point(point, result, reused, done,
     total)`` is called for every point, reused ones first. Returns the runs in point order."""
-    from sim.engine import assemble, jobs_of
+    from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
     from sim.engine.dispatch import runner_for
 
     done = prepare(out, points, source)
@@ -115,7 +115,9 @@ def run_sweep(
         report(points[i], done[i], True, k, len(points))
     todo = [i for i in range(len(points)) if i not in done]
     jobs = [job for i in todo for job in jobs_of(points[i].scenario, points[i].scenario.names, tag=i, engine=engine)]
-    missing = {i: len(points[i].scenario.names) * points[i].scenario.run.replications for i in todo}
+    missing = {i: 0 for i in todo}
+    for job in jobs:
+        missing[job.tag] += 1
     outputs: dict[int, dict] = {i: {} for i in todo}
     if jobs:
         with runner_for(jobs, processes=processes, cluster=cluster) as runner:
@@ -124,13 +126,14 @@ def run_sweep(
             while runner.pending:
                 job, output = runner.next_done()
                 i = job.tag
-                outputs[i][job.strategy, job.replication] = output
+                outputs[i][job.key] = output
                 missing[i] -= 1
                 if missing[i]:
                     continue
                 point = points[i]
                 result = assemble(point.scenario, point.scenario.names, outputs.pop(i))
                 result.meta["sweep_point"] = point.settings
+                result.meta["engine"] = engine or DEFAULT_ENGINE
                 result.save(out / point.folder)
                 done[i] = result
                 report(point, result, False, len(done), len(points))

@@ -177,7 +177,7 @@ def test_login_cost_comes_from_the_server_policy(make_scenario):
     sliding = make_scenario(strategies=[{"name": "s", "client": {"trigger": "sliding"},
                                          "server": {"kind": "sliding", "window": "1m"}}])
     for scenario, mints in ((dual, 2), (sliding, 1)):
-        scenario = scenario.replace(auth={"login_time_s": 0.05, "sign_time_s": 0.001})
+        scenario = scenario.replace(auth={"login_time": 0.05, "sign_time": 0.001})
         engine = Simulation(scenario, scenario.strategies[0], 0, 1, False)
         assert engine.login_service_s == pytest.approx(0.05 + mints * 0.001)
 

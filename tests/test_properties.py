@@ -67,7 +67,12 @@ def scenarios(draw):
         network={"rtt": {"dist": "lognormal", "mean": f"{draw(st.integers(1, 300))}ms", "sd": "20ms"},
                  "loss_probability": draw(st.sampled_from([0.0, 0.02])), "timeout": "5s"},
         clocks={"client_skew": {"dist": "uniform", "low": "-20s", "high": "20s"}},
-        auth={"refresh_time": f"{draw(st.integers(0, 50))}ms", "workers": draw(st.integers(1, 3))},
+        auth={"refresh_time": draw(st.sampled_from([
+                  f"{draw(st.integers(0, 50))}ms", {"dist": "exponential", "mean": f"{draw(st.integers(1, 50))}ms"},
+                  {"dist": "lognormal", "mean": "20ms", "sd": "30ms"}])),
+              "login_time": draw(st.sampled_from(["50ms", {"dist": "empirical", "values": ["10ms", "40ms", "2s"]}])),
+              "sign_time": draw(st.sampled_from(["1ms", {"dist": "normal", "mean": "1ms", "sd": "2ms"}])),
+              "workers": draw(st.integers(1, 3)), "instances": draw(st.sampled_from([1, 1, 2]))},
         tokens={"access_ttl": "3m"},
         strategies=variants,
     ))

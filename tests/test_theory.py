@@ -7,6 +7,8 @@ not from observed output.
 
 import math
 
+import numpy as np
+
 import pytest
 from scipy import stats
 
@@ -119,3 +121,105 @@ def test_replication_ci_covers_the_truth_at_about_the_nominal_rate(make_scenario
     # P(Binomial(12, .95) <= 8) ≈ 0.2%: a lower count means the intervals are too narrow
     assert covered >= 9, covered
     assert stats.binom.cdf(8, 12, 0.95) < 0.01
+
+
+# -- the auth tier as a queue: M/M/1 and M/D/1 -------------------------------------------------
+
+def single_worker_scenario(make_scenario, service, *, users=4000, rate_per_s=50.0):
+    """Logins only: users arrive as a Poisson stream of ``rate_per_s``, each logs in once (zero
+    round trip, so the logins reach the tier as that Poisson stream); one worker whose service is
+    ``service`` (signatures cost nothing); the window leaves out the first and last 10 s."""
+    arrivals_s = users / rate_per_s
+    return make_scenario(
+        run={"seed": 5, "warmup": "10s", "duration": f"{arrivals_s - 20:g}s", "replications": 1},
+        population={"users": users, "arrival": {"pattern": "poisson", "rate_per_s": rate_per_s}},
+        workload={"think_time": "1000h"},
+        network={"rtt": "0s"},
+        tokens={"access_ttl": "1000h", "refresh_ttl": "1000h"},
+        auth={"workers": 1, "login_time": service, "sign_time": "0s"},
+        strategies=[{"name": "login", "client": {"trigger": "reactive"}, "server": {"kind": "dual_token"}}],
+    )
+
+
+def queue_waits_ms(scenario, replications):
+    """Per replication, every login's wait for the worker (ms) inside the window, exactly."""
+    import numpy as np
+
+    from sim.engine import ENGINES
+    from sim.metrics import summarize
+
+    out = []
+    for r in range(replications):
+        rec = ENGINES["fast"](scenario, scenario.strategies[0], r, scenario.run.seed, True).run()
+        waits = np.frombuffer(rec.counts.queue_wait_values, dtype=float).copy()
+        # the summary's p99 is the same sample's quantile
+        row = summarize(rec.counts, strategy="login", replication=r, users=scenario.population.users,
+                        warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s, workers=1)[0]
+        assert row["auth_queue_wait_ms_p99"] == np.quantile(waits, 0.99, method="lower")
+        out.append(waits)
+    return out
+
+
+def md1_wait_cdf(t_s, rate_per_s, service_s):
+    """P(W <= t) in M/D/1 (Erlang's formula): (1-ρ) Σ_{k=0}^{⌊t/D⌋} (λ(kD-t))^k / k! e^{-λ(kD-t)}; an
+    alternating sum, numerically sound for t up to a few service times."""
+    rho = rate_per_s * service_s
+    return (1 - rho) * sum((rate_per_s * (k * service_s - t_s)) ** k / math.factorial(k)
+                           * math.exp(-rate_per_s * (k * service_s - t_s))
+                           for k in range(int(t_s // service_s) + 1))
+
+
+@pytest.mark.slow
+def test_queue_waits_of_one_worker_at_half_load_follow_mm1_and_md1(make_scenario):
+    # λ = 50/s, 10 ms mean service: ρ = 0.5. Exponential service (M/M/1): P(W > t) = ρ e^{-(μ-λ)t},
+    # p99 = ln(ρ/0.01)/(μ-λ) ≈ 78 ms. Constant service (M/D/1): Erlang's formula, p99 ≈ 33 ms.
+    # Means by Pollaczek–Khinchine, E[W] = λE[S²]/(2(1-ρ)): 10 ms and 5 ms. Per replication
+    # ~3,000 waits; successive waits are correlated, so the tolerance is taken from the spread
+    # of the replications (4 standard errors), with a floor of 5% (p99) and 8% (mean).
+    from scipy.optimize import brentq
+
+    rate, service, reps = 50.0, 0.010, 4
+    rho, mu = rate * service, 1 / service
+    theory = {
+        "exponential": {"p99": 1000 * math.log(rho / 0.01) / (mu - rate),
+                        "mean": 1000 * rate * 2 * service ** 2 / (2 * (1 - rho))},
+        "constant": {"p99": 1000 * brentq(lambda t: md1_wait_cdf(t, rate, service) - 0.99, 1e-6, 0.1),
+                     "mean": 1000 * rate * service ** 2 / (2 * (1 - rho))},
+    }
+    assert theory["exponential"]["p99"] == pytest.approx(78.2, abs=0.1)
+    assert theory["constant"]["p99"] == pytest.approx(33.4, abs=0.1)
+    measured = {}
+    for kind, dist in (("exponential", {"dist": "exponential", "mean": "10ms"}), ("constant", "10ms")):
+        per = queue_waits_ms(single_worker_scenario(make_scenario, dist, rate_per_s=rate), reps)
+        assert min(len(w) for w in per) > 2500
+        for stat, floor, of in (("p99", 0.05, lambda w: float(np.quantile(w, 0.99, method="lower"))),
+                                ("mean", 0.08, lambda w: float(w.mean()))):
+            values = np.array([of(w) for w in per])
+            mean, se = values.mean(), values.std(ddof=1) / math.sqrt(reps)
+            expected = theory[kind][stat]
+            assert abs(mean - expected) <= max(4 * se, floor * expected), (kind, stat, mean, expected, se)
+            measured[kind, stat] = mean
+        # the whole wait distribution, where it is estimated more sharply than its 99th
+        # percentile: P(W > 0) = ρ in any M/G/1, and the tail at 20 and 50 ms
+        tail = {"exponential": lambda t: rho * math.exp(-(mu - rate) * t),
+                "constant": lambda t: 1 - md1_wait_cdf(t, rate, service)}[kind]
+        for t_ms in (0.0, 20.0, 50.0):
+            shares = np.array([(w > t_ms).mean() for w in per])
+            mean, se = shares.mean(), shares.std(ddof=1) / math.sqrt(reps)
+            expected = tail(t_ms / 1000)
+            assert abs(mean - expected) <= max(4 * se, 0.01), (kind, t_ms, mean, expected, se)
+    # service-time variability more than doubles the tail a capacity answer must plan for
+    assert measured["exponential", "p99"] > 2 * measured["constant", "p99"]
+
+
+def test_auth_utilization_uses_the_mean_of_a_service_distribution(make_scenario):
+    # the utilization law holds for any service distribution: busy = rate × E[S] / workers
+    scenario = poisson_scenario(make_scenario, users=60, replications=1, refresh_time="0s")
+    scenario = scenario.replace(auth={"refresh_time": {"dist": "exponential", "mean": "20ms"},
+                                      "sign_time": {"dist": "uniform", "low": "0ms", "high": "2ms"},
+                                      "workers": 1})
+    row = sim.run(scenario, processes=1).replications.iloc[0]
+    service_s = 0.020 + scenario.auth.verify_time_s + 0.001
+    expected = row["refresh_calls"] * service_s / row["window_s"]
+    # ~900 calls of sd ≈ 20 ms each: the sum's relative sd is about 3.4%
+    assert row["auth_utilization"] == pytest.approx(expected, rel=0.15)

@@ -27,6 +27,7 @@ import urllib.parse
 from typing import Any
 
 import jwt
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -41,6 +42,7 @@ from sim.scenario import AuthTier as AuthTierSettings
 from sim.scenario import Scenario
 from sim.strategies.ledger import Token
 from sim.strategies.server import Grant, PendingRefresh, Rejection
+from sim.strategies.service import ServiceTimes
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 #: the largest request body read (bytes); a bigger one is answered 413
@@ -245,12 +247,16 @@ class TokenServer:
         # PyJWT's exp/nbf check: the scenario's leeway, plus the second lost to whole-second exp
         self._jwt_leeway_wall_s = self.clock.wall(self.leeway_s) + 1.0
         self._atomic = bool(getattr(self.policy, "atomic", True))
-        # the policy's own draws (a race window per rotated token): the server owns the stream
+        # the policy's own draws (a race window per later presentation): the server owns the stream
         self._rng = generator(scenario.run.seed, 0, 3, int(Source.RACE))
-        auth = scenario.auth
-        self._refresh_service_s = (
-            auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.policy.mints_per_refresh()
-        )
+        self.service = ServiceTimes(scenario.auth, self.policy)
+        # service-time draws of this server process (the rule and the distributions are the
+        # simulator's; the randomness is the server's own)
+        self._service_rng = np.random.default_rng()
+
+    def _draw_service(self, part: str) -> float:
+        """One draw of the ``[auth]`` service-time ``part`` (seconds, at least 0)."""
+        return max(float(self.service.dists[part].sample(self._service_rng, 1)[0]), 0.0)
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -347,13 +353,13 @@ class TokenServer:
             return _oauth_error(400, "invalid_request", "username and password are required")
         if password != p.TEST_PASSWORD:
             return _oauth_error(401, "invalid_grant", "bad credentials")
-        auth = self.scenario.auth
+        service, draw = self.service, self._draw_service
         try:
             async with self.tier.worker():
-                await self.tier.spend(auth.login_time_s)
+                await self.tier.spend(service.part_s("login_time", draw))
                 now = self.clock.now_s()
                 grant = await self.store.run(lambda txn: self.policy.login(txn.ledger, txn.user_id(username), now))
-                await self.tier.spend(auth.sign_time_s * (1 if grant.refresh is None else 2))
+                await self.tier.spend(service.signs_s(1 if grant.refresh is None else 2, draw))
         except Unavailable:
             return self._unavailable()
         return JSONResponse(self.grant_body(grant, username, now), headers=_NO_STORE)
@@ -404,7 +410,7 @@ class TokenServer:
                     return _oauth_error(400, "invalid_grant", p.INVALID)
                 if pending is None or pending == "expired":
                     return _oauth_error(400, "invalid_grant", "expired")
-                await self.tier.spend(self._refresh_service_s)
+                await self.tier.spend(self.service.refresh_s(self._draw_service))
                 now = self.clock.now_s()
                 outcome, subject = await self.store.run(finish, atomic=self._atomic)
         except Unavailable:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from sim.engine.model import FastSimulation, Simulation
+from sim.engine.streams import generator
 from sim.metrics import summarize, summary_table
 from sim.results import RunResult
 from sim.scenario import Scenario
@@ -32,17 +34,78 @@ def simulate_one(scenario: Scenario, name: str, replication: int, seed: int, eve
     return row, series, latency, rec.events()
 
 
+def instance_users(scenario: Scenario, seed: int, replication: int, instance: int) -> np.ndarray:
+    """The users (indices, ascending) that the auth tier's load balancer sends to ``instance``:
+    each user goes to one of the ``auth.instances`` instances, uniformly at random, by a draw
+    of its own stream of the run (the same for every variant: common random numbers)."""
+    k = scenario.auth.instances
+    where = generator(seed, replication, 0, 3).integers(0, k, scenario.population.users)
+    return np.flatnonzero(where == instance)
+
+
+def simulate_instance(scenario: Scenario, name: str, replication: int, seed: int, events: bool, instance: int,
+                      engine: str = DEFAULT_ENGINE):
+    """The users of one auth-tier instance (:func:`instance_users`), one variant, one
+    replication: (:class:`~sim.metrics.Counts`, events or None), merged by :func:`assemble`.
+
+    Exact, not an approximation: users of different instances share nothing (each instance has
+    its own workers and queue, sessions belong to one user, and every draw a user takes comes
+    from streams keyed by that user), so one instance's users do in this job exactly what they
+    do beside the others."""
+    variant = scenario.variant(name)
+    users = instance_users(scenario, seed, replication, instance)
+    rec = ENGINES[engine](scenario, variant, replication, seed, events, users=users).run()
+    return rec.counts, rec.events()
+
+
+def _merge_instances(scenario: Scenario, name: str, replication: int, parts: list):
+    """The output of :func:`simulate_one` for the whole population, from every instance's
+    :func:`simulate_instance` output (in instance order, so that the sums are always the same)."""
+    counts = parts[0][0]
+    for other, _ in parts[1:]:
+        counts.merge(other)
+    row, series, latency = summarize(
+        counts, strategy=name, replication=replication, users=scenario.population.users,
+        warmup_s=scenario.run.warmup_s, duration_s=scenario.run.duration_s,
+        workers=scenario.auth.workers * scenario.auth.instances,
+    )
+    tables = [events for _, events in parts]
+    events = None
+    if all(t is not None for t in tables):
+        # every instance's ledger numbers its sessions and tokens from the start: shift each
+        # instance's numbers past the ones before, so that they stay unique in the run
+        shifted, offset = [], 0
+        for table in tables:
+            table = table.copy()
+            ids = table[["session", "token", "basis"]]
+            for col in ("session", "token", "basis"):
+                table[col] = table[col] + offset
+            top = ids.max().max()
+            offset += 0 if pd.isna(top) else int(top) + 1
+            shifted.append(table)
+        events = pd.concat(shifted, ignore_index=True).sort_values("t_s", kind="stable").reset_index(drop=True)
+    return row, series, latency, events
+
+
 def jobs_of(scenario: Scenario, names: Iterable[str], tag=None, events: bool = False, engine: str | None = None) -> list:
     """The simulations of a run: every replication of every named variant, each a
-    :class:`~sim.engine.dispatch.Job` tagged ``tag``."""
+    :class:`~sim.engine.dispatch.Job` tagged ``tag``; one job per auth-tier instance when the
+    scenario's tier has several (``auth.instances``), whose outputs :func:`assemble` merges."""
     from sim.engine.dispatch import Job
 
-    return [Job(scenario, name, r, scenario.run.seed, events, tag, engine)
-            for r in range(scenario.run.replications) for name in names]
+    parts = [None] if scenario.auth.instances == 1 else list(range(scenario.auth.instances))
+    return [Job(scenario, name, r, scenario.run.seed, events, tag, engine, instance)
+            for r in range(scenario.run.replications) for name in names for instance in parts]
 
 
 def assemble(scenario: Scenario, names: list[str], outputs: dict) -> RunResult:
-    """A :class:`RunResult` from the outputs of :func:`jobs_of`'s jobs, keyed ``(name, replication)``."""
+    """A :class:`RunResult` from the outputs of :func:`jobs_of`'s jobs, keyed by each job's
+    :attr:`~sim.engine.dispatch.Job.key` (``(name, replication)``, or ``(name, replication,
+    instance)`` for the jobs of one auth-tier instance: merged here, in instance order)."""
+    k = scenario.auth.instances
+    if k > 1:
+        outputs = {(name, r): _merge_instances(scenario, name, r, [outputs[name, r, i] for i in range(k)])
+                   for r in range(scenario.run.replications) for name in names}
     ordered = [outputs[name, r] for r in range(scenario.run.replications) for name in names]
     per_replication = pd.DataFrame([r[0] for r in ordered])
     event_tables = [r[3] for r in ordered if r[3] is not None]
@@ -98,7 +161,7 @@ def run(
             runner.submit(job)
         while runner.pending:
             job, out = runner.next_done()
-            outputs[job.strategy, job.replication] = out
+            outputs[job.key] = out
             report(len(outputs), len(jobs))
     result = assemble(scenario, names, outputs)
     result.meta["engine"] = engine or DEFAULT_ENGINE

@@ -34,7 +34,8 @@ class WorkerLost(RuntimeError):
 class Job:
     """One simulation: variant ``strategy`` of ``scenario``, replication ``replication``, from
     ``seed``. ``tag`` is the caller's, carried back untouched (which sweep point, which probe);
-    ``engine`` names the engine (None: the default one)."""
+    ``engine`` names the engine (None: the default one); ``instance``: only the users of this
+    auth-tier instance (when the scenario's tier has several, :func:`sim.engine.jobs_of`)."""
 
     scenario: Scenario
     strategy: str
@@ -43,14 +44,27 @@ class Job:
     events: bool = False
     tag: Hashable = None
     engine: str | None = None
+    instance: int | None = None
     id: int = field(default=0, compare=False)
+
+    @property
+    def key(self) -> tuple:
+        """Where its output goes among a run's outputs (see :func:`sim.engine.assemble`):
+        ``(strategy, replication)``, with the instance last for one instance's job."""
+        if self.instance is None:
+            return self.strategy, self.replication
+        return self.strategy, self.replication, self.instance
 
 
 def execute(job: Job):
-    """Run one job (in whichever process it landed): the output of :func:`sim.engine.simulate_one`."""
-    from sim.engine import simulate_one
+    """Run one job (in whichever process it landed): the output of :func:`sim.engine.simulate_one`,
+    or of :func:`sim.engine.simulate_instance` for one instance's users."""
+    from sim.engine import simulate_instance, simulate_one
 
     options = {"engine": job.engine} if job.engine is not None else {}
+    if job.instance is not None:
+        return simulate_instance(job.scenario, job.strategy, job.replication, job.seed, job.events, job.instance,
+                                 **options)
     return simulate_one(job.scenario, job.strategy, job.replication, job.seed, job.events, **options)
 
 
@@ -261,7 +275,8 @@ SMALL_RUN_USER_SECONDS = 5_000_000
 
 def job_size(job: Job) -> float:
     """Simulated user-seconds: what a job costs, roughly."""
-    return job.scenario.population.users * job.scenario.run.end_s
+    share = job.scenario.auth.instances if job.instance is not None else 1
+    return job.scenario.population.users * job.scenario.run.end_s / share
 
 
 def runner_for(jobs: list[Job] | None = None, *, processes: int | None = None, cluster: Any = None) -> Runner:

@@ -32,15 +32,18 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Close, Join, Login, LoginCause, Open, Pause, Refresh,
-    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, jar_after_refresh, plain_page_views, renew_flow,
-    request_flow, user_flow,
+    RefreshOutcome, Renew, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_after_refresh, plain_page_views,
+    renew_flow, request_flow, sends_at_once, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
 from sim.strategies.server import Grant
+from sim.strategies.service import ServiceTimes
 
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
+_OK, _UNAUTHORIZED, _LOST = Response(200), Response(401), Response(0)
+_VERDICT = {o.value: o for o in AttemptOutcome}
 
 
 class Signal:
@@ -119,7 +122,7 @@ class Task:
     __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake")
 
     def __init__(self, gen, tab, user):
-        self.stack = [gen]
+        self.stack = [gen] if gen is not None else []
         self.tab = tab
         self.user = user
         self.done = False
@@ -151,7 +154,10 @@ _ACQUIRE = _Acquire()
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
-    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool):
+    def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
+                 users=None):
+        # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
+        self.users = users
         self.scenario = scenario
         self.variant = variant
         self.client = variant.client
@@ -167,6 +173,8 @@ class Simulation:
         self.ledger = Ledger(observer=self.rec)
         # the server's own draws (a race window per rotated token), one stream per replication
         self.server_rng = generator(seed, replication, 3, int(Source.RACE))
+        self._attempts_ok = self.rec.counts.bins_of("attempt", "ok")
+        self._requests_ok = self.rec.counts.bins_of("request", "ok")
         auth = scenario.auth
         self.workers_free = auth.workers
         self.auth_queue: list = []  # FIFO of [task, asked_s, waiting]
@@ -174,8 +182,9 @@ class Simulation:
         self.auth_waiting = 0  # calls in the queue that still wait
         self.queue_limit = auth.queue_limit
         self.remember_me = scenario.population.remember_me
-        self.login_service_s = auth.login_time_s + auth.sign_time_s * self.server.mints_per_login()
-        self.refresh_service_s = auth.refresh_time_s + auth.verify_time_s + auth.sign_time_s * self.server.mints_per_refresh()
+        self.service = ServiceTimes(auth, self.server)
+        self.login_service_s = self.service.login_mean_s
+        self.refresh_service_s = self.service.refresh_mean_s
         self.api_verify_s = scenario.api.verify_time_s
         self.timeout_s = scenario.network.timeout_s
         self.queue_timeout_s = auth.queue_timeout_s
@@ -198,7 +207,7 @@ class Simulation:
         arrivals = arrival_times(scenario, self.seed, self.replication)
         tabs, skews = user_traits(scenario, self.seed, self.replication)
         p_idle = scenario.population.idle_probability
-        for u in range(scenario.population.users):
+        for u in range(scenario.population.users) if self.users is None else map(int, self.users):
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
@@ -301,7 +310,16 @@ class Simulation:
         return None
 
     def _spawn(self, task, effect):
-        child = Task(_one(effect.effect), effect.tab if effect.tab is not None else task.tab, task.user)
+        inner = effect.effect
+        child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
+        # the sub-flow goes straight onto the child's stack: no extra generator layer
+        if type(inner) is Request:
+            self._start_request(child)
+            return child
+        if type(inner) is Call:
+            child.stack.append(inner.flow)
+        else:
+            child.stack.append(_one(inner))
         self.step(child, None)
         return child
 
@@ -325,50 +343,113 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
-        task.stack.append(self._request_flow(task))
-        return None
+        return self._start_request(task)
 
     def _views(self, task, effect):
         return False  # every page view event by event
 
-    def _request_flow(self, task):
+    def _start_request(self, task):
+        """Begin a request in ``task``'s tab. When the policy sends the token it holds at once
+        (:func:`~sim.strategies.flow.sends_at_once`), the engine sends it itself and runs
+        :func:`~sim.strategies.flow.request_flow` only if the answer is not a plain success, so
+        most requests cost their two network events and no generator; else the flow runs now."""
         tab = task.tab
-        issued = self.now
-        ok = yield from request_flow(self.client, tab.view, task.user.clock)
-        visit = tab.visit
+        sent = sends_at_once(self.client, tab.view(), self.now + tab.visit.user.skew_s)
+        if sent is None:
+            task.stack.append(self._request_flow(task, self.now, None))
+            if len(task.stack) == 1:  # a spawned request: its own task
+                self.step(task, None)
+            return None
+        task.rtt = self._transmit(task, sent, True)
+        return PENDING
+
+    def _request_flow(self, task, issued, sent):
+        tab = task.tab
+        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent)
+        self._requested(task, issued, ok)
+        return ok
+
+    def _requested(self, task, issued, ok, plain=False) -> None:
+        """Record a request issued at ``issued``; ``plain``: it was sent once and answered ok,
+        and its attempt is counted here too (unless every record is kept)."""
+        visit, tab = task.tab.visit, task.tab
+        if plain and not self.events:
+            added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
+            i = int(issued)
+            if self._attempts_ok is not None and added_ms < 4e-7 and 0 <= i:
+                # the common case, straight into the bins: no added latency (it rounds to 0)
+                self._attempts_ok[i] += 1
+                self._requests_ok[i] += 1
+                counts = self.rec.counts
+                if counts.lo <= issued < counts.hi:
+                    counts.latency.n += 1
+                    counts.latency.zeros += 1
+                return
+            self.rec.counts.count("attempt", "ok", issued)
         if ok:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
+            if added_ms < 4e-7 and not self.events:  # rounds to 0 (the common case: no delay)
+                self.rec.counts.requests_without_delay(issued, 1)
+                return
             self.rec.request(issued, max(round(added_ms, 6), 0.0), visit.user.index, tab.index, visit.session)
         else:
             self.rec.request(issued, None, visit.user.index, tab.index, visit.session)
 
     def _send(self, task, effect):
+        task.rtt = self._transmit(task, effect.held, False)
+        return PENDING
+
+    def _transmit(self, task, sent, started: bool) -> float:
+        """Send ``sent`` to the API: its arrival and its answer are events. ``started``: the
+        request was sent by :meth:`_start_request`, with no flow running for it yet."""
         draws = task.tab.draws
         rtt = draws.api_rtt()
         lost = bool(self.loss_p) and draws.loss() < self.loss_p
-        task.rtt = rtt
-        self.at(self.now + rtt / 2, self._arrive, (task, effect.held, self.now, rtt, lost))
-        return PENDING
+        now = self.now
+        heapq.heappush(self.heap, (now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
+        return rtt
 
     def _arrive(self, arg) -> None:
-        task, sent, sent_at, rtt, lost = arg
+        task, sent, sent_at, rtt, lost, started = arg
         now = self.now
         verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], now, self.leeway_s)
         if lost:
             done = now + max(self.timeout_s - rtt / 2, 0.0)
-            outcome, response = AttemptOutcome.LOST, Response(0)
+            outcome, response = AttemptOutcome.LOST, _LOST
         else:
             done = now + (rtt / 2 + self.api_verify_s)
-            outcome = AttemptOutcome(verdict.status)
-            response = Response(200 if outcome is AttemptOutcome.OK else 401,
-                                held(verdict.reissued) if verdict.reissued else None)
-        self.at(done, self._answered, (task, sent, sent_at, outcome, response))
+            outcome = _VERDICT[verdict.status]
+            if verdict.reissued:
+                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued))
+            else:
+                response = _OK if outcome is AttemptOutcome.OK else _UNAUTHORIZED
+        heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
-        task, sent, sent_at, outcome, response = arg
+        task, sent, sent_at, outcome, response, started = arg
         tab = task.tab
-        self.rec.record(sent_at, "attempt", outcome, tab.visit.user.index, tab.index, tab.visit.session, sent.id,
-                        latency_ms=(self.now - sent_at) * 1000.0)
+        visit = tab.visit
+        if self.events:
+            self.rec.record(sent_at, "attempt", outcome, visit.user.index, tab.index, visit.session, sent.id,
+                            latency_ms=(self.now - sent_at) * 1000.0)
+        elif not (started and outcome is AttemptOutcome.OK):  # else counted with its request
+            self.rec.counts.count("attempt", outcome, sent_at)
+        if not started:
+            self.step(task, response)
+            return
+        if response is _OK and answer_is_done(self.client, tab.view(), sent, response, self.now + visit.user.skew_s):
+            self._requested(task, sent_at, True, True)
+            if task.stack:
+                self.step(task, True)  # the tab's own request: its flow goes on
+            else:
+                self._finish(task)
+            return
+        # not a plain success: the request's flow takes over from its first answer
+        if outcome is AttemptOutcome.OK and not self.events:
+            self.rec.counts.count("attempt", outcome, sent_at)
+        flow = self._request_flow(task, sent_at, sent)
+        flow.send(None)  # up to the Send already carried out
+        task.stack.append(flow)
         self.step(task, response)
 
     def _backoff(self, task, effect):
@@ -421,7 +502,7 @@ class Simulation:
                    token=token.id, basis=basis)
         yield Sleep(rtt / 2)
         result = yield from self._auth_call(
-            self.refresh_service_s,
+            self.service.refresh_s(user.streams.service),
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
@@ -465,7 +546,7 @@ class Simulation:
             rtt = user.streams.auth_rtt()
             yield Sleep(rtt / 2)
             grant = yield from self._auth_call(
-                self.login_service_s, lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
+                self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
             yield Sleep(rtt / 2)
             if grant is not UNAVAILABLE:
@@ -542,7 +623,9 @@ class _Waiting:
 
 
 
-_OK = Response(200)
+def _below(t: float) -> float:
+    """An instant safely before ``t``: closer to it, rounding could decide either way."""
+    return t - (1e-6 + abs(t) * 1e-12) if math.isfinite(t) else t
 
 
 class FastSimulation(Simulation):
@@ -619,6 +702,12 @@ class FastSimulation(Simulation):
         counts = self.rec.counts
         send = Action.SEND
         done_ = Action.DONE
+        if loss_p:
+            sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
+        else:
+            # the policies' pure answers, with a margin for the rounding of the engine's sums
+            sure_sends = _below(client.sends_until_s(view) - skew)
+            sure_arrives = _below(server.plain_until_s(ledger, token, leeway))
 
         def plain(t, rtts):
             clock = t + skew
@@ -627,6 +716,9 @@ class FastSimulation(Simulation):
             if loss_p and min(loss.peek(len(rtts))) < loss_p:
                 return False
             return server.plain_at(ledger, token, t + max(rtts) / 2, leeway)
+
+        attempts_ok, requests_ok = counts.bins_of("attempt", "ok"), counts.bins_of("request", "ok")
+        latency, lo, hi = counts.latency, counts.lo, counts.hi
 
         def view_done(t, rtts):
             # the arithmetic of the event-by-event engine, request by request
@@ -646,12 +738,22 @@ class FastSimulation(Simulation):
             if loss_p:
                 loss.skip(len(rtts))
             if ok:
-                counts.count("attempt", "ok", t, ok)
-                if zero:
-                    counts.requests_without_delay(t, zero)
+                if attempts_ok is not None:  # straight into the bins (Counts.bins_of)
+                    i = int(t)
+                    attempts_ok[i] += ok
+                    if zero:
+                        requests_ok[i] += zero
+                        if lo <= t < hi:
+                            latency.n += zero
+                            latency.zeros += zero
+                else:
+                    counts.count("attempt", "ok", t, ok)
+                    if zero:
+                        counts.requests_without_delay(t, zero)
             return done_max
 
-        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done)
+        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done,
+                                         sure_sends, sure_arrives)
         if not views:
             return False
         task.wake = t_next

@@ -21,7 +21,7 @@ class Recorder(LedgerObserver):
     def __init__(self, strategy: str, replication: int, keep_events: bool, warmup_s: float, duration_s: float):
         self.strategy = strategy
         self.replication = replication
-        self.counts = Counts(warmup_s, duration_s, keep_values=keep_events)
+        self.counts = Counts(warmup_s, duration_s, keep_values=keep_events, window_from_bins=True)
         self.end_s = warmup_s + duration_s
         self.rows: list[tuple] | None = [] if keep_events else None
         self.busy = Level()

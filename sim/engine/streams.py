@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from array import array
 from enum import IntEnum
 
 import numpy as np
@@ -32,7 +33,18 @@ class Source(IntEnum):
     AWAY = 8
     AUTH_LOSS = 9
     BACKOFF = 10
-    RACE = 11
+    # the auth tier's service times of the user's calls, one stream per part
+    LOGIN_TIME = 11
+    REFRESH_TIME = 12
+    SIGN_TIME = 13
+    VERIFY_TIME = 14
+    # the server's own draws (a race window per later presentation of a refresh token)
+    RACE = 15
+
+
+#: the stream of each part of a service time (:mod:`sim.strategies.service`)
+SERVICE_SOURCES = {"login_time": Source.LOGIN_TIME, "refresh_time": Source.REFRESH_TIME,
+                   "sign_time": Source.SIGN_TIME, "verify_time": Source.VERIFY_TIME}
 
 
 def generator(seed: int, *key: int) -> np.random.Generator:
@@ -51,6 +63,17 @@ def stream_state(seed: int, *key: int) -> dict:
             "has_uint32": 0, "uinteger": 0}
 
 
+_EMPTY = array("d")
+
+
+def _uniform(gen: np.random.Generator, n: int) -> np.ndarray:
+    return gen.random(n)
+
+
+def _packed(state: dict) -> tuple:
+    # a PCG64 state as 4 numbers (the dict numpy hands out takes 5 times the memory)
+    return (state["state"]["state"], state["state"]["inc"], state["has_uint32"], state["uinteger"])
+
 # one bit generator per thread for every keyed stream: a stream lends it its state to draw a batch
 # and takes the new state back (per thread: Dask workers run simulations in threads)
 _LOCAL = threading.local()
@@ -67,39 +90,56 @@ class Draws:
     """Scalar draws from a distribution on one keyed stream, taken from numpy in batches (a
     scalar numpy call costs more than the simulation step that uses it). :meth:`peek` and
     :meth:`skip` see and take several at once; the values are the same whichever way they are
-    taken."""
+    taken, and whatever the batch size (numpy's generators carry their state from one batch to
+    the next). A batch waits as packed doubles (8 bytes a draw, not a Python float's 32): with
+    a million users, the draws not yet taken are most of the engine's memory."""
 
-    __slots__ = ("_sample", "_state", "_buf", "_i", "_batch", "_floor")
+    __slots__ = ("_sample", "_key", "_source", "_state", "_buf", "_i", "_batch", "_floor")
 
-    def __init__(self, dist, state: dict | tuple, *, floor: float | None = 0.0, batch: int = 64):
-        # ``state``: a stream state, or the (seed, *key) to make it from at the first draw
-        self._sample = dist.sample if dist is not None else (lambda r, n: r.random(n))
-        self._state = state
-        self._buf: list = []
+    def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+        # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
+        # ``key`` is shared by the streams of a user or tab
+        self._sample = dist.sample if dist is not None else _uniform
+        self._key = key
+        self._source = int(source)
+        self._state: tuple | None = None  # packed PCG64 state, from the first draw on
+        self._buf = _EMPTY
         self._i = 0
         self._batch = batch
         self._floor = floor
 
     def _refill(self) -> None:
-        if type(self._state) is tuple:
-            self._state = stream_state(*self._state)
+        state = self._state
+        if state is None:
+            state = _packed(stream_state(*self._key, self._source))
         gen = _shared_generator()
-        gen.bit_generator.state = self._state
+        bits = gen.bit_generator
+        bits.state = {"bit_generator": "PCG64", "state": {"state": state[0], "inc": state[1]},
+                      "has_uint32": state[2], "uinteger": state[3]}
         values = self._sample(gen, self._batch)
-        self._state = gen.bit_generator.state
+        self._state = _packed(bits.state)
         if self._floor is not None:
             values = np.maximum(values, self._floor)
-        self._buf = self._buf[self._i:] + values.tolist()
+        fresh = array("d")
+        fresh.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
         self._i = 0
 
     def __call__(self):
+        i = self._i
+        if i >= len(self._buf):
+            self._refill()
+            i = 0
+        self._i = i + 1
+        return self._buf[i]
+
+    def head(self) -> float:
+        """The next draw, without taking it."""
         if self._i >= len(self._buf):
             self._refill()
-        value = self._buf[self._i]
-        self._i += 1
-        return value
+        return self._buf[self._i]
 
-    def peek(self, n: int) -> list:
+    def peek(self, n: int):
         """The next ``n`` draws, without taking them."""
         while len(self._buf) - self._i < n:
             self._refill()
@@ -119,37 +159,51 @@ class TabStreams:
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
 
-        def rng(source):
-            return (seed, replication, 2, user, tab, int(source))
-
-        # a batch costs about as much to set up as 200 draws: the busiest streams take big ones
-        self.think = Draws(work.think_time, rng(Source.THINK), batch=256)
-        self.burst = Draws(work.burst_size, rng(Source.BURST), floor=1, batch=256)
-        self.idle_coin = Draws(None, rng(Source.IDLE), floor=None, batch=256)
-        self.idle_gap = Draws(pop.idle_gap, rng(Source.IDLE_GAP))
-        self.api_rtt = Draws(net.rtt, rng(Source.API_LATENCY), batch=1024)
-        self.loss = Draws(None, rng(Source.LOSS), floor=None, batch=1024)
+        key = (seed, replication, 2, user, tab)
+        # a batch costs about as much to set up as a hundred draws, and waits in memory until
+        # taken: the busiest streams take batches of about half an hour of a busy tab
+        self.think = Draws(work.think_time, key, Source.THINK, batch=64)
+        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=64)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=64)
+        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
+        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=128)
+        self.loss = Draws(None, key, Source.LOSS, floor=None, batch=128)
 
 
 class UserStreams:
     """The draws one user takes, each from its own stream: visit lengths, time away, round trips
-    and losses of its calls to the auth tier; ``tab(i)`` gives tab ``i``'s :class:`TabStreams`."""
+    and losses of its calls to the auth tier, the service times of those calls
+    (:meth:`service`); ``tab(i)`` gives tab ``i``'s :class:`TabStreams`. Every stream is keyed by
+    the user's index, so a user draws the same numbers whichever other users share its run (or
+    its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key", "_service")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
 
-        def rng(source):
-            return (seed, replication, 1, user, int(source))
-
-        self.auth_rtt = Draws(net.auth_rtt or net.rtt, rng(Source.AUTH_LATENCY))
-        self.auth_loss = Draws(None, rng(Source.AUTH_LOSS), floor=None)
-        self.backoff = Draws(None, rng(Source.BACKOFF), floor=None, batch=8)
-        self.visit_length = Draws(pop.session_length, rng(Source.VISIT), batch=8) if pop.session_length else None
-        self.away = Draws(pop.away, rng(Source.AWAY), batch=8) if pop.away else None
+        key = (seed, replication, 1, user)
+        self.auth_rtt = Draws(net.auth_rtt or net.rtt, key, Source.AUTH_LATENCY, batch=8)
+        self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
+        self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
+        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
+        self.away = Draws(pop.away, key, Source.AWAY, batch=8) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = (scenario, seed, replication, user)
+        self._service: dict | None = None
+
+    def service(self, part: str) -> float:
+        """One draw (seconds, at least 0) of the ``[auth]`` service-time ``part`` (``login_time``,
+        ``sign_time``, …) for a call of this user's, from the part's own stream."""
+        streams = self._service
+        if streams is None:
+            streams = self._service = {}
+        draws = streams.get(part)
+        if draws is None:
+            scenario, seed, replication, user = self._key
+            draws = streams[part] = Draws(getattr(scenario.auth, part),
+                                          (seed, replication, 1, user, int(SERVICE_SOURCES[part])), batch=8)
+        return draws()
 
     def tab(self, i: int) -> TabStreams:
         """Tab ``i``'s draws (the same object every time it is asked for)."""

@@ -39,7 +39,7 @@ PER_RUN = [
     ChartSpec("headline", "Headline measures",
               "Means over replications; whiskers and ± give the 95% confidence interval (none with one "
               "replication). Rates per 1k requests and per 1k user-hours divide by the window's mean requests and "
-              "users × window.",
+              "users × window; lapse-forced logins (shown when devices remember their tokens) per user and day.",
               headline.figure, headline.table),
     ChartSpec("auth_tier", "Auth tier",
               "Busy workers as a share of the auth tier's workers, and calls waiting for a worker, per second, "

@@ -11,15 +11,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sim.report import style
-from sim.report.measures import HEADLINE, Measure, measure_table, resolve
+from sim.report.measures import Measure, headline_of, measure_table, resolve
 from sim.results import RunResult
 
 
-def figure(result: RunResult, measures: list[Measure | str] = HEADLINE) -> Figure:
+def figure(result: RunResult, measures: list[Measure | str] | None = None) -> Figure:
     """Small multiples of horizontal bars (mean over replications, whiskers = 95% CI), one
-    panel per measure (objects or keys of ``MEASURES``; default the headline five); receives a
-    run, returns a Figure."""
-    measures = resolve(measures)
+    panel per measure (objects or keys of ``MEASURES``; default the run's headline measures,
+    :func:`~sim.report.measures.headline_of`); receives a run, returns a Figure."""
+    measures = resolve(headline_of(result) if measures is None else measures)
     values = measure_table(result, measures)
     names = list(values.index)
     variants = style.VariantStyle.of(result)
@@ -66,6 +66,6 @@ def bars(ax, y: np.ndarray, means: pd.Series, cis: pd.Series, colors: list[str])
     ax.grid(axis="y", visible=False)
 
 
-def table(result: RunResult, measures: list[Measure | str] = HEADLINE) -> pd.DataFrame:
+def table(result: RunResult, measures: list[Measure | str] | None = None) -> pd.DataFrame:
     """The numbers behind the chart: per variant, each measure's mean and CI half-width."""
-    return measure_table(result, measures)
+    return measure_table(result, headline_of(result) if measures is None else measures)

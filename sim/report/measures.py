@@ -62,6 +62,7 @@ EXPIRY_FAILURES = Measure("expiry_failures", "Expiry failures", "401s per 1k req
                           _thousand_requests)
 FORCED_LOGINS = Measure("forced_logins", "Forced logins", "per 1k user-hours", "forced_logins",
                         _thousand_user_hours)
+LAPSE_LOGINS = Measure("lapse_logins", "Lapse-forced logins", "per user-day", "lapse_logins_per_user_day")
 P99_LATENCY = Measure("p99_latency", "p99 added latency", "ms", "added_latency_ms_p99")
 EXPOSURE = Measure("exposure", "Exposure window", "s", "exposure_s_mean")
 AUTH_UTILIZATION = Measure("auth_utilization", "Auth utilisation", "% of worker time", "auth_utilization",
@@ -72,7 +73,17 @@ HEADLINE = [REFRESH_RATE, DUPLICATES, EXPIRY_FAILURES, FORCED_LOGINS, P99_LATENC
 #: every measure by key, for ``measures=["refresh_rate", "queue_wait_p99"]`` in chart calls
 #: across runs of a sweep, capacity matters too
 SWEEP = HEADLINE + [AUTH_UTILIZATION, QUEUE_WAIT_P99]
-MEASURES = {m.key: m for m in HEADLINE + [EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99]}
+MEASURES = {m.key: m for m in HEADLINE + [LAPSE_LOGINS, EXPOSURE, AUTH_UTILIZATION, QUEUE_WAIT_P99]}
+
+
+def headline_of(result: RunResult) -> list[Measure]:
+    """The headline measures of a run: :data:`HEADLINE`, and the logins forced by a lapsed
+    refresh token when the scenario's devices remember their tokens between visits (without
+    ``remember_me`` every visit logs in anew, so there is no lapse to count)."""
+    scenario = result.scenario
+    if scenario is not None and scenario.population.remember_me:
+        return HEADLINE + [LAPSE_LOGINS]
+    return HEADLINE
 
 
 def resolve(measures: list[Measure | str]) -> list[Measure]:

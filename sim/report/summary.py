@@ -181,8 +181,23 @@ def _provenance(result: RunResult) -> str:
     return text
 
 
+def lapses(result: RunResult) -> list[str]:
+    """When devices remember their tokens between visits: the logins a lapsed refresh token
+    forced, per user-day, fewest first (grouped where the 95% CIs overlap)."""
+    if result.scenario is None or not result.scenario.population.remember_me:
+        return []
+    values = estimates(result, "lapse_logins_per_user_day")
+    if not values:
+        return []
+    text = "; then ".join(
+        _listing(g, values, "") + (" (no detectable difference)" if len(g) > 1 and not _same(g, values) else "")
+        for g in groups(values))
+    return [f"Logins forced by a lapsed refresh token, per user-day (a returning user whose remembered "
+            f"refresh token outlived its absolute or idle lifetime): fewest first, {text}."]
+
+
 def _single(result: RunResult) -> str:
-    return " ".join([_provenance(result), *user_facing(result), *costs(result)])
+    return " ".join([_provenance(result), *user_facing(result), *lapses(result), *costs(result)])
 
 
 def _sweep(results: list[RunResult]) -> str:

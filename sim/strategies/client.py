@@ -106,6 +106,14 @@ class ClientPolicy(Model):
         """About to send a request. ``now`` is the client's clock. Returns SEND, REFRESH or WAIT."""
         return self.renew(tab) if tab.held is None else Action.SEND
 
+    def sends_until_s(self, tab: TabView) -> float:
+        """Until when, by the client's clock, :meth:`before_send` keeps answering SEND and
+        :meth:`on_response` keeps answering DONE to a plain 200 for what ``tab`` holds (as long as
+        it holds the same): a pure answer an engine uses to carry out page views in bulk. The
+        instant is exact in real arithmetic; an engine keeps a margin from it for rounding and
+        asks the hooks themselves near it. ``-inf`` (the default) means "ask every time"."""
+        return -math.inf
+
     def on_response(self, tab: TabView, sent: Held, response: Response, attempt: int, now: float) -> Action:
         """An attempt (1 = first send) with token ``sent`` got ``response``. Returns DONE or ADOPT
         on success; REFRESH, WAIT or RETRY to resend; LOGIN or FAIL to give up."""
@@ -152,6 +160,9 @@ class ReactiveClient(ClientPolicy):
 
     trigger: Literal["reactive"] = "reactive"
 
+    def sends_until_s(self, tab):
+        return math.inf if tab.held is not None else -math.inf
+
 
 class ProactiveClient(ClientPolicy):
     """Before each request, renews first when the token's remaining life is at most ``threshold``
@@ -164,6 +175,13 @@ class ProactiveClient(ClientPolicy):
         if tab.held is None or self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
         return Action.SEND
+
+    def sends_until_s(self, tab):
+        if tab.held is None:
+            return -math.inf
+        if self.whole_seconds:  # due once floor(exp) - floor(now) reaches the threshold
+            return math.floor(tab.held.expires_at_s) - self.threshold_s - 1.0
+        return tab.held.expires_at_s - self.threshold_s
 
 
 class TimerClient(ClientPolicy):
@@ -206,6 +224,9 @@ class TimerClient(ClientPolicy):
             return self.renew(tab)
         return Action.NOTHING
 
+    def sends_until_s(self, tab):
+        return math.inf if tab.held is not None else -math.inf
+
 
 class SlidingClient(ClientPolicy):
     """For sliding-expiration servers: adopts the token re-issued with a response; a 401 means the
@@ -215,6 +236,9 @@ class SlidingClient(ClientPolicy):
 
     def before_send(self, tab, now):
         return Action.SEND if tab.held is not None else Action.LOGIN
+
+    def sends_until_s(self, tab):
+        return math.inf if tab.held is not None else -math.inf
 
     def on_response(self, tab, sent, response, attempt, now):
         if response.status == 200:

@@ -200,6 +200,8 @@ class TabDraws(Protocol):
 
 
 RENEW = (Action.REFRESH, Action.WAIT)
+_REQUEST = Request()
+_SPAWN_REQUEST = Spawn(_REQUEST)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
@@ -266,8 +268,8 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Fl
         n = int(draws.burst())
         others = []
         for _ in range(n - 1):
-            others.append((yield Spawn(Request())))
-        yield Request()
+            others.append((yield _SPAWN_REQUEST))
+        yield _REQUEST
         if others:
             yield Await(tuple(others))
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
@@ -275,29 +277,33 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Fl
 
 
 def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
-                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float]
+                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float],
+                     sure_sends_before_s: float = -math.inf, sure_arrives_before_s: float = -math.inf,
                      ) -> tuple[int, float]:
     """:func:`tab_flow`'s page views in bulk, for a driver that knows nothing else happens to
     the tab before ``horizon_s``: from ``start_s``, each page view whose requests are all plain
     — ``plain(t, rtts)`` says so for a view starting at ``t`` whose requests would draw round
-    trips ``rtts`` — is carried out at once with the same draws from the same streams
-    (``draws`` supports ``peek``/``skip``): ``view_done(t, rtts)`` carries its requests out and
-    returns when the last one ends; then the pause. Views go on while the next one starts before
-    ``horizon_s`` and ``end_s``. Returns (views done, when the next page view starts); (0,
-    ``start_s``) when the first one is not plain.
+    trips ``rtts``; a view starting before ``sure_sends_before_s`` whose requests all arrive
+    before ``sure_arrives_before_s`` is plain without asking (the policies' pure
+    ``sends_until_s`` / ``plain_until_s``) — is carried out at once with the same draws from the
+    same streams (``draws`` supports ``head``/``peek``/``skip``): ``view_done(t, rtts)`` carries
+    its requests out and returns when the last one ends; then the pause. Views go on while the
+    next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
+    view starts); (0, ``start_s``) when the first one is not plain.
     """
-    burst, rtt_draws = draws.burst, draws.api_rtt
+    burst, rtt_draws, think = draws.burst, draws.api_rtt, draws.think
+    idle_coin, idle_gap = draws.idle_coin, draws.idle_gap
     t, views = start_s, 0
     while True:
-        n = int(burst.peek(1)[0])
+        n = int(burst.head())
         rtts = rtt_draws.peek(n)
-        if not plain(t, rtts):
+        if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
             return views, t
         burst.skip(1)
         rtt_draws.skip(n)
         done = view_done(t, rtts)
-        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
-        t_next = done + (pause + draws.think())
+        pause = idle_gap() if idle_probability and idle_coin() < idle_probability else 0.0
+        t_next = done + (pause + think())
         views += 1
         if not (t_next < horizon_s and t_next < end_s):
             return views, t_next
@@ -324,28 +330,35 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
 # -- a request and a renewal --------------------------------------------------------------------
 
 
-def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float]) -> Flow:
+def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float],
+                 sent: Held | None = None) -> Flow:
     """One request. ``tab()`` returns the tab's current view, ``clock()`` the client's clock.
-    Returns True when the request succeeded, False when it failed."""
-    view = tab()
-    action, basis = policy.before_send(view, clock()), basis_of(view)  # basis: what a renewal is about
+    Returns True when the request succeeded, False when it failed.
+
+    ``sent``: the driver has already sent this token, because :func:`sends_at_once` said so when
+    the request began; the flow then starts by yielding that :class:`Send` again (the driver
+    answers it with the response it got) and goes on from there."""
     attempt = 0
+    if sent is None:
+        view = tab()
+        action, basis = policy.before_send(view, clock()), basis_of(view)  # basis: what a renewal is about
     while True:
-        if action in RENEW:
-            if not (yield Renew(action, basis)):
-                return False
-        elif action is Action.LOGIN:
-            yield Login()
-            return False
-        elif action is Action.FAIL:
-            return False
-        elif action is Action.RETRY:  # every resend passes the policy's check again
-            view = tab()
-            action, basis = policy.before_send(view, clock()), basis_of(view)
-            continue
-        sent = tab().held
         if sent is None:
-            return False
+            if action in RENEW:
+                if not (yield Renew(action, basis)):
+                    return False
+            elif action is Action.LOGIN:
+                yield Login()
+                return False
+            elif action is Action.FAIL:
+                return False
+            elif action is Action.RETRY:  # every resend passes the policy's check again
+                view = tab()
+                action, basis = policy.before_send(view, clock()), basis_of(view)
+                continue
+            sent = tab().held
+            if sent is None:
+                return False
         attempt += 1
         response = yield Send(sent)
         action = policy.on_response(tab(), sent, response, attempt, clock())
@@ -354,6 +367,24 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
             yield Adopt(response.reissued)
         if action in (Action.DONE, Action.ADOPT):
             return True
+        sent = None
+
+
+def sends_at_once(policy: ClientPolicy, view: TabView, now: float) -> Held | None:
+    """The token a request that begins now sends at once (what :func:`request_flow` sends
+    first when the policy says SEND), or None when the request must first renew, wait or give up.
+    A driver that sends it itself hands it to :func:`request_flow` as ``sent`` if the answer
+    needs the flow."""
+    if view.held is None or policy.before_send(view, now) is not Action.SEND:
+        return None
+    return view.held
+
+
+def answer_is_done(policy: ClientPolicy, view: TabView, sent: Held, response: Any, now: float) -> bool:
+    """Whether the first answer ``response`` to ``sent`` ends the request with nothing more to
+    do (the policy says DONE): a driver may then count it a success without running
+    :func:`request_flow`."""
+    return policy.on_response(view, sent, response, 1, now) is Action.DONE
 
 
 def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[], TabView]) -> Flow:

@@ -12,6 +12,7 @@ without looking again, which is how concurrent refreshes of one token both succe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
@@ -111,6 +112,15 @@ class ServerPolicy(Model):
             return False
         return not now > token.expires_at_s + leeway_s
 
+    def plain_until_s(self, ledger: Ledger, token: Token, leeway_s: float = 0.0) -> float:
+        """Until when :meth:`plain_at` stays true for ``token`` while nothing else changes (no
+        revocation, no rotation): a pure answer an engine uses to carry out page views in bulk.
+        The instant is exact in real arithmetic; an engine keeps a margin from it for rounding
+        and asks :meth:`plain_at` near it. ``-inf`` means "ask every time"."""
+        if token.revoked or ledger.sessions[token.session].access_revoked:
+            return -math.inf
+        return token.expires_at_s + leeway_s
+
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float,
                       rng: np.random.Generator | None = None) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``. ``rng``:
@@ -200,6 +210,9 @@ class DualTokenServer(ServerPolicy):
     def plain_at(self, ledger, token, now, leeway_s=0.0):
         # another tab's reuse may revoke the session while the request travels
         return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
+
+    def plain_until_s(self, ledger, token, leeway_s=0.0):
+        return -math.inf if self.revoke_access_on_reuse else super().plain_until_s(ledger, token, leeway_s)
 
     def begin_refresh(self, ledger, token, basis, now, rng=None):
         ledger.counters["refresh_calls"] += 1
@@ -313,6 +326,9 @@ class SlidingServer(ServerPolicy):
 
     def plain_at(self, ledger, token, now, leeway_s=0.0):
         return super().plain_at(ledger, token, now, leeway_s) and token.expires_at_s - now >= self.window_s
+
+    def plain_until_s(self, ledger, token, leeway_s=0.0):
+        return min(super().plain_until_s(ledger, token, leeway_s), token.expires_at_s - self.window_s)
 
     def access_expiry(self, session, now):
         expiry = now + self.access_ttl_s
