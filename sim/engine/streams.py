@@ -201,8 +201,8 @@ class UserStreams:
         draws = streams.get(part)
         if draws is None:
             scenario, seed, replication, user = self._key
-            draws = streams[part] = Draws(getattr(scenario.auth, part),
-                                          (seed, replication, 1, user, int(SERVICE_SOURCES[part])), batch=8)
+            draws = streams[part] = Draws(getattr(scenario.auth, part), (seed, replication, 1, user),
+                                          SERVICE_SOURCES[part], batch=8)
         return draws()
 
     def tab(self, i: int) -> TabStreams:
