@@ -203,7 +203,7 @@ COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
     "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
-    "refused_sessions",
+    "refused_sessions", "retried_refreshes", "login_unavailable",
 )
 
 
@@ -281,6 +281,9 @@ class Tab:
     visit: Visit
     store: Store
     flight: Flight
+    #: wall (perf counter) intervals the tab's work spent waiting out a 503's Retry-After (scaled
+    #: by the time scale): a page view's length counts them in scenario time
+    scaled_waits: list = field(default_factory=list)
 
     def view(self) -> TabView:
         token = self.store.token
@@ -359,7 +362,7 @@ class UserDriver:
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
                          self.scenario.population.idle_probability, self.client_clock)
-        self._run(flow, None)
+        self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
         """Kill this user's tabs, timers and requests (the load test is stopping)."""
@@ -418,7 +421,11 @@ class UserDriver:
                 # the server's Retry-After (wall seconds) in scenario seconds, else the scenario's
                 retry_after_s = (tab.visit.retry_after_wall_s * self.clock.time_scale
                                  if tab.visit.retry_after_wall_s is not None else self.scenario.auth.retry_after_s)
-                self.clock.sleep(self.policy.retry_delay_s(retry_after_s, self.streams.backoff()))
+                wait_s = self.policy.retry_delay_s(retry_after_s, self.streams.backoff())
+                self.sink.record(self.clock.now_s(), self.index, tab.index, tab.visit.session, "backoff",
+                                 latency_ms=wait_s * 1000.0)
+                self.sink.count("retried_refreshes")
+                self._scaled_sleep(tab, wait_s)
             case Adopt():
                 tab.store.token = trace.reissued
             case Sleep(seconds=seconds):
@@ -427,7 +434,7 @@ class UserDriver:
                 if pace is not None:
                     pace.due, pace.began = self.clock.now_s(), time.perf_counter()
             case Pause(seconds=seconds):
-                pace.due = self._next(pace.due, pace.began, seconds)
+                pace.due = self._next(pace.due, pace.began, seconds, tab)
                 if not self._sleep_until(pace.due):
                     raise _Ended
                 pace.began = time.perf_counter()
@@ -585,7 +592,8 @@ class UserDriver:
                 self.clock.sleep(half)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
-                sink.count("login_failures")
+                # a 503 is the auth tier shedding load (the protocol working), anything else a failure
+                sink.count("login_unavailable" if reply.status == 503 else "login_failures")
                 if not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
                     return
             body = reply.body
@@ -658,17 +666,62 @@ class UserDriver:
         self.clock.sleep(min(t_s, self.end_s) - now)
         return t_s < self.end_s
 
-    @staticmethod
-    def _next(due: float, began_wall: float, seconds: float) -> float:
+    def _next(self, due: float, began_wall: float, seconds: float, tab: Tab | None = None) -> float:
         """The scenario instant ``seconds`` after work that was due at ``due`` and started at
-        wall time ``began_wall`` (perf counter), counting the work's wall duration unscaled.
+        wall time ``began_wall`` (perf counter), counting the work's wall duration unscaled,
+        except its waits for a 503's Retry-After (``tab.scaled_waits``), which count as the
+        scenario time they stood for (a few milliseconds of scheduling overshoot on seconds of
+        waiting; injected round trips, a few milliseconds long, stay unscaled: their overshoot
+        times the scale would slow the user down).
 
         HTTP round trips are real: scaling them up by the time scale (a 10 ms page view would
         be 0.6 s of scenario time at scale 60) would slow every user down; and counting from when
         the work was due, not from when a busy event loop got to it, keeps lateness from piling
-        up over a user's page views."""
-        return due + (time.perf_counter() - began_wall) + seconds
+        up over a user's page views. A scaled wait counted unscaled would speed the user up
+        instead: after waiting out an 8 s Retry-After (1 wall second at scale 8) it would think
+        7 s too early."""
+        now = time.perf_counter()
+        work = now - began_wall
+        if tab is not None and tab.scaled_waits:
+            scaled = _union_s(tab.scaled_waits, began_wall, now)
+            tab.scaled_waits.clear()
+            work += scaled * (self.clock.time_scale - 1.0)
+        return due + work + seconds
+
+    def _scaled_sleep(self, tab: Tab | None, seconds: float) -> None:
+        """Sleep ``seconds`` of scenario time for ``tab``'s work, remembering the wall interval."""
+        started = time.perf_counter()
+        self.clock.sleep(seconds)
+        if tab is not None:
+            tab.scaled_waits.append((started, time.perf_counter()))
+
+def _union_s(intervals: list, lo: float, hi: float) -> float:
+    """Seconds of [lo, hi] covered by the (start, end) ``intervals`` (overlaps counted once)."""
+    covered, reach = 0.0, lo
+    for start, end in sorted(intervals):
+        start, end = max(start, reach), min(end, hi)
+        if end > start:
+            covered += end - start
+            reach = end
+    return covered
+
 
 def _one(effect: Any):
     return (yield effect)
+
+
+def _arriving_from_t0(flow, started_s: float):
+    """A user's ``flow`` begun at scenario time ``started_s`` (when Locust spawned the user)
+    instead of 0: its first effect, the wait for the user's arrival, is shortened by that much, so
+    a user arrives at its scenario instant however late it was spawned (spawning a few dozen
+    users takes a wall second, many scenario seconds at a high time scale)."""
+    effect = next(flow)
+    if type(effect) is Sleep:
+        effect = Sleep(max(effect.seconds - started_s, 0.0))
+    while True:
+        result = yield effect
+        try:
+            effect = flow.send(result)
+        except StopIteration as stop:
+            return stop.value
 

@@ -78,6 +78,9 @@ def _options(parser):
 
 @events.init.add_listener
 def _init(environment, **kwargs):
+    # gevent's loop caches "now" and has not run during the seconds spent importing: a timer armed
+    # from that stale time (Locust's --run-time) would end the test seconds early
+    gevent.get_hub().loop.update_now()
     options = environment.parsed_options
     if options is None or not getattr(options, "scenario", ""):
         return

@@ -124,7 +124,7 @@ def build_tally(records: Records, events: pd.DataFrame, ledger: dict | None) -> 
     """A :class:`~sim.metrics.Tally` of the load test: counts and request latencies from
     ``events``; exposure and active users from the client's logins and logouts; most valid tokens
     per session from the access tokens the client received; auth-tier busy and queued time per
-    second from the ledger when there is one."""
+    second and every call's wait for a worker from the ledger when there is one."""
     tally = Tally.from_events(events)
     client = records.client
     logouts = client[client["event"] == "logout"]
@@ -145,6 +145,9 @@ def build_tally(records: Records, events: pd.DataFrame, ledger: dict | None) -> 
         shift = int(round(records.to_common(ledger["t0_unix_s"])))
         tally.auth_busy_s = _shift(auth.get("busy_worker_s", []), shift)
         tally.auth_queue_s = _shift(auth.get("queued_s", []), shift)
+        waits = np.asarray(auth.get("queue_waits") or [], float).reshape(-1, 2)
+        tally.queue_wait_t_s.extend(waits[:, 0] + records.to_common(ledger["t0_unix_s"]))
+        tally.queue_wait_ms.extend(waits[:, 1])
     return tally
 
 
@@ -172,9 +175,12 @@ def measured_result(
     tally = build_tally(records, events, ledger)
     run = scenario.run
     window = run.duration_s if measured_s is None else min(run.duration_s, max(measured_s - run.warmup_s, 1.0))
+    # the server says how many auth workers all its processes have together (the scenario's
+    # per process times its uvicorn workers)
+    workers = ((ledger or {}).get("auth") or {}).get("workers") or scenario.auth.workers
     row, series, latency = summarize(
         tally, strategy=strategy, replication=0, users=scenario.population.users,
-        warmup_s=run.warmup_s, duration_s=window, workers=scenario.auth.workers,
+        warmup_s=run.warmup_s, duration_s=window, workers=workers,
     )
     return RunResult(
         scenario=scenario,

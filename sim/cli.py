@@ -266,23 +266,33 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
              force=False, engine="fast"):
     """Run a scenario with a progress bar; a lost worker process fails the command (status 1). A
     scenario whose work estimate exceeds the free memory is refused (status 2) unless ``force``."""
-    from sim import estimate
     from sim.engine import run
     from sim.engine.dispatch import WorkerLost
 
-    try:
-        sized = scenario.replace(run={"replications": replications}) if replications else scenario
-        warning = estimate.check(sized, force=force, parallel=processes)
-    except estimate.TooMuchWork as exc:
-        raise fail(str(exc)) from None
-    if warning:
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    check_work(scenario.replace(run={"replications": replications}) if replications else scenario,
+               force=force, processes=processes)
     with progress_bar("simulating", enabled=not quiet) as update:
         try:
             return run(scenario, seed=seed, replications=replications, events=events, progress=update,
                        processes=processes, cluster=cluster, engine=engine)
         except WorkerLost as exc:
             raise fail(f"{exc}; no run folder was written", 1) from None
+
+
+def check_work(scenario: Scenario, *, force: bool, processes: int | None = None, what: str = "") -> None:
+    """The work estimate of every simulating command (``run``, ``compare``, each ``sweep`` point,
+    the largest ``capacity`` probe): exits with status 2 and the estimate when ``scenario`` needs
+    more memory than the machine has, or warns on stderr with ``force``. ``what`` names the part
+    of the command the scenario stands for (a sweep point, a population)."""
+    from sim import estimate
+
+    try:
+        warning = estimate.check(scenario, force=force, parallel=processes)
+    except estimate.TooMuchWork as exc:
+        raise fail(f"{what}: {exc}" if what else str(exc)) from None
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {what + ': ' if what else ''}{warning}", highlight=False,
+                          soft_wrap=True)
 
 
 def headline_table(result, title: str) -> Table:

@@ -67,6 +67,8 @@ def sweep(
         "--gate-on", help="Check gates on the 'mean' or on the 95% CI bound on the failing side ('ci').",
         show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat sanity warnings (suspicious values) as errors.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run even when a point's work estimate exceeds the free "
+                                        "memory.")] = False,
 ):
     """Simulate a scenario once per combination of the --set values and compare them.
 
@@ -74,7 +76,7 @@ def sweep(
     again resumes an interrupted sweep without recomputing a point. The table shows how refresh
     load, queue wait and failures move with users, workers, lifetimes; the table is also saved as
     sweep.csv."""
-    from sim.cli import (check_gates, default_out, emit_json, fail, gates_exit, gates_table, out_console,
+    from sim.cli import (check_gates, check_work, default_out, emit_json, fail, gates_exit, gates_table, out_console,
                          read_gates, read_scenario)
     from sim.engine.dispatch import WorkerLost
     from sim.scenario import parse_setting, sweep_settings
@@ -90,6 +92,8 @@ def sweep(
     for combo in combos:  # every point checked before any runs
         scenario = read_scenario(scenario_path, combo, strict=strict, quiet=len(points) > 0)
         points.append(Point(combo, scenario.replace(run=overrides) if overrides else scenario))
+    for point in points:  # every point's work estimated before any runs
+        check_work(point.scenario, force=force, processes=processes, what=f"sweep point {point.label}")
     gates = read_gates(points[0].scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "sweep")
 
@@ -170,6 +174,8 @@ def capacity(
     max_workers: Annotated[int, typer.Option("--max-workers", min=1, help="Give up above this many workers.")] = 1024,
     processes: ProcessesOpt = None,
     cluster: ClusterOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Run even when the work estimate of the largest population "
+                                        "exceeds the free memory.")] = False,
     engine: EngineOpt = Engine.fast,
 ):
     """Find per variant the fewest auth workers meeting an objective at each population.
@@ -179,8 +185,9 @@ def capacity(
     it as capacity.csv (every simulated probe in probes.csv) and draws the capacity chart."""
     from sim.capacity import capacity as find_capacity
     from sim.capacity import parse_slo, parse_users
-    from sim.cli import default_out, fail, interruptible, out_console, read_scenario
+    from sim.cli import check_work, default_out, fail, interruptible, out_console, read_scenario
     from sim.engine.dispatch import WorkerLost
+    from sim.scenario import ScenarioError
     from sim.units import format_number
 
     try:
@@ -195,6 +202,14 @@ def capacity(
     for name in strategies or []:
         if name not in scenario.names:
             raise fail(f"--strategy: no strategy {name!r}; the scenario has: {', '.join(scenario.names)}")
+    # the largest population is the costliest probe (worker counts change no memory to speak of)
+    largest = max(populations)
+    try:
+        probed = scenario.replace(population={"users": largest},
+                                  **({"run": {"replications": replications}} if replications else {}))
+    except ScenarioError as exc:
+        raise fail(f"--users: {exc.render()}") from None
+    check_work(probed, force=force, processes=processes, what=f"capacity at {format_number(largest)} users")
     out = out or default_out(scenario_path, "capacity")
     with interruptible(out):
         try:

@@ -21,6 +21,8 @@ in scenario time):
 - ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``forced`` when the
   session was lost in use, ``lapsed`` when its remembered refresh token had lapsed — both count
   as forced logins);
+- ``backoff``, ``""``: a refresh the auth tier answered 503 will be sent again, after the wait
+  (``latency_ms``) its ``Retry-After`` and the client's jitter make;
 - ``logout``, ``""``: a user leaves.
 """
 
@@ -38,7 +40,8 @@ SUMMARY_COLUMNS = [
     "strategy", "replication", "users", "window_s", "requests", "attempts", "refresh_calls",
     "access_mints", "refresh_mints", "sign_ops", "verify_ops", "refresh_rate_per_s",
     "refresh_rate_peak_per_s", "duplicate_tokens", "duplicate_per_1k_refresh", "reuse_detections",
-    "grace_reuses", "resent_pairs", "expired_refreshes", "expiry_failures", "failed_requests", "forced_logins",
+    "grace_reuses", "resent_pairs", "expired_refreshes", "unavailable_refreshes", "retried_refreshes",
+    "expiry_failures", "failed_requests", "forced_logins",
     "lapse_logins_per_user_day", "added_latency_ms_p50",
     "added_latency_ms_p95", "added_latency_ms_p99", "auth_utilization", "auth_queue_wait_ms_p99",
     "exposure_s_mean", "valid_tokens_per_session_max",
@@ -448,6 +451,8 @@ def summarize(
         "grace_reuses": n("grace_reuse", ""),
         "resent_pairs": n("resent_pair", ""),
         "expired_refreshes": n("refresh_end", "expired"),
+        "unavailable_refreshes": n("refresh_end", "unavailable"),
+        "retried_refreshes": n("backoff", ""),
         "expiry_failures": n("attempt", "expired"),
         "failed_requests": n("request", "failed"),
         "forced_logins": n("login", "forced", "lapsed"),

@@ -92,3 +92,43 @@ def test_records_expire_with_their_tokens_and_totals_do_not(redis_url):
         assert r.pttl(f"{namespace}:totals") == -1  # totals never expire
         assert client.get(p.LEDGER_PATH).json()["sizes"]["tokens"] == 2
         assert grant["refresh_token"]
+
+
+STORM = DATA / "server-storm.toml"  # 2 auth workers busy 100 ms per refresh, 4 calls may wait
+
+
+def test_auth_tier_statistics_are_the_whole_servers_whichever_worker_answers(redis_url):
+    """Two uvicorn workers, each with its own auth tier (2 workers, 4 places in its queue): a
+    burst of refreshes split over both is partly served, partly shed; ``/ledger`` asked through
+    either worker counts every call of both."""
+    port = free_port()
+    args = serve_args(STORM, "plain", port=port, store=redis_url, workers=2)
+    with run_uvicorn_process(args, port) as (base_url, _), httpx.Client(base_url=base_url, timeout=30) as client:
+        grant = login(client)
+        basis = jwt.decode(grant["access_token"], options={"verify_signature": False})["jti"]
+        answers, pids = race(base_url, grant["refresh_token"], basis, 30)
+        assert len(pids) == 2, f"both workers should serve connections, saw {pids}"
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) == {200, 503}, statuses
+        seen: dict[int, dict] = {}
+        for _ in range(50):  # new connections until both workers have answered /ledger
+            with httpx.Client(base_url=base_url, timeout=30) as own:
+                pid = own.get(p.HEALTH_PATH).json()["pid"]
+                seen[pid] = own.get(p.LEDGER_PATH, params={"records": 1}).json()["auth"]
+            if len(seen) == 2:
+                break
+    assert len(seen) == 2, f"only worker(s) {sorted(seen)} answered /ledger"
+    first, second = seen.values()
+    assert first == second
+    auth = first
+    assert auth["scope"] == "server" and auth["processes"] == 2
+    assert auth["workers"] == 4 and auth["workers_per_process"] == 2 and auth["queue_limit"] == 8
+    # the login and the 200s were served, every 503 of this burst was shed at once
+    assert auth["calls"] == 1 + statuses.count(200)
+    assert auth["unavailable"] == auth["shed"] == statuses.count(503)
+    assert len(auth["queue_waits"]) == auth["calls"]
+    # busy worker-seconds: every refresh served held its worker at least its 100 ms (time scale 1),
+    # plus its units of work in Redis; both processes' time is in the sum
+    assert sum(auth["busy_worker_s"]) >= 0.1 * statuses.count(200) * 0.99
+    print(f"2 workers: {statuses.count(200)} served, {statuses.count(503)} shed; /ledger auth from both "
+          f"pids {sorted(seen)}: calls {auth['calls']}, shed {auth['shed']}, busy {sum(auth['busy_worker_s']):.2f} s")

@@ -160,3 +160,45 @@ def test_locust_clients_honour_retry_after_with_jitter(tmp_path):
     waits = retries
     print(f"Locust: {shed} refreshes shed; retried after {min(waits):.1f}-{max(waits):.1f} scenario s "
           f"(Retry-After 20 s, jitter up to x1.5)")
+
+
+@pytest.mark.slow
+@pytest.mark.loadtest
+@pytest.mark.timeout(180)
+def test_prediction_and_measurement_agree_under_a_storm(cli, tmp_path):
+    """``refreshlab validate scenarios/storm.toml``: a refresh storm at about twice the auth tier's
+    capacity, simulated and measured against the reference server on 127.0.0.1. The shed
+    refreshes, their retries after Retry-After, the requests that failed when the retry was shed
+    too, the refresh calls and forced logins agree (the measurement differs from the replay of its
+    users no more than two independent simulated runs differ at 95%); answered auth calls
+    wait less than the queue bound in both worlds; the server's ledger counts what the clients saw."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import SCENARIOS
+
+    out = tmp_path / "storm"
+    code, stdout, err = cli("validate", SCENARIOS / "storm.toml", "--time-scale", "8", "--out", out, "--json")
+    assert code in (0, 1), err[-3000:]
+    report = json.loads(stdout)
+    checks = {c["metric"]: c for c in report["checks"]}
+    shed = ["refresh_calls", "unavailable_refreshes", "retried_refreshes", "failed_requests", "forced_logins",
+            "auth_queue_wait_ms_p99"]
+    lines = [f"{m}: simulated {checks[m]['simulated_mean']:.1f} ±{checks[m]['simulated_ci95'] or 0:.1f} "
+             f"(same users {checks[m]['simulated']:.0f}), measured {checks[m]['measured']:.0f}"
+             for m in shed]
+    print("storm validate:\n  " + "\n  ".join(lines))
+    assert all(checks[m]["agree"] for m in shed), "\n".join(lines)
+    assert report["agree"], [c for c in report["checks"] if c["agree"] is False]
+    # the storm happened in both worlds: refreshes shed, retried after Retry-After, and requests
+    # failed when the retry was shed too
+    for world in ("simulated", "measured"):
+        assert checks["unavailable_refreshes"][world] > 0 and checks["retried_refreshes"][world] > 0, world
+        assert checks["failed_requests"][world] > 0, world
+    # the ledger counts what the clients saw: every refresh answered 200 is one renewal mint
+    events = pd.read_parquet(out / "measured-shed_and_retry" / "events.parquet")
+    events = events[events["t_s"] >= 0]  # not the preflight's calls, made before the users start
+    answered = ((events["event"] == "refresh_end") & (events["outcome"] == "ok")).sum()
+    minted = ((events["event"] == "mint") & (events["outcome"] == "access_refresh")).sum()
+    assert answered == minted > 0

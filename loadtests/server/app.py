@@ -19,11 +19,13 @@ requires all of them before the ledger is asked; the ledger token must then matc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import time
 import urllib.parse
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 import jwt
@@ -92,25 +94,46 @@ class Unavailable(Exception):
 
 
 class AuthTier:
-    """The auth tier's finite workers: a semaphore of ``settings.workers``, a bounded queue
-    (``settings.queue_limit`` calls may wait; one more is shed at once) and a queue timeout.
+    """The auth tier's finite workers: ``settings.workers`` of them, a bounded first-come
+    first-served queue (``settings.queue_limit`` calls may wait; one more is shed at once; a freed
+    worker passes straight to the first in the queue, as in the simulator) and a queue timeout.
 
-    Receives the scenario's ``[auth]`` settings, the clock and whether to spend service time.
-    Keeps, per one-second bin of scenario time, the worker-seconds spent busy and the call-seconds
-    spent queued (scenario seconds, the ``auth_busy_s`` / ``auth_queue_s`` of :class:`sim.metrics.Tally`).
+    Receives the scenario's ``[auth]`` settings, the clock, whether to spend service time and the
+    store. Keeps, per one-second bin of scenario time, the worker-seconds spent busy and the
+    call-seconds spent queued (scenario seconds, the ``auth_busy_s`` / ``auth_queue_s`` of
+    :class:`sim.metrics.Tally`), each call's wait for a worker, and counts of calls served and
+    answered 503. Every uvicorn worker process has a tier of its own (``settings.workers``
+    workers, ``settings.queue_limit`` places); with a shared store (Redis) each process adds
+    what changed to the store after every call (:meth:`flush`), so that :meth:`stats` answers
+    for the whole server whichever process is asked.
     """
 
-    def __init__(self, settings: AuthTierSettings, clock: ScenarioClock, service_time: bool) -> None:
+    def __init__(self, settings: AuthTierSettings, clock: ScenarioClock, service_time: bool, store=None,
+                 keep_waits: bool = False) -> None:
         self.settings = settings
         self.clock = clock
         self.service_time = service_time
+        self.store = store if store is not None and getattr(store, "shared", False) else None
         self.busy = Level()
         self.queued = Level()
         self.calls = 0
         self.unavailable = 0
         self.shed = 0
-        self.waiting = 0
-        self._workers = asyncio.Semaphore(settings.workers)
+        #: calls waiting for a worker, first come first served; a freed worker is handed to the
+        #: first at once (so a call being handed a worker no longer counts against the bound)
+        self._queue: deque[asyncio.Future] = deque()
+        self._free = settings.workers
+        #: (scenario time asked, wait in scenario ms) of every call that was not shed at once; kept
+        #: only with ``keep_waits`` (a server that serves its records: they grow with the run)
+        self.waits: list[tuple[float, float]] = []
+        self.keep_waits = keep_waits
+        self._pending = _TierDelta()
+
+    def serving(self) -> None:
+        """This process starts serving (uvicorn's start-up): with a shared store, count its tier
+        among the server's."""
+        if self.store is not None:
+            self.store.join_auth_tier()
 
     def worker(self) -> "_WorkerSlot":
         """An async context manager holding one worker for its body; entering it raises
@@ -122,54 +145,142 @@ class AuthTier:
         seconds (RFC 9110 §10.2.3), at least 1."""
         return str(max(1, math.ceil(self.clock.wall(self.settings.retry_after_s))))
 
+    def _count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+        self._pending.counts[name] += 1
+
+    def _level(self, level: Level, which: dict, delta: int, now: float) -> None:
+        """``level.add(delta, now)``, keeping what it added to each bin for :meth:`flush`."""
+        first = int(level._t)
+        before = level.bins[first:]
+        level.add(delta, now)
+        for k, value in enumerate(level.bins[first:]):
+            added = value - (before[k] if k < len(before) else 0.0)
+            if added:
+                which[first + k] += added
+
+    def _waited(self, asked_s: float, served_s: float) -> None:
+        if not self.keep_waits:
+            return
+        wait = (round(asked_s, 6), round((served_s - asked_s) * 1000.0, 3))
+        self.waits.append(wait)
+        self._pending.waits.append(wait)
+
     async def _acquire(self) -> None:
-        if self._workers.locked():
+        asked = self.clock.now_s()
+        if self._free:
+            # a free worker is taken without waiting: no timer to arm on the common path
+            self._free -= 1
+        else:
             limit = self.settings.queue_limit
-            if limit is not None and self.waiting >= limit:
-                self.unavailable += 1
-                self.shed += 1
+            if limit is not None and len(self._queue) >= limit:
+                self._count("unavailable")
+                self._count("shed")
                 raise Unavailable
-            self.waiting += 1
-            self.queued.add(1, self.clock.now_s())
+            granted = asyncio.get_running_loop().create_future()
+            self._queue.append(granted)
+            self._level(self.queued, self._pending.queued, 1, asked)
             try:
                 async with asyncio.timeout(self.clock.wall(self.settings.queue_timeout_s)):
-                    await self._workers.acquire()
+                    await asyncio.shield(granted)
             except TimeoutError:
-                self.unavailable += 1
-                raise Unavailable from None
-            finally:
-                self.waiting -= 1
-                self.queued.add(-1, self.clock.now_s())
-        else:
-            # a free worker is taken without waiting: no timer to arm on the common path
-            await self._workers.acquire()
-        self.busy.add(1, self.clock.now_s())
-        self.calls += 1
+                if not granted.done():  # still in the queue: give up
+                    self._queue.remove(granted)
+                    self._level(self.queued, self._pending.queued, -1, self.clock.now_s())
+                    self._waited(asked, self.clock.now_s())
+                    self._count("unavailable")
+                    raise Unavailable from None
+                # handed a worker as the timeout fired: the call goes on
+            except BaseException:
+                if granted.done():
+                    self._release()  # cancelled after a worker was handed over: hand it on
+                else:
+                    self._queue.remove(granted)
+                    self._level(self.queued, self._pending.queued, -1, self.clock.now_s())
+                raise
+            self._waited(asked, granted.result())
+            return
+        self._waited(asked, asked)
+        self._level(self.busy, self._pending.busy, 1, asked)
+        self._count("calls")
 
     def _release(self) -> None:
-        self._workers.release()
-        self.busy.add(-1, self.clock.now_s())
+        """The worker is free: hand it to the first call in the queue at once (it leaves the queue
+        and starts its service now, as in the simulator), else put it back."""
+        now = self.clock.now_s()
+        if self._queue:
+            granted = self._queue.popleft()
+            self._level(self.queued, self._pending.queued, -1, now)
+            granted.set_result(now)  # busy stays as it is: the worker passes from one call to the next
+            self._count("calls")
+        else:
+            self._free += 1
+            self._level(self.busy, self._pending.busy, -1, now)
 
     async def spend(self, service_s: float) -> None:
         """Hold the worker for ``service_s`` scenario seconds of work (nothing when service time is off)."""
         if self.service_time and service_s > 0:
             await asyncio.sleep(self.clock.wall(service_s))
 
-    def stats(self) -> dict[str, Any]:
-        """Workers, queue bound, calls served, calls answered 503 (of which shed at once) and the
-        per-second busy / queued lists."""
+    async def flush(self) -> None:
+        """With a shared store: add what this process's tier did since the last flush to the
+        store's totals (increments, so processes never overwrite each other). Awaited before a
+        call's answer goes out, so that what a client has seen is in the shared statistics."""
+        if self.store is None or self._pending.empty():
+            return
+        delta, self._pending = self._pending, _TierDelta()
+        await self.store.add_auth_stats(delta.counts, delta.busy, delta.queued, delta.waits)
+
+    async def stats(self, waits: bool = False) -> dict[str, Any]:
+        """The tier's statistics for the whole server: ``scope`` (``"server"``), ``processes``
+        (uvicorn worker processes, each with its own tier), ``workers`` and ``queue_limit`` (all
+        processes together), ``workers_per_process``, calls served, calls answered 503 (of
+        which shed at once), the per-second busy / queued lists and, with ``waits``, every
+        call's [scenario time asked, wait in scenario ms] (``queue_waits``)."""
         now = self.clock.now_s()
-        self.busy.add(0, now)
-        self.queued.add(0, now)
-        return {
-            "workers": self.settings.workers,
-            "queue_limit": self.settings.queue_limit,
-            "calls": self.calls,
-            "unavailable": self.unavailable,
-            "shed": self.shed,
-            "busy_worker_s": self.busy.bins,
-            "queued_s": self.queued.bins,
+        self._level(self.busy, self._pending.busy, 0, now)
+        self._level(self.queued, self._pending.queued, 0, now)
+        if self.store is not None:
+            await self.flush()
+            shared = await self.store.auth_stats(waits)
+            processes = max(shared["processes"], 1)
+            counts, busy, queued, all_waits = shared["counts"], shared["busy"], shared["queued"], shared["waits"]
+        else:
+            processes = 1
+            counts = {"calls": self.calls, "unavailable": self.unavailable, "shed": self.shed}
+            busy, queued, all_waits = self.busy.bins, self.queued.bins, self.waits
+        limit = self.settings.queue_limit
+        body = {
+            "scope": "server",
+            "processes": processes,
+            "workers": self.settings.workers * processes,
+            "workers_per_process": self.settings.workers,
+            "queue_limit": None if limit is None else limit * processes,
+            "calls": counts.get("calls", 0),
+            "unavailable": counts.get("unavailable", 0),
+            "shed": counts.get("shed", 0),
+            "busy_worker_s": list(busy),
+            "queued_s": list(queued),
         }
+        if waits:
+            body["queue_waits"] = [list(w) for w in all_waits]
+        return body
+
+
+class _TierDelta:
+    """What an :class:`AuthTier` did since its last flush: counts, busy / queued seconds per
+    bin, and call waits."""
+
+    __slots__ = ("counts", "busy", "queued", "waits")
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.busy: dict[int, float] = defaultdict(float)
+        self.queued: dict[int, float] = defaultdict(float)
+        self.waits: list[tuple[float, float]] = []
+
+    def empty(self) -> bool:
+        return not (self.counts or self.busy or self.queued or self.waits)
 
 
 class _WorkerSlot:
@@ -242,7 +353,7 @@ class TokenServer:
         self.keys: SigningKeys = load_keys(algorithm, private_key_path, key_bytes=key_bytes)
         self.issuer = f"{p.ISSUER_PREFIX}{self.store.instance}"
         self.ledger_endpoint = ledger_endpoint
-        self.tier = AuthTier(scenario.auth, self.clock, service_time)
+        self.tier = AuthTier(scenario.auth, self.clock, service_time, self.store, keep_waits=ledger_endpoint)
         self.leeway_s = scenario.clocks.leeway_s
         # PyJWT's exp/nbf check: the scenario's leeway, plus the second lost to whole-second exp
         self._jwt_leeway_wall_s = self.clock.wall(self.leeway_s) + 1.0
@@ -362,6 +473,8 @@ class TokenServer:
                 await self.tier.spend(service.signs_s(1 if grant.refresh is None else 2, draw))
         except Unavailable:
             return self._unavailable()
+        finally:
+            await self.tier.flush()
         return JSONResponse(self.grant_body(grant, username, now), headers=_NO_STORE)
 
     async def token(self, request: Request) -> Response:
@@ -415,6 +528,8 @@ class TokenServer:
                 outcome, subject = await self.store.run(finish, atomic=self._atomic)
         except Unavailable:
             return self._unavailable()
+        finally:
+            await self.tier.flush()
         if isinstance(outcome, Rejection):
             return _oauth_error(400, outcome.error, outcome.reason)
         return JSONResponse(self.grant_body(outcome, subject, now, (pending.token, raw)), headers=_NO_STORE)
@@ -522,9 +637,10 @@ class TokenServer:
             "time_scale": self.clock.time_scale,
             "t0_unix_s": self.clock.t0_unix_s,
             "scenario_time_s": self.clock.now_s(),
-            "auth": self.tier.stats(),
         }
-        if request.query_params.get("records", "0") not in ("", "0", "false"):
+        records = request.query_params.get("records", "0") not in ("", "0", "false")
+        body["auth"] = await self.tier.stats(waits=records)
+        if records:
             body["records"] = [dict(zip(p.RECORD_COLUMNS, row)) for row in self.store.records()]
         return JSONResponse(body)
 
@@ -613,7 +729,12 @@ def create_app(scenario: Scenario, strategy_name: str, **options: Any) -> Starle
         Route(p.OPENAPI_PATH, server.openapi, methods=["GET"]),
         *(Route(path, server.api, methods=["GET"]) for path in p.API_PATHS),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        server.tier.serving()
+        yield
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = server
     return app
 

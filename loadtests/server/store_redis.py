@@ -140,7 +140,7 @@ class RedisLedger(Ledger):
         duplicates = {pair for pair, fresh in zip(self._new_bases, added) if not fresh}
         if duplicates:
             store.client.hincrby(store.key("totals"), "duplicate_tokens", len(duplicates))
-        if store.records:
+        if store.keep_records:
             rows = [mint_row(token, cause, (token.session, token.basis) in duplicates and token.kind == "access", t)
                     for token, cause, t in self.observer.mints] + self.observer.rows
             rows.sort(key=lambda row: row[0])
@@ -167,7 +167,7 @@ class RedisStore:
         self.namespace = namespace or f"refreshlab:{secrets.token_hex(8)}"
         self.instance = self.namespace.rpartition(":")[2] or self.namespace
         self.retain_s = retain_s or 0.0
-        self.records = records
+        self.keep_records = records
         self.wall = wall
 
     def key(self, name: str) -> str:
@@ -231,8 +231,57 @@ class RedisStore:
         sessions = sum(1 for _ in self.client.scan_iter(self.key("s:*"), count=1000))
         return {"tokens": tokens, "sessions": sessions, "records": int(self.client.llen(self.key("records")))}
 
+    def join_auth_tier(self) -> None:
+        """Count one more server process (each has an auth tier of its own) in the shared
+        auth-tier statistics."""
+        self.client.incr(self.key("auth:processes"))
+
+    async def add_auth_stats(self, counts: dict[str, int], busy: dict[int, float], queued: dict[int, float],
+                             waits: list[tuple[float, float]]) -> None:
+        """Add one process's auth-tier increments to the shared statistics (one round trip)."""
+        def add() -> None:
+            with self.client.pipeline(transaction=False) as pipe:
+                for name, n in counts.items():
+                    pipe.hincrby(self.key("auth:counts"), name, n)
+                for i, seconds in busy.items():
+                    pipe.hincrbyfloat(self.key("auth:busy"), i, seconds)
+                for i, seconds in queued.items():
+                    pipe.hincrbyfloat(self.key("auth:queued"), i, seconds)
+                if waits:
+                    pipe.rpush(self.key("auth:waits"), *(json.dumps(w) for w in waits))
+                pipe.execute()
+
+        await anyio.to_thread.run_sync(add)
+
+    async def auth_stats(self, waits: bool) -> dict[str, Any]:
+        """The auth-tier statistics every process added: ``processes``, ``counts``, per-second
+        ``busy`` and ``queued`` lists and (with ``waits``) the call waits."""
+        def read() -> dict[str, Any]:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.key("auth:processes"))
+                pipe.hgetall(self.key("auth:counts"))
+                pipe.hgetall(self.key("auth:busy"))
+                pipe.hgetall(self.key("auth:queued"))
+                if waits:
+                    pipe.lrange(self.key("auth:waits"), 0, -1)
+                got = pipe.execute()
+            return {"processes": int(got[0] or 0), "counts": {k.decode(): int(v) for k, v in got[1].items()},
+                    "busy": _bins(got[2]), "queued": _bins(got[3]),
+                    "waits": [tuple(json.loads(w)) for w in got[4]] if waits else []}
+
+        return await anyio.to_thread.run_sync(read)
+
     def close(self) -> None:
         self.client.close()
+
+
+def _bins(fields: dict[bytes, bytes]) -> list[float]:
+    """A hash of one-second bin -> seconds as a list indexed by bin."""
+    values = {int(k): float(v) for k, v in fields.items()}
+    out = [0.0] * (max(values) + 1 if values else 0)
+    for i, v in values.items():
+        out[i] = v
+    return out
 
 
 class _RedisTxn:

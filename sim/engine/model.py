@@ -454,7 +454,11 @@ class Simulation:
 
     def _backoff(self, task, effect):
         u = task.user.streams.backoff()
-        return self._sleep(task, Sleep(self.client.retry_delay_s(self.scenario.auth.retry_after_s, u)))
+        wait_s = self.client.retry_delay_s(self.scenario.auth.retry_after_s, u)
+        tab = task.tab
+        self.rec.record(self.now, "backoff", "", tab.visit.user.index, tab.index, tab.visit.session,
+                        latency_ms=wait_s * 1000.0)
+        return self._sleep(task, Sleep(wait_s))
 
     def _adopt(self, task, effect):
         task.tab.store.held = effect.held
