@@ -201,3 +201,32 @@ def test_a_target_that_dies_mid_run_gives_a_partial_folder_and_exit_1(tmp_path):
     assert "stopped answering" in stderr
     meta = json.loads((tmp_path / "out" / "run.json").read_text())
     assert meta["partial"] is True and meta["status"] in ("partial", "failed")
+
+
+@pytest.mark.loadtest
+@pytest.mark.slow
+def test_resent_pairs_inferred_on_the_client_equal_the_servers_own(tmp_path):
+    from loadtests.server.process import serve_in_subprocess
+
+    scenario = Path(__file__).parent / "data" / "loadtest-resent.toml"
+    # the reference server's protocol, without its ledger: the client derives mints and re-sent
+    # pairs from the token strings it receives, as against any third-party server
+    profile = tmp_path / "blind.toml"
+    profile.write_text('extends = "reference"\nname = "reference-without-ledger"\nledger = false\n')
+    with serve_in_subprocess(scenario, "same_pair", 60.0) as url:
+        done, _ = refreshlab("loadtest", scenario, "--strategy", "same_pair", "--time-scale", 60, "--target", url,
+                             "--target-profile", profile, "--out", tmp_path / "out")
+        with urllib.request.urlopen(url + "/ledger", timeout=5) as answer:
+            truth = json.load(answer)["totals"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    counters = run["client_counters"]
+    # the preflight's login and its one genuine refresh are in the server's records too (its
+    # forged refresh token is refused before the ledger sees it)
+    assert run["preflight_calls"]["login"] == 1 and run["preflight_calls"]["refresh"] == 2
+    assert counters["refresh_calls"] == truth["refresh_calls"] - 1
+    # the server's truth: refresh answers that handed out the pair a rotation had already issued
+    assert counters["resent_pairs"] == truth["resent_pairs"] > 0
+    # neither minted: the client's new-token counts equal the server's mints
+    assert counters["refresh_mints"] == truth["refresh_mints"] - 2
+    assert counters["access_mints"] == truth["access_mints"] - 2

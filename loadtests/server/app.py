@@ -41,6 +41,7 @@ from loadtests.server import protocol as p
 from loadtests.server.clock import ManualClock, ScenarioClock, check_time_scale
 from loadtests.server.keys import SigningKeys, generate_key, load_keys
 from loadtests.server.store import open_store
+from sim.engine.streams import Source, generator
 from sim.metrics import Level
 from sim.scenario import AuthTier as AuthTierSettings
 from sim.scenario import Scenario
@@ -346,6 +347,8 @@ class TokenServer:
         # PyJWT's exp/nbf check: the scenario's leeway, plus the second lost to whole-second exp
         self._jwt_leeway_wall_s = self.clock.wall(self.leeway_s) + 1.0
         self._atomic = bool(getattr(self.policy, "atomic", True))
+        # the policy's own draws (a race window per later presentation): the server owns the stream
+        self._rng = generator(scenario.run.seed, 0, 3, int(Source.RACE))
         self.service = ServiceTimes(scenario.auth, self.policy)
         # service-time draws of this server process (the rule and the distributions are the
         # simulator's; the randomness is the server's own)
@@ -484,7 +487,7 @@ class TokenServer:
             token = self.lookup(txn, claims, p.REFRESH_TYP)
             if token is None:
                 return None
-            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s())
+            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s(), self._rng)
             # past the JWT's own exp: refused whatever the ledger says (the call still counts)
             return "expired" if claims.get("expired") else pending
 
