@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.engine.recorder import Recorder
-from sim.engine.streams import TabStreams, UserStreams, arrival_times, user_traits
+from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
@@ -172,6 +172,8 @@ class Simulation:
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
+        # the server's own draws (a race window per rotated token), one stream per replication
+        self.server_rng = generator(seed, replication, 3, int(Source.RACE))
         self._attempts_ok = self.rec.counts.bins_of("attempt", "ok")
         self._requests_ok = self.rec.counts.bins_of("request", "ok")
         auth = scenario.auth
@@ -507,7 +509,7 @@ class Simulation:
         yield Sleep(rtt / 2)
         result = yield from self._auth_call(
             self.service.refresh_s(user.streams.service),
-            lambda now: self.server.begin_refresh(self.ledger, token, basis, now),
+            lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:

@@ -38,6 +38,8 @@ class Source(IntEnum):
     REFRESH_TIME = 12
     SIGN_TIME = 13
     VERIFY_TIME = 14
+    # the server's own draws (a race window per later presentation of a refresh token)
+    RACE = 15
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -181,7 +183,7 @@ class UserStreams:
         pop, net = scenario.population, scenario.network
 
         key = (seed, replication, 1, user)
-        self.auth_rtt = Draws(net.rtt, key, Source.AUTH_LATENCY, batch=8)
+        self.auth_rtt = Draws(net.auth_rtt or net.rtt, key, Source.AUTH_LATENCY, batch=8)
         self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
         self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
