@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.table import Table
@@ -28,7 +29,7 @@ from sim.cli import (Engine, EngineOpt, FailOnOpt, GateOnOpt, JsonOpt, OutOpt, S
                      err_console, fail, gates_exit, gates_table, out_console, read_gates, read_scenario)
 from sim.results import RunResult, atomic_dir
 from sim.scenario import Scenario, ScenarioError
-from sim.units import format_number, parse_duration
+from sim.units import format_duration, format_number, parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 #: wall seconds Locust runs past the scenario's end, so the last records are in before it stops
@@ -160,6 +161,10 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
         server_died = None
         with _target(scenario_file, strategy, time_scale, profile) as (url, died):
             reference = reference_server_info(url) if profile.ledger else None
+            if reference is not None and reference.get("clock", "real") != "real":
+                raise LoadTestError(
+                    f"{url} runs on a test clock (serve --test-clock): its time stands still, so a load "
+                    f"test against it would measure nothing real; serve it without --test-clock", code=2)
             if reference is not None and (reference["strategy"] != strategy
                                           or abs(reference["time_scale"] - time_scale) > 1e-9):
                 raise LoadTestError(
@@ -335,8 +340,16 @@ def write_measured(test: LoadTest, folder: Path) -> None:
 
 # -- validate ---------------------------------------------------------------------------------
 
-#: (metric, title, how it is compared): "rate" metrics must agree within AGREEMENT,
-#: "occurs" ones on whether they are above zero, "info" ones are shown only
+#: the relative difference under which a measured added-latency percentile agrees, and the
+#: absolute one (ms) under which it agrees whatever the ratio: a load test's own scheduling
+#: shows as a fraction of a millisecond where the simulation has exactly 0
+LATENCY_AGREEMENT = 0.20
+LATENCY_FLOOR_MS = 1.0
+
+#: (metric, title, how it is compared[, tolerance[, absolute floor]]): "rate" metrics must agree
+#: within their relative tolerance (AGREEMENT unless given) or their absolute floor, "count" ones
+#: too or inside the simulated 95% CI, "occurs" ones on whether they are above zero, "info" ones
+#: are shown only
 VALIDATE_METRICS = [
     ("refresh_rate_per_s", "refresh rate /s", "rate"),
     ("expiry_failures_per_request", "expiry failures / request", "rate"),
@@ -348,7 +361,7 @@ VALIDATE_METRICS = [
     ("spurious_logouts", "spurious logouts", "count"),
     ("stranded_tokens", "stranded refresh tokens", "count"),
     ("requests", "requests", "info"),
-    ("added_latency_ms_p99", "added latency p99 ms", "info"),
+    ("added_latency_ms_p99", "added latency p99 ms", "rate", LATENCY_AGREEMENT, LATENCY_FLOOR_MS),
 ]
 #: the checks against a real (third-party) server: every one must agree (``count`` metrics also
 #: agree when the measured value lies inside the simulated 95% CI over replications)
@@ -399,7 +412,8 @@ def validation_metrics(scenario: Scenario, external: bool) -> list:
     if scenario.auth.queue_limit is None:
         return base
     shed = {metric for metric, _, _ in SHED_METRICS}
-    return [row for row in base if row[0] not in shed] + SHED_METRICS
+    # a storm's latency is its queue, which the "bound" row checks
+    return [row for row in base if row[0] not in shed and row[0] != "added_latency_ms_p99"] + SHED_METRICS
 
 
 def queue_bound_ms(scenario: Scenario) -> float:
@@ -442,8 +456,9 @@ def _derived(row: pd.Series) -> dict[str, tuple[float, float]]:
         return float(row.get(f"{col}_ci95", math.nan))
 
     requests = float(row["requests"]) or math.nan
-    out = {col: (float(row[col]), ci(col))
-           for col, _, _ in VALIDATE_METRICS + TARGET_METRICS + SHED_METRICS if col in row.index}
+    # every numeric column of the summary row can be a check; derived ratios follow
+    out = {col: (float(row[col]), ci(col)) for col in row.index
+           if not str(col).endswith("_ci95") and isinstance(row[col], (int, float, np.number)) and not isinstance(row[col], bool)}
     out["expiry_failures_per_request"] = (row["expiry_failures"] / requests, ci("expiry_failures") / requests)
     out["failed_requests_per_request"] = (row["failed_requests"] / requests, ci("failed_requests") / requests)
     out["duplicates_occur"] = (float(row["duplicate_tokens"] > 0), math.nan)
@@ -464,7 +479,9 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
     same_users = _derived(per[(per["strategy"] == strategy) & (per["replication"] == 0)].iloc[0])
     meas_row = _derived(measured.aggregate.loc[strategy])
     rows = []
-    for metric, title, kind in metrics or VALIDATE_METRICS:
+    for metric, title, kind, *rest in metrics or VALIDATE_METRICS:
+        tolerance = rest[0] if rest else AGREEMENT
+        floor = rest[1] if len(rest) > 1 else 0.0
         (mean, ci), (s, _), (m, _) = sim_mean[metric], same_users[metric], meas_row[metric]
         if kind == "occurs":
             rel, agree = math.nan, bool((s > 0) == (m > 0))
@@ -485,11 +502,11 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
             agree = bool(s <= bound * (1 + 1e-9) and m == m and m <= bound + slack)
         else:
             rel = (m - s) / s if s else (0.0 if m == 0 else math.inf)
-            agree = bool(abs(rel) <= AGREEMENT) if kind in ("rate", "count") else None
+            agree = bool(abs(rel) <= tolerance or abs(m - s) <= floor) if kind in ("rate", "count") else None
             if kind == "count" and not agree and ci == ci:
                 # a count the replications themselves spread wider than 10%: inside their CI agrees
                 agree = bool(abs(m - mean) <= ci)
-        rows.append({"strategy": strategy, "metric": metric, "title": title, "kind": kind,
+        rows.append({"strategy": strategy, "metric": metric, "title": title, "kind": kind, "tolerance": tolerance,
                      "simulated_mean": mean, "simulated_ci95": ci, "simulated": s, "measured": m,
                      "relative_difference": rel, "agree": agree})
     return pd.DataFrame(rows)
@@ -498,7 +515,7 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
 def _cells(r: pd.Series) -> tuple[str, str, str, str, str]:
     """Text of one validation row: simulated mean ±CI, simulated (same users), measured,
     relative difference, agree."""
-    if r["kind"] == "count" and r["agree"] and abs(r["relative_difference"]) > AGREEMENT:
+    if r["kind"] == "count" and r["agree"] and abs(r["relative_difference"]) > r.get("tolerance", AGREEMENT):
         r = r.copy()
         r["agree"] = "in CI"
     if r["kind"] == "occurs":
@@ -662,15 +679,25 @@ def validate(
     target_profile: ProfileOpt = None,
     out: OutOpt = None,
     processes: ProcessesOpt = None,
+    measured_rtt: Annotated[Optional[bool], typer.Option(
+        "--measured-rtt/--scenario-rtt", help="Simulate each variant with the round trips its load test measured "
+        "(real wall time, unscaled: on loopback the scenario's, slept for real, plus the calls' own time), or "
+        "with the scenario's network as written [default: measured, unless the auth tier sheds].",
+        show_default=False)] = None,
     as_json: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    gate_on: GateOnOpt = None,
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
     Against the reference server (the default) both worlds run the scenario's own server models.
     With ``--target-profile`` naming another server, the simulation runs the server model the
-    profile names (``server_model``, a preset) for every variant and the load test measures the
-    real server at time scale 1 (its clock is real)."""
+    profile names (``server_model``, a preset, with its ``server_settings``) for every variant and
+    the load test measures the real server at time scale 1 (its clock is real). Each variant is
+    simulated with the round trips its load test measured (``--measured-rtt``, the default; on
+    loopback the load test sleeps the scenario's round trips for real), or with the scenario's
+    network as written (``--scenario-rtt``)."""
     scenario = read_scenario(scenario_path)
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
@@ -681,7 +708,7 @@ def validate(
         time_scale = 1.0
         if not profile.server_model:
             raise fail(f"target profile {profile.name!r}: validate needs server_model (a preset name) to simulate it")
-        scenario = with_server_model(scenario, profile.server_model, scenario_path)
+        scenario = with_server_model(scenario, profile.server_model, scenario_path, profile.server_settings)
     time_scale = VALIDATE_TIME_SCALE if time_scale is None else time_scale
     scenario = _scenario(scenario_path, names, None, None, time_scale, scenario)
     if profile.name == "reference":
@@ -689,10 +716,15 @@ def validate(
         if note:
             err_console.print(f"note: {note}", highlight=False)
     metrics = validation_metrics(scenario, external)
+    # the network both worlds see: on loopback the load test sleeps the scenario's round trips for
+    # real; the simulation is told the round trips measured (those plus the real ones' own time),
+    # unless the auth tier sheds: then a refresh's time is mostly the queue the simulation models
+    measured_rtt = (scenario.auth.queue_limit is None) if measured_rtt is None else measured_rtt
+    gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = simulate(scenario, None, None, False, engine=engine.value)
+    simulated = None if measured_rtt else simulate(scenario, None, None, False, engine=engine.value)
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
@@ -709,36 +741,102 @@ def validate(
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
-    rows = pd.concat([compare(simulated, t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
+    sims = {n: simulated for n in tests} if simulated is not None else {
+        n: simulate(scenario.replace(network=round_trips(t)), None, None, False, engine=engine.value)
+        for n, t in tests.items()}
+    rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
              f"vs measured ({profile.name if external else 'reference server'}, time scale {time_scale:g})")
+    if measured_rtt:
+        title += ", simulated with the measured round trips"
+    race = _race_window(tests, time_scale) if external and not profile.ledger else None
     with atomic_dir(out) as tmp:
-        (tmp / "simulated").mkdir()
-        simulated.write_into(tmp / "simulated")
+        if simulated is not None:
+            (tmp / "simulated").mkdir()
+            simulated.write_into(tmp / "simulated")
         for name, test in tests.items():
+            if simulated is None:
+                (tmp / f"simulated-{name}").mkdir()
+                sims[name].write_into(tmp / f"simulated-{name}")
             (tmp / f"measured-{name}").mkdir()
             write_measured(test, tmp / f"measured-{name}")
         write_validation(rows, tmp, title)
+        outcome = check_gates(gates, [
+            ("simulated", pd.concat([sims[n].aggregate.loc[[n]] for n in tests])),
+            ("measured", pd.concat([t.result.aggregate.loc[[n]] for n, t in tests.items()])),
+        ], tmp, as_json=True)
+        if race is not None:
+            (tmp / "race_window.toml").write_text(race + "\n", encoding="utf-8")
         if interrupted:
             (tmp / "PARTIAL").write_text("interrupted: not every variant was measured\n")
     checked = rows["agree"].dropna().astype(bool)
     if as_json:
         from sim.jsonout import records
 
-        emit_json({"out": str(out), "agree": bool(checked.all()), "partial": interrupted, "checks": records(rows)})
+        from sim.gates import to_json
+
+        emit_json({"out": str(out), "agree": bool(checked.all()), "partial": interrupted, "checks": records(rows),
+                   **({"gates": to_json(outcome)} if outcome is not None else {})})
     else:
         out_console.print(validation_table(rows, title))
+        if outcome is not None:
+            out_console.print(gates_table(outcome))
         out_console.print(f"{int(checked.sum())}/{len(checked)} checks agree; wrote {out}")
     if interrupted:
         raise typer.Exit(130)
     if not checked.all():
         raise typer.Exit(1)
+    gates_exit(outcome)
 
 
-def with_server_model(scenario: Scenario, preset: str, source: Path) -> Scenario:
+#: quantiles of the measured round trips the simulation is told
+RTT_QUANTILES = 50
+
+
+def round_trips(test: LoadTest) -> dict:
+    """The round trips a load test met, as ``[network]`` fields (scenario distributions of
+    ``RTT_QUANTILES`` quantiles weighted equally): ``rtt`` from its API attempts, ``auth_rtt``
+    from its refresh calls less the scenario's refresh service time (which the simulation adds).
+    Latencies are real wall time, counted unscaled like every real round trip."""
+    events = test.result.events
+
+    def quantiles(event: str, less_s: float = 0.0) -> dict | None:
+        wall_s = events.loc[events["event"] == event, "latency_ms"].dropna().to_numpy(float) / 1000.0
+        if not len(wall_s):
+            return None
+        q = np.quantile(wall_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
+        return {"dist": "empirical", "values": [max(float(v) - less_s, 0.0) for v in q]}
+
+    rtt = quantiles("attempt")
+    if rtt is None:
+        raise fail(f"{test.strategy}: no API attempt was timed; cannot tell the simulation its round trips", code=1)
+    from sim.strategies.service import ServiceTimes
+
+    service_s = ServiceTimes(test.scenario.auth, test.scenario.variant(test.strategy).server).refresh_mean_s
+    return {"rtt": rtt, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+
+
+def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:
+    """Print and return the race window the load tests met (the profile lines that set it), or
+    None when no refresh token was presented twice."""
+    from loadtests.targets.race import window_from_records
+
+    events = pd.concat([t.result.events for t in tests.values()], ignore_index=True)
+    events["token"] = events["token"].astype(str) + "@" + events["strategy"].astype(str)
+    probe = window_from_records(events, time_scale=time_scale)
+    if probe is None:
+        return None
+    shares = ", ".join(f"{format_duration(o)}: {p}/{c}" for o, p, c in zip(probe.offsets_s, probe.passed, probe.counted) if c)
+    err_console.print(f"race window met by the load tests (later presentations that passed, by offset): {shares}",
+                      highlight=False)
+    return probe.toml()
+
+
+def with_server_model(scenario: Scenario, preset: str, source: Path, settings: dict | None = None) -> Scenario:
     """``scenario`` with every variant's server replaced by the preset ``preset`` (its lifetimes
-    from the scenario's ``[tokens]`` unless the preset sets them)."""
+    from the scenario's ``[tokens]`` unless the preset sets them), with the profile's
+    ``server_settings`` laid over it."""
     from sim.scenario import parse_scenario
 
     raw = scenario.to_file_dict()
@@ -746,11 +844,59 @@ def with_server_model(scenario: Scenario, preset: str, source: Path) -> Scenario
     tokens = raw.get("tokens", {})
     for variant in raw["strategies"]:
         # the scenario's [tokens] describe the deployment measured: they win over the preset's
-        variant["server"] = {"preset": preset, **{k: tokens[k] for k in ("access_ttl", "refresh_ttl") if k in tokens}}
+        variant["server"] = {"preset": preset, **{k: tokens[k] for k in ("access_ttl", "refresh_ttl") if k in tokens},
+                             **(settings or {})}
     try:
         return parse_scenario(raw, f"{source} with server model {preset!r}")
     except ScenarioError as exc:
         raise fail(exc.render()) from None
+
+
+def probe_race(
+    target_profile: ProfileOpt = None,
+    target: TargetOpt = None,
+    trials: Annotated[int, typer.Option("--trials", help="Pairs of presentations per offset.", min=1)] = 20,
+    offsets: Annotated[Optional[str], typer.Option(
+        "--offsets", help="Comma-separated offsets between the two presentations [default: 0,1ms,2ms,5ms,10ms,20ms,50ms].",
+        show_default=False)] = None,
+    user: Annotated[int, typer.Option("--user", help="User number to log in as (one the load tests do not use).",
+                                      min=0)] = 0,
+):
+    """Measure a server's race window: present one refresh token twice, the second some
+    milliseconds after the first, and print how often both succeed and the ``race_window``
+    a target profile should set (``[server_settings]``)."""
+    from loadtests.targets.race import DEFAULT_OFFSETS_S, ProbeError
+    from loadtests.targets.race import probe_race as run_probe
+
+    try:
+        profile = load_profile(target_profile or "reference").with_target(target)
+    except ScenarioError as exc:
+        raise fail(exc.render()) from None
+    if not profile.base_url:
+        raise fail("probe-race needs the server's URL: pass --target URL")
+    try:
+        offsets_s = DEFAULT_OFFSETS_S if offsets is None else tuple(
+            0.0 if o.strip() == "0" else parse_duration(o.strip()) for o in offsets.split(","))
+    except ValueError as exc:
+        raise fail(f"--offsets: {exc}") from None
+    if list(offsets_s) != sorted(offsets_s):
+        raise fail("--offsets: expected increasing offsets")
+    try:
+        probe = run_probe(profile, profile.base_url, user=user, trials=trials, offsets_s=offsets_s)
+    except ProbeError as exc:
+        raise fail(str(exc), code=1) from None
+    table = Table(title=f"race window of {profile.name} at {profile.base_url}", title_justify="left")
+    for name in ("offset", "pairs", "second passed", "P(window > offset)"):
+        table.add_column(name, justify="right")
+    for offset, passed, counted, s in zip(probe.offsets_s, probe.passed, probe.counted, probe.survival()):
+        table.add_row(format_duration(offset), str(counted), str(passed), f"{s:.2f}")
+    out_console.print(table)
+    out_console.print(probe.toml(), markup=False, highlight=False, soft_wrap=True)
+
+
+def register_probe_race(app: typer.Typer) -> None:
+    """Add ``probe-race`` to the console script's Typer ``app`` (entry point)."""
+    app.command("probe-race")(probe_race)
 
 
 def register_loadtest(app: typer.Typer) -> None:
@@ -780,9 +926,10 @@ def _scenario(path: Path, names: list[str], users, duration, time_scale, scenari
 
 def _measure(scenario: Scenario, strategy: str, time_scale: float, target, processes,
              profile: TargetProfile | None = None, max_error_share: float = MAX_ERROR_SHARE, html=None,
-             quiet: bool = False) -> LoadTest:
+             quiet: bool = False, inject_rtt: bool | None = None) -> LoadTest:
     try:
         return run_loadtest(scenario, strategy, time_scale=time_scale, target=target, processes=processes,
-                            profile=profile, max_error_share=max_error_share, html=html, quiet=quiet)
+                            profile=profile, max_error_share=max_error_share, html=html, quiet=quiet,
+                            inject_rtt=inject_rtt)
     except LoadTestError as exc:
         raise fail(str(exc), code=exc.code) from None

@@ -686,11 +686,14 @@ class UserDriver:
     # -- time -------------------------------------------------------------------------------
 
     def _network_out(self, draw) -> float:
-        """With ``inject_rtt``: draw a round trip, sleep its first half (scenario seconds, slept
-        scaled) and return the half still to come back; 0 otherwise."""
+        """With ``inject_rtt``: draw a round trip, sleep its first half and return the half still
+        to come back (as scenario seconds to hand to ``clock.sleep``); 0 otherwise. The round trip
+        is slept in real time, unscaled, like every real round trip (see :meth:`_next`): the
+        injected network then stands beside the loopback's own as a real one would, long against
+        the scheduling jitter of the load test's users, and its milliseconds are the scenario's."""
         if not self.inject_rtt:
             return 0.0
-        half = draw() / 2
+        half = draw() / 2 * self.clock.time_scale
         self.clock.sleep(half)
         return half
 

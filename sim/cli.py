@@ -273,7 +273,7 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
     from sim.engine.dispatch import WorkerLost
 
     check_work(scenario.replace(run={"replications": replications}) if replications else scenario,
-               force=force, processes=processes)
+               force=force, processes=processes, events=bool(events))
     with progress_bar("simulating", enabled=not quiet) as update:
         try:
             return run(scenario, seed=seed, replications=replications, events=events, progress=update,
@@ -282,15 +282,17 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
             raise fail(f"{exc}; no run folder was written", 1) from None
 
 
-def check_work(scenario: Scenario, *, force: bool, processes: int | None = None, what: str = "") -> None:
+def check_work(scenario: Scenario, *, force: bool, processes: int | None = None, what: str = "",
+               events: bool = False) -> None:
     """The work estimate of every simulating command (``run``, ``compare``, each ``sweep`` point,
     the largest ``capacity`` probe): exits with status 2 and the estimate when ``scenario`` needs
     more memory than the machine has, or warns on stderr with ``force``. ``what`` names the part
-    of the command the scenario stands for (a sweep point, a population)."""
+    of the command the scenario stands for (a sweep point, a population); ``events``: every
+    record is kept (``--events``)."""
     from sim import estimate
 
     try:
-        warning = estimate.check(scenario, force=force, parallel=processes)
+        warning = estimate.check(scenario, force=force, parallel=processes, events=events)
     except estimate.TooMuchWork as exc:
         raise fail(f"{what}: {exc}" if what else str(exc)) from None
     if warning:

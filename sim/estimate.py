@@ -2,9 +2,10 @@
 and the memory they need — so that a scenario no machine can run is refused with the numbers,
 instead of failing after minutes with a MemoryError (or the OOM killer).
 
-The per-item costs are measured orders of magnitude of the SimPy engine (a few hundred bytes per
-held record, tens of kilobytes per simulated user); the estimate is meant to catch scenarios that
-are off by factors of ten or more, not to budget the last megabyte.
+The per-item costs are measured orders of magnitude of the engine (about ten kilobytes per
+simulated user; a few hundred bytes per record, held only when every record is asked for — the
+counts of a run are kept online); the estimate is meant to catch scenarios that are off by factors
+of ten or more, not to budget the last megabyte.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 from sim.scenario import Scenario
 
-#: bytes per simulated user (processes, draw streams, tabs, ledger entries)
-USER_BYTES = 20_000
+#: bytes per simulated user (flows, draw streams, tabs, ledger entries), measured on the baseline
+USER_BYTES = 12_000
 #: bytes per record held in memory (events kept for the tables of a run)
 RECORD_BYTES = 300
 #: records a request leaves (request, attempt, and a share of renewals)
@@ -38,9 +39,10 @@ class WorkEstimate:
                 f"replication, needing about {_bytes(self.peak_bytes)} of memory")
 
 
-def estimate(scenario: Scenario, *, parallel: int | None = None) -> WorkEstimate:
+def estimate(scenario: Scenario, *, parallel: int | None = None, events: bool = False) -> WorkEstimate:
     """The work of ``scenario``; ``parallel`` replications held in memory at once (default: the
-    number of CPUs, as ``sim.run`` spreads replications over processes)."""
+    number of CPUs, as ``sim.run`` spreads replications over processes); ``events``: every record
+    is held (``--events``), else only counts."""
     pop, run = scenario.population, scenario.run
     users = pop.users
     seconds = run.end_s
@@ -53,7 +55,8 @@ def estimate(scenario: Scenario, *, parallel: int | None = None) -> WorkEstimate
         interval = variant.client.timer_interval_s
         if interval:
             ticks = max(ticks, users * tabs * seconds / interval)
-    per_replication = BASE_BYTES + users * tabs * USER_BYTES + (requests + ticks / 10) * RECORDS_PER_REQUEST * RECORD_BYTES
+    records = (requests + ticks / 10) * RECORDS_PER_REQUEST if events else 0.0
+    per_replication = BASE_BYTES + users * tabs * USER_BYTES + records * RECORD_BYTES
     at_once = min(run.replications * len(scenario.strategies), parallel or os.cpu_count() or 1)
     return WorkEstimate(requests, ticks, per_replication * at_once)
 
@@ -78,11 +81,11 @@ class TooMuchWork(Exception):
 
 
 def check(scenario: Scenario, *, force: bool = False, available: float | None = None,
-          parallel: int | None = None) -> str | None:
+          parallel: int | None = None, events: bool = False) -> str | None:
     """Raise :class:`TooMuchWork` when ``scenario`` needs more memory than is available (a
-    warning text instead when ``force``); None when it fits or the memory is unknown. ``parallel``:
-    replications held at once (see :func:`estimate`)."""
-    work = estimate(scenario, parallel=parallel)
+    warning text instead when ``force``); None when it fits or the memory is unknown. ``parallel``
+    and ``events``: see :func:`estimate`."""
+    work = estimate(scenario, parallel=parallel, events=events)
     free = available if available is not None else available_bytes()
     if free is None or work.peak_bytes <= free:
         return None

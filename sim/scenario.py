@@ -150,6 +150,9 @@ class Network(Model):
     """Round trips between clients and servers."""
 
     rtt: DurationDist = Field(default="80ms")
+    #: round trips of calls to the auth tier (refresh, login) when they differ from the API's
+    #: (e.g. measured against a server whose token endpoint is slower); None: ``rtt``
+    auth_rtt: DurationDist | None = None
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes
     timeout_s: Duration = Field(default="10s", alias="timeout", gt=0)

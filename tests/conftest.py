@@ -119,6 +119,22 @@ def pytest_collection_modifyitems(config, items):
         own = [m for m in OPT_IN_MARKERS if item.get_closest_marker(m) is not None]
         if own and not any(m in chosen for m in own):
             item.add_marker(pytest.mark.skip(reason=f"opt-in: run with -m {own[-1]}"))
+    _schedule(items)
+
+
+def _schedule(items) -> None:
+    """How ``-n 2 --dist loadgroup`` spreads the tests over the workers: one test at a time,
+    except that tests sharing a module- or class-scoped fixture (a running server, a set of runs)
+    form one unit on one worker, so the fixture is built once. xdist hands out the biggest units
+    first; among single tests, those that start servers or Locust go first, so that the short
+    in-process tests fill the end and both workers finish together."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = [name for name, defs in (info.name2fixturedefs.items() if info else ())
+                  if defs and defs[-1].scope in ("module", "class", "package")]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("loadtest") is None)
 
 
 def poll_until(condition, timeout_s: float = 60.0, what: str = "condition"):
@@ -133,3 +149,14 @@ def poll_until(condition, timeout_s: float = 60.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"{what} not reached within {timeout_s}s")
+
+
+def advance_clock(client, seconds: float) -> float:
+    """Move the test clock of the server behind ``client`` (an ``httpx.Client`` with its base URL,
+    started with ``test_clock=True``) forward by ``seconds`` scenario seconds; returns the new
+    scenario time."""
+    from loadtests.server import protocol as p
+
+    answer = client.post(p.CLOCK_PATH, json={p.ADVANCE_FIELD: seconds})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["scenario_time_s"]

@@ -3,14 +3,16 @@ algorithm and both ledger stores: what an attacker tries against a JWT issuer (R
 among them) must be refused, never answered 500.
 
 The servers are started with a private-key file the test also holds, so that the test can sign
-tokens the way the server would and change exactly one thing (a claim, a header) per attack.
+tokens the way the server would and change exactly one thing (a claim, a header) per attack. They
+run on a test clock (``serve --test-clock``): no token expires while the battery runs, and the
+expiry tests move the clock past ``exp`` instead of waiting for it.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from loadtests.server import protocol as p
-from tests.conftest import poll_until
+from tests.conftest import advance_clock
 from loadtests.server.keys import ALGORITHMS
 from loadtests.server.process import serve_in_subprocess
 
@@ -29,8 +31,11 @@ pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(300)]
 
 DATA = Path(__file__).parent / "data"
 SCENARIO = DATA / "server-attacks.toml"  # access tokens of 20 scenario seconds
-SCALE = 20.0  # ... so 1 wall second (the expiry tests)
-SLOW = 0.1  # ... or 200 wall seconds: longer than the whole battery against one session
+ACCESS_S = 20.0
+SCALE = 20.0  # ... so 1 wall second on the wire
+#: scenario seconds past ``exp`` at which the JWT's own check refuses a token too (its leeway is
+#: one wall second: what whole-second NumericDates lose)
+JWT_MARGIN_S = 1.0 * SCALE
 STORES = ["memory", "redis"]
 
 
@@ -68,20 +73,20 @@ def public_pem(key) -> bytes:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, request):
-    """``servers(algorithm, store, instance=0, strategy="rotating", scale=SLOW)`` -> (base URL, signing key):
-    each started once per module. Instances share the key file (as two deployments that share a
-    secret would) but not their ledger or issuer."""
+    """``servers(algorithm, store, instance=0, strategy="rotating")`` -> (base URL, signing key):
+    each started once per module, on a test clock. Instances share the key file (as two
+    deployments that share a secret would) but not their ledger, issuer or clock."""
     folder = tmp_path_factory.mktemp("keys")
     keys = {alg: make_key(alg, folder) for alg in ALGORITHMS}
     running: dict[tuple, str] = {}
     with ExitStack() as stack:
-        def get(algorithm: str, store: str, instance: int = 0, strategy: str = "rotating", scale: float = SLOW):
-            key = (algorithm, store, instance, strategy, scale)
+        def get(algorithm: str, store: str, instance: int = 0, strategy: str = "rotating"):
+            key = (algorithm, store, instance, strategy)
             if key not in running:
                 store_url = request.getfixturevalue("redis_url") if store == "redis" else "memory"
                 running[key] = stack.enter_context(serve_in_subprocess(
-                    SCENARIO, strategy, scale, algorithm=algorithm, private_key_path=keys[algorithm][0],
-                    store=store_url))
+                    SCENARIO, strategy, SCALE, algorithm=algorithm, private_key_path=keys[algorithm][0],
+                    store=store_url, test_clock=True))
             return running[key], keys[algorithm][1]
 
         yield get
@@ -127,11 +132,17 @@ def assert_refused_everywhere(client: httpx.Client, token: str, label: str) -> N
     assert logout.json() == {"revoked": False} or (logout.status_code == 400 and len(token) > 8192), label
 
 
+@functools.cache
+def attacker_key() -> rsa.RSAPrivateKey:
+    """An RSA key that is not the server's (one per module: making keys is slow)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def forgeries(algorithm: str, key, access: str, refresh_token: str) -> dict[str, str]:
     """Every forged or altered token the battery presents, by attack name."""
     header, claims, signature = parts(access)
     signing_input = access.rsplit(".", 1)[0]
-    other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_rsa = attacker_key()
     attacker_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(other_rsa.public_key()))
     out: dict[str, str] = {}
     # RFC 8725 2.1 / 3.1: "none" and algorithm substitution
@@ -200,9 +211,12 @@ def claim_attacks(algorithm: str, key, access: str) -> dict[str, str]:
     out["jti not a number"] = sign(algorithm, key, {**claims, "jti": "1 OR 1=1"})
     out["huge jti"] = sign(algorithm, key, {**claims, "jti": "9" * 5000})
     out["jti as a number"] = sign(algorithm, key, {**claims, "jti": int(claims["jti"])})
-    out["not before in the future"] = sign(algorithm, key, {**claims, "nbf": int(time.time()) + 3600})
-    out["issued in the future"] = sign(algorithm, key, {**claims, "iat": int(time.time()) + 3600})
-    out["expired an hour ago"] = sign(algorithm, key, {**claims, "exp": int(time.time()) - 3600})
+    # times relative to the token's own iat: the server's clock, whichever it is
+    out["not before in the future"] = sign(algorithm, key, {**claims, "nbf": claims["iat"] + 3600})
+    out["issued in the future"] = sign(algorithm, key, {**claims, "iat": claims["iat"] + 3600})
+    out["expired an hour ago"] = sign(algorithm, key, {**claims, "exp": claims["iat"] - 3600})
+    out["exp a numeric string"] = sign(algorithm, key, {**claims, "exp": str(claims["exp"] + 3600)})
+    out["exp NaN"] = sign(algorithm, key, {**claims, "exp": float("nan")})
     out["exp not a number"] = sign(algorithm, key, {**claims, "exp": "tomorrow"})
     out["typ refresh on an access jti"] = sign(algorithm, key, {**claims, "typ": p.REFRESH_TYP})
     return out
@@ -256,14 +270,18 @@ def test_tokens_of_another_instance_are_refused(servers, algorithm, store):
 @pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_expired_tokens(servers, algorithm, store):
-    base_url, _ = servers(algorithm, store, scale=SCALE)
+    base_url, _ = servers(algorithm, store)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         grant = login(client)
-        expired = poll_until(lambda: (a := api(client, grant["access_token"])).status_code == 401 and a)
+        assert api(client, grant["access_token"]).status_code == 200
+        advance_clock(client, ACCESS_S + 0.5)  # past exp in the ledger, within the JWT's leeway
+        expired = api(client, grant["access_token"])
         assert expired.json() == {"error": "invalid_token", "error_description": "expired"}
         # past the JWT's own exp (plus its leeway): refused before the ledger is asked
-        poll_until(lambda: time.time() > parts(grant["access_token"])[1]["exp"] + 1.5, 5)
+        advance_clock(client, JWT_MARGIN_S)
         assert api(client, grant["access_token"]).json()["error_description"] == "expired"
+        renewed = refresh(client, grant["refresh_token"])  # the refresh token lives on (1 h)
+        assert renewed.status_code == 200 and api(client, renewed.json()["access_token"]).status_code == 200
 
 
 @pytest.mark.parametrize("store", STORES)
@@ -301,7 +319,7 @@ def test_malformed_bodies_and_huge_headers_never_500(servers, store):
     json_headers = {"Content-Type": "application/json"}
     with httpx.Client(base_url=base_url, timeout=30) as client:
         grant = login(client)
-        for path in (p.LOGIN_PATH, p.TOKEN_PATH, p.LOGOUT_PATH):
+        for path in (p.LOGIN_PATH, p.TOKEN_PATH, p.LOGOUT_PATH, p.CLOCK_PATH):
             for body in (NESTED, '{"a":' * 10_000 + "1" + "}" * 10_000, "[1, 2]", '"text"', "{", "\xff"):
                 answer = client.post(path, content=body.encode("utf-8", "surrogateescape"), headers=json_headers)
                 assert answer.status_code == 400, (path, body[:20], answer.status_code)

@@ -152,6 +152,13 @@ def test_validate_against_simplejwt(tmp_path, rotate):
     # the variants without races agree on every check
     calm = rows[rows["strategy"] != "dual_token"].dropna(subset=["agree"])
     assert calm["agree"].astype(bool).all(), calm.to_string()
+    if rotate:
+        # racing refreshes: the server lets some concurrent replays through (duplicates) and catches
+        # others (reuse); the measured race window reproduces both in the simulation
+        racy = rows[rows["strategy"] == "dual_token"].set_index("metric")
+        for metric in ("reuse_detections", "duplicate_tokens"):
+            assert racy.loc[metric, "simulated"] > 0 and racy.loc[metric, "measured"] > 0, racy.to_string()
+        assert "race_window = " in (tmp_path / "v" / "race_window.toml").read_text()
 
 
 @pytest.mark.fidelity

@@ -94,6 +94,31 @@ def test_records_expire_with_their_tokens_and_totals_do_not(redis_url):
         assert grant["refresh_token"]
 
 
+def test_on_a_test_clock_redis_keys_wait_for_the_clock_not_the_wall(redis_url):
+    """Redis expires keys on its own wall clock; a server on a test clock gives them no expiry, so a
+    key cannot vanish while the clock stands still, and expiry is the ledger's, by that clock."""
+    from starlette.testclient import TestClient
+
+    from loadtests.server.app import create_app
+    from loadtests.server.clock import ManualClock
+    from sim.scenario import load_scenario
+
+    clock = ManualClock(1000.0)  # at this scale a real clock would expire the keys within a second
+    app = create_app(load_scenario(RACE), "atomic", clock=clock, store=redis_url, service_time=False)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        grant = login(client)
+        namespace = "refreshlab:" + client.get(p.HEALTH_PATH).json()["issuer"].removeprefix(p.ISSUER_PREFIX)
+        r = redis.Redis.from_url(redis_url)
+        keys = list(r.scan_iter(f"{namespace}:t:*")) + list(r.scan_iter(f"{namespace}:s:*"))
+        assert len(keys) == 3 and all(r.pttl(key) == -1 for key in keys)  # two tokens, one session
+        bearer = {"Authorization": f"Bearer {grant['access_token']}"}
+        assert client.get(p.API_ITEMS_PATH, headers=bearer).status_code == 200
+        clock.advance(15 * 60 + 1)  # past the 15-minute access token
+        answer = client.get(p.API_ITEMS_PATH, headers=bearer)
+        assert answer.status_code == 401 and answer.json()["error_description"] == p.EXPIRED
+    app.state.server.store.close()
+
+
 STORM = DATA / "server-storm.toml"  # 2 auth workers busy 100 ms per refresh, 4 calls may wait
 
 

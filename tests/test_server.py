@@ -1,10 +1,11 @@
-"""The reference token server, end to end: real uvicorn processes on 127.0.0.1, real HTTP."""
+"""The reference token server, end to end: real uvicorn processes on 127.0.0.1, real HTTP.
+
+The servers of LIFETIMES run on a test clock (``serve --test-clock``): a test makes a token
+expire by moving the server's clock past its ``exp``, not by waiting for it."""
 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -16,6 +17,7 @@ import pytest
 
 from loadtests.server import protocol as p
 from loadtests.server.process import serve_in_subprocess
+from tests.conftest import advance_clock
 
 pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(120)]
 
@@ -25,7 +27,11 @@ RACE = DATA / "server-race.toml"  # refreshes hold a worker 300 ms
 QUEUE = DATA / "server-queue.toml"  # one worker, queue timeout 200 ms, refresh 600 ms
 #: scenario seconds per wall second for LIFETIMES: its access tokens last 1 s of wall time
 SCALE = 20.0
-ACCESS_WALL_S = 20 / SCALE
+ACCESS_S = 20.0
+ACCESS_WALL_S = ACCESS_S / SCALE
+#: scenario seconds past ``exp`` at which PyJWT's check refuses a token too: the leeway is one wall
+#: second (what whole-second NumericDates lose)
+JWT_MARGIN_S = 1.0 * SCALE
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,11 @@ def server():
             return running[key]
 
         yield get
+
+
+def lifetimes(server, strategy: str, **options) -> str:
+    """The base URL of a LIFETIMES server of ``strategy`` on a test clock."""
+    return server(LIFETIMES, strategy, SCALE, test_clock=True, **options)
 
 
 def login(client: httpx.Client, username: str = "ann") -> dict:
@@ -69,7 +80,7 @@ def totals(client: httpx.Client) -> dict:
 
 
 def test_login_then_api(server):
-    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "plain")) as client:
         assert client.get(p.PING_PATH).text == "pong"
         health = client.get(p.HEALTH_PATH).json()
         assert (health["strategy"], health["server"], health["time_scale"]) == ("plain", "dual_token", SCALE)
@@ -85,7 +96,7 @@ def test_login_then_api(server):
 
 
 def test_bad_login_and_missing_or_forged_tokens(server):
-    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "plain")) as client:
         wrong = client.post(p.LOGIN_PATH, json={p.USERNAME_FIELD: "ann", p.PASSWORD_FIELD: "nope"})
         assert wrong.status_code == 401
         assert client.post(p.LOGIN_PATH, json={p.USERNAME_FIELD: "ann", p.PASSWORD_FIELD: p.TEST_PASSWORD}).status_code == 200
@@ -101,13 +112,17 @@ def test_bad_login_and_missing_or_forged_tokens(server):
 
 
 def test_expired_access_token_is_refused_then_refresh_works(server):
-    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "rotating-family")) as client:
         grant = login(client)
         assert call_api(client, grant["access_token"]).status_code == 200
-        time.sleep(ACCESS_WALL_S + 0.2)
+        advance_clock(client, ACCESS_S)
+        assert call_api(client, grant["access_token"]).status_code == 200  # at exp: still valid
+        advance_clock(client, 0.5)
         expired = call_api(client, grant["access_token"])
         assert expired.status_code == 401
         assert expired.headers[p.WWW_AUTHENTICATE_HEADER] == 'Bearer error="invalid_token", error_description="expired"'
+        advance_clock(client, JWT_MARGIN_S)  # past the JWT's own exp too: refused before the ledger is asked
+        assert call_api(client, grant["access_token"]).headers[p.WWW_AUTHENTICATE_HEADER].endswith('"expired"')
         renewed = refresh(client, grant["refresh_token"], basis=claims(grant["access_token"])["jti"])
         assert renewed.status_code == 200, renewed.text
         assert renewed.headers["cache-control"] == "no-store" and renewed.headers["pragma"] == "no-cache"
@@ -118,7 +133,7 @@ def test_expired_access_token_is_refused_then_refresh_works(server):
 
 
 def test_reuse_detection_revokes_the_family(server):
-    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "rotating-family")) as client:
         before = totals(client)
         grant = login(client)
         first = refresh(client, grant["refresh_token"])
@@ -138,7 +153,7 @@ def test_reuse_detection_revokes_the_family(server):
 
 
 def test_grace_period_accepts_reuse(server):
-    with httpx.Client(base_url=server(LIFETIMES, "grace", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "grace")) as client:
         before = totals(client)
         grant = login(client)
         first = refresh(client, grant["refresh_token"])
@@ -152,7 +167,7 @@ def test_grace_period_accepts_reuse(server):
 
 
 def test_no_rotation_returns_the_same_refresh_token_and_counts_duplicates_by_basis(server):
-    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "plain")) as client:
         before = totals(client)
         grant = login(client)
         basis = claims(grant["access_token"])["jti"]
@@ -224,18 +239,19 @@ def test_queue_timeout_answers_503(server):
 
 
 def test_sliding_server_reissues_in_a_header(server):
-    with httpx.Client(base_url=server(LIFETIMES, "sliding", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "sliding")) as client:
         grant = login(client)
         assert "refresh_token" not in grant
+        advance_clock(client, 1.0)  # a token re-issued on use is newer than the one presented
         answer = call_api(client, grant["access_token"])
         assert answer.status_code == 200
         reissued = answer.headers[p.REFRESHED_TOKEN_HEADER]
         assert float(answer.headers[p.REFRESHED_EXPIRES_IN_HEADER]) == ACCESS_WALL_S
         assert claims(reissued)["sid"] == claims(grant["access_token"])["sid"]
-        time.sleep(ACCESS_WALL_S * 0.6)
+        advance_clock(client, ACCESS_S * 0.6)
         midway = call_api(client, reissued)
         assert midway.status_code == 200
-        time.sleep(ACCESS_WALL_S * 0.6)
+        advance_clock(client, ACCESS_S * 0.6)
         # the login token has lapsed; the one re-issued mid-way has not
         lapsed = call_api(client, grant["access_token"])
         assert lapsed.status_code == 401 and 'error_description="expired"' in lapsed.headers[p.WWW_AUTHENTICATE_HEADER]
@@ -249,7 +265,7 @@ def test_sliding_server_reissues_in_a_header(server):
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
 def test_asymmetric_algorithms(server, algorithm):
-    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE, algorithm=algorithm)) as client:
+    with httpx.Client(base_url=lifetimes(server, "rotating-family", algorithm=algorithm)) as client:
         assert client.get(p.HEALTH_PATH).json()["algorithm"] == algorithm
         grant = login(client)
         assert jwt.get_unverified_header(grant["access_token"])["alg"] == algorithm
@@ -260,7 +276,7 @@ def test_asymmetric_algorithms(server, algorithm):
 
 
 def test_token_endpoint_errors(server):
-    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "plain")) as client:
         grant = login(client)
         cases = [
             ({}, "invalid_request"),
@@ -284,7 +300,7 @@ def test_token_endpoint_errors(server):
 
 
 def test_logout_revokes_the_session(server):
-    with httpx.Client(base_url=server(LIFETIMES, "rotating-family", SCALE)) as client:
+    with httpx.Client(base_url=lifetimes(server, "rotating-family")) as client:
         grant = login(client)
         assert client.post(p.LOGOUT_PATH, data={p.TOKEN_FIELD: grant["refresh_token"]}).json() == {"revoked": True}
         answer = refresh(client, grant["refresh_token"])
@@ -300,7 +316,7 @@ def test_authlib_client_refreshes(server):
     """The acceptance check: a standard OAuth 2.0 client library renews against ``/token``."""
     from authlib.integrations.requests_client import OAuth2Session
 
-    base_url = server(LIFETIMES, "rotating-family", SCALE)
+    base_url = lifetimes(server, "rotating-family")
     with httpx.Client(base_url=base_url) as client:
         grant = login(client)
         session = OAuth2Session("refreshlab-test", token=grant)
@@ -308,11 +324,15 @@ def test_authlib_client_refreshes(server):
         assert renewed["refresh_token"] != grant["refresh_token"]
         assert call_api(client, renewed["access_token"]).status_code == 200
 
-    # automatic renewal: authlib refreshes a token it considers expired before sending
+    # automatic renewal: authlib refreshes a token it considers expired before sending. It judges
+    # by its own clock (expires_at from expires_in): a leeway longer than the token's life makes
+    # it expired at once; the server's test clock is moved past the old token's expiry as well
+    with httpx.Client(base_url=base_url) as client:
+        advance_clock(client, ACCESS_S + JWT_MARGIN_S + 1)
+        assert call_api(client, renewed["access_token"]).status_code == 401
     seen = []
     auto = OAuth2Session("refreshlab-test", token=dict(renewed), token_endpoint=base_url + p.TOKEN_PATH,
-                         update_token=lambda token, **_: seen.append(token), leeway=0)
-    time.sleep(ACCESS_WALL_S + 1.0)  # past the whole-second expires_at authlib computes
+                         update_token=lambda token, **_: seen.append(token), leeway=int(ACCESS_WALL_S) + 5)
     assert auto.get(base_url + p.API_PROFILE_PATH).status_code == 200
     assert len(seen) == 1 and seen[0]["access_token"] != renewed["access_token"]
 
@@ -321,7 +341,7 @@ def test_requests_oauthlib_client_refreshes(server, monkeypatch):
     from requests_oauthlib import OAuth2Session
 
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP on 127.0.0.1
-    base_url = server(LIFETIMES, "plain", SCALE)
+    base_url = lifetimes(server, "plain")
     with httpx.Client(base_url=base_url) as client:
         grant = login(client)
         session = OAuth2Session("refreshlab-test", token=grant)
@@ -336,11 +356,20 @@ def test_requests_oauthlib_client_refreshes(server, monkeypatch):
     ([str(DATA / "server-missing.toml"), "--strategy", "atomic"], "no such file"),
     ([str(RACE), "--strategy", "atomic", "--algorithm", "XS999"], "unknown algorithm 'XS999'"),
 ])
-def test_serve_refuses_bad_input(args, message):
-    done = subprocess.run([sys.executable, "-m", "loadtests.server", *args, "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
+def test_serve_refuses_bad_input(cli, args, message):
+    code, _, err = cli("serve", *args, "--port", "0")
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--host", "0.0.0.0"], "loopback hosts only"),
+    (["--host", "192.0.2.7"], "loopback hosts only"),
+    (["--store", "redis://127.0.0.1:1/0", "--workers", "2"], "needs one worker"),
+])
+def test_the_test_clock_is_refused_beyond_loopback_and_one_worker(cli, args, message):
+    code, _, err = cli("serve", RACE, "--strategy", "atomic", "--test-clock", *args, "--port", "0")
+    assert code == 2 and message in err and "Traceback" not in err, err
 
 
 def test_private_key_file(server, tmp_path):
@@ -351,7 +380,7 @@ def test_private_key_file(server, tmp_path):
     pem = tmp_path / "es256.pem"
     pem.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
-    with httpx.Client(base_url=server(LIFETIMES, "plain", SCALE, algorithm="ES256", private_key_path=pem)) as client:
+    with httpx.Client(base_url=lifetimes(server, "plain", algorithm="ES256", private_key_path=pem)) as client:
         grant = login(client)
         # the server signs with the given key: its public half verifies the token
         assert jwt.decode(grant["access_token"], private.public_key(), algorithms=["ES256"],
@@ -359,17 +388,16 @@ def test_private_key_file(server, tmp_path):
         assert call_api(client, grant["access_token"]).status_code == 200
 
 
-def test_private_key_of_the_wrong_type_is_refused(tmp_path):
+def test_private_key_of_the_wrong_type_is_refused(cli, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     pem = tmp_path / "ed25519.pem"
     pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
-                           "--algorithm", "RS256", "--private-key", str(pem), "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "expected an RSA private key for RS256" in done.stderr
+    code, _, err = cli("serve", RACE, "--strategy", "atomic", "--algorithm", "RS256", "--private-key", pem,
+                       "--port", "0")
+    assert code == 2 and "expected an RSA private key for RS256" in err
 
 
 @pytest.mark.parametrize("make, algorithm, message", [
@@ -379,7 +407,7 @@ def test_private_key_of_the_wrong_type_is_refused(tmp_path):
     (lambda path: path.write_bytes(b"not a key at all"), "ES256", "not an unencrypted PEM private key"),
     ("rsa1024", "RS256", "needs at least 2048 bits (RFC 7518 section 3.3), this one has 1024"),
 ])
-def test_weak_or_empty_keys_are_refused_at_start_up(tmp_path, make, algorithm, message):
+def test_weak_or_empty_keys_are_refused_at_start_up(cli, tmp_path, make, algorithm, message):
     key = tmp_path / "key"
     if make == "rsa1024":
         from cryptography.hazmat.primitives import serialization
@@ -389,11 +417,10 @@ def test_weak_or_empty_keys_are_refused_at_start_up(tmp_path, make, algorithm, m
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     else:
         make(key)
-    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
-                           "--algorithm", algorithm, "--private-key", str(key), "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and str(key) in done.stderr and "Traceback" not in done.stderr
+    code, _, err = cli("serve", RACE, "--strategy", "atomic", "--algorithm", algorithm, "--private-key", key,
+                       "--port", "0")
+    assert code == 2, err
+    assert message in err and str(key) in err.replace("\n", "") and "Traceback" not in err
 
 
 def test_ledger_endpoint_is_off_unless_asked_and_then_loopback_only():
@@ -413,7 +440,93 @@ def test_ledger_endpoint_is_off_unless_asked_and_then_loopback_only():
         assert client.get(p.LEDGER_PATH, params={"records": 1}).status_code == 403
 
 
-def test_two_workers_need_a_shared_store():
-    done = subprocess.run([sys.executable, "-m", "loadtests.server", str(RACE), "--strategy", "atomic",
-                           "--workers", "2", "--port", "0"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "needs a shared store" in done.stderr
+def test_two_workers_need_a_shared_store(cli):
+    code, _, err = cli("serve", RACE, "--strategy", "atomic", "--workers", "2", "--port", "0")
+    assert code == 2 and "needs a shared store" in err
+
+
+def test_clock_endpoint_is_off_unless_asked_and_then_loopback_only_and_forward_only():
+    """``POST /test/clock`` cannot move a real server's time, nor be reached from another host,
+    nor move time backwards or by nonsense."""
+    from starlette.testclient import TestClient
+
+    from loadtests.server.app import create_app
+    from loadtests.server.clock import ManualClock
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(LIFETIMES)
+    with TestClient(create_app(scenario, "plain"), client=("127.0.0.1", 5000)) as client:
+        assert client.get(p.HEALTH_PATH).json()["clock"] == "real"
+        assert client.post(p.CLOCK_PATH, json={p.ADVANCE_FIELD: 60}).status_code == 404
+    with pytest.raises(ValueError, match="needs a ManualClock"):
+        create_app(scenario, "plain", clock_endpoint=True)
+    with pytest.raises(ValueError, match="disagrees"):
+        create_app(scenario, "plain", clock=ManualClock(20.0), time_scale=60.0)
+    clock = ManualClock(SCALE)
+    app = create_app(scenario, "plain", clock=clock, clock_endpoint=True)
+    with TestClient(app, client=("192.0.2.7", 5000)) as client:
+        assert client.post(p.CLOCK_PATH, json={p.ADVANCE_FIELD: 60}).status_code == 403
+    assert clock.now_s() == 0
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        assert client.get(p.HEALTH_PATH).json()["clock"] == "manual"
+        for body in ({p.ADVANCE_FIELD: -1}, {p.ADVANCE_FIELD: "NaN"}, {p.ADVANCE_FIELD: "1e999"}, {p.ADVANCE_FIELD: True},
+                     {p.ADVANCE_FIELD: [1]}, {p.ADVANCE_FIELD: 1e300}, {}, {p.ADVANCE_FIELD: "soon"}):
+            answer = client.post(p.CLOCK_PATH, json=body)
+            assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request"), body
+        assert client.post(p.CLOCK_PATH, content="[" * 5000, headers={"Content-Type": "application/json"}).status_code == 400
+        assert clock.now_s() == 0
+        moved = client.post(p.CLOCK_PATH, data={p.ADVANCE_FIELD: "2.5"}).json()
+        assert moved == {"scenario_time_s": 2.5, "unix_time_s": clock.t0_unix_s + 2.5 / SCALE}
+        assert client.get(p.LEDGER_PATH).status_code == 404  # the clock opens nothing else
+
+
+def test_an_injected_clock_decides_stamping_verification_and_the_ledger():
+    """In process (Starlette's TestClient): every *now* of the server is the injected clock's.
+    The JWT's own exp check (PyJWT's, which reads the system clock) follows it too."""
+    from starlette.testclient import TestClient
+
+    from loadtests.server.app import create_app
+    from loadtests.server.clock import ManualClock
+    from sim.scenario import load_scenario
+
+    clock = ManualClock(SCALE, t0_unix_s=1_000_000.0, start_s=100.0)
+    app = create_app(load_scenario(LIFETIMES), "rotating-family", clock=clock, service_time=False,
+                     ledger_endpoint=True)
+    with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        grant = login(client)
+        access = claims(grant["access_token"])
+        # stamped on the injected clock: scenario 100 s is epoch 1,000,005 at time scale 20
+        assert (access["iat"], access["nbf"], access["exp"]) == (1_000_005, 1_000_005, 1_000_006)
+        assert call_api(client, grant["access_token"]).status_code == 200  # though its exp is decades ago
+        clock.advance(ACCESS_S + 0.5)  # the ledger: expired; the JWT: within its one-second leeway
+        assert call_api(client, grant["access_token"]).headers[p.WWW_AUTHENTICATE_HEADER].endswith('"expired"')
+        assert app.state.server.verify(grant["access_token"])["expired"] is False
+        clock.advance(JWT_MARGIN_S)
+        assert app.state.server.verify(grant["access_token"])["expired"] is True
+        assert call_api(client, grant["access_token"]).headers[p.WWW_AUTHENTICATE_HEADER].endswith('"expired"')
+        renewed = refresh(client, grant["refresh_token"])
+        assert renewed.status_code == 200 and call_api(client, renewed.json()["access_token"]).status_code == 200
+        ledger = client.get(p.LEDGER_PATH, params={"records": 1}).json()
+        assert ledger["scenario_time_s"] == 100 + ACCESS_S + 0.5 + JWT_MARGIN_S
+        assert [r["t_s"] for r in ledger["records"] if r["outcome"] == "access_refresh"] == [ledger["scenario_time_s"]]
+        # a token stamped in the future of the server's clock is not yet valid (nbf / iat)
+        early = app.state.server.keys.encode({**claims(renewed.json()["access_token"]),
+                                              "nbf": int(clock.unix_now()) + 60})
+        assert call_api(client, early).headers[p.WWW_AUTHENTICATE_HEADER].endswith('"invalid"')
+
+
+def test_the_real_clock_is_scaled_monotonic_time(monkeypatch):
+    from loadtests.server import clock as clocks
+
+    now = {"monotonic": 500.0, "time": 1_000_000.0}
+    monkeypatch.setattr(clocks.time, "monotonic", lambda: now["monotonic"])
+    monkeypatch.setattr(clocks.time, "time", lambda: now["time"])
+    clock = clocks.ScenarioClock(60.0)
+    assert clock.now_s() == 0 and clock.unix_now() == 1_000_000.0
+    now["monotonic"] += 2.0
+    now["time"] -= 3600  # a wall-clock step back does not move scenario time
+    assert clock.now_s() == 120.0 and clock.unix_now() == 1_000_002.0 and clock.wall(120.0) == 2.0
+    shared = clocks.ScenarioClock(60.0, t0_unix_s=now["time"] - 10)  # a worker joining a running server
+    assert shared.now_s() == 600.0
+    with pytest.raises(ValueError, match="finite number > 0"):
+        clocks.ScenarioClock(0)

@@ -68,3 +68,81 @@ def test_same_pair_replay_needs_a_check_then_write_server():
         parse_scenario(scenario_dict(strategies=[{
             "name": "x", "client": {"trigger": "reactive"},
             "server": {"kind": "dual_token", "rotation": True, "concurrent_replay": "same_pair"}}]))
+
+
+def two_tabs_one_token(make_scenario, workers, **server):
+    # two tabs, per-tab storage: at 180 s both timers present refresh token 4; with one worker the
+    # second check comes one service time (10 ms) after the first, with two both check at 180 s
+    return sim.run(make_scenario(
+        population={"tabs": 2}, auth={"refresh_time": "10ms", "workers": workers},
+        strategies=[{"name": "x", "client": {"trigger": "timer", "check_interval": "60s",
+                                             "threshold": "150s", "storage": "per_tab"},
+                     "server": {"kind": "dual_token", "rotation": True, "reuse_detection": "token",
+                                "atomic": False, **server}}]),
+        events=True)
+
+
+def test_race_window_decides_whether_a_concurrent_replay_passes(make_scenario):
+    # one worker: the second presentation is checked 10 ms after the first claimed the token
+    short = two_tabs_one_token(make_scenario, 1, race_window="5ms")
+    long = two_tabs_one_token(make_scenario, 1, race_window="50ms")
+    assert event_times(short, "refresh_start")[1:3] == [180.0, 180.0]
+    # 10 ms >= 5 ms: the rotation is visible, the second is reuse (the tab then logs in again)
+    assert event_times(short, "refresh_end", "ok")[:2] == [0.01, 180.01]
+    assert event_times(short, "refresh_end", "reuse_detected")[:1] == [180.02]
+    assert event_times(short, "reuse_detected")[:1] == [180.02]
+    assert event_times(short, "login", "forced")[:1] == [180.02]
+    # 10 ms < 50 ms: still invisible, the second passes and mints a second pair
+    assert event_times(long, "refresh_end", "ok")[:3] == [0.01, 180.01, 180.02]
+    assert event_times(long, "mint", "refresh_refresh")[:3] == [0.01, 180.01, 180.02]
+    assert event_times(long, "reuse_detected") == [] and event_times(long, "login", "forced") == []
+    # two workers, both checked at 180 s: a window of 0 is an atomic server, while check-then-write
+    # without a window lets both through (they check before either writes)
+    zero = two_tabs_one_token(make_scenario, 2, race_window="0s")
+    classic = two_tabs_one_token(make_scenario, 2)
+    assert event_times(zero, "refresh_end", "ok")[:2] == [0.01, 180.01]
+    assert event_times(zero, "reuse_detected")[:1] == [180.01]
+    assert event_times(classic, "refresh_end", "ok")[:3] == [0.01, 180.01, 180.01]
+    assert event_times(classic, "reuse_detected") == []
+
+
+def test_race_window_is_drawn_per_later_presentation_from_the_drivers_generator():
+    import numpy as np
+
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="token", atomic=False,
+                             race_window={"dist": "empirical", "values": ["0s", "20ms"], "weights": [1, 1]})
+    rng = np.random.default_rng(5)
+    # the first presentation of each token draws nothing; each later one draws once
+    expected = iter(np.random.default_rng(5).choice([0.0, 0.02], 24, p=[0.5, 0.5]).tolist())
+    ledger = Ledger()
+    token = server.login(ledger, user=0, now=0.0).refresh
+    passed = refused = 0
+    for i in range(8):
+        t = 10.0 * (i + 1)
+        first = server.begin_refresh(ledger, token, None, t, rng)
+        assert first.decision == "ok" and token.claimed_at_s == t
+        # 10 ms after the claim: passes when its draw is 20 ms, reuse when it is 0
+        second = server.begin_refresh(ledger, token, None, t + 0.01, rng)
+        assert second.decision == ("ok" if next(expected) == 0.02 else "reuse_detected")
+        grant = server.finish_refresh(ledger, first, t + 0.012)
+        server.finish_refresh(ledger, second, t + 0.013)
+        # 30 ms after: no draw lets it through
+        late = server.refresh(ledger, token, None, t + 0.03, rng)
+        assert late.reason == "reuse_detected" and next(expected) in (0.0, 0.02)
+        passed += second.decision == "ok"
+        refused += second.decision != "ok"
+        token = grant.refresh
+    totals = ledger.totals()
+    assert passed and refused
+    assert totals["reuse_detections"] == 8 + refused
+    assert totals["refresh_mints"] == 1 + 8 + passed
+    with pytest.raises(ValueError, match="generator"):
+        server.begin_refresh(ledger, grant.refresh, None, 100.0)
+        server.begin_refresh(ledger, grant.refresh, None, 100.001)
+
+
+def test_race_window_needs_a_check_then_write_server():
+    with pytest.raises(ScenarioError, match="race_window"):
+        parse_scenario(scenario_dict(strategies=[{
+            "name": "x", "client": {"trigger": "reactive"},
+            "server": {"kind": "dual_token", "rotation": True, "race_window": "5ms"}}]))

@@ -28,7 +28,7 @@ def sweep_cmd(scenario, out, *extra):
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
-def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
+def test_a_sweep_killed_mid_way_resumes_with_every_point_once(cli, tmp_path, how):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -49,10 +49,10 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
     assert written and len(written) < 4, "killed after its first point, before its last"
     kept = {name: (out / name / "summary.csv").stat().st_mtime_ns for name in written}
 
-    again = subprocess.run(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr
-    reused = [line for line in again.stderr.splitlines() if "already in" in line]
+    # resumed (and, below, run straight through) in this process: only the kill needs a process
+    code, _, err = cli(*sweep_cmd(SCENARIOS / "smoke.toml", out)[3:])
+    assert code == 0, err
+    reused = [line for line in err.splitlines() if "already in" in line]
     assert len(reused) == len(written)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == POINTS  # each once, no partial folder left
     assert {name: (out / name / "summary.csv").stat().st_mtime_ns for name in written} == kept, "not recomputed"
@@ -61,7 +61,8 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(tmp_path, how):
         return
     # the resumed sweep equals one run straight through
     straight = tmp_path / "straight"
-    subprocess.run(sweep_cmd(SCENARIOS / "smoke.toml", straight), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    code, _, err = cli(*sweep_cmd(SCENARIOS / "smoke.toml", straight)[3:])
+    assert code == 0, err
     for name in POINTS:
         assert (out / name / "summary.csv").read_text() == (straight / name / "summary.csv").read_text()
 

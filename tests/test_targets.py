@@ -19,6 +19,7 @@ from loadtests.targets.profile import bundled_names, load_profile, parse_profile
 from loadtests.targets.tokens import expires_unix, token_hash, token_id
 from loadtests.targets.transport import _first_form
 from sim.scenario import ScenarioError
+from tests.conftest import poll_until
 
 REFRESHLAB = Path(sys.executable).with_name("refreshlab")
 SMALL = Path(__file__).parent / "data" / "loadtest-small.toml"
@@ -117,27 +118,47 @@ def test_the_form_reader_keeps_hidden_fields_and_the_submit_button():
 
 # -- fail loudly ------------------------------------------------------------------------------
 
-def test_closed_port_fails_in_the_preflight_within_10_s(tmp_path):
+def in_process(cli, *args):
+    """``cli(*args)`` (the console script in this process: no interpreter start-up in the time)
+    and the seconds it took."""
+    started = time.monotonic()
+    code, stdout, stderr = cli(*args)
+    return code, stdout, stderr.replace("\n", " "), time.monotonic() - started
+
+
+def test_closed_port_fails_in_the_preflight_within_10_s(cli, tmp_path):
     from loadtests.server.process import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    done, took = refreshlab("loadtest", SMALL, "--strategy", "dual_token", "--target", url, "--out", tmp_path / "out")
-    assert done.returncode == 1 and took < 10
-    assert "preflight step 'login" in done.stderr and url in done.stderr and "no answer" in done.stderr
+    code, _, err, took = in_process(cli, "loadtest", SMALL, "--strategy", "dual_token", "--target", url,
+                                    "--out", tmp_path / "out")
+    assert code == 1 and took < 10, err
+    assert "preflight step 'login" in err and url in err and "no answer" in err
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.loadtest
-def test_wrong_credentials_fail_in_the_preflight_naming_step_and_status(tmp_path):
+def test_wrong_credentials_fail_in_the_preflight_naming_step_and_status(cli, tmp_path):
     from loadtests.server.process import serve_in_subprocess
 
     profile = tmp_path / "wrong.toml"
     profile.write_text('extends = "reference"\nname = "wrong"\n[credentials]\npassword = "not-the-password"\n')
     with serve_in_subprocess(SMALL, "dual_token", 60.0) as url:
-        done, took = refreshlab("loadtest", SMALL, "--strategy", "dual_token", "--time-scale", 60, "--target", url,
-                                "--target-profile", profile, "--out", tmp_path / "out")
-    assert done.returncode == 1 and took < 10, done.stderr
-    assert "preflight step 'login" in done.stderr and "answered 401" in done.stderr and url in done.stderr
+        code, _, err, took = in_process(cli, "loadtest", SMALL, "--strategy", "dual_token", "--time-scale", 60,
+                                        "--target", url, "--target-profile", profile, "--out", tmp_path / "out")
+    assert code == 1 and took < 10, err
+    assert "preflight step 'login" in err and "answered 401" in err and url in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.loadtest
+def test_a_server_on_a_test_clock_is_refused_as_a_target(cli, tmp_path):
+    from loadtests.server.process import serve_in_subprocess
+
+    with serve_in_subprocess(SMALL, "dual_token", 60.0, test_clock=True) as url:
+        code, _, err, _ = in_process(cli, "loadtest", SMALL, "--strategy", "dual_token", "--time-scale", 60,
+                                     "--target", url, "--out", tmp_path / "out")
+    assert code == 2 and "runs on a test clock" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
 
 
@@ -169,15 +190,43 @@ def test_a_target_that_dies_mid_run_gives_a_partial_folder_and_exit_1(tmp_path):
                                 "--target", url, "--out", str(tmp_path / "out")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # the server's ledger shows the run under way: then it dies
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def under_way() -> bool:
             with urllib.request.urlopen(url + "/ledger", timeout=5) as answer:
-                if json.load(answer)["totals"]["refresh_calls"] >= 5:
-                    break
-            time.sleep(0.1)
+                return json.load(answer)["totals"]["refresh_calls"] >= 5
+
+        poll_until(under_way, what="the load test's refreshes on the server")
         server.kill()
         stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 1, stdout + stderr
     assert "stopped answering" in stderr
     meta = json.loads((tmp_path / "out" / "run.json").read_text())
     assert meta["partial"] is True and meta["status"] in ("partial", "failed")
+
+
+@pytest.mark.loadtest
+@pytest.mark.slow
+def test_resent_pairs_inferred_on_the_client_equal_the_servers_own(tmp_path):
+    from loadtests.server.process import serve_in_subprocess
+
+    scenario = Path(__file__).parent / "data" / "loadtest-resent.toml"
+    # the reference server's protocol, without its ledger: the client derives mints and re-sent
+    # pairs from the token strings it receives, as against any third-party server
+    profile = tmp_path / "blind.toml"
+    profile.write_text('extends = "reference"\nname = "reference-without-ledger"\nledger = false\n')
+    with serve_in_subprocess(scenario, "same_pair", 60.0) as url:
+        done, _ = refreshlab("loadtest", scenario, "--strategy", "same_pair", "--time-scale", 60, "--target", url,
+                             "--target-profile", profile, "--out", tmp_path / "out")
+        with urllib.request.urlopen(url + "/ledger", timeout=5) as answer:
+            truth = json.load(answer)["totals"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    counters = run["client_counters"]
+    # the preflight's login and its one genuine refresh are in the server's records too (its
+    # forged refresh token is refused before the ledger sees it)
+    assert run["preflight_calls"]["login"] == 1 and run["preflight_calls"]["refresh"] == 2
+    assert counters["refresh_calls"] == truth["refresh_calls"] - 1
+    # the server's truth: refresh answers that handed out the pair a rotation had already issued
+    assert counters["resent_pairs"] == truth["resent_pairs"] > 0
+    # neither minted: the client's new-token counts equal the server's mints
+    assert counters["refresh_mints"] == truth["refresh_mints"] - 2
+    assert counters["access_mints"] == truth["access_mints"] - 2

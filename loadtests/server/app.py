@@ -9,6 +9,8 @@ process's memory, or Redis so that several workers share it.
 Time: the ledger and the policy work in *scenario seconds* since start-up,
 ``now_s = (wall seconds since start-up) * time_scale``, so a 15-minute token at ``time_scale=60``
 lasts 15 wall seconds. What goes on the wire is wall time (see :mod:`loadtests.server.protocol`).
+One clock object (:mod:`loadtests.server.clock`) is the server's only source of *now*: stamping,
+verification, the ledger and the auth tier all read it, so tests can inject a manual one.
 
 Tokens (RFC 8725): one algorithm per server, an allowlist of one; every token carries ``iss``
 (this server instance), ``aud``, ``sub``, ``exp``, ``iat``, ``nbf``, ``jti``, and verification
@@ -36,8 +38,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from loadtests.server import protocol as p
+from loadtests.server.clock import ManualClock, ScenarioClock, check_time_scale
 from loadtests.server.keys import SigningKeys, generate_key, load_keys
 from loadtests.server.store import open_store
+from sim.engine.streams import Source, generator
 from sim.metrics import Level
 from sim.scenario import AuthTier as AuthTierSettings
 from sim.scenario import Scenario
@@ -55,36 +59,6 @@ SETTINGS_ENV = "REFRESHLAB_SERVER_SETTINGS"
 #: scenario seconds a token and a session are kept after they expire (beyond the leeway and the
 #: grace period), so that a late presentation still meets its ledger entry and is answered "expired"
 RETAIN_MARGIN_S = 60.0
-
-
-class ScenarioClock:
-    """Scenario time of a running server.
-
-    Receives the time scale (scenario seconds per wall second) and the wall (epoch) time of
-    scenario time 0 (now when None; several worker processes share one). :meth:`now_s` is
-    scenario seconds since then, measured on the monotonic clock so that a wall-clock step cannot
-    move it; :attr:`t0_unix_s` is the wall time of scenario time 0, for JWT claims.
-    """
-
-    def __init__(self, time_scale: float, t0_unix_s: float | None = None) -> None:
-        if not (time_scale > 0 and math.isfinite(time_scale)):
-            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
-        self.time_scale = float(time_scale)
-        now_unix = time.time()
-        self.t0_unix_s = now_unix if t0_unix_s is None else float(t0_unix_s)
-        self._t0_monotonic = time.monotonic() - (now_unix - self.t0_unix_s)
-
-    def now_s(self) -> float:
-        """Scenario seconds since start-up."""
-        return (time.monotonic() - self._t0_monotonic) * self.time_scale
-
-    def unix_at(self, t_s: float) -> float:
-        """The wall (epoch) time at scenario time ``t_s``."""
-        return self.t0_unix_s + t_s / self.time_scale
-
-    def wall(self, seconds: float) -> float:
-        """A scenario duration as wall seconds."""
-        return seconds / self.time_scale
 
 
 class Unavailable(Exception):
@@ -318,6 +292,12 @@ class TokenServer:
     (None / ``memory``, or a ``redis://`` URL) and its key namespace (shared by the workers of one
     server; fresh when None), whether to prune expired ledger entries, and whether to serve
     ``/ledger`` (to loopback clients only) with its record rows.
+
+    ``clock``: the server's source of *now* (a :class:`~loadtests.server.clock.ScenarioClock` at
+    ``time_scale`` when None; an injected clock brings its own time scale, and ``time_scale``
+    must then be left out or agree). ``clock_endpoint``: serve ``POST /test/clock`` (loopback
+    clients only) to move a :class:`~loadtests.server.clock.ManualClock`; for tests that talk
+    HTTP to a server process, never for a measurement.
     """
 
     def __init__(
@@ -325,7 +305,7 @@ class TokenServer:
         scenario: Scenario,
         strategy_name: str,
         *,
-        time_scale: float = 1.0,
+        time_scale: float | None = None,
         algorithm: str | None = None,
         service_time: bool = True,
         private_key_path: str | None = None,
@@ -333,6 +313,8 @@ class TokenServer:
         namespace: str | None = None,
         prune: bool = True,
         ledger_endpoint: bool = False,
+        clock: ScenarioClock | None = None,
+        clock_endpoint: bool = False,
     ) -> None:
         self.scenario = scenario
         self.variant = scenario.variant(strategy_name)
@@ -341,11 +323,19 @@ class TokenServer:
         load_keys(algorithm, private_key_path)  # the key's checks, before anything is shared
         grace_s = float(getattr(self.policy, "grace_period_s", 0.0))
         retain_s = scenario.clocks.leeway_s + grace_s + RETAIN_MARGIN_S if prune else None
-        scale = float(time_scale)
+        if clock is not None and time_scale is not None and time_scale != clock.time_scale:
+            raise ValueError(f"time_scale {time_scale!r} disagrees with the clock's {clock.time_scale!r}")
+        if clock_endpoint and not isinstance(clock, ManualClock):
+            raise ValueError("the clock endpoint needs a ManualClock (refreshlab serve --test-clock)")
+        scale = check_time_scale(1.0 if time_scale is None else time_scale) if clock is None else clock.time_scale
+        # Redis expires keys on its own wall clock: after the wall time this clock needs to pass
         self.store = open_store(store, retain_s=retain_s, records=ledger_endpoint, namespace=namespace,
-                                wall=lambda s: s / scale)
-        t0 = float(self.store.shared_value("t0_unix_s", lambda: repr(time.time()).encode()))
-        self.clock = ScenarioClock(time_scale, t0 if self.store.shared else None)
+                                wall=lambda s: self.clock.wall_until(s))
+        if clock is None:
+            t0 = float(self.store.shared_value("t0_unix_s", lambda: repr(time.time()).encode()))
+            clock = ScenarioClock(scale, t0 if self.store.shared else None)
+        self.clock = clock
+        self.clock_endpoint = clock_endpoint
         self.store.now = self.clock.now_s
         key_bytes = None if private_key_path else self.store.shared_value(
             f"key:{algorithm}", lambda: generate_key(algorithm))
@@ -357,6 +347,8 @@ class TokenServer:
         # PyJWT's exp/nbf check: the scenario's leeway, plus the second lost to whole-second exp
         self._jwt_leeway_wall_s = self.clock.wall(self.leeway_s) + 1.0
         self._atomic = bool(getattr(self.policy, "atomic", True))
+        # the policy's own draws (a race window per later presentation): the server owns the stream
+        self._rng = generator(scenario.run.seed, 0, 3, int(Source.RACE))
         self.service = ServiceTimes(scenario.auth, self.policy)
         # service-time draws of this server process (the rule and the distributions are the
         # simulator's; the randomness is the server's own)
@@ -388,23 +380,17 @@ class TokenServer:
 
     def verify(self, raw: str) -> dict | None:
         """The claims of JWT ``raw`` if its signature, algorithm, issuer, audience and required
-        claims hold; None otherwise. A genuine token past its ``exp`` comes back with
-        ``"expired": True`` (the ledger and the policy then say what that means)."""
+        claims hold; None otherwise. A genuine token past its ``exp`` (on this server's clock)
+        comes back with ``"expired": True`` (the ledger and the policy then say what that means)."""
         if not isinstance(raw, str) or not raw or len(raw) > MAX_FIELD_CHARS:
             return None
-        options = dict(issuer=self.issuer, audience=p.AUDIENCE, leeway_s=self._jwt_leeway_wall_s)
         try:
-            try:
-                claims = self.keys.decode(raw, **options)
-            except jwt.ExpiredSignatureError:
-                claims = self.keys.codec.decode(
-                    raw, self.keys.verifying_key, algorithms=[self.keys.algorithm], issuer=self.issuer,
-                    audience=p.AUDIENCE, options={"require": ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"],
-                                                  "strict_aud": True, "verify_exp": False},
-                    leeway=self._jwt_leeway_wall_s)
-                claims["expired"] = True
+            claims, expired = self.keys.decode_allowing_expired(
+                raw, issuer=self.issuer, audience=p.AUDIENCE, now_unix_s=self.clock.unix_now(),
+                leeway_s=self._jwt_leeway_wall_s)
         except (jwt.InvalidTokenError, ValueError, TypeError, RecursionError, OverflowError):
             return None
+        claims["expired"] = expired  # over any claim of that name the token itself carries
         if not all(isinstance(claims.get(name), str) for name in ("sub", "sid", "jti", "typ")):
             return None
         if not (claims["jti"].isdecimal() and claims["sid"].isdecimal() and len(claims["jti"]) < 20):
@@ -501,7 +487,7 @@ class TokenServer:
             token = self.lookup(txn, claims, p.REFRESH_TYP)
             if token is None:
                 return None
-            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s())
+            pending = self.policy.begin_refresh(txn.ledger, token, basis, self.clock.now_s(), self._rng)
             # past the JWT's own exp: refused whatever the ledger says (the call still counts)
             return "expired" if claims.get("expired") else pending
 
@@ -606,8 +592,8 @@ class TokenServer:
         return PlainTextResponse("pong")
 
     async def healthz(self, request: Request) -> Response:
-        """``GET /healthz``: the strategy, server kind, algorithm, time scale, ``t0_unix_s`` and
-        the issuer."""
+        """``GET /healthz``: the strategy, server kind, algorithm, time scale, ``t0_unix_s``, the
+        clock (``real``, or ``manual`` for a test clock) and the issuer."""
         return JSONResponse({
             "status": "ok",
             "strategy": self.variant.name,
@@ -615,6 +601,7 @@ class TokenServer:
             "algorithm": self.keys.algorithm,
             "time_scale": self.clock.time_scale,
             "t0_unix_s": self.clock.t0_unix_s,
+            "clock": self.clock.kind,
             "issuer": self.issuer,
             "pid": os.getpid(),
         })
@@ -625,8 +612,8 @@ class TokenServer:
         (404 otherwise), and only to loopback clients (403 otherwise)."""
         if not self.ledger_endpoint:
             return JSONResponse({"error": "not_found"}, 404)
-        if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
-            return JSONResponse({"error": "forbidden", "error_description": "loopback clients only"}, 403)
+        if not _from_loopback(request):
+            return _loopback_only()
         body = {
             "strategy": self.variant.name,
             "totals": self.store.totals(),
@@ -640,6 +627,33 @@ class TokenServer:
         if records:
             body["records"] = [dict(zip(p.RECORD_COLUMNS, row)) for row in self.store.records()]
         return JSONResponse(body)
+
+    async def advance_clock(self, request: Request) -> Response:
+        """``POST /test/clock`` (form or JSON ``advance_s``: scenario seconds, 0 or more): moves
+        the server's test clock forward and answers ``{"scenario_time_s", "unix_time_s"}`` (the
+        new scenario time and the epoch time JWT claims are now checked against). Tests only:
+        answered only by a server started with a test clock (404 otherwise), and only to
+        loopback clients (403 otherwise); ``400 invalid_request`` for a step that is missing,
+        not a number, negative (the clock never goes back) or not finite."""
+        if not self.clock_endpoint:
+            return JSONResponse({"error": "not_found"}, 404)
+        if not _from_loopback(request):
+            return _loopback_only()
+        try:
+            fields = await _fields(request)
+        except _BadRequest as exc:
+            return _oauth_error(exc.status, "invalid_request", str(exc))
+        step = fields.get(p.ADVANCE_FIELD)
+        if isinstance(step, str) and len(step) <= 64:
+            try:
+                step = float(step)
+            except ValueError:
+                pass
+        try:
+            now = self.clock.advance(step)
+        except ValueError as exc:
+            return _oauth_error(400, "invalid_request", str(exc))
+        return JSONResponse({"scenario_time_s": now, "unix_time_s": self.clock.unix_now()}, headers=_NO_STORE)
 
     async def openapi(self, request: Request) -> Response:
         """``GET /openapi.json``: the OpenAPI 3 description of this server."""
@@ -697,6 +711,14 @@ def _basis(value: Any) -> int | None:
     return int(text)
 
 
+def _from_loopback(request: Request) -> bool:
+    return request.client is not None and request.client.host in ("127.0.0.1", "::1")
+
+
+def _loopback_only() -> JSONResponse:
+    return JSONResponse({"error": "forbidden", "error_description": "loopback clients only"}, 403)
+
+
 def _oauth_error(status: int, error: str, description: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status,
                         headers={**_NO_STORE, **(headers or {})})
@@ -724,6 +746,7 @@ def create_app(scenario: Scenario, strategy_name: str, **options: Any) -> Starle
         Route(p.HEALTH_PATH, server.healthz, methods=["GET"]),
         Route(p.LEDGER_PATH, server.ledger_view, methods=["GET"]),
         Route(p.OPENAPI_PATH, server.openapi, methods=["GET"]),
+        Route(p.CLOCK_PATH, server.advance_clock, methods=["POST"]),
         *(Route(path, server.api, methods=["GET"]) for path in p.API_PATHS),
     ]
     @contextlib.asynccontextmanager

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         prune: Annotated[bool, typer.Option(
             "--prune/--no-prune", help="Forget ledger entries a while after their tokens expire.")] = True,
         access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
+        test_clock: Annotated[bool, typer.Option(
+            "--test-clock", help="Tests only: scenario time stands still until a loopback client moves it "
+                                 "(POST /test/clock). Needs a loopback --host and one worker.")] = False,
     ):
         """Serve one strategy variant of a scenario as a real HTTP token server and API."""
         import uvicorn
@@ -52,11 +55,22 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--time-scale must be > 0, got {time_scale}")
         if workers > 1 and store == "memory":
             raise fail("--workers above 1 needs a shared store: --store redis://HOST:PORT/DB")
+        if test_clock and not _is_loopback(host):
+            raise fail(f"--test-clock lets clients move the server's time: it serves loopback hosts only "
+                       f"(127.0.0.1, ::1, localhost), not {host!r}")
+        if test_clock and workers > 1:
+            raise fail("--test-clock needs one worker (each worker process would keep its own clock)")
         options = dict(time_scale=time_scale, algorithm=algorithm, service_time=service_time,
                        private_key_path=str(private_key) if private_key else None, store=store,
                        namespace=f"refreshlab:{secrets.token_hex(8)}" if store != "memory" else None,
                        prune=prune, ledger_endpoint=ledger)
         try:
+            if test_clock:
+                from loadtests.server.clock import ManualClock
+
+                options.update(clock=ManualClock(time_scale), clock_endpoint=True, time_scale=None)
+                typer.echo("test clock: scenario time stands still until POST /test/clock moves it "
+                           "(tests only; never measure against this server)", err=True)
             server_app = create_app(scenario, strategy, **options)
         except KeyError as exc:
             raise fail(f"{scenario_path}: {exc.args[0]}") from None
@@ -69,3 +83,14 @@ def register(app: typer.Typer) -> None:
         os.environ[SETTINGS_ENV] = json.dumps({"scenario_path": str(scenario_path), "strategy": strategy, **options})
         uvicorn.run("loadtests.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
                     access_log=access_log, log_level="info")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -4,6 +4,7 @@ registered claim required and verified)."""
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,31 @@ class SigningKeys:
         ``jku`` or ``x5u`` a verifier could be tempted to follow)."""
         return self.codec.encode(claims, self.signing_key, algorithm=self.algorithm)
 
-    def decode(self, token: str, *, issuer: str, audience: str, leeway_s: float) -> dict:
+    def decode(self, token: str, *, issuer: str, audience: str, now_unix_s: float, leeway_s: float) -> dict:
         """The claims of ``token`` if its signature, algorithm, issuer, audience and time claims
-        hold (``exp`` and ``nbf`` with ``leeway_s`` wall seconds); ``jwt.InvalidTokenError``
-        otherwise (``jwt.ExpiredSignatureError`` for a genuine token past its ``exp``)."""
+        hold at epoch time ``now_unix_s`` (``exp``, ``nbf`` and ``iat`` with ``leeway_s`` wall
+        seconds; see :func:`check_time_claims`); ``jwt.InvalidTokenError`` otherwise
+        (``jwt.ExpiredSignatureError`` for a genuine token past its ``exp``).
+
+        PyJWT reads the system clock for its own time checks; they are turned off here so that
+        the server's clock (a scaled or a test clock) is the one that decides."""
+        claims = self._verified(token, issuer, audience)
+        if check_time_claims(claims, now_unix_s, leeway_s):
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return claims
+
+    def decode_allowing_expired(self, token: str, *, issuer: str, audience: str, now_unix_s: float,
+                                leeway_s: float) -> tuple[dict, bool]:
+        """As :meth:`decode`, but a genuine token past its ``exp`` is returned too: (claims,
+        whether it has expired). One signature check either way."""
+        claims = self._verified(token, issuer, audience)
+        return claims, check_time_claims(claims, now_unix_s, leeway_s)
+
+    def _verified(self, token: str, issuer: str, audience: str) -> dict:
         return self.codec.decode(
             token, self.verifying_key, algorithms=[self.algorithm], issuer=issuer, audience=audience,
-            leeway=leeway_s, options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
+            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True,
+                     "verify_exp": False, "verify_nbf": False, "verify_iat": False},
         )
 
     def export(self) -> bytes:
@@ -69,6 +88,27 @@ class SigningKeys:
             return self.signing_key
         return self.signing_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption())
+
+
+def _numeric_date(claims: dict, name: str) -> float:
+    value = claims[name]
+    # RFC 7519 section 2: a NumericDate is a JSON number (PyJWT would also take "123" as a string)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise jwt.DecodeError(f"the {name} claim must be a number (NumericDate)")
+    return float(value)
+
+
+def check_time_claims(claims: dict, now_unix_s: float, leeway_s: float) -> bool:
+    """PyJWT's ``iat`` / ``nbf`` / ``exp`` rules, at ``now_unix_s`` instead of the system clock:
+    ``jwt.ImmatureSignatureError`` when ``iat`` or ``nbf`` is after ``now + leeway``,
+    ``jwt.DecodeError`` when one of them is not a number; returns whether the token has expired
+    (``exp <= now - leeway``)."""
+    iat, nbf, exp = (_numeric_date(claims, name) for name in ("iat", "nbf", "exp"))
+    if iat > now_unix_s + leeway_s:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    if nbf > now_unix_s + leeway_s:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+    return exp <= now_unix_s - leeway_s
 
 
 def _codec(hmac: _SecretCheckedOnce | None) -> jwt.PyJWT:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from loadtests.server import protocol as p
+from loadtests.server.clock import MAX_ADVANCE_S
 
 
 def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
@@ -93,6 +94,19 @@ def openapi_document() -> dict:
                     "404": _json({"type": "object"}, "the ledger endpoint is disabled"),
                 },
             }},
+            p.CLOCK_PATH: {"post": {
+                "summary": "Tests only: move the test clock forward (with serve --test-clock; loopback clients only)",
+                "requestBody": _body("ClockStep"),
+                "responses": {
+                    "200": _json({"type": "object", "required": ["scenario_time_s", "unix_time_s"], "properties": {
+                        "scenario_time_s": {"type": "number"}, "unix_time_s": {"type": "number"}}},
+                        "the clock's new time"),
+                    "400": _json(_ERROR, "a missing, negative, non-finite or too large step, or an unreadable body"),
+                    "403": _json({"type": "object"}, "not a loopback client"),
+                    "404": _json({"type": "object"}, "the server runs on its real clock"),
+                    "413": _json(_ERROR, "body too large"),
+                },
+            }},
             **{path: api for path in p.API_PATHS},
         },
         "components": {
@@ -108,6 +122,8 @@ def openapi_document() -> dict:
                 "Refresh": {"type": "object", "required": [p.GRANT_TYPE_FIELD, p.REFRESH_TOKEN_FIELD], "properties": {
                     p.GRANT_TYPE_FIELD: {"type": "string", "enum": [p.REFRESH_GRANT]}, p.REFRESH_TOKEN_FIELD: _TEXT,
                     p.BASIS_FIELD: {"type": "string", "pattern": "^[0-9]{1,19}$"}}},
+                "ClockStep": {"type": "object", "required": [p.ADVANCE_FIELD], "properties": {
+                    p.ADVANCE_FIELD: {"type": "number", "minimum": 0, "maximum": MAX_ADVANCE_S}}},
                 "Logout": {"type": "object", "properties": {
                     p.TOKEN_FIELD: _TEXT, p.REFRESH_TOKEN_FIELD: _TEXT}},
             },

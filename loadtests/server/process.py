@@ -89,9 +89,11 @@ def serve_args(
     workers: int = 1,
     ledger: bool = True,
     prune: bool = True,
+    test_clock: bool = False,
 ) -> list[str]:
     """The interpreter arguments that serve variant ``strategy`` of the scenario file on ``host:port``
-    (with ``/ledger`` on unless ``ledger`` is false: the load-test harness reads it)."""
+    (with ``/ledger`` on unless ``ledger`` is false: the load-test harness reads it; with a test
+    clock, moved by ``POST /test/clock``, only when ``test_clock`` is true: for tests)."""
     args = ["-m", "loadtests.server", str(scenario_path), "--strategy", strategy, "--host", host,
             "--port", str(port), "--time-scale", repr(float(time_scale)),
             "--service-time" if service_time else "--no-service-time",
@@ -103,6 +105,8 @@ def serve_args(
         args += ["--algorithm", algorithm]
     if private_key_path:
         args += ["--private-key", str(private_key_path)]
+    if test_clock:
+        args += ["--test-clock"]
     return args
 
 
@@ -124,7 +128,7 @@ def serve_in_subprocess(
 
     Yields the base URL (``http://127.0.0.1:<port>``, a free port unless ``port`` is given) once
     ``/healthz`` answers; stops the process when the block ends. ``options``: ``store``,
-    ``workers``, ``ledger``, ``prune`` of :func:`serve_args`. Raises :class:`ServerStartError`
+    ``workers``, ``ledger``, ``prune``, ``test_clock`` of :func:`serve_args`. Raises :class:`ServerStartError`
     with the child's output when it cannot start (bad scenario, unknown strategy, port taken).
     """
     port = port or free_port(host)

@@ -21,6 +21,8 @@ HEALTH_PATH = "/healthz"
 LEDGER_PATH = "/ledger"
 #: the OpenAPI 3 description of the server
 OPENAPI_PATH = "/openapi.json"
+#: tests only: moves a test clock forward (``serve --test-clock``; 404 otherwise, loopback only)
+CLOCK_PATH = "/test/clock"
 API_ITEMS_PATH = "/api/items"
 API_PROFILE_PATH = "/api/profile"
 API_ORDERS_PATH = "/api/orders"
@@ -45,6 +47,8 @@ TOKEN_FIELD = "token"
 #: when it decided to renew (recorded as the mint's basis, METRICS.md)
 BASIS_FIELD = "basis"
 REFRESH_GRANT = "refresh_token"
+#: field of ``POST /test/clock``: scenario seconds to move the test clock forward
+ADVANCE_FIELD = "advance_s"
 
 #: the test user store: any username, this password
 TEST_PASSWORD = "refreshlab"

@@ -100,10 +100,10 @@ class MemoryStore:
 
 
 def open_store(url: str | None, *, retain_s: float | None, records: bool, namespace: str | None,
-               wall: Callable[[float], float]):
+               wall: Callable[[float], float | None]):
     """The store a ``--store`` URL names: None or ``memory`` for :class:`MemoryStore`,
     ``redis://host:port/db`` for :class:`~loadtests.server.store_redis.RedisStore`. ``wall``
-    turns scenario seconds into wall seconds (Redis expiries are wall time)."""
+    turns scenario seconds into wall seconds (Redis expiries are wall time; None: no expiry)."""
     if url in (None, "", "memory"):
         return MemoryStore(retain_s=retain_s, records=records)
     if url.startswith(("redis://", "rediss://", "unix://")):

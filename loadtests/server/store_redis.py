@@ -133,8 +133,12 @@ class RedisLedger(Ledger):
             pipe.hincrby(store.key("totals"), name, amount)
         for session_id, basis in self._new_bases:
             pipe.sadd(store.key(f"b:{session_id}"), basis)
-            pipe.pexpire(store.key(f"b:{session_id}"),
-                         store.ttl_ms(self.sessions[session_id].expires_at_s, now))
+            ttl = store.ttl_ms(self.sessions[session_id].expires_at_s, now)
+            # two commands per basis either way: the results below pair up
+            if ttl is None:
+                pipe.persist(store.key(f"b:{session_id}"))
+            else:
+                pipe.pexpire(store.key(f"b:{session_id}"), ttl)
         results = pipe.execute()
         added = results[len(results) - 2 * len(self._new_bases)::2] if self._new_bases else []
         duplicates = {pair for pair, fresh in zip(self._new_bases, added) if not fresh}
@@ -157,7 +161,7 @@ class RedisStore:
     shared = True
 
     def __init__(self, url: str, *, retain_s: float | None, records: bool, namespace: str | None,
-                 wall: Callable[[float], float]) -> None:
+                 wall: Callable[[float], float | None]) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         try:
             self.client.ping()
@@ -173,9 +177,11 @@ class RedisStore:
     def key(self, name: str) -> str:
         return f"{self.namespace}:{name}"
 
-    def ttl_ms(self, expires_at_s: float, now: float) -> int:
-        """Milliseconds until ``retain_s`` after scenario time ``expires_at_s``."""
-        return max(1, int(self.wall(expires_at_s - now + self.retain_s) * 1000) + 1)
+    def ttl_ms(self, expires_at_s: float, now: float) -> int | None:
+        """Milliseconds until ``retain_s`` after scenario time ``expires_at_s``; None (no expiry)
+        when the server's clock does not move by itself (a test clock)."""
+        wall_s = self.wall(expires_at_s - now + self.retain_s)
+        return None if wall_s is None else max(1, int(wall_s * 1000) + 1)
 
     async def run(self, work: Callable[[Txn], T], *, atomic: bool = True) -> T:
         """Run ``work`` as one unit of work: watched and retried when ``atomic``."""

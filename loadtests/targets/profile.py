@@ -220,6 +220,8 @@ class TargetProfile(Model):
     base_url: str | None = None
     #: the server model ``validate`` simulates this server with (a ``sim.strategies.presets`` name)
     server_model: str | None = None
+    #: fields of a scenario ``server`` table laid over ``server_model`` (e.g. a measured ``race_window``)
+    server_settings: dict[str, Any] = Field(default_factory=dict)
     #: the server keeps a ``/ledger`` (the reference server): mints and reuses come from it
     ledger: bool = False
     #: the server revokes a refresh token when it rotates it (counts revocations client-side)

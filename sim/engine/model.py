@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.engine.recorder import Recorder
-from sim.engine.streams import TabStreams, UserStreams, arrival_times, user_traits
+from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
@@ -128,7 +128,7 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "presented")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "presented")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen] if gen is not None else []
@@ -140,6 +140,7 @@ class Task:
         self.rtt = 0.0
         self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
         self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
+        self.timer: float | None = None  # a renewal timer sleeping until its next tick: its origin
         self.presented = None  # the refresh token this task's last refresh call presented
         user.tasks.append(self)
 
@@ -181,6 +182,8 @@ class Simulation:
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
+        # the server's own draws (a race window per rotated token), one stream per replication
+        self.server_rng = generator(seed, replication, 3, int(Source.RACE))
         self._attempts_ok = self.rec.counts.bins_of("attempt", "ok")
         self._requests_ok = self.rec.counts.bins_of("request", "ok")
         auth = scenario.auth
@@ -282,6 +285,7 @@ class Simulation:
     # -- structure: sleeps, sub-flows, visits, concurrency ------------------------------------
 
     def _sleep(self, task, effect):
+        task.timer = effect.timer_origin_s
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
             self.at(task.wake, self.resume, (task, None))
@@ -556,7 +560,7 @@ class Simulation:
         yield Sleep(rtt / 2)
         result = yield from self._auth_call(
             self.service.refresh_s(user.streams.service),
-            lambda now: self.server.begin_refresh(self.ledger, token, basis, now),
+            lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:
@@ -754,10 +758,16 @@ class FastSimulation(Simulation):
         sent = view.held
         if sent is None:
             return False
-        horizon = math.inf
+        horizon, timers = math.inf, None
         for other in tab.visit.user.tasks:
-            if other is not task and other.wake < horizon:
-                horizon = other.wake
+            if other is not task:
+                if other.timer is not None and other.wake > -math.inf:
+                    timers = (timers or []) + [other]
+                elif other.wake < horizon:
+                    horizon = other.wake
+        if timers:
+            for timer in timers:
+                horizon = self._timer_acts(timer, horizon)
         client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
         token = ledger.tokens[sent.id]
         skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
@@ -823,6 +833,23 @@ class FastSimulation(Simulation):
         task.wake = t_next
         self.at(t_next, self.resume, (task, True))
         return PENDING
+
+    def _timer_acts(self, timer: Task, limit: float) -> float:
+        """When the sleeping renewal timer ``timer`` may first do anything, looking over its
+        ticks (:func:`~sim.strategies.flow.timer_flow`, with the same arithmetic) until ``limit``:
+        a tick whose :meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING changes
+        nothing, so page views need not stop for it while nothing else of the user happens.
+        Returns ``limit`` when no tick before it may act."""
+        client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
+        w, nothing = timer.wake, Action.NOTHING
+        for _ in range(10_000):
+            if not w < limit:
+                return limit
+            clock = w + skew
+            if client.on_timer(view, clock) is not nothing:
+                return w
+            w = w + max(client.next_tick_s(view, clock, origin) - clock, 0.0)
+        return w
 
     def _request_fast(self, task, effect):
         done = self._plain(task.tab)

@@ -38,7 +38,9 @@ class Source(IntEnum):
     REFRESH_TIME = 12
     SIGN_TIME = 13
     VERIFY_TIME = 14
-    JITTER = 15  # a timer's random offset (``timer_jitter``)
+    # the server's own draws (a race window per later presentation of a refresh token)
+    RACE = 15
+    JITTER = 16  # a timer's random offset (``timer_jitter``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -182,7 +184,7 @@ class UserStreams:
         pop, net = scenario.population, scenario.network
 
         key = (seed, replication, 1, user)
-        self.auth_rtt = Draws(net.rtt, key, Source.AUTH_LATENCY, batch=8)
+        self.auth_rtt = Draws(net.auth_rtt or net.rtt, key, Source.AUTH_LATENCY, batch=8)
         self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
         self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None

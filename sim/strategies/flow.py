@@ -97,6 +97,9 @@ class LoginCause(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+    #: a renewal timer's sleep until its next tick (the timer started at this instant, by the
+    #: client's clock): a driver that knows the timer's ticks may look ahead over them
+    timer_origin_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,13 +353,19 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
     :meth:`~ClientPolicy.on_timer`."""
     while True:
         now = clock()
-        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0))
-        if policy.timer_jitter_s > 0 and not visit.over:
-            yield Jitter()
+        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0), origin_s)
         if visit.over:
             return
         view = tab()
         action = policy.on_timer(view, clock())
+        if action in RENEW and policy.timer_jitter_s > 0:
+            # a random offset before the renewal the tick decided, then look again: a sibling may
+            # have renewed meanwhile (ticks that renew nothing draw nothing)
+            yield Jitter()
+            if visit.over:
+                return
+            view = tab()
+            action = policy.on_timer(view, clock())
         if action in RENEW:
             yield Call(renew_flow(policy, action, basis_of(view), tab))
 

@@ -43,6 +43,9 @@ class Token:
     successor: tuple[int, int] | None = None
     #: refresh tokens: how many times it was accepted again inside the grace period
     grace_uses: int = 0
+    #: refresh tokens on a server with a race window: when the first refresh that passed the
+    #: check of this token checked it (its rotation is under way from then)
+    claimed_at_s: float | None = None
     revoked: bool = False
 
 

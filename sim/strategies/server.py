@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
+import numpy as np
 from pydantic import Field, model_validator
 
+from sim.distributions import DurationDist
 from sim.model import Model
 from sim.strategies.ledger import Ledger, Session, Token
 from sim.units import Duration
@@ -119,8 +121,10 @@ class ServerPolicy(Model):
             return -math.inf
         return token.expires_at_s + leeway_s
 
-    def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> PendingRefresh:
-        """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``."""
+    def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float,
+                      rng: np.random.Generator | None = None) -> PendingRefresh:
+        """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``. ``rng``:
+        the driver's generator, for servers that draw (a race window)."""
         ledger.counters["refresh_calls"] += 1
         return PendingRefresh(token, basis, "unsupported")
 
@@ -128,9 +132,10 @@ class ServerPolicy(Model):
         """The worker writes its answer: new tokens, or a rejection."""
         return Rejection("unsupported")
 
-    def refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float) -> Grant | Rejection:
+    def refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float,
+                rng: np.random.Generator | None = None) -> Grant | Rejection:
         """Begin and finish at one instant (no service time between)."""
-        return self.finish_refresh(ledger, self.begin_refresh(ledger, token, basis, now), now)
+        return self.finish_refresh(ledger, self.begin_refresh(ledger, token, basis, now, rng), now)
 
     def access_expiry(self, session: Session, now: float) -> float:
         return now + self.access_ttl_s
@@ -161,6 +166,18 @@ class DualTokenServer(ServerPolicy):
     while another refresh of the same token rotated it in the meantime: ``new_pair`` (it mints
     again: both succeed with different pairs) or ``same_pair`` (under its lock it finds the
     rotation done and answers with the pair already issued: a *re-sent pair*, not a mint).
+
+    ``race_window`` (check-then-write servers; a duration or a distribution) is how long after
+    the check of the first refresh that passed a later presentation of the same token still
+    finds it unrotated: one drawn per later presentation (with the driver's generator), which
+    passes too when it is checked less than its draw after that first check (a concurrent
+    replay, answered per ``concurrent_replay``), and otherwise finds the token rotated (reuse
+    detection or grace). A draw per presentation, not per token, because what decides a real
+    race is both the first refresh's commit and where the server's scheduling puts the later
+    check: measured by pairs of presentations ``δ`` apart, ``P(pass | δ)`` is the window's
+    survival function (``refreshlab probe-race``; ``validate`` estimates it from a load test).
+    Without it, a check-then-write server's window lasts until the first refresh writes (its
+    service time); a window of 0 is an atomic server.
     """
 
     kind: Literal["dual_token"] = "dual_token"
@@ -173,9 +190,12 @@ class DualTokenServer(ServerPolicy):
     atomic: bool = True
     revoke_access_on_reuse: bool = False
     concurrent_replay: Literal["new_pair", "same_pair"] = "new_pair"
+    race_window: DurationDist | None = None
 
     @model_validator(mode="after")
     def _coherent(self):
+        if self.race_window is not None and (self.atomic or not self.rotation):
+            raise ValueError("race_window needs rotation = true and atomic = false")
         if not self.rotation and (self.reuse_detection != "none" or self.grace_period_s > 0):
             raise ValueError("reuse_detection and grace_period need rotation = true")
         if self.concurrent_replay == "same_pair" and (self.atomic or not self.rotation):
@@ -196,9 +216,19 @@ class DualTokenServer(ServerPolicy):
     def plain_until_s(self, ledger, token, leeway_s=0.0):
         return -math.inf if self.revoke_access_on_reuse else super().plain_until_s(ledger, token, leeway_s)
 
-    def begin_refresh(self, ledger, token, basis, now):
+    def begin_refresh(self, ledger, token, basis, now, rng=None):
         ledger.counters["refresh_calls"] += 1
-        return PendingRefresh(token, basis, None if self.atomic else self._check(ledger, token, now))
+        if self.atomic:
+            return PendingRefresh(token, basis, None)
+        decision = self._check(ledger, token, now, rng)
+        if decision == "ok" and self.race_window is not None and token.claimed_at_s is None:
+            token.claimed_at_s = now
+        return PendingRefresh(token, basis, decision)
+
+    def _draw_window(self, rng: np.random.Generator | None) -> float:
+        if rng is None and self.race_window.dist != "constant":
+            raise ValueError("a race_window distribution needs the driver's generator (rng)")
+        return max(float(self.race_window.sample(rng, 1)[0]), 0.0)
 
     def finish_refresh(self, ledger, pending, now):
         token = pending.token
@@ -252,7 +282,7 @@ class DualTokenServer(ServerPolicy):
     def mints_per_login(self):
         return 2  # access and refresh token
 
-    def _check(self, ledger: Ledger, token: Token, now: float) -> str:
+    def _check(self, ledger: Ledger, token: Token, now: float, rng: np.random.Generator | None = None) -> str:
         session = ledger.session_of(token)
         if token.revoked or session.revoked:
             return "revoked"
@@ -267,9 +297,14 @@ class DualTokenServer(ServerPolicy):
             if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
                 return "grace_reuse"
             return "reuse_detected"
-        if token.rotated_at_s is None or self.reuse_detection == "none":
+        rotated_at_s = token.rotated_at_s
+        if token.claimed_at_s is not None:
+            if now - token.claimed_at_s < self._draw_window(rng):
+                return "ok"  # the first refresh's rotation is not visible to this check yet
+            rotated_at_s = token.claimed_at_s if rotated_at_s is None else min(rotated_at_s, token.claimed_at_s)
+        if rotated_at_s is None or self.reuse_detection == "none":
             return "ok"
-        within = now - token.rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
+        within = now - rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
         if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
             return "grace_reuse"
         return "reuse_detected"

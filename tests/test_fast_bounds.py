@@ -1,0 +1,100 @@
+"""The pure answers the fast engine relies on to skip work: the policies' "until when do requests
+stay plain" (checked against the hooks they summarise), draws that do not depend on how they are
+batched, and a measurement window read off the per-second bins."""
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sim
+from sim.engine.model import _below
+from sim.engine.streams import Draws
+from sim.metrics import Counts
+from sim.strategies.client import (
+    Action, Held, ProactiveClient, ReactiveClient, Response, SlidingClient, TabView, TimerClient,
+)
+from sim.strategies.ledger import Ledger
+from sim.strategies.server import DualTokenServer, SlidingServer
+from tests.conftest import SCENARIOS
+
+CLIENTS = [
+    ReactiveClient(),
+    ReactiveClient(single_flight=True),
+    SlidingClient(),
+    TimerClient(check_interval_s=60, threshold_s=300),
+    *[ProactiveClient(threshold_s=t, compare=c, whole_seconds=w)
+      for t in (0.0, 30.0, 299.5) for c in ("le", "lt") for w in (False, True)],
+]
+times = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(client=st.sampled_from(CLIENTS), expires=times, back=st.floats(min_value=0.0, max_value=5e3),
+       refreshing=st.booleans())
+def test_a_client_sends_and_is_done_until_it_says(client, expires, back, refreshing):
+    view = TabView(Held(1, expires), refreshing)
+    until = client.sends_until_s(view)
+    now = _below(until) - back
+    if not math.isfinite(now):
+        return
+    assert client.before_send(view, now) is Action.SEND
+    assert client.on_response(view, view.held, Response(200), 1, now) is Action.DONE
+
+
+def test_a_tab_without_a_token_is_never_sure_to_send():
+    for client in CLIENTS:
+        assert client.sends_until_s(TabView(None)) == -math.inf
+
+
+SERVERS = [
+    DualTokenServer(access_ttl="15m"),
+    DualTokenServer(access_ttl="15m", rotation=True, reuse_detection="family", revoke_access_on_reuse=True),
+    SlidingServer(access_ttl="30m", window="15m"),
+    SlidingServer(access_ttl="30m", window="30m", absolute_max="1h"),
+]
+
+
+@settings(max_examples=50, deadline=None)
+@given(server=st.sampled_from(SERVERS), issued=times, back=st.floats(min_value=0.0, max_value=5e3),
+       leeway=st.sampled_from([0.0, 0.5, 30.0]))
+def test_a_server_answers_plainly_until_it_says(server, issued, back, leeway):
+    ledger = Ledger()
+    token = server.login(ledger, 1, issued).access
+    arrive = _below(server.plain_until_s(ledger, token, leeway)) - back
+    if math.isfinite(arrive):
+        assert server.plain_at(ledger, token, arrive, leeway)
+        assert server.authorize(ledger, token, arrive, leeway).status == "ok"
+    ledger.revoke_session(ledger.session_of(token), issued, access=True)
+    assert server.plain_until_s(ledger, token, leeway) == -math.inf
+
+
+def test_draws_do_not_depend_on_batches_or_on_how_they_are_taken():
+    scenario = sim.load_scenario(SCENARIOS / "baseline.toml")
+    for dist in (None, scenario.network.rtt, scenario.workload.think_time, scenario.workload.burst_size):
+        reference = Draws(dist, (7, 0, 2, 3, 0), 3, batch=1000)
+        expected = [reference() for _ in range(500)]
+        for batch in (1, 7, 64):
+            draws = Draws(dist, (7, 0, 2, 3, 0), 3, batch=batch)
+            got = []
+            while len(got) < 500:
+                n = min(5, 500 - len(got))
+                assert draws.head() == draws.peek(n)[0]
+                got.extend(draws.peek(n))
+                draws.skip(n)
+                if len(got) < 500:
+                    got.append(draws())
+            assert got == expected
+
+
+def test_window_from_bins_equals_the_window_counted_one_by_one():
+    rng = np.random.default_rng(3)
+    counted, binned = Counts(300.0, 3600.0), Counts(300.0, 3600.0, window_from_bins=True)
+    for t in np.concatenate([rng.uniform(0, 3900, 2000), [0.0, 299.999, 300.0, 3899.999, 3900.0, 5000.0, -0.5]]):
+        for counts in (counted, binned):
+            counts.count("attempt", "ok", float(t))
+            counts.count("request", "ok", float(t), 3)
+    binned.settle()
+    assert dict(binned.window) == dict(counted.window)
+    assert {k: list(v) for k, v in binned.bins.items()} == {k: list(v) for k, v in counted.bins.items()}

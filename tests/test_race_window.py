@@ -1,0 +1,66 @@
+"""Measuring a server's race window: the probe's estimate, the estimate from a load test's
+records, and the profile lines both print (see sim.strategies.server.DualTokenServer.race_window)."""
+
+import pandas as pd
+
+from loadtests.targets.race import RaceProbe, window_from_records
+from sim.scenario import parse_scenario
+
+from tests.conftest import scenario_dict
+
+
+def test_survival_is_made_non_increasing_and_becomes_an_empirical_window():
+    probe = RaceProbe([0.0, 0.002, 0.01, 0.05], passed=[15, 16, 6, 0], counted=[20, 20, 20, 20])
+    assert probe.survival() == [0.75, 0.75, 0.3, 0.0]
+    window = probe.window()
+    assert window == {"dist": "empirical", "values": ["0s", "10ms", "50ms"], "weights": [0.25, 0.45, 0.3]}
+    # the printed lines are a valid server setting
+    line = probe.toml().splitlines()[1]
+    assert line.startswith("race_window = ")
+    server = {"kind": "dual_token", "rotation": True, "atomic": False, "race_window": window}
+    parsed = parse_scenario(scenario_dict(strategies=[{"name": "x", "client": {"trigger": "reactive"},
+                                                       "server": server}]))
+    assert parsed.variant("x").server.race_window.values == [0.0, 0.01, 0.05]
+    assert RaceProbe([0.0], [0], [5]).window() == {"dist": "constant", "value": "0s"}
+
+
+def test_the_window_a_load_test_met_comes_from_its_refresh_answers():
+    def end(t_s, token, outcome, latency_ms, user=0, tab=0):
+        return {"t_s": t_s, "event": "refresh_end", "token": token, "outcome": outcome,
+                "latency_ms": latency_ms, "user": user, "tab": tab}
+
+    events = pd.DataFrame([
+        # token 1 sent at 10.000 (the first), 10.0005 (passed), 10.015 (reuse), 12.0 (too late: no race)
+        end(10.100, 1, "ok", 100.0), end(10.0505, 1, "ok", 50.0, tab=1),
+        end(10.025, 1, "reuse_detected", 10.0, tab=2), end(12.01, 1, "reuse_detected", 10.0),
+        # token 2 presented once: no race; token 3's second presentation expired: not counted
+        end(20.05, 2, "ok", 50.0), end(30.01, 3, "ok", 10.0), end(30.02, 3, "expired", 10.0, tab=1),
+        {"t_s": 5.0, "event": "attempt", "token": 9, "outcome": "ok", "latency_ms": 3.0, "user": 0, "tab": 0},
+    ])
+    probe = window_from_records(events)
+    assert probe.offsets_s[:6] == [0.0, 0.001, 0.002, 0.005, 0.01, 0.02]
+    assert probe.counted == [1, 0, 0, 0, 1, 0, 0, 0] and probe.passed == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert window_from_records(events[events["token"] == 2]) is None
+
+
+def test_validate_checks_are_data_driven_with_their_own_tolerances(make_scenario):
+    import dataclasses
+
+    import sim
+    from loadtests.cli import AGREEMENT, VALIDATE_METRICS, compare
+
+    simulated = sim.run(make_scenario(run={"replications": 2}, workload={"think_time": "20s", "burst_size": 2}))
+    measured = dataclasses.replace(simulated, summary=simulated.summary.copy())
+    mean = measured.summary["replication"] == "mean"
+    same = compare(simulated, measured, "reactive")
+    assert same["agree"].dropna().astype(bool).all() and "added_latency_ms_p99" in set(same["metric"])
+    # a rate 15% off fails a 10% check and passes a 20% one; a 0 against 0.6 passes a floor of 1
+    measured.summary.loc[mean, "refresh_rate_per_s"] *= 1.15
+    simulated.summary["failed_requests"] = 0.0
+    measured.summary.loc[mean, "failed_requests"] = 0.6
+    checks = [("refresh_rate_per_s", "rate", "rate"), ("refresh_rate_per_s", "rate", "rate", 0.2),
+              ("failed_requests", "failed", "rate", AGREEMENT), ("failed_requests", "failed", "rate", AGREEMENT, 1.0)]
+    rows = compare(simulated, measured, "reactive", checks)
+    assert rows["agree"].tolist() == [False, True, False, True]
+    assert rows["tolerance"].tolist() == [AGREEMENT, 0.2, AGREEMENT, AGREEMENT]
+    assert all(len(check) in (3, 4, 5) for check in VALIDATE_METRICS)
