@@ -102,6 +102,7 @@ def test_gates_from_the_scenario_and_bad_gates(cli, tmp_path):
     assert code == 2 and "gates.fail_on: fail_on[0]: expected METRIC OP NUMBER" in err, err
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_nothing_complete_and_keeps_earlier_results(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import poll_until
 
-pytestmark = [pytest.mark.loadtest, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.loadtest, pytest.mark.timeout(180)]
 
 SCENARIO = Path(__file__).parent / "data" / "loadtest-small.toml"
 REFRESHLAB = Path(sys.executable).with_name("refreshlab")

@@ -68,6 +68,7 @@ def test_headless_locust_races_without_single_flight_and_not_with_it(tmp_path):
     assert calm["refresh_calls"] < races["refresh_calls"]
 
 
+@pytest.mark.slow
 def test_loadtest_command_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     html = tmp_path / "locust.html"
@@ -123,6 +124,7 @@ def test_loadtest_refuses_an_unknown_strategy_without_a_traceback(cli):
     assert "no strategy 'nope'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_interrupted_loadtest_writes_what_it_measured_marked_partial(tmp_path):
     import signal
     import urllib.request

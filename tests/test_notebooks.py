@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["compare_strategies.ipynb",
-                                  pytest.param("capacity_planning.ipynb", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["compare_strategies.ipynb", "capacity_planning.ipynb"])
 def test_notebook_executes_and_draws(name, monkeypatch):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -49,6 +49,7 @@ def race(base_url: str, refresh_token: str, basis: str, n: int) -> tuple[list[ht
     return answers, pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["atomic", "check-then-write"])
 def test_concurrent_refreshes_across_two_workers(redis_url, strategy):
     port = free_port()
@@ -122,6 +123,7 @@ def test_on_a_test_clock_redis_keys_wait_for_the_clock_not_the_wall(redis_url):
 STORM = DATA / "server-storm.toml"  # 2 auth workers busy 100 ms per refresh, 4 calls may wait
 
 
+@pytest.mark.slow
 def test_auth_tier_statistics_are_the_whole_servers_whichever_worker_answers(redis_url):
     """Two uvicorn workers, each with its own auth tier (2 workers, 4 places in its queue): a
     burst of refreshes split over both is partly served, partly shed; ``/ledger`` asked through

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import sim
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_report_of_a_sweep(tmp_path):
     result = _small()
     runs = []

@@ -120,6 +120,7 @@ def test_storm_at_twice_capacity_sheds_with_retry_after_and_the_ledger_matches()
 SHED = Path(__file__).parent / "data" / "loadtest-shed.toml"
 
 
+@pytest.mark.slow
 @pytest.mark.loadtest
 @pytest.mark.timeout(180)
 def test_locust_clients_honour_retry_after_with_jitter(tmp_path):
