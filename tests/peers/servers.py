@@ -19,10 +19,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tests.conftest import poll_until
 
 HERE = Path(__file__).parent
 SIMPLEJWT = HERE / "simplejwt"
@@ -37,15 +38,14 @@ def free_port() -> int:
 
 def wait_for_line(path: Path, pattern: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
     """Block until ``pattern`` appears in the log file ``path`` (the server says it is ready)."""
-    deadline = time.monotonic() + timeout_s
     regex = re.compile(pattern)
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
-        if path.is_file() and regex.search(path.read_text(errors="replace")):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"no {pattern!r} in {path} after {timeout_s} s")
+        return path.is_file() and regex.search(path.read_text(errors="replace")) is not None
+
+    poll_until(ready, timeout_s, f"{pattern!r} in {path}")
 
 
 def stop(process: subprocess.Popen) -> None:
