@@ -797,12 +797,17 @@ RTT_QUANTILES = 50
 def round_trips(test: LoadTest) -> dict:
     """The round trips a load test met, as ``[network]`` fields (scenario distributions of
     ``RTT_QUANTILES`` quantiles weighted equally): ``rtt`` from its API attempts, ``auth_rtt``
-    from its refresh calls less the scenario's refresh service time (which the simulation adds).
-    Latencies are real wall time, counted unscaled like every real round trip."""
+    from its refresh calls less the scenario's refresh service time (which the simulation adds),
+    and, when at least ``MIN_REFUSED`` refresh calls were refused, ``auth_rtt`` from the granted
+    ones and ``auth_rtt_refused`` from the refused ones (a server that refuses before it writes
+    answers sooner). Latencies are real wall time, counted unscaled like every real round trip."""
     events = test.result.events
 
-    def quantiles(event: str, less_s: float = 0.0) -> dict | None:
-        wall_s = events.loc[events["event"] == event, "latency_ms"].dropna().to_numpy(float) / 1000.0
+    def quantiles(event: str, less_s: float = 0.0, outcomes=None) -> dict | None:
+        rows = events[events["event"] == event]
+        if outcomes is not None:
+            rows = rows[rows["outcome"].astype(str).isin(outcomes)]
+        wall_s = rows["latency_ms"].dropna().to_numpy(float) / 1000.0
         if not len(wall_s):
             return None
         q = np.quantile(wall_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
@@ -814,7 +819,52 @@ def round_trips(test: LoadTest) -> dict:
     from sim.strategies.service import ServiceTimes
 
     service_s = ServiceTimes(test.scenario.auth, test.scenario.variant(test.strategy).server).refresh_mean_s
-    return {"rtt": rtt, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+    network = {"rtt": rtt}
+    rho = rtt_correlation(events)
+    if rho is not None:
+        network["rtt_correlation"] = rho
+    refreshes = events[events["event"] == "refresh_end"]
+    refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
+    if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():
+        return {**network, "auth_rtt": quantiles("refresh_end", service_s, ("ok",)),
+                "auth_rtt_refused": quantiles("refresh_end", service_s, REFUSED_OUTCOMES)}
+    return {**network, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+
+
+#: API attempts of one tab sent within this many seconds of each other were sent together (a burst)
+BURST_GAP_S = 0.002
+#: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
+MIN_PAIRS = 50
+
+
+def rtt_correlation(events: pd.DataFrame) -> float | None:
+    """How alike the round trips of API attempts a tab sent together were (``network.
+    rtt_correlation``): the mean product of their normal scores (ranks among every attempt
+    mapped through the standard normal's quantile function) over every pair sent together,
+    clipped to [0, 1] and rounded to 0.01; None with fewer than ``MIN_PAIRS`` pairs."""
+    from scipy.special import ndtri
+
+    rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["user", "tab", "t_s", "latency_ms"]]
+    if len(rows) < 2:
+        return None
+    rows = rows.assign(score=ndtri((rows["latency_ms"].rank(method="average").to_numpy() - 0.5) / len(rows)))
+    rows = rows.sort_values(["user", "tab", "t_s"])
+    starts = (rows["user"].ne(rows["user"].shift()) | rows["tab"].ne(rows["tab"].shift())
+              | rows["t_s"].diff().gt(BURST_GAP_S))
+    groups = rows.groupby(starts.cumsum())["score"]
+    total, n = groups.sum(), groups.size()
+    squares = groups.apply(lambda s: float((s ** 2).sum()))
+    pairs = int((n * (n - 1) / 2).sum())
+    if pairs < MIN_PAIRS:
+        return None
+    cross = float(((total ** 2 - squares) / 2).sum())
+    return round(min(max(cross / pairs / float((rows["score"] ** 2).mean()), 0.0), 1.0), 2)
+
+
+#: refresh outcomes of a call the server refused (``invalid_grant``)
+REFUSED_OUTCOMES = ("reuse_detected", "revoked", "expired")
+#: refused refresh calls a load test needs before validate tells the simulation their round trips apart
+MIN_REFUSED = 20
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

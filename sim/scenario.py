@@ -153,6 +153,20 @@ class Network(Model):
     #: round trips of calls to the auth tier (refresh, login) when they differ from the API's
     #: (e.g. measured against a server whose token endpoint is slower); None: ``rtt``
     auth_rtt: DurationDist | None = None
+    #: round trips of refresh calls the server refuses (``invalid_grant``), when they differ from
+    #: a granted call's (a refusal is answered without writing or signing; measured against a
+    #: real server it comes back sooner). One uniform draw per auth-tier call sets how slow the
+    #: call is; its request leg is half of ``auth_rtt`` (or ``rtt``) at that draw, and the
+    #: answer leg of a refusal is what this distribution at the same draw leaves (at least 0).
+    #: None: a refusal's round trip is a grant's
+    auth_rtt_refused: DurationDist | None = None
+    #: how alike the round trips of calls a user sends together are (0: independent draws; 1:
+    #: one draw for all). Calls sent while the round trip of the call that opened a *moment*
+    #: lasts (a page view's parallel requests, the refreshes their 401s start) share it: their
+    #: round trips are drawn with a Gaussian copula whose normal scores correlate this much, each
+    #: from its own distribution as written (:class:`sim.engine.streams.Moments`). A busy host
+    #: slows what is in flight together; ``validate`` measures it from its load test's bursts
+    rtt_correlation: float = Field(default=0.0, ge=0, le=1)
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes
     timeout_s: Duration = Field(default="10s", alias="timeout", gt=0)
