@@ -820,9 +820,10 @@ def round_trips(test: LoadTest) -> dict:
 
     service_s = ServiceTimes(test.scenario.auth, test.scenario.variant(test.strategy).server).refresh_mean_s
     network = {"rtt": rtt}
-    rho = rtt_correlation(events)
-    if rho is not None:
-        network["rtt_correlation"] = rho
+    correlated = rtt_correlation(events, getattr(test, "time_scale", 1.0))
+    if correlated is not None:
+        network["rtt_correlation"], tau_s = correlated
+        network["rtt_correlation_time"] = f"{tau_s * 1000:g}ms"
     refreshes = events[events["event"] == "refresh_end"]
     refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
     if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():
@@ -831,40 +832,59 @@ def round_trips(test: LoadTest) -> dict:
     return {**network, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
 
 
-#: API attempts of one tab sent within this many seconds of each other were sent together (a burst)
-BURST_GAP_S = 0.002
-#: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
-MIN_PAIRS = 50
-
-
-def rtt_correlation(events: pd.DataFrame) -> float | None:
-    """How alike the round trips of API attempts a tab sent together were (``network.
-    rtt_correlation``): the mean product of their normal scores (ranks among every attempt
-    mapped through the standard normal's quantile function) over every pair sent together,
-    clipped to [0, 1] and rounded to 0.01; None with fewer than ``MIN_PAIRS`` pairs."""
-    from scipy.special import ndtri
-
-    rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["user", "tab", "t_s", "latency_ms"]]
-    if len(rows) < 2:
-        return None
-    rows = rows.assign(score=ndtri((rows["latency_ms"].rank(method="average").to_numpy() - 0.5) / len(rows)))
-    rows = rows.sort_values(["user", "tab", "t_s"])
-    starts = (rows["user"].ne(rows["user"].shift()) | rows["tab"].ne(rows["tab"].shift())
-              | rows["t_s"].diff().gt(BURST_GAP_S))
-    groups = rows.groupby(starts.cumsum())["score"]
-    total, n = groups.sum(), groups.size()
-    squares = groups.apply(lambda s: float((s ** 2).sum()))
-    pairs = int((n * (n - 1) / 2).sum())
-    if pairs < MIN_PAIRS:
-        return None
-    cross = float(((total ** 2 - squares) / 2).sum())
-    return round(min(max(cross / pairs / float((rows["score"] ** 2).mean()), 0.0), 1.0), 2)
-
-
 #: refresh outcomes of a call the server refused (``invalid_grant``)
 REFUSED_OUTCOMES = ("reuse_detected", "revoked", "expired")
 #: refused refresh calls a load test needs before validate tells the simulation their round trips apart
 MIN_REFUSED = 20
+#: API attempts sent within this many wall seconds of each other were sent together
+TOGETHER_S = 0.005
+#: wall lags (seconds) over which validate sees how fast the host's state changes
+DECAY_LAGS_S = (0.2, 1.0)
+#: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
+MIN_PAIRS = 50
+
+
+def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[float, float] | None:
+    """How alike the round trips of API attempts sent at the same moment were, by anyone
+    (``network.rtt_correlation`` ρ), and how fast that fades (``rtt_correlation_time`` τ,
+    seconds): normal scores of the attempts' round trips (ranks mapped through the standard
+    normal's quantile function); ρ is the mean product of the scores of every pair sent within
+    ``TOGETHER_S`` wall seconds of each other, τ fits ``ρ·exp(−Δ/τ)`` to the mean product at wall
+    lags Δ in ``DECAY_LAGS_S``. Round trips are real time, unscaled, and so is τ. None with fewer
+    than ``MIN_PAIRS`` pairs sent together (or no correlation to speak of)."""
+    from scipy.special import ndtri
+
+    rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["t_s", "latency_ms"]]
+    if len(rows) < 2:
+        return None
+    rows = rows.sort_values("t_s")
+    wall = rows["t_s"].to_numpy(float) / time_scale
+    score = ndtri((rows["latency_ms"].rank(method="average").to_numpy() - 0.5) / len(rows))
+    score = score / np.sqrt(np.mean(score ** 2))
+    near = [0.0, 0]
+    far = [0.0, 0.0, 0]
+    for k in range(1, len(wall)):
+        lag = wall[k:] - wall[:-k]
+        if lag.min() >= DECAY_LAGS_S[1]:
+            break
+        product = score[k:] * score[:-k]
+        together = lag < TOGETHER_S
+        near[0] += float(product[together].sum())
+        near[1] += int(together.sum())
+        decay = (lag >= DECAY_LAGS_S[0]) & (lag < DECAY_LAGS_S[1])
+        far[0] += float(product[decay].sum())
+        far[1] += float(lag[decay].sum())
+        far[2] += int(decay.sum())
+    if near[1] < MIN_PAIRS:
+        return None
+    rho = min(near[0] / near[1], 1.0)
+    if rho < 0.01:
+        return None
+    if far[2] == 0:
+        return round(rho, 2), DECAY_LAGS_S[0]
+    c, lag = far[0] / far[2], far[1] / far[2]
+    tau = lag / math.log(rho / c) if 0 < c < rho else (60.0 if c >= rho else lag / 5)
+    return round(rho, 2), round(min(max(tau, 0.001), 60.0), 3)
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

@@ -160,13 +160,14 @@ class Network(Model):
     #: answer leg of a refusal is what this distribution at the same draw leaves (at least 0).
     #: None: a refusal's round trip is a grant's
     auth_rtt_refused: DurationDist | None = None
-    #: how alike the round trips of calls a user sends together are (0: independent draws; 1:
-    #: one draw for all). Calls sent while the round trip of the call that opened a *moment*
-    #: lasts (a page view's parallel requests, the refreshes their 401s start) share it: their
-    #: round trips are drawn with a Gaussian copula whose normal scores correlate this much, each
-    #: from its own distribution as written (:class:`sim.engine.streams.Moments`). A busy host
-    #: slows what is in flight together; ``validate`` measures it from its load test's bursts
+    #: how alike the round trips of calls sent at the same moment are, whoever sends them (0:
+    #: independent draws): a busy host slows whatever is in flight together. Every call's round
+    #: trip is drawn from its own distribution as written, through a Gaussian copula with a
+    #: state of the host shared by the run (:class:`sim.engine.streams.HostState`): normal
+    #: scores of calls sent together correlate this much, of calls Δ apart this much times
+    #: exp(−Δ / ``rtt_correlation_time``). ``validate`` measures both from its load test
     rtt_correlation: float = Field(default=0.0, ge=0, le=1)
+    rtt_correlation_time_s: Duration = Field(default="1s", alias="rtt_correlation_time", gt=0)
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes
     timeout_s: Duration = Field(default="10s", alias="timeout", gt=0)

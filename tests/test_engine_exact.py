@@ -279,8 +279,8 @@ def test_calls_sent_together_share_a_network_moment(make_scenario):
         ev = result.events
         return ev[ev["event"] == "attempt"].groupby("t_s")["latency_ms"].apply(lambda s: sorted(s.round(6)))
 
-    # fully alike: the three requests of a view take one round trip; views (60 s apart: a new
-    # moment each) take different ones
+    # fully alike: the three requests of a view take one round trip; views 60 s apart (the
+    # host's state long changed) take different ones
     shared = attempts(1.0)
     assert all(len(set(v)) == 1 for v in shared)
     assert len({v[0] for v in shared}) > 1
@@ -301,17 +301,22 @@ def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were(
 
     rng = np.random.default_rng(4)
 
-    def bursts(rho, n=300):
-        rows = []
-        for b in range(n):
-            shared = rng.standard_normal()
-            for k in range(3):
-                z = np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal()
-                rows.append({"event": "attempt", "user": b % 7, "tab": 0, "t_s": b * 10.0 + k * 0.0005,
-                             "latency_ms": float(np.exp(3 + 0.8 * z))})
-        return pd.DataFrame(rows)
+    def attempts(rho, tau_s, n=4000):
+        # 20 calls a second, bursts of 2 sent together; the host's state an AR(1) of step 10 ms
+        t = np.sort(np.repeat(rng.uniform(0, n / 20, n // 2), 2))
+        steps = int(t[-1] / 0.01) + 1
+        a = np.exp(-0.01 / tau_s)
+        w = np.empty(steps)
+        w[0] = rng.standard_normal()
+        for k in range(1, steps):
+            w[k] = a * w[k - 1] + np.sqrt(1 - a * a) * rng.standard_normal()
+        z = np.sqrt(rho) * w[(t / 0.01).astype(int)] + np.sqrt(1 - rho) * rng.standard_normal(len(t))
+        return pd.DataFrame({"event": "attempt", "t_s": t, "latency_ms": np.exp(3 + 0.8 * z)})
 
-    assert rtt_correlation(bursts(0.0)) == pytest.approx(0.0, abs=0.08)
-    assert rtt_correlation(bursts(0.6)) == pytest.approx(0.6, abs=0.08)
-    assert rtt_correlation(bursts(1.0)) == pytest.approx(1.0, abs=0.02)
-    assert rtt_correlation(bursts(0.6, n=10)) is None  # too few pairs to tell
+    rho, tau = rtt_correlation(attempts(0.6, 0.5))
+    assert rho == pytest.approx(0.6, abs=0.08) and tau == pytest.approx(0.5, rel=0.35)
+    assert rtt_correlation(attempts(0.0, 0.5)) is None or rtt_correlation(attempts(0.0, 0.5))[0] < 0.08
+    # a time scale: the attempts' times are scenario seconds, the lags that count are wall seconds
+    scaled = attempts(0.6, 0.5).assign(t_s=lambda d: d["t_s"] * 40)
+    assert rtt_correlation(scaled, time_scale=40)[1] == pytest.approx(0.5, rel=0.35)
+    assert rtt_correlation(attempts(0.6, 0.5, n=40)) is None  # too few pairs to tell

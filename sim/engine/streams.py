@@ -8,6 +8,7 @@ variants consume other streams.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -43,7 +44,7 @@ class Source(IntEnum):
     # the server's own draws (a race window per later presentation of a refresh token)
     RACE = 15
     JITTER = 16  # a timer's random offset (``timer_jitter``)
-    MOMENT = 17  # the shared factor of a user's network moments (``network.rtt_correlation``)
+    MOMENT = 17  # the state of the host every call meets (``network.rtt_correlation``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -172,9 +173,9 @@ class TabStreams:
         self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
         self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=128)
         self.loss = Draws(None, key, Source.LOSS, floor=None, batch=128)
-        #: the user's :class:`Moments` when round trips are correlated (set by its UserStreams);
+        #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
         #: ``api_rtt`` then draws each call's own standard normal factor
-        self.moments: Moments | None = None
+        self.moments: HostState | None = None
         self._rtt = net.rtt
         if net.rtt_correlation > 0:
             self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=128)
@@ -183,7 +184,7 @@ class TabStreams:
         """The round trip of an API call sent at ``now`` (scenario seconds)."""
         if self.moments is None:
             return self.api_rtt()
-        return max(self.moments.at(now, self.api_rtt(), (self._rtt,))[0], 0.0)
+        return self.moments.quantiles(now, self.api_rtt(), (self._rtt,))[0]
 
 
 class _Normal:
@@ -197,35 +198,61 @@ class _Normal:
 _NORMAL = _Normal()
 
 
-class Moments:
-    """A user's network moments (``network.rtt_correlation`` = ρ > 0): calls a user sends while
-    the round trip of the call that opened the current moment lasts see the same state of the
-    network and the server (the parallel requests of a page view, the refreshes their 401s
-    start). A call's round trip is its distribution's quantile at ``Φ(√ρ·Z + √(1−ρ)·z)``: ``Z``
-    drawn once per moment, ``z`` per call (a Gaussian copula: two calls of one moment have
-    normal scores correlated ρ; the distribution of each round trip is unchanged). A call sent
-    when the moment is over opens a new one, lasting its own round trip."""
+class HostState:
+    """The state of the network and servers every call of a run meets (``network.rtt_correlation``
+    = ρ > 0, ``network.rtt_correlation_time`` = τ): a stationary Gaussian process ``W(t)`` of
+    scenario time, shared by every user (a busy host slows whatever is in flight at the same
+    moment). A call sent at ``t`` takes its distribution's quantile at ``Φ(√ρ·W(t) + √(1−ρ)·z)``,
+    ``z`` the call's own standard normal draw: a Gaussian copula, so each round trip keeps its
+    distribution as written, two calls sent together have normal scores correlated ρ, and calls
+    ``Δ`` apart ``ρ·exp(−Δ/τ)``. ``W`` is an Ornstein–Uhlenbeck process held constant over steps
+    of τ/50, drawn from its own stream keyed by the run's seed and replication only, so it is the
+    same whichever users (or auth-tier instance) a run holds."""
 
-    __slots__ = ("_shared", "_own", "_draws", "_until", "_z")
+    #: steps per correlation time
+    STEPS = 50
+    _CHUNK = 4096
 
-    def __init__(self, rho: float, key: tuple) -> None:
-        self._shared, self._own = math.sqrt(rho), math.sqrt(1.0 - rho)
-        self._draws = Draws(_NORMAL, key, Source.MOMENT, floor=None, batch=8)
-        self._until = -math.inf
-        self._z = 0.0
+    def __init__(self, rho: float, tau_s: float, seed: int, replication: int) -> None:
+        self.shared, self.own = math.sqrt(rho), math.sqrt(1.0 - rho)
+        self.step_s = tau_s / self.STEPS
+        self._a = math.exp(-1.0 / self.STEPS)
+        self._gen = generator(seed, replication, 3, int(Source.MOMENT))
+        self._w = np.empty(0)
+        self._lock = threading.Lock()
 
-    def at(self, now: float, z: float, dists: tuple) -> list[float]:
-        """The round trips (seconds) of a call sent at ``now`` with its own factor ``z``: one per
-        distribution in ``dists``, at the same quantile; the first decides how long a moment it
-        opens lasts."""
-        opens = not now < self._until
-        if opens:
-            self._z = self._draws()
-        u = float(ndtr(self._shared * self._z + self._own * z))
-        values = [float(d.quantile(np.array([u]))[0]) for d in dists]
-        if opens:
-            self._until = now + max(values[0], 0.0)
-        return values
+    def w(self, t_s: float) -> float:
+        """``W`` at scenario time ``t_s`` (at least 0)."""
+        k = max(int(t_s / self.step_s), 0)
+        if k >= len(self._w):
+            with self._lock:
+                while k >= len(self._w):
+                    self._extend()
+        return float(self._w[k])
+
+    def _extend(self) -> None:
+        from scipy.signal import lfilter
+
+        a = self._a
+        noise = self._gen.standard_normal(self._CHUNK) * math.sqrt(1.0 - a * a)
+        if len(self._w):
+            chunk, _ = lfilter([1.0], [1.0, -a], noise, zi=[a * self._w[-1]])
+        else:
+            noise[0] = self._gen.standard_normal()
+            chunk = lfilter([1.0], [1.0, -a], noise)
+        self._w = np.concatenate([self._w, chunk])
+
+    def quantiles(self, t_s: float, z: float, dists: tuple) -> list[float]:
+        """The round trips (seconds, at least 0) of a call sent at ``t_s`` with its own factor
+        ``z``: one per distribution in ``dists``, all at the same quantile."""
+        u = float(ndtr(self.shared * self.w(t_s) + self.own * z))
+        return [max(float(d.quantile(np.array([u]))[0]), 0.0) for d in dists]
+
+
+@functools.lru_cache(maxsize=16)
+def host_state(rho: float, tau_s: float, seed: int, replication: int) -> HostState:
+    """The run's :class:`HostState` (one object per seed and replication)."""
+    return HostState(rho, tau_s, seed, replication)
 
 
 class AuthRoundTrip:
@@ -283,7 +310,8 @@ class UserStreams:
         key = (seed, replication, 1, user)
         granted = net.auth_rtt or net.rtt
         self._rtts = (granted, net.auth_rtt_refused or granted)
-        self.moments = Moments(net.rtt_correlation, key) if net.rtt_correlation > 0 else None
+        self.moments = (host_state(net.rtt_correlation, net.rtt_correlation_time_s, seed, replication)
+                        if net.rtt_correlation > 0 else None)
         if self.moments is not None:
             self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8)
             self.auth_rtt_refused = None
@@ -308,8 +336,8 @@ class UserStreams:
         """The round trip of one call to the auth tier sent at ``now`` (scenario seconds; every
         call takes exactly one)."""
         if self.moments is not None:
-            granted, refused = self.moments.at(now, self.auth_rtt(), self._rtts)
-            return AuthRoundTrip(max(granted, 0.0), max(refused, 0.0))
+            granted, refused = self.moments.quantiles(now, self.auth_rtt(), self._rtts)
+            return AuthRoundTrip(granted, refused)
         rtt = self.auth_rtt()
         return AuthRoundTrip(rtt, rtt if self.auth_rtt_refused is None else self.auth_rtt_refused())
 
