@@ -13,7 +13,7 @@ in scenario time):
   send time, with the API's verdict (``lost``: no answer before the timeout);
 - ``refresh_start``, ``""``: the client sends a refresh call (``token`` = refresh token,
   ``basis``); ``refresh_end``, ``ok`` | ``expired`` | ``revoked`` | ``reuse_detected`` |
-  ``unavailable`` | ``lost``: its answer reaches the client;
+  ``unauthenticated`` | ``unavailable`` | ``lost``: its answer reaches the client;
 - ``mint``, ``<kind>_<cause>`` with kind ``access`` | ``refresh`` and cause ``login`` | ``refresh``
   | ``grace`` | ``reissue``, suffixed ``_duplicate`` for a duplicate access token;
 - ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger;

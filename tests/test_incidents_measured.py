@@ -114,3 +114,50 @@ def test_measured_sliding_lapse_is_not_spurious_and_an_empty_store_login_is(tmp_
     # the second tab has no token of its own (per-tab storage): it logs in although the session lives
     assert empty["forced_logins"] == empty["spurious_logouts"] == 6
     assert empty["lapse_logins_per_user_day"] == 0
+
+
+SERVER_MECHANISMS = """
+description = "two tabs whose timers renew one shared token at the same instant, against three server mechanisms"
+[run]
+seed = 5
+duration = "9m"
+[population]
+users = 12
+tabs = 2
+[workload]
+think_time = { dist = "exponential", mean = "30s" }
+[network]
+rtt = "80ms"
+[auth]
+queue_timeout = "1m"
+[tokens]
+access_ttl = "5m"
+refresh_ttl = "1d"
+[[strategies]]
+name = "grace_unauthenticated"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared" }
+server = { kind = "dual_token", rotation = true, reuse_detection = "family", grace_period = "10s", grace_returns = "unauthenticated" }
+[[strategies]]
+name = "deferred_split_jar"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared" }
+server = { preset = "supertokens", access_ttl = "5m", refresh_ttl = "1d" }
+[[strategies]]
+name = "deferred_last_write_wins"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared", jar_writes = "last_write_wins" }
+server = { preset = "supertokens", access_ttl = "5m", refresh_ttl = "1d" }
+"""
+
+
+def test_measured_unauthenticated_grace_and_deferred_commit(tmp_path):
+    path = tmp_path / "server_mechanisms.toml"
+    path.write_text(SERVER_MECHANISMS)
+    unauth, split, lww = measure_file(tmp_path, path, "grace_unauthenticated", "deferred_split_jar",
+                                      "deferred_last_write_wins", args=("--time-scale", "60"))
+    # the replay is accepted inside the grace window but answered unauthenticated: a login page
+    # though nothing was revoked
+    assert unauth["grace_reuses"] > 0 and unauth["spurious_logouts"] > 0
+    assert unauth["reuse_detections"] == unauth["benign_revocations"] == 0
+    # deferred commit: every concurrent refresh succeeds; a jar that keeps the first answer while
+    # the store keeps the last commits one child and presents the other: theft detection
+    assert split["benign_revocations"] > 0 and split["spurious_logouts"] == 0
+    assert lww["forced_logins"] == lww["reuse_detections"] == 0 and lww["refresh_calls"] > 0

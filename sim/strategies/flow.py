@@ -73,6 +73,7 @@ class RefreshOutcome(StrEnum):
     LOST = "lost"  # no answer before the client's timeout
     NO_TOKEN = "no_token"  # a login replaced the session meanwhile, and left this tab no token
     SIGNED_OUT = "signed_out"  # the jar holds no refresh token (a failure path deleted it)
+    UNAUTHENTICATED = "unauthenticated"  # the server accepted a replay but answered unauthenticated
 
 
 class AttemptOutcome(StrEnum):
@@ -239,9 +240,10 @@ _SPAWN_REQUEST = Spawn(_REQUEST)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
-                          RefreshOutcome.SIGNED_OUT})
+                          RefreshOutcome.SIGNED_OUT, RefreshOutcome.UNAUTHENTICATED})
 #: refusals a client's recovery policy and failure path act on (``invalid_grant``)
-REFUSED = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
+REFUSED = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
+                     RefreshOutcome.UNAUTHENTICATED})
 Flow = Generator[Any, Any, Any]
 #: seconds a user waits before trying a failed login (the auth tier answered 503) again
 LOGIN_RETRY_S = 1.0
