@@ -203,6 +203,19 @@ class Draws:
         """Take ``n`` draws already seen with :meth:`peek`."""
         self._i += n
 
+    def cursor(self, n: int = 1) -> tuple:
+        """For a caller that reads draws in a loop: the buffer and the index of the next draw,
+        with at least ``n`` draws from there on. The caller reads ``buf[i]``, ``buf[i + 1]``, …
+        itself, and hands the index of the first draw it did not take to :meth:`seek` before
+        anything else draws from this stream (or before it asks for a new cursor)."""
+        while len(self._buf) - self._i < n:
+            self._refill()
+        return self._buf, self._i
+
+    def seek(self, i: int) -> None:
+        """Take the draws up to index ``i`` of the buffer of the last :meth:`cursor`."""
+        self._i = i
+
 
 class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
