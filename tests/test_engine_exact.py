@@ -214,3 +214,30 @@ def test_a_returning_user_with_a_valid_access_token_just_uses_it(make_scenario):
     assert event_times(result, "login") == [0.0]
     assert event_times(result, "refresh_start")[0] == 960.0  # the first 401, at 900 + 60
     assert event_times(result, "request", "ok")[10:12] == [720.0, 780.0]
+
+
+def test_the_cyclic_garbage_collector_is_off_during_a_run_and_restored_after(make_scenario):
+    import gc
+
+    from sim.engine.model import FastSimulation, Simulation
+
+    seen = []
+
+    for engine in (Simulation, FastSimulation):
+        class Watching(engine):
+            def _sleep(self, task, effect):
+                seen.append(gc.isenabled())
+                return super()._sleep(task, effect)
+
+        scenario = make_scenario()
+        variant = scenario.variant(scenario.names[0])
+        assert gc.isenabled()
+        Watching(scenario, variant, 0, 1, False).run()
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            Watching(scenario, variant, 0, 1, False).run()
+            assert not gc.isenabled()  # left as the caller had it
+        finally:
+            gc.enable()
+    assert seen and not any(seen)
