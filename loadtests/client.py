@@ -415,10 +415,10 @@ class UserDriver:
         match effect:
             case Send():
                 sent = tab.store.token
-                reply, trace.rtt_s = self.attempt(tab, sent)
+                reply, trace.rtt_s, outcome = self.attempt(tab, sent)
                 trace.reissued = self._reissued(reply, sent, tab.visit)
                 return Response(reply.status if reply.status in (200, 401) else 0,
-                                trace.reissued.held if trace.reissued else None)
+                                trace.reissued.held if trace.reissued else None, outcome == "expired")
             case Request():
                 self.request(tab)
             case Renew(action=action, basis=basis):
@@ -493,8 +493,9 @@ class UserDriver:
         if added_ms != added_ms:
             self.sink.count("failed_requests")
 
-    def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
-        """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
+    def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float, str]:
+        """One HTTP send of a request with ``sent``; returns the reply, its wall round trip and
+        its ``attempt`` outcome (``ok``, ``expired``, ``invalid`` or ``lost``)."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
         half = self._network_out(self.streams.tab(tab.index).api_rtt)
         reply = self.transport.api(sent.raw)
@@ -513,7 +514,7 @@ class UserDriver:
         self.sink.count("attempts")
         if outcome == "expired":
             self.sink.count("expiry_failures")
-        return reply, rtt
+        return reply, rtt, outcome
 
     def _reissued(self, reply: Reply, sent: Token, visit: Visit) -> Token | None:
         """The token a sliding server re-issued with ``reply`` on behalf of ``sent``, else None."""

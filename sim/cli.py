@@ -331,6 +331,33 @@ def summary_json(result, out: Path, outcome=None, **extra) -> dict:
     return doc
 
 
+def simulate_into_folder(scenario_path: Path, out: Path | None, *, seed, replications, events, quiet: bool,
+                         fail_on, gate_on, strict: bool, processes, cluster, force: bool, engine: Engine,
+                         report: bool = False, print_gates: bool = False):
+    """What ``run`` and ``compare`` share: read the scenario and its gates, simulate, and write the
+    run folder (with ``report.html`` if asked, and ``gates.json``) atomically. Returns (scenario,
+    result, gate outcome); ``result.path`` is the folder written."""
+    from sim.results import atomic_dir
+
+    scenario = read_scenario(scenario_path, strict=strict)
+    gates = read_gates(scenario, fail_on, gate_on)
+    out = out or default_out(scenario_path)
+    with interruptible(out):
+        result = simulate(scenario, seed, replications, events, quiet=quiet, processes=processes, cluster=cluster,
+                          force=force, engine=engine.value)
+        with atomic_dir(out) as tmp:
+            result.write_into(tmp)
+            if report:
+                from sim.report import build_report
+
+                result.path = tmp
+                build_report([result], tmp)
+            outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json=not print_gates)
+    result.path = out
+    warn_empty(result)
+    return scenario, result, outcome
+
+
 @app.command()
 def run(
     scenario_path: ScenarioArg,
@@ -348,19 +375,11 @@ def run(
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate every strategy variant of a scenario and write a run folder."""
-    from sim.results import atomic_dir
-
-    scenario = read_scenario(scenario_path, strict=strict)
-    gates = read_gates(scenario, fail_on, gate_on)
-    out = out or default_out(scenario_path)
-    with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
-                          force=force, engine=engine.value)
-        with atomic_dir(out) as tmp:
-            result.write_into(tmp)
-            outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json)
-    result.path = out
-    warn_empty(result)
+    _, result, outcome = simulate_into_folder(
+        scenario_path, out, seed=seed, replications=replications, events=events, quiet=as_json, fail_on=fail_on,
+        gate_on=gate_on, strict=strict, processes=processes, cluster=cluster, force=force, engine=engine,
+        print_gates=not as_json)
+    out = result.path
     if as_json:
         emit_json(summary_json(result, out, outcome))
     else:
@@ -396,24 +415,11 @@ def compare(
     engine: EngineOpt = Engine.fast,
 ):
     """Simulate a scenario and print its variants side by side (and write the run folder)."""
-    from sim.results import atomic_dir
-
-    scenario = read_scenario(scenario_path, strict=strict)
-    gates = read_gates(scenario, fail_on, gate_on)
-    out = out or default_out(scenario_path)
-    with interruptible(out):
-        result = simulate(scenario, seed, replications, events, quiet=as_json, processes=processes, cluster=cluster,
-                          force=force, engine=engine.value)
-        with atomic_dir(out) as tmp:
-            result.write_into(tmp)
-            if report:
-                from sim.report import build_report
-
-                result.path = tmp
-                build_report([result], tmp)
-            outcome = check_gates(gates, [("", result.aggregate)], tmp, as_json=True)
-    result.path = out
-    warn_empty(result)
+    scenario, result, outcome = simulate_into_folder(
+        scenario_path, out, seed=seed, replications=replications, events=events, quiet=as_json, fail_on=fail_on,
+        gate_on=gate_on, strict=strict, processes=processes, cluster=cluster, force=force, engine=engine,
+        report=report)
+    out = result.path
     if as_json:
         emit_json(summary_json(result, out, outcome, report=str(out / "report.html") if report else None))
         gates_exit(outcome)

@@ -66,8 +66,10 @@ def test_sliding_reissues_inside_the_window_and_lapses_after_idling(make_scenari
         workload={"think_time": "6m"},
         strategies=[{"name": "sliding", "client": {"trigger": "sliding"},
                      "server": {"kind": "sliding", "access_ttl": "5m", "window": "2m"}}]), events=True)
-    # every request after a 6-minute think finds the token lapsed: a forced login, a failed request
-    assert event_times(idle, "login", "forced") == [360.0, 720.0, 1080.0, 1440.0]
+    # every request after a 6-minute think finds the token lapsed: a forced login (a lapse: the
+    # API said the token expired), a failed request
+    assert event_times(idle, "login", "lapsed") == [360.0, 720.0, 1080.0, 1440.0]
+    assert event_times(idle, "login", "forced") == []
     assert idle.replications.iloc[0]["failed_requests"] == 4
 
 

@@ -45,7 +45,7 @@ from sim.strategies.service import ServiceTimes
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
-_OK, _UNAUTHORIZED, _LOST = Response(200), Response(401), Response(0)
+_OK, _UNAUTHORIZED, _EXPIRED, _LOST = Response(200), Response(401), Response(401, expired=True), Response(0)
 _VERDICT = {o.value: o for o in AttemptOutcome}
 
 
@@ -473,9 +473,11 @@ class Simulation:
             done = now + (rtt / 2 + self.api_verify_s)
             outcome = _VERDICT[verdict.status]
             if verdict.reissued:
-                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued))
+                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued),
+                                    outcome is AttemptOutcome.EXPIRED)
             else:
-                response = _OK if outcome is AttemptOutcome.OK else _UNAUTHORIZED
+                response = (_OK if outcome is AttemptOutcome.OK else
+                            _EXPIRED if outcome is AttemptOutcome.EXPIRED else _UNAUTHORIZED)
         heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:

@@ -47,6 +47,9 @@ class Token:
     #: check of this token checked it (its rotation is under way from then)
     claimed_at_s: float | None = None
     revoked: bool = False
+    #: access tokens of a deferred-commit server: the refresh token minted with it, which the
+    #: first use of either commits
+    pair: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +72,8 @@ class Session:
     current_refresh: int | None = None
     previous_refresh: int | None = None
     previous_until_s: float = 0.0
+    #: the refresh token minted last in the session (servers that replay it to its parent)
+    newest_refresh: int | None = None
 
 
 class LedgerObserver:

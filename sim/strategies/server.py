@@ -36,6 +36,7 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A refused refresh. ``reason``: ``expired``, ``revoked``, ``reuse_detected``,
+    ``unauthenticated`` (a replay the server accepted but answers as unauthenticated),
     ``unsupported`` (no refresh tokens on this server). The HTTP form is
     ``400 {"error": "invalid_grant"}`` (``unsupported_grant_type`` for ``unsupported``)."""
 
@@ -178,6 +179,23 @@ class DualTokenServer(ServerPolicy):
     survival function (``refreshlab probe-race``; ``validate`` estimates it from a load test).
     Without it, a check-then-write server's window lasts until the first refresh writes (its
     service time); a window of 0 is an atomic server.
+
+    What a reuse inside the grace window gets (``grace_returns``): ``new_pair``, ``same_pair``,
+    ``reject`` (refused as a reuse, nothing revoked: fliks) or ``unauthenticated`` (accepted as a
+    grace reuse — nothing revoked, nothing minted — but answered as unauthenticated, so the
+    client shows its login page: nocturne's grace path).
+
+    ``parent_replay`` (GoTrue): a rotated refresh token whose successor is still the session's
+    newest refresh token — the client never stored that answer — is accepted at any time, with
+    a new access token and that successor again (no new refresh token); other reuses follow the
+    grace period and ``reuse_detection``.
+
+    ``commit = "first_use"`` (SuperTokens' deferred commit): the session's *committed* refresh
+    token mints a child pair on every presentation without changing any state, so concurrent
+    refreshes all succeed; a child is committed by its first use — presented at the refresh
+    endpoint (which then mints its own child) or its access token's first accepted API call —
+    and any other refresh token (an uncommitted sibling, an older one) is theft: a reuse
+    detection, revoking per ``reuse_detection``.
     """
 
     kind: Literal["dual_token"] = "dual_token"
@@ -185,7 +203,9 @@ class DualTokenServer(ServerPolicy):
     reuse_detection: Literal["none", "token", "family"] = "none"
     grace_period_s: Duration = Field(default="0s", alias="grace_period")
     grace_reuse_count: int = Field(default=0, ge=0)
-    grace_returns: Literal["new_pair", "same_pair", "reject"] = "new_pair"
+    grace_returns: Literal["new_pair", "same_pair", "reject", "unauthenticated"] = "new_pair"
+    parent_replay: bool = False
+    commit: Literal["rotation", "first_use"] = "rotation"
     rotation_store: Literal["per_token", "session_row"] = "per_token"
     atomic: bool = True
     revoke_access_on_reuse: bool = False
@@ -200,6 +220,12 @@ class DualTokenServer(ServerPolicy):
             raise ValueError("reuse_detection and grace_period need rotation = true")
         if self.concurrent_replay == "same_pair" and (self.atomic or not self.rotation):
             raise ValueError("concurrent_replay = 'same_pair' needs rotation = true and atomic = false")
+        if self.commit == "first_use" and not (self.rotation and self.atomic and self.rotation_store == "per_token"
+                                               and self.grace_period_s == 0 and not self.parent_replay):
+            raise ValueError("commit = 'first_use' needs rotation = true, atomic = true, "
+                             "rotation_store = 'per_token', no grace_period and no parent_replay")
+        if self.parent_replay and (not self.rotation or self.rotation_store != "per_token"):
+            raise ValueError("parent_replay needs rotation = true and rotation_store = 'per_token'")
         return self
 
     def login(self, ledger, user, now):
@@ -209,12 +235,30 @@ class DualTokenServer(ServerPolicy):
         session.current_refresh = refresh.id
         return Grant(access, refresh)
 
+    def authorize(self, ledger, token, now, leeway_s=0.0):
+        verdict = super().authorize(ledger, token, now, leeway_s)
+        if verdict is OK and self._commits(ledger, token):
+            ledger.session_of(token).current_refresh = token.pair  # its pair's first use
+        return verdict
+
+    def _commits(self, ledger: Ledger, token: Token) -> bool:
+        """Whether accepting ``token`` (an access token) commits the refresh token minted with
+        it (deferred commit: that token's parent is still the committed one)."""
+        if token.pair is None:
+            return False
+        child = ledger.tokens.get(token.pair)
+        return child is not None and ledger.session_of(token).current_refresh == child.parent
+
     def plain_at(self, ledger, token, now, leeway_s=0.0):
-        # another tab's reuse may revoke the session while the request travels
-        return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
+        # another tab's reuse may revoke the session while the request travels; a pending commit
+        # is a write (once the session moved past the pair's parent it never comes back to it)
+        return (not self.revoke_access_on_reuse and not self._commits(ledger, token)
+                and super().plain_at(ledger, token, now, leeway_s))
 
     def plain_until_s(self, ledger, token, leeway_s=0.0):
-        return -math.inf if self.revoke_access_on_reuse else super().plain_until_s(ledger, token, leeway_s)
+        if self.revoke_access_on_reuse or self._commits(ledger, token):
+            return -math.inf
+        return super().plain_until_s(ledger, token, leeway_s)
 
     def begin_refresh(self, ledger, token, basis, now, rng=None):
         ledger.counters["refresh_calls"] += 1
@@ -244,7 +288,18 @@ class DualTokenServer(ServerPolicy):
         if decision == "grace_reuse" and self.grace_returns == "reject":
             ledger.note_reuse(token, "reuse_detected", now)
             return Rejection("reuse_detected")
+        if decision == "grace_reuse" and self.grace_returns == "unauthenticated":
+            ledger.note_reuse(token, "grace_reuse", now)
+            token.grace_uses += 1
+            return Rejection("unauthenticated")
         session.last_refresh_at_s = now
+        if decision == "parent_replay":
+            ledger.note_reuse(token, "grace_reuse", now)
+            access = ledger.mint("access", session, now, self.access_expiry(session, now),
+                                 cause="grace", parent=token.id, basis=pending.basis)
+            return Grant(access, ledger.tokens[session.newest_refresh])
+        if decision == "commit":
+            session.current_refresh = token.id
         if decision == "grace_reuse":
             ledger.note_reuse(token, "grace_reuse", now)
             token.grace_uses += 1
@@ -267,6 +322,10 @@ class DualTokenServer(ServerPolicy):
         refresh = ledger.mint(
             "refresh", session, now, self._refresh_expiry(session, now), cause=cause, parent=token.id
         )
+        session.newest_refresh = refresh.id
+        if self.commit == "first_use":
+            access.pair = refresh.id
+            return Grant(access, refresh)  # nothing else changes until the child's first use
         if token.rotated_at_s is None:
             token.rotated_at_s = now
             token.successor = (access.id, refresh.id)
@@ -290,6 +349,10 @@ class DualTokenServer(ServerPolicy):
             self.refresh_idle_ttl_s is not None and now - session.last_refresh_at_s > self.refresh_idle_ttl_s
         ):
             return "expired"
+        if self.commit == "first_use":
+            if token.id == session.current_refresh:
+                return "ok"
+            return "commit" if token.parent == session.current_refresh else "reuse_detected"
         if self.rotation_store == "session_row" and self.rotation:
             if token.id == session.current_refresh or self.reuse_detection == "none":
                 return "ok"
@@ -304,6 +367,10 @@ class DualTokenServer(ServerPolicy):
             rotated_at_s = token.claimed_at_s if rotated_at_s is None else min(rotated_at_s, token.claimed_at_s)
         if rotated_at_s is None or self.reuse_detection == "none":
             return "ok"
+        if self.parent_replay and session.newest_refresh is not None:
+            newest = ledger.tokens.get(session.newest_refresh)
+            if newest is not None and newest.parent == token.id:
+                return "parent_replay"
         within = now - rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
         if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
             return "grace_reuse"

@@ -1,0 +1,56 @@
+// oidc-client-ts 3.5 as a single-page app uses it: UserManager with automatic silent renew
+// (a timer per tab at expires_in - 60 s, renewing with the refresh token), the user kept in
+// localStorage so that every tab shares it, no cross-tab lock.
+import { UserManager, WebStorageStateStore } from 'oidc-client-ts';
+import { install, record } from './page.js';
+
+const cfg = window.LAB_CONFIG;
+const here = `${window.location.origin}/oidc-client-ts/`;
+const manager = new UserManager({
+  authority: cfg.issuer,
+  client_id: cfg.clientId,
+  redirect_uri: here,
+  response_type: 'code',
+  scope: 'openid offline_access',
+  prompt: 'consent', // oidc-provider issues a refresh token only for offline_access with consent
+  automaticSilentRenew: true,
+  loadUserInfo: false,
+  monitorSession: false,
+  userStore: new WebStorageStateStore({ store: window.localStorage }),
+});
+
+manager.events.addSilentRenewError((err) => {
+  record('renew_error', { error: err?.error || err?.message || String(err), description: err?.error_description ?? null });
+  if (err?.error === 'invalid_grant' && !window.lab.loggedOut) {
+    window.lab.loggedOut = Date.now() / 1000;
+    record('logged_out', { error: err.error });
+  }
+});
+manager.events.addUserLoaded(() => record('user_loaded'));
+manager.events.addAccessTokenExpired(() => record('access_expired'));
+
+install({
+  sdk: 'oidc-client-ts',
+  userinfo: cfg.userinfo,
+  async getToken() {
+    const user = await manager.getUser();
+    if (!user) throw new Error('login_required');
+    return { token: user.access_token, expiresAt: user.expires_at ?? null };
+  },
+});
+
+async function main() {
+  if (new URLSearchParams(window.location.search).has('code')) {
+    await manager.signinRedirectCallback();
+    window.history.replaceState({}, '', here);
+  }
+  const user = await manager.getUser();
+  if (!user) {
+    await manager.signinRedirect();
+    return;
+  }
+  window.lab.ready = true;
+  record('ready', { expiresAt: user.expires_at ?? null });
+}
+
+main().catch((err) => record('page_error', { error: err?.error || err?.message || String(err) }));

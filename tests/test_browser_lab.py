@@ -1,0 +1,209 @@
+"""The browser lab (``refreshlab browser``): merging the browser's and the server's views into
+one events table, exactly; bad input; and (marked ``browser``, run by .ci/run) real runs of both
+SDKs in headless Chromium against oidc-provider, whose counts must equal the server's own log."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from loadtests.browser_lab import LabRun, LabSettings, lab_ready, lab_result, lab_scenario, merge, schedule
+from sim.results import load_run
+from sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tests" / "data" / "browser-smoke.toml"
+SCENARIO = ROOT / "scenarios" / "browser.toml"
+T = 1_700_000_000.0
+
+
+def _race_run() -> LabRun:
+    """One user, two tabs, the hidden-tab collapse as the lab records it: tab 0 renews with R1;
+    tab 1 presents R1 too 30 ms later (a same-token race); the server revokes the grant; tab 0's
+    next renewal with R2 meets a revoked grant; both tabs are logged out."""
+    call = dict(kind="token_call", user=0, error=None, error_description=None, expires_in=90)
+    records = [
+        {"t": T + 0.0, "kind": "login_start", "user": 0, "tab": 0},
+        {**call, "t": T + 1.0, "t_end": T + 1.1, "tab": 0, "grant_type": "authorization_code", "presented": None,
+         "status": 200, "received": "R1", "access": "A1"},
+        {"t": T + 2.0, "kind": "start", "visibility": ["hidden", "visible"]},
+        {"t": T + 3.0, "kind": "page_view", "user": 0, "tab": 0, "burst": 2, "tokenMs": 0, "access": "A1",
+         "attempts": [{"t": T + 3.0, "status": 200, "ms": 5}, {"t": T + 3.0, "status": 200, "ms": 6}]},
+        {**call, "t": T + 31.0, "t_end": T + 31.05, "tab": 0, "grant_type": "refresh_token", "presented": "R1",
+         "status": 200, "received": "R2", "access": "A2"},
+        {**call, "t": T + 31.03, "t_end": T + 31.06, "tab": 1, "grant_type": "refresh_token", "presented": "R1",
+         "status": 400, "error": "invalid_grant", "error_description": "grant request is invalid", "received": None,
+         "access": None},
+        {"t": T + 31.07, "kind": "sdk", "what": "logged_out", "user": 0, "tab": 1},
+        {"t": T + 40.0, "kind": "page_view", "user": 0, "tab": 0, "burst": 1, "tokenMs": 12, "access": "A2",
+         "attempts": [{"t": T + 40.0, "status": 401, "ms": 5}]},
+        {**call, "t": T + 61.0, "t_end": T + 61.02, "tab": 0, "grant_type": "refresh_token", "presented": "R2",
+         "status": 400, "error": "invalid_grant", "error_description": "grant request is invalid", "received": None,
+         "access": None},
+        {"t": T + 61.03, "kind": "sdk", "what": "logged_out", "user": 0, "tab": 0},
+        {"t": T + 62.0, "kind": "end", "visibility": ["hidden", "visible"]},
+    ]
+    server = [
+        {"t": T + 1.05, "event": "access_token.saved", "jti": "A1", "grant": "G"},
+        {"t": T + 1.05, "event": "refresh_token.saved", "jti": "R1", "grant": "G"},
+        {"t": T + 1.06, "event": "grant.success", "grant_type": "authorization_code", "presented": None},
+        {"t": T + 31.02, "event": "refresh_token.consumed", "jti": "R1", "grant": "G"},
+        {"t": T + 31.02, "event": "refresh_token.saved", "jti": "R2", "grant": "G"},
+        {"t": T + 31.02, "event": "access_token.saved", "jti": "A2", "grant": "G"},
+        {"t": T + 31.03, "event": "grant.success", "grant_type": "refresh_token", "presented": "R1"},
+        {"t": T + 31.05, "event": "grant.revoked", "grant": "G"},
+        {"t": T + 31.05, "event": "grant.error", "grant_type": "refresh_token", "error": "invalid_grant",
+         "detail": "refresh token already used", "presented": "R1"},
+        {"t": T + 61.01, "event": "grant.error", "grant_type": "refresh_token", "error": "invalid_grant",
+         "detail": "refresh token not found", "presented": "R2"},
+    ]
+    settings = LabSettings(sdk="oidc-client-ts", users=1, tabs=2, duration_s=60.0)
+    return LabRun(settings, records, server, host={"cores": 2, "busy": False})
+
+
+def test_merge_classifies_refusals_by_the_servers_reason():
+    merged = merge(_race_run(), "oidc-client-ts")
+    ev = merged.events
+    got = [(round(r.t_s, 3), r.event, r.outcome, None if pd.isna(r.tab) else int(r.tab))
+           for r in ev[ev["event"].isin(["login", "refresh_start", "refresh_end", "reuse_detected", "revoke"])].itertuples()]
+    assert got == [
+        (1.0, "login", "visit", 0),
+        (31.0, "refresh_start", "", 0),
+        (31.03, "refresh_start", "", 1),
+        (31.05, "refresh_end", "ok", 0),
+        (31.05, "revoke", "", None),
+        (31.05, "reuse_detected", "", None),
+        (31.06, "refresh_end", "reuse_detected", 1),
+        (31.07, "login", "forced", 1),
+        (61.0, "refresh_start", "", 0),
+        (61.02, "refresh_end", "revoked", 0),
+        (61.03, "login", "forced", 0),
+    ]
+    # the server's grant names the session of every row, the client's and the server's alike
+    assert set(ev.loc[ev["event"] != "request", "session"].dropna()) == {"G"}
+    # the 401 after the revocation is a refused token, not an expired one
+    assert ev.loc[ev["event"] == "attempt", "outcome"].tolist() == ["ok", "ok", "invalid"]
+    assert merged.agreement["exact"] and merged.agreement["reuse_detections"] == 1
+    assert merged.agreement["lab"] == {"refresh_calls": 3, "refresh_ok": 1, "refresh_refused": 2, "code_exchanges": 1}
+    b = merged.browser
+    assert (b["refresh_calls"], b["refresh_ok"], b["invalid_grant"], b["same_token_races"], b["tabs_logged_out"]) == (3, 1, 2, 1, 2)
+    assert math.isclose(b["race_gap_ms_max"], 30.0, abs_tol=1e-3)
+    assert merged.tabs[["tab", "visibility", "refresh_calls", "invalid_grant"]].values.tolist() == [
+        [0, "hidden", 2, 1], [1, "visible", 1, 1]]
+
+
+def test_lab_result_counts_like_a_run_folder():
+    scenario, _ = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "browser.toml")
+    result, merged, failure = lab_result(_race_run(), scenario, "oidc-client-ts")
+    assert failure is None and not result.partial
+    row = result.aggregate.loc["oidc-client-ts"]
+    # window: from the start of page views (2 s) to the end (62 s)
+    assert (row["refresh_calls"], row["reuse_detections"], row["forced_logins"]) == (3, 1, 2)
+    assert (row["requests"], row["failed_requests"], row["expiry_failures"]) == (3, 1, 0)
+    assert result.meta["server_agreement"]["exact"] and result.meta["browser"]["same_token_races"] == 1
+
+
+def test_a_server_record_missing_from_the_log_fails_the_run():
+    run = _race_run()
+    run.server = [e for e in run.server if e.get("presented") != "R2"]
+    result, merged, failure = lab_result(run, lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")[0],
+                                         "oidc-client-ts")
+    assert not merged.agreement["exact"]
+    assert failure is not None and "server's own log" in failure and result.partial
+
+
+def test_schedule_is_the_simulators_draws_per_tab():
+    scenario, settings = lab_scenario(load_scenario(SCENARIO), "auth0-spa-js", 2, 3, "150s", "x")
+    a, b = schedule(scenario, settings), schedule(scenario, settings)
+    assert a == b and len(a) == 2 and len(a[0]) == 3
+    assert a[0][0] != a[0][1]  # each tab its own stream
+    for views in a[1]:
+        assert sum(think for think, _ in views) >= 150.0
+        assert all(1 <= burst <= 3 and think >= 0.5 for think, burst in views)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tabs", "11"], "--tabs: expected 1 to 10"),
+    (["--users", "0"], "--users: expected 1 to 10"),
+    (["--duration", "5s"], "--duration: expected between 10s and 1h"),
+    (["--duration", "soon"], "--duration"),
+    (["--target-profile", "keycloak"], "--target-profile: the browser lab can log in"),
+])
+def test_bad_input_exits_2(cli, args, message):
+    code, out, err = cli("browser", SCENARIO, "--sdk", "oidc-client-ts", *args)
+    assert code == 2, err
+    assert message in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_too_short_access_tokens_exit_2(cli, tmp_path):
+    scenario = tmp_path / "short.toml"
+    scenario.write_text(SMOKE.read_text().replace('access_ttl = "70s"', 'access_ttl = "60s"'))
+    code, out, err = cli("browser", scenario, "--sdk", "auth0-spa-js")
+    assert code == 2
+    assert "tokens.access_ttl: expected whole seconds between 61s and 1h" in " ".join(err.split())
+
+
+def test_unknown_sdk_exits_2(cli):
+    code, out, err = cli("browser", SCENARIO, "--sdk", "keycloak-js")
+    assert code == 2 and "keycloak-js" in err
+
+
+needs_lab = pytest.mark.skipif(not lab_ready(), reason="the lab's npm packages are installed by .ci/run "
+                               "(npm ci in loadtests/browser)")
+
+
+def _refreshlab(*args, env=None, timeout=400):
+    exe = Path(sys.executable).with_name("refreshlab")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(400)
+@needs_lab
+@pytest.mark.parametrize("sdk", ["oidc-client-ts", "auth0-spa-js"])
+def test_smoke_counts_equal_the_servers_own_log(sdk, tmp_path):
+    out = tmp_path / "run"
+    done = _refreshlab("browser", SMOKE, "--sdk", sdk, "--users", "1", "--tabs", "3", "--duration", "50s", "--out", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = load_run(out)
+    assert run.kind == "measured" and not run.partial
+    calls = pd.read_parquet(out / "token_calls.parquet")
+    server = [json.loads(line) for line in (out / "server_events.jsonl").read_text().splitlines()]
+    grants = [e for e in server if e["event"] in ("grant.success", "grant.error")]
+    # every token-endpoint call the browser made is one the server logged, and no other
+    refresh = calls[calls["grant_type"] == "refresh_token"]
+    assert len(refresh) == sum(e["grant_type"] == "refresh_token" for e in grants) > 0
+    assert Counter(refresh["presented"]) == Counter(e["presented"] for e in grants if e["grant_type"] == "refresh_token")
+    assert (refresh["status"] == 200).sum() == sum(e["event"] == "grant.success" and e["grant_type"] == "refresh_token" for e in grants)
+    assert (refresh["error"] == "invalid_grant").sum() == sum(e["event"] == "grant.error" for e in grants)
+    assert (calls["grant_type"] == "authorization_code").sum() == sum(e["grant_type"] == "authorization_code" for e in grants) == 1
+    # the lab's own counts and its folder say the same
+    tabs = pd.read_csv(out / "browser_tabs.csv")
+    assert tabs["refresh_calls"].sum() == len(refresh) and len(tabs) == 3
+    assert tabs["page_views"].sum() > 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["server_agreement"]["exact"] and meta["host"]["samples"] > 0 and meta["host"]["uptime_end"]
+    ev = run.events
+    assert (ev["event"] == "reuse_detected").sum() == sum(e["event"] == "grant.error" and "already used" in e["detail"] for e in grants)
+    assert (ev["event"] == "revoke").sum() == sum(e["event"] == "grant.revoked" for e in server)
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(120)
+@needs_lab
+def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    done = _refreshlab("browser", SMOKE, "--sdk", "oidc-client-ts", "--tabs", "1", "--duration", "10s", "--out", out,
+                       env={"REFRESHLAB_CHROMIUM": "/bin/false"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing was measured" in " ".join(done.stderr.split())
+    assert not out.exists() and not list(tmp_path.iterdir())
