@@ -149,6 +149,55 @@ def test_race_window_needs_a_check_then_write_server():
             "server": {"kind": "dual_token", "rotation": True, "race_window": "5ms"}}]))
 
 
+def test_race_window_counts_between_sends_or_checks(make_scenario):
+    # one worker: both presentations are sent at 180 s, the second is checked 10 ms after the
+    # first (it waited for the worker). Between checks 10 ms >= 5 ms: reuse; between sends 0 < 5 ms
+    checked = two_tabs_one_token(make_scenario, 1, race_window="5ms")
+    sent = two_tabs_one_token(make_scenario, 1, race_window="5ms", race_window_offsets="sent")
+    assert event_times(checked, "reuse_detected")[:1] == [180.02]
+    assert event_times(sent, "refresh_end", "ok")[:3] == [0.01, 180.01, 180.02]
+    assert [t for t in event_times(sent, "reuse_detected") if t < 181] == []
+    # the reference is the earliest-sent presentation the server has seen, even one that was refused
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="token", atomic=False,
+                             race_window="5ms", race_window_offsets="sent")
+    ledger = Ledger()
+    token = server.login(ledger, user=0, now=0.0).refresh
+    assert server.begin_refresh(ledger, token, None, 10.05, sent_s=10.0).decision == "ok"
+    # sent before the first (arrives later): offset 0 from itself, passes
+    assert server.begin_refresh(ledger, token, None, 10.2, sent_s=9.999).decision == "ok"
+    assert token.first_sent_s == 9.999
+    assert server.begin_refresh(ledger, token, None, 10.3, sent_s=10.003).decision == "ok"
+    assert server.begin_refresh(ledger, token, None, 10.006, sent_s=10.006).decision == "reuse_detected"
+
+
+def test_race_window_drawn_per_claim_decides_every_later_presentation_together():
+    import numpy as np
+
+    def later_decisions(scope, seed):
+        server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="token", atomic=False,
+                                 race_window={"dist": "empirical", "values": ["0s", "20ms"], "weights": [1, 1]},
+                                 race_window_scope=scope)
+        rng, ledger = np.random.default_rng(seed), Ledger()
+        groups = []
+        for _ in range(40):
+            token = server.login(ledger, user=0, now=0.0).refresh
+            first = server.begin_refresh(ledger, token, None, 10.0, rng)
+            # three later presentations 10 ms after the claim
+            groups.append(tuple(server.begin_refresh(ledger, token, None, 10.01, rng).decision for _ in range(3)))
+            assert first.decision == "ok"
+        return groups
+
+    claim = later_decisions("claim", 1)
+    # one draw per claim: all three pass (a 20 ms window) or none does (0 s)
+    assert set(claim) == {("ok",) * 3, ("reuse_detected",) * 3}
+    # per presentation the three are drawn apart: mixed groups appear
+    assert any(len(set(g)) > 1 for g in later_decisions("presentation", 1))
+    with pytest.raises(ScenarioError, match="race_window_scope"):
+        parse_scenario(scenario_dict(strategies=[{
+            "name": "x", "client": {"trigger": "reactive"},
+            "server": {"kind": "dual_token", "rotation": True, "atomic": False, "race_window_scope": "claim"}}]))
+
+
 # -- grace modes, deferred commit, GoTrue's parent replay ---------------------------------------
 
 

@@ -46,6 +46,12 @@ class Token:
     #: refresh tokens on a server with a race window: when the first refresh that passed the
     #: check of this token checked it (its rotation is under way from then)
     claimed_at_s: float | None = None
+    #: refresh tokens on a server with a race window: when the earliest-sent presentation of it
+    #: the server has checked so far was sent (where the driver knows send times, else when it
+    #: was checked); race windows count from here, as they are measured
+    first_sent_s: float | None = None
+    #: refresh tokens on a server whose race window is drawn per claim: that window (seconds)
+    claim_window_s: float | None = None
     revoked: bool = False
     #: access tokens of a deferred-commit server: the refresh token minted with it, which the
     #: first use of either commits

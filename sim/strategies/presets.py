@@ -41,9 +41,12 @@ SERVER_PRESETS: dict[str, dict] = {
     # node-oidc-provider, public client: rotation on every use; a consumed token presented again
     # is destroyed and its grant revoked. Its consumed check and the rotation's write are separate
     # awaits, but with its in-memory adapter they run in one turn of Node's event loop: measured
-    # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic
+    # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic. A reuse
+    # revokes the grant with everything issued under it, access tokens included
+    # (lib/helpers/revoke.js: AccessToken.revokeByGrantId): the API then refuses them as invalid
     "oidc-provider": {
         "kind": "dual_token", "refresh_ttl": "1d", "rotation": True, "reuse_detection": "family",
+        "revoke_access_on_reuse": True,
     },
     # GoTrue (Supabase Auth), its refresh grant: rotation on by default; the refresh token row and
     # session are locked before the check (atomic); the parent of the session's active refresh

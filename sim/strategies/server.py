@@ -123,9 +123,11 @@ class ServerPolicy(Model):
         return token.expires_at_s + leeway_s
 
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float,
-                      rng: np.random.Generator | None = None) -> PendingRefresh:
+                      rng: np.random.Generator | None = None, sent_s: float | None = None) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``. ``rng``:
-        the driver's generator, for servers that draw (a race window)."""
+        the driver's generator, for servers that draw (a race window); ``sent_s``: when the
+        client sent the call, where the driver knows it (a race window counts between sends, as
+        it is measured), else None."""
         ledger.counters["refresh_calls"] += 1
         return PendingRefresh(token, basis, "unsupported")
 
@@ -180,6 +182,20 @@ class DualTokenServer(ServerPolicy):
     Without it, a check-then-write server's window lasts until the first refresh writes (its
     service time); a window of 0 is an atomic server.
 
+    ``race_window_offsets`` says between what the window counts: ``checked`` (from the check of
+    the first refresh that passed to a later presentation's check, the driver's network and
+    queue included) or ``sent`` (from when the token's earliest-sent presentation the server
+    has seen was sent to when a later one was sent, where the driver knows send times: how
+    ``refreshlab probe-race`` and ``validate`` measure it, the real server's own send-to-check
+    times being already in the measured window).
+
+    ``race_window_scope`` says who draws the window: ``presentation`` (each later presentation
+    its own draw, as above) or ``claim`` (one draw when the first refresh claims the token, shared
+    by every later presentation of it: how long that refresh's rotation stays invisible decides
+    them all). Pairs of presentations cannot tell the two apart (both give ``P(pass | δ)`` as
+    the window's survival function); three or more racing presentations can: with ``claim``
+    they tend to pass or fail together.
+
     What a reuse inside the grace window gets (``grace_returns``): ``new_pair``, ``same_pair``,
     ``reject`` (refused as a reuse, nothing revoked: fliks) or ``unauthenticated`` (accepted as a
     grace reuse — nothing revoked, nothing minted — but answered as unauthenticated, so the
@@ -211,11 +227,15 @@ class DualTokenServer(ServerPolicy):
     revoke_access_on_reuse: bool = False
     concurrent_replay: Literal["new_pair", "same_pair"] = "new_pair"
     race_window: DurationDist | None = None
+    race_window_scope: Literal["presentation", "claim"] = "presentation"
+    race_window_offsets: Literal["checked", "sent"] = "checked"
 
     @model_validator(mode="after")
     def _coherent(self):
         if self.race_window is not None and (self.atomic or not self.rotation):
             raise ValueError("race_window needs rotation = true and atomic = false")
+        if (self.race_window_scope != "presentation" or self.race_window_offsets != "checked") and self.race_window is None:
+            raise ValueError("race_window_scope and race_window_offsets need a race_window")
         if not self.rotation and (self.reuse_detection != "none" or self.grace_period_s > 0):
             raise ValueError("reuse_detection and grace_period need rotation = true")
         if self.concurrent_replay == "same_pair" and (self.atomic or not self.rotation):
@@ -260,13 +280,18 @@ class DualTokenServer(ServerPolicy):
             return -math.inf
         return super().plain_until_s(ledger, token, leeway_s)
 
-    def begin_refresh(self, ledger, token, basis, now, rng=None):
+    def begin_refresh(self, ledger, token, basis, now, rng=None, sent_s=None):
         ledger.counters["refresh_calls"] += 1
         if self.atomic:
             return PendingRefresh(token, basis, None)
-        decision = self._check(ledger, token, now, rng)
+        sent_s = now if sent_s is None or self.race_window_offsets == "checked" else sent_s
+        if self.race_window is not None:
+            token.first_sent_s = sent_s if token.first_sent_s is None else min(token.first_sent_s, sent_s)
+        decision = self._check(ledger, token, now, rng, sent_s)
         if decision == "ok" and self.race_window is not None and token.claimed_at_s is None:
             token.claimed_at_s = now
+            if self.race_window_scope == "claim":
+                token.claim_window_s = self._draw_window(rng)
         return PendingRefresh(token, basis, decision)
 
     def _draw_window(self, rng: np.random.Generator | None) -> float:
@@ -341,7 +366,8 @@ class DualTokenServer(ServerPolicy):
     def mints_per_login(self):
         return 2  # access and refresh token
 
-    def _check(self, ledger: Ledger, token: Token, now: float, rng: np.random.Generator | None = None) -> str:
+    def _check(self, ledger: Ledger, token: Token, now: float, rng: np.random.Generator | None = None,
+               sent_s: float | None = None) -> str:
         session = ledger.session_of(token)
         if token.revoked or session.revoked:
             return "revoked"
@@ -362,7 +388,8 @@ class DualTokenServer(ServerPolicy):
             return "reuse_detected"
         rotated_at_s = token.rotated_at_s
         if token.claimed_at_s is not None:
-            if now - token.claimed_at_s < self._draw_window(rng):
+            window_s = token.claim_window_s if token.claim_window_s is not None else self._draw_window(rng)
+            if (now if sent_s is None else sent_s) - token.first_sent_s < window_s:
                 return "ok"  # the first refresh's rotation is not visible to this check yet
             rotated_at_s = token.claimed_at_s if rotated_at_s is None else min(rotated_at_s, token.claimed_at_s)
         if rotated_at_s is None or self.reuse_detection == "none":
