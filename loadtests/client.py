@@ -374,7 +374,8 @@ class UserDriver:
         after ``away``) until the scenario's end."""
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
-                         self.scenario.population.idle_probability, self.client_clock)
+                         self.scenario.population.idle_probability, self.client_clock,
+                         self.scenario.population.tab_opening_gap_s)
         self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
@@ -614,7 +615,8 @@ class UserDriver:
 
     def login(self, tab: Tab, *, forced: bool, lapsed: bool = False) -> None:
         """Log the user in (again, when ``forced``); one login at a time per user. The tab that
-        logs in gets the access token; the jar gets the refresh token."""
+        logs in gets the access token (every tab, with ``copied`` storage); the jar gets the
+        refresh token."""
         clock, visit, sink = self.clock, tab.visit, self.sink
         if visit.login is not None:
             visit.login.get()
@@ -643,7 +645,8 @@ class UserDriver:
             visit.jar = body.get("refresh_token")
             if visit.jar:
                 self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
-            tab.store.token = token
+            for filled in (visit.tabs if self.policy.storage == "copied" else (tab,)):
+                filled.store.token = token
         finally:
             done, visit.login = visit.login, None
             done.set(True)

@@ -1,6 +1,6 @@
 // oidc-client-ts 3.5 as a single-page app uses it: UserManager with automatic silent renew
-// (a timer per tab at expires_in - 60 s, renewing with the refresh token), the user kept in
-// localStorage so that every tab shares it, no cross-tab lock.
+// (a timer per tab at expires_in - 60 s, renewing with the refresh token the store holds), the
+// user kept in localStorage so that a new tab starts from it, no cross-tab lock.
 import { UserManager, WebStorageStateStore } from 'oidc-client-ts';
 import { install, record } from './page.js';
 
@@ -26,16 +26,22 @@ manager.events.addSilentRenewError((err) => {
     record('logged_out', { error: err.error });
   }
 });
-manager.events.addUserLoaded(() => record('user_loaded'));
+// the app keeps the user it loaded in memory, as react-oidc-context and most apps do: the page
+// loads it once, and the tab's own renewals replace it (a sibling's renewal does not reach it)
+let current = null;
+manager.events.addUserLoaded((user) => {
+  current = user;
+  record('user_loaded', { expiresAt: user.expires_at ?? null });
+});
 manager.events.addAccessTokenExpired(() => record('access_expired'));
 
 install({
   sdk: 'oidc-client-ts',
   userinfo: cfg.userinfo,
   async getToken() {
-    const user = await manager.getUser();
-    if (!user) throw new Error('login_required');
-    return { token: user.access_token, expiresAt: user.expires_at ?? null };
+    // no getUser() here: it would load the store's newest user and re-arm this tab's timer
+    if (!current) throw new Error('login_required');
+    return { token: current.access_token, expiresAt: current.expires_at ?? null };
   },
 });
 
@@ -45,6 +51,7 @@ async function main() {
     window.history.replaceState({}, '', here);
   }
   const user = await manager.getUser();
+  current = user;
   if (!user) {
     await manager.signinRedirect();
     return;
