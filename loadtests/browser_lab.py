@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from sim import run as simulate
 from sim.cli import OutOpt, ScenarioArg, default_out, err_console, fail, out_console, read_scenario
 from sim.engine.streams import TabStreams
 from sim.metrics import EVENT_COLUMNS, Tally, summarize, summary_table
@@ -44,8 +45,10 @@ from sim.scenario import Scenario, ScenarioError
 from sim.units import parse_duration
 
 LAB = Path(__file__).parent / "browser"
-#: the client preset the simulator uses for each SDK the lab drives
+#: the client presets of each SDK the lab drives: as its documentation reads, and as the lab's
+#: app configures it (the one a lab run's scenario gets)
 SDK_PRESETS = {"oidc-client-ts": "oidc-client-ts", "auth0-spa-js": "auth0-spa-js"}
+LAB_PRESETS = {"oidc-client-ts": "oidc-client-ts-localstorage", "auth0-spa-js": "auth0-spa-js-localstorage"}
 #: target profiles whose server the lab can start and log in to through a browser
 BROWSER_PROFILES = ("oidc-provider",)
 #: the host counts as busy when the 1-minute load per core or the CPU busy share exceeds these
@@ -145,7 +148,7 @@ def lab_scenario(scenario: Scenario, sdk: str, users: int | None, tabs: int | No
         variant = scenario.variant(name).to_file_dict()
     except KeyError:
         variant = {"name": name, "description": f"{sdk} in Chromium against oidc-provider",
-                   "client": {"preset": SDK_PRESETS[sdk]}, "server": {"preset": "oidc-provider"}}
+                   "client": {"preset": LAB_PRESETS[sdk]}, "server": {"preset": "oidc-provider"}}
     try:
         lab = scenario.replace(strategies=[variant], population={"users": users, "tabs": tabs},
                                run={"duration_s": duration_s, "warmup_s": 0.0, "replications": 1})
@@ -304,6 +307,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
         raise LabError("the browser lab's npm packages are missing: run `npm ci` in loadtests/browser "
                        "(Node 20 and npm needed)", code=2)
     chromium = chromium_path()
+    work = work.resolve()  # the lab runs in its own folder
     work.mkdir(parents=True, exist_ok=True)
     port, spa_port = _free_port(), _free_port()
     issuer = f"http://127.0.0.1:{port}/"
@@ -728,3 +732,152 @@ def _tail(text: str, n: int = 5) -> str:
 def register(app: typer.Typer) -> None:
     """Add ``browser`` to the console script's Typer ``app`` (entry point)."""
     app.command()(browser)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate --browser: the simulator's presets against what the lab measures
+
+#: the share by which simulated and measured refresh calls may differ
+REFRESH_TOLERANCE = 0.10
+
+
+def tab_gap_s(run: LabRun) -> float:
+    """The mean gap between the openings of a user's consecutive tabs in a lab run (0 for one tab)."""
+    gaps = []
+    for user in range(run.settings.users):
+        opened = sorted(r["t"] for r in run.records if r.get("kind") == "tab_open" and r["user"] == user)
+        gaps += list(np.diff(opened))
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def lab_login_t(run: LabRun) -> float:
+    """The first code exchange's answer (epoch seconds): the lab's counterpart of the simulated login."""
+    return min(r.get("t_end", r["t"]) for r in run.records
+               if r.get("kind") == "token_call" and r.get("grant_type") == "authorization_code")
+
+
+def simulated_scenario(scenario: Scenario, run: LabRun, strategy: str) -> Scenario:
+    """The scenario the simulator predicts a lab run with: the variant's client preset for the
+    SDK as the lab runs it (or the variant's own client when it already names that preset),
+    oidc-provider's model, the lab's users and tabs, its measured tab-opening gap, Chrome's
+    1-second wake-up for hidden tabs when the lab throttled, and the lab's length from the login
+    to the end of its page views."""
+    settings = run.settings
+    variant = scenario.variant(strategy).to_file_dict()
+    client = variant["client"] if variant["client"].get("preset") == LAB_PRESETS[settings.sdk] else {
+        "preset": LAB_PRESETS[settings.sdk]}
+    if settings.throttling == "chrome":
+        client = {**client, "wake_up": "1s"}
+    end = next(r["t"] for r in run.records if r.get("kind") == "end")
+    length = end - lab_login_t(run)
+    return scenario.replace(
+        strategies=[{**variant, "client": client, "server": {"preset": "oidc-provider"}}],
+        population={"users": settings.users, "tabs": settings.tabs, "tab_opening_gap": tab_gap_s(run),
+                    "arrival": {"pattern": "all_at_once"}},
+        run={"warmup_s": 0.0, "duration_s": length})
+
+
+def _sim_counts(events: pd.DataFrame) -> dict:
+    """Refresh calls, same-token races, refused refreshes and tabs with a refused refresh, per
+    replication, from simulated events (the lab's definitions)."""
+    out = []
+    for rep, ev in events.groupby("replication"):
+        starts = ev[ev["event"] == "refresh_start"].sort_values("t_s")
+        races = int(starts.duplicated(["user", "session", "token"]).sum())
+        ends = ev[ev["event"] == "refresh_end"]
+        refused = ends[ends["outcome"].isin(["reuse_detected", "revoked", "expired"])]
+        out.append({"replication": rep, "refresh_calls": len(starts), "same_token_races": races,
+                    "refused_refreshes": len(refused),
+                    "tabs_logged_out": int(refused.drop_duplicates(["user", "tab"]).shape[0])})
+    return pd.DataFrame(out).set_index("replication")
+
+
+def _lab_counts(run: LabRun, merged: Merged) -> dict:
+    login = lab_login_t(run) - merged.t0
+    calls = merged.calls[(merged.calls["grant_type"] == "refresh_token") & (merged.calls["t_s"] >= login)]
+    return {"refresh_calls": len(calls), "same_token_races": len(same_token_races(merged.calls)),
+            "refused_refreshes": int((calls["status"] != 200).sum()),
+            "tabs_logged_out": merged.browser["tabs_logged_out"]}
+
+
+def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
+    """Rows per metric: simulated replication 0 (the lab's own draws), the mean and 95% CI over
+    replications, the lab's measurement, and whether they agree: refresh calls within 10% (or
+    inside the simulated CI), same-token races and logged-out tabs on whether they occur."""
+    from scipy import stats
+
+    rows = []
+    n = len(simulated)
+    for metric, kind in (("refresh_calls", "within 10%"), ("same_token_races", "occurs"),
+                         ("tabs_logged_out", "occurs"), ("refused_refreshes", "info")):
+        values = simulated[metric].astype(float)
+        mean = float(values.mean())
+        ci = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        rep0, measured = float(values.iloc[0]), float(lab[metric])
+        if kind == "within 10%":
+            rel = abs(rep0 - measured) / max(measured, 1.0)
+            agree = rel <= REFRESH_TOLERANCE or (n > 1 and abs(mean - measured) <= ci)
+        elif kind == "occurs":
+            rel, agree = math.nan, (rep0 > 0) == (measured > 0)
+        else:
+            rel, agree = math.nan, None
+        rows.append({"metric": metric, "check": kind, "simulated_rep0": rep0, "simulated_mean": mean,
+                     "simulated_ci95": ci, "measured": measured, "relative_difference": rel, "agrees": agree})
+    return pd.DataFrame(rows)
+
+
+def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[str], tabs: int | None,
+                     throttling: str, tab_opening: str, out: Path, replications: int = 20) -> bool:
+    """For each variant: run the lab with its SDK, simulate the lab's set-up with the SDK's
+    preset, compare; write ``measured-<variant>/``, ``simulated-<variant>/`` and
+    ``validation-browser.csv`` / ``.md`` into ``out``. Returns whether every check agreed;
+    :class:`LabError` when a variant names no SDK or the lab fails."""
+    tables, lines = [], []
+    out.mkdir(parents=True, exist_ok=True)
+    for name in strategies:
+        variant = scenario.variant(name)
+        sdk = name if name in LAB_PRESETS else next(
+            (s for s in LAB_PRESETS if variant.client.preset in (SDK_PRESETS[s], LAB_PRESETS[s])), None)
+        if sdk is None:
+            raise LabError(f"{scenario_path}: strategy {name!r}: validate --browser needs a variant named after an SDK "
+                           f"({', '.join(LAB_PRESETS)}) or using one of their presets", code=2)
+        lab, settings = lab_scenario(scenario, sdk, None, tabs, None, str(scenario_path))
+        settings.throttling, settings.tab_opening = throttling, tab_opening
+        strategy = lab.strategies[0].name
+        work = out / f".lab-{name}-{os.getpid()}"
+        run, result, merged, failure = measure(lab, settings, strategy, work)
+        if result is None:
+            shutil.rmtree(work, ignore_errors=True)
+            raise LabError(f"{name}: {failure}: nothing was measured (lab: {_tail(run.logs.get('lab', ''))})")
+        with atomic_dir(out / f"measured-{name}") as tmp:
+            write_lab(result, merged, run, tmp)
+        shutil.rmtree(work, ignore_errors=True)
+        if failure:
+            raise LabError(f"{name}: the lab run failed ({failure}); its folder is marked partial")
+        predicted = simulated_scenario(scenario.replace(strategies=[variant]), run, variant.name).replace(
+            run={"replications": replications})
+        sim_run = simulate(predicted, events=True)
+        sim_run.save(out / f"simulated-{name}")
+        table = compare_browser(_sim_counts(sim_run.events), _lab_counts(run, merged))
+        table.insert(0, "strategy", name)
+        table.insert(1, "throttling", throttling)
+        table.insert(2, "tabs", settings.tabs)
+        tables.append(table)
+        host = run.host
+        lines.append(f"- `{name}`: {settings.users} user(s) × {settings.tabs} tabs, throttling {throttling}, "
+                     f"{settings.duration_s:g} s, tab-opening gap {tab_gap_s(run):.2f} s; host load "
+                     f"{host.get('load1_mean') or float('nan'):.2f} mean on {host.get('cores')} cores"
+                     + (f" (busy: {host['busy_reason']})" if host.get("busy") else ""))
+    rows = pd.concat(tables, ignore_index=True)
+    rows.to_csv(out / "validation-browser.csv", index=False)
+    md = ["# The simulator's SDK presets against the browser lab", "", *lines, "",
+          "| strategy | metric | check | simulated (rep 0) | simulated mean ± 95% CI | measured | agrees |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        ci = "" if math.isnan(r.simulated_ci95) else f" ± {r.simulated_ci95:.2f}"
+        agrees = "" if r.agrees is None else ("yes" if r.agrees else "**no**")
+        md.append(f"| {r.strategy} | {r.metric} | {r.check} | {r.simulated_rep0:g} | {r.simulated_mean:.2f}{ci} | "
+                  f"{r.measured:g} | {agrees} |")
+    (out / "validation-browser.md").write_text("\n".join(md) + "\n")
+    out_console.print("\n".join(md))
+    return bool(rows["agrees"].dropna().astype(bool).all())

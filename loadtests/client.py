@@ -34,7 +34,7 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Jitter, Join, Login, Open, Pause, Refresh, Renew, Request, Reread,
-    Send, Sleep, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
+    Send, Sleep, WakePhase, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
 )
 from loadtests.targets.classify import Classifier
 from loadtests.targets.profile import TargetProfile, reference_profile
@@ -442,6 +442,8 @@ class UserDriver:
                     t.store.token = None
             case Jitter():
                 self.clock.sleep(self.policy.timer_jitter_s * self.streams.jitter())
+            case WakePhase():
+                return self.streams.wake_phase()
             case Login(forced=forced, lapsed=lapsed):
                 return self.login(effect.tab if effect.tab is not None else tab, forced=forced, lapsed=lapsed)
             case Backoff():

@@ -207,3 +207,36 @@ def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "nothing was measured" in " ".join(done.stderr.split())
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_the_simulated_setup_is_the_labs():
+    from loadtests.browser_lab import simulated_scenario, tab_gap_s
+
+    run = _race_run()
+    run.records += [{"t": T + 1.2, "kind": "tab_open", "user": 0, "tab": 0},
+                    {"t": T + 1.5, "kind": "tab_open", "user": 0, "tab": 1}]
+    run.settings.throttling = "chrome"
+    assert tab_gap_s(run) == pytest.approx(0.3)
+    predicted = simulated_scenario(load_scenario(SCENARIO), run, "oidc-client-ts")
+    variant = predicted.variant("oidc-client-ts")
+    assert variant.client.preset == "oidc-client-ts-localstorage" and variant.client.wake_up_s == 1.0
+    assert variant.client.timer_phase == "poll" and variant.client.storage == "copied"
+    assert predicted.population.tab_opening_gap_s == pytest.approx(0.3)
+    assert (predicted.population.users, predicted.population.tabs.mean) == (1, 2)
+    assert predicted.run.duration_s == pytest.approx(62.0 - 1.1) and predicted.run.warmup_s == 0
+
+
+def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_logouts_occur():
+    from loadtests.browser_lab import compare_browser
+
+    simulated = pd.DataFrame({"refresh_calls": [21, 20, 22], "same_token_races": [0, 0, 1],
+                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
+    rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
+                                       "refused_refreshes": 0}).set_index("metric")
+    assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.05)
+    assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
+    assert rows.loc["refused_refreshes", "agrees"] is None
+    off = compare_browser(simulated, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
+                                      "refused_refreshes": 3}).set_index("metric")
+    assert not off.loc["refresh_calls", "agrees"] and not off.loc["same_token_races", "agrees"]
+    assert not off.loc["tabs_logged_out", "agrees"]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import sim
+from sim.engine.streams import UserStreams
 from sim.strategies.client import Held, TabView, TimerClient
 
 OIDC = {"trigger": "timer", "timer_phase": "poll", "check_interval": "5s", "threshold": "60s", "storage": "copied",
@@ -41,23 +42,32 @@ def test_poll_timers_renew_once_per_tab_at_each_tabs_own_poll(make_scenario):
 
 
 def test_hidden_tabs_on_one_wake_up_present_the_same_token_and_collapse(make_scenario):
-    # Chrome's 1 s grid: hidden tabs 1 and 2 (polls at 30.3 and 30.6) both run at 31 and present
-    # the refresh token tab 3 (in front, 30.9) just got: one rotates it, the other is reuse; the
-    # grant is revoked, and every later renewal meets the revoked grant. Each tab's timer then
-    # waits for a new token that never comes (no login: the dead session is kept)
-    result = sim.run(_tabs(make_scenario, {**OIDC, "wake_up": "1s"}), events=True, engine="exact")
-    assert _log(result) == [
+    # Chrome's 1 s grid, its phase drawn per visit (seed 2: 0.1618): hidden tabs 1 and 2 (polls
+    # at 30.3 and 30.6) both run at 31.1618 and present the refresh token tab 3 (in front, not
+    # throttled, 30.9) just got: one rotates it, the other is reuse; the grant is revoked, and
+    # every later renewal meets the revoked grant (tab 1 re-armed at its renewal, 31.18: its next
+    # poll after 61.17 is 61.18, on the grid 62.16). Each tab's timer then waits for a new token
+    # that never comes (no login: the dead session is kept)
+    scenario = _tabs(make_scenario, {**OIDC, "wake_up": "1s"}).replace(run={"seed": 2})
+    assert UserStreams(scenario, 2, 0, 0).wake_phase() == pytest.approx(0.1618, abs=1e-4)
+    result = sim.run(scenario, events=True, engine="exact")
+    g = 31.1618
+    assert [(pytest.approx(t, abs=1e-4), tab, e, o) for t, tab, e, o in _log(result)] == [
         (0.0, 0, "login", "visit"),
         (30.9, 3, "refresh_start", ""), (30.92, 3, "refresh_end", "ok"),
-        (31.0, 1, "refresh_start", ""), (31.0, 2, "refresh_start", ""),
-        (31.01, None, "reuse_detected", ""), (31.01, None, "revoke", ""),
-        (31.02, 1, "refresh_end", "ok"), (31.02, 2, "refresh_end", "reuse_detected"),
-        (35.0, 0, "refresh_start", ""), (35.02, 0, "refresh_end", "revoked"),
+        (g, 1, "refresh_start", ""), (g, 2, "refresh_start", ""),
+        (g + 0.01, None, "reuse_detected", ""), (g + 0.01, None, "revoke", ""),
+        (g + 0.02, 1, "refresh_end", "ok"), (g + 0.02, 2, "refresh_end", "reuse_detected"),
+        (g + 4, 0, "refresh_start", ""), (g + 4.02, 0, "refresh_end", "revoked"),
         (60.92, 3, "refresh_start", ""), (60.94, 3, "refresh_end", "revoked"),
-        (62.0, 1, "refresh_start", ""), (62.02, 1, "refresh_end", "revoked"),
+        (g + 31, 1, "refresh_start", ""), (g + 31.02, 1, "refresh_end", "revoked"),
     ]
     row = result.replications.iloc[0]
     assert row["reuse_detections"] == 1 and row["forced_logins"] == 0
+    # a grid phase between the two polls (seed 3: 0.5563) puts them on different wake-ups: no race
+    apart = _tabs(make_scenario, {**OIDC, "wake_up": "1s"}).replace(run={"seed": 3})
+    assert UserStreams(apart, 3, 0, 0).wake_phase() == pytest.approx(0.5563, abs=1e-4)
+    assert sim.run(apart, engine="exact").replications.iloc[0]["reuse_detections"] == 0
 
 
 def test_the_front_tab_is_not_throttled(make_scenario):
@@ -99,7 +109,7 @@ def test_poll_ticks_and_the_wake_up_grid_as_pure_answers():
     view = TabView(Held("a", 90.7))
     # due at floor(90.7) - 60 = 30: polls from 0.3 every 5 s; the first at or after 30 is 30.3
     assert policy.next_tick_s(view, 0.3, 0.3) == pytest.approx(30.3)
-    assert policy.wake_s(30.3, hidden=True) == 31.0 and policy.wake_s(30.3, hidden=False) == 30.3
-    assert policy.wake_s(31.0, hidden=True) == 31.0
+    assert policy.wake_s(30.3, 0.0) == 31.0 and policy.wake_s(30.3, None) == 30.3
+    assert policy.wake_s(31.0, 0.0) == 31.0 and policy.wake_s(30.3, 0.55) == pytest.approx(30.55)
     assert policy.rearmed_s(0.3, 31.02) == 31.02
     assert not policy.renews_again("a", "a") and policy.renews_again("b", "a")

@@ -32,7 +32,7 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Jitter, Join, Login, LoginCause, Open,
-    Pause, Refresh, RefreshOutcome, Renew, Reread, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_write,
+    Pause, WakePhase, Refresh, RefreshOutcome, Renew, Reread, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_write,
     plain_page_views, renew_flow, request_flow, sends_at_once, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
@@ -128,7 +128,7 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_hidden", "presented")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_grid", "presented")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen] if gen is not None else []
@@ -141,7 +141,7 @@ class Task:
         self.until = 0.0  # (fast engine) when the work the task has done in bulk ends
         self.wake = -math.inf  # when a timed sleep ends; -inf while running or waiting on others
         self.timer: float | None = None  # a renewal timer sleeping until its next tick: its origin
-        self.timer_hidden = False  # ... and whether its tab is hidden (ticks on the wake-up grid)
+        self.timer_grid: float | None = None  # ... and the wake-up grid of its hidden tab (None: visible)
         self.presented = None  # the refresh token this task's last refresh call presented
         user.tasks.append(self)
 
@@ -208,6 +208,7 @@ class Simulation:
             Renew: self._renew, Join: self._join, Refresh: self._refresh, Login: self._login, Adopt: self._adopt, Backoff: self._backoff,
             _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
             Clear: self._clear, Reread: self._reread, Jitter: self._jitter,
+            WakePhase: lambda task, effect: task.user.streams.wake_phase(),
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -287,7 +288,7 @@ class Simulation:
 
     def _sleep(self, task, effect):
         task.timer = effect.timer_origin_s
-        task.timer_hidden = effect.timer_hidden
+        task.timer_grid = effect.timer_grid
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
             self.at(task.wake, self.resume, (task, None))
@@ -851,7 +852,7 @@ class FastSimulation(Simulation):
             clock = w + skew
             if client.on_timer(view, clock) is not nothing:
                 return w
-            w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_hidden) - clock, 0.0)
+            w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_grid) - clock, 0.0)
         return w
 
     def _request_fast(self, task, effect):

@@ -41,6 +41,7 @@ class Source(IntEnum):
     # the server's own draws (a race window per later presentation of a refresh token)
     RACE = 15
     JITTER = 16  # a timer's random offset (``timer_jitter``)
+    WAKE = 17  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -178,7 +179,8 @@ class UserStreams:
     the user's index, so a user draws the same numbers whichever other users share its run (or
     its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key", "_service", "_jitter")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key", "_service", "_jitter",
+                 "_wake")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -193,6 +195,14 @@ class UserStreams:
         self._key = (scenario, seed, replication, user)
         self._service: dict | None = None
         self._jitter: Draws | None = None
+        self._wake: Draws | None = None
+
+    def wake_phase(self) -> float:
+        """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
+        if self._wake is None:
+            _, seed, replication, user = self._key
+            self._wake = Draws(None, (seed, replication, 1, user), Source.WAKE, floor=None, batch=8)
+        return self._wake()
 
     def jitter(self) -> float:
         """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""

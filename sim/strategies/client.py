@@ -118,9 +118,10 @@ class ClientPolicy(Model):
       at the same instant;
     - ``wake_up``: the browser runs a *hidden* tab's timers only on a coarse grid of wake-ups,
       common to every tab (Chrome's background-tab throttling: 1 s; after five hidden minutes,
-      1 min): a tick due at ``t`` runs at the next multiple of ``wake_up``, so hidden tabs whose
-      ticks fall due within one grid step run them at the same instant. 0: no throttling. A
-      visit's tabs are hidden but the last one opened, which is in front.
+      1 min): a tick due at ``t`` runs at the next instant of the grid (every ``wake_up``, from
+      a phase drawn per visit: the grid does not care when the user arrived), so hidden tabs
+      whose ticks fall due within one grid step run them at the same instant. 0: no throttling.
+      A visit's tabs are hidden but the last one opened, which is in front.
     """
 
     trigger: str
@@ -153,13 +154,14 @@ class ClientPolicy(Model):
         ``now`` and when the timer was started (``origin_s``). Only for policies with a timer."""
         raise NotImplementedError
 
-    def wake_s(self, tick_s: float, hidden: bool) -> float:
-        """When a timer tick due at ``tick_s`` (client clock) runs: at once in a visible tab, at
-        the next instant of the common ``wake_up`` grid in a hidden one."""
+    def wake_s(self, tick_s: float, grid_phase_s: float | None) -> float:
+        """When a timer tick due at ``tick_s`` (client clock) runs: at once in a visible tab
+        (``grid_phase_s`` None), in a hidden one at the next instant of the ``wake_up`` grid
+        ``grid_phase_s + k * wake_up``."""
         grid = self.wake_up_s
-        if not hidden or grid <= 0:
+        if grid_phase_s is None or grid <= 0:
             return tick_s
-        return math.ceil(tick_s / grid - _SAME_INSTANT) * grid
+        return grid_phase_s + math.ceil((tick_s - grid_phase_s) / grid - _SAME_INSTANT) * grid
 
     def renews_again(self, basis: Any, tried: Any) -> bool:
         """Whether a timer tick may renew the token ``basis`` when the timer's last renewal,

@@ -42,7 +42,9 @@ Effects, and what the driver sends back:
 - :class:`Reread` — after a refused refresh, look at the jar again: send back True when it now
   holds a refresh token other than the one the refused call presented (a sibling's rotation);
 - :class:`Jitter` — (timers) pause a uniform draw in ``[0, policy.timer_jitter_s)``; send back
-  nothing.
+  nothing;
+- :class:`WakePhase` — send back a uniform draw in ``[0, 1)`` (the phase of the browser's
+  wake-up grid for hidden tabs, ``policy.wake_up_s``).
 
 The refresh token a driver keeps in the shared jar follows :func:`jar_write` (the policy's
 ``jar_writes``); a refresh token the client drops without ever presenting it — an answer the jar
@@ -100,8 +102,9 @@ class Sleep:
     #: a renewal timer's sleep until its next tick (the timer's phase starts at this instant, by
     #: the client's clock): a driver that knows the timer's ticks may look ahead over them
     timer_origin_s: float | None = None
-    #: (a renewal timer's sleep) the tab is hidden: its ticks run on the policy's wake-up grid
-    timer_hidden: bool = False
+    #: (a renewal timer's sleep) the tab is hidden: the phase of the wake-up grid its ticks run
+    #: on (None: a visible tab)
+    timer_grid: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,12 @@ class Jitter:
 
 
 @dataclass(frozen=True, slots=True)
+class WakePhase:
+    """Draw the phase of the browser's wake-up grid for a visit: send back a uniform draw in
+    [0, 1) from the user's own stream."""
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""
 
@@ -290,12 +299,15 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
     else:
         yield Login(forced=False, tab=first)
     last = len(visit.tabs) - 1
+    grid = None
+    if policy.timer_interval_s is not None and policy.wake_up_s > 0 and last > 0:
+        grid = started + (yield WakePhase()) * policy.wake_up_s
     for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
         delay = i * tab_gap_s
         views = tab_flow(draws, idle_probability, visit)
         yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
-            timer = timer_flow(policy, tab.view, visit, clock, started + delay, hidden=i != last)
+            timer = timer_flow(policy, tab.view, visit, clock, started + delay, grid if i != last else None)
             yield Spawn(Call(_after(delay, timer) if delay > 0 else timer), tab)
     yield Sleep(max(length_s - (clock() - started), 0.0))
     visit.over = True
@@ -361,18 +373,18 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
 
 
 def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHandle, clock: Callable[[], float],
-               origin_s: float, hidden: bool = False) -> Flow:
+               origin_s: float, grid_phase_s: float | None = None) -> Flow:
     """A tab's renewal timer (policies with :attr:`~ClientPolicy.timer_interval_s`). When it
     ticks is the policy's :meth:`~ClientPolicy.next_tick_s` (a fixed phase from ``origin_s``,
     re-armed after each tick's work, scheduled from the token's ``exp``, or polling from when the
-    tab last renewed: :meth:`~ClientPolicy.rearmed_s`), in a ``hidden`` tab moved onto the
-    wake-up grid (:meth:`~ClientPolicy.wake_s`); what a tick does is
+    tab last renewed: :meth:`~ClientPolicy.rearmed_s`), in a hidden tab moved onto the wake-up
+    grid of phase ``grid_phase_s`` (:meth:`~ClientPolicy.wake_s`); what a tick does is
     :meth:`~ClientPolicy.on_timer`."""
     tried = None  # the token of the last renewal this timer started, while it failed
     while True:
         now = clock()
-        tick = policy.wake_s(policy.next_tick_s(tab(), now, origin_s), hidden)
-        yield Sleep(max(tick - now, 0.0), origin_s, hidden)
+        tick = policy.wake_s(policy.next_tick_s(tab(), now, origin_s), grid_phase_s)
+        yield Sleep(max(tick - now, 0.0), origin_s, grid_phase_s)
         if visit.over:
             return
         view = tab()
