@@ -696,6 +696,8 @@ def validate(
                                                 "scenario's].")] = None,
     throttling: Annotated[str, typer.Option("--throttling", help="(--browser) off or chrome.")] = "off",
     tab_opening: Annotated[str, typer.Option("--tab-opening", help="(--browser) sequential, burst or spaced.")] = "sequential",
+    cross_tab_lock: Annotated[bool, typer.Option("--cross-tab-lock", help="(--browser) oidc-client-ts with the app's "
+                                                 "cross-tab lock (see refreshlab browser).")] = False,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -711,7 +713,7 @@ def validate(
     lab's set-up with the SDK's preset (:func:`loadtests.browser_lab.validate_browser`)."""
     scenario = read_scenario(scenario_path)
     if browser:
-        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out)
+        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock)
         return
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
@@ -808,7 +810,7 @@ def validate(
 RTT_QUANTILES = 50
 
 
-def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out) -> None:
+def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False) -> None:
     from loadtests.browser_lab import LabError, validate_browser
 
     if throttling not in ("off", "chrome"):
@@ -823,7 +825,7 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
             raise fail(f"{scenario_path}: {exc.args[0]}") from None
     out = out or default_out(scenario_path, "validate-browser")
     try:
-        agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out)
+        agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock)
     except LabError as exc:
         raise fail(str(exc), code=exc.code) from None
     out_console.print(f"wrote {out}")

@@ -229,14 +229,31 @@ def test_the_simulated_setup_is_the_labs():
 def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_logouts_occur():
     from loadtests.browser_lab import compare_browser
 
+    # races in one replication of three: the simulator predicts none
     simulated = pd.DataFrame({"refresh_calls": [21, 20, 22], "same_token_races": [0, 0, 1],
                               "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
     rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
                                        "refused_refreshes": 0}).set_index("metric")
     assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.05)
+    assert rows.loc["same_token_races", "simulated_share"] == pytest.approx(1 / 3)
     assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
     assert rows.loc["refused_refreshes", "agrees"] is None
     off = compare_browser(simulated, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
                                       "refused_refreshes": 3}).set_index("metric")
     assert not off.loc["refresh_calls", "agrees"] and not off.loc["same_token_races", "agrees"]
     assert not off.loc["tabs_logged_out", "agrees"]
+
+
+def test_the_cross_tab_lock_is_oidc_client_ts_only(cli):
+    code, out, err = cli("browser", SCENARIO, "--sdk", "auth0-spa-js", "--cross-tab-lock")
+    assert code == 2 and "--cross-tab-lock: only for --sdk oidc-client-ts" in " ".join(err.split())
+
+
+def test_validate_browser_refuses_a_variant_without_an_sdk(cli, tmp_path):
+    scenario = tmp_path / "other.toml"
+    scenario.write_text(SCENARIO.read_text().replace('name = "auth0-spa-js"', 'name = "keycloak"').replace(
+        'preset = "auth0-spa-js-localstorage"', 'preset = "keycloak-js"'))
+    code, out, err = cli("validate", scenario, "--browser", "--strategy", "keycloak", "--out", tmp_path / "v")
+    assert code == 2 and "needs a variant named after an SDK" in " ".join(err.split())
+    code, out, err = cli("validate", SCENARIO, "--browser", "--throttling", "sometimes")
+    assert code == 2 and "--throttling: expected off or chrome" in err

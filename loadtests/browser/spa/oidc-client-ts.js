@@ -13,7 +13,8 @@ const manager = new UserManager({
   response_type: 'code',
   scope: 'openid offline_access',
   prompt: 'consent', // oidc-provider issues a refresh token only for offline_access with consent
-  automaticSilentRenew: true,
+  // the fix (cfg.lock): the app renews itself, under a Web Locks lock across tabs
+  automaticSilentRenew: !cfg.lock,
   loadUserInfo: false,
   monitorSession: false,
   userStore: new WebStorageStateStore({ store: window.localStorage }),
@@ -34,6 +35,29 @@ manager.events.addUserLoaded((user) => {
   record('user_loaded', { expiresAt: user.expires_at ?? null });
 });
 manager.events.addAccessTokenExpired(() => record('access_expired'));
+
+// The fix for the hidden-tab collapse: the same expiring timer, but the renewal runs under a
+// cross-tab lock and first reads the store again — a sibling that renewed meanwhile left a fresh
+// user there, which this tab adopts instead of presenting the same refresh token again.
+if (cfg.lock) {
+  manager.events.addAccessTokenExpiring(() => navigator.locks.request('refreshlab-renew', async () => {
+    const stored = await manager.getUser();
+    if (stored && stored.expires_in > 60) {
+      current = stored;
+      record('adopted', { expiresAt: stored.expires_at ?? null });
+      return;
+    }
+    try {
+      await manager.signinSilent();
+    } catch (err) {
+      record('renew_error', { error: err?.error || err?.message || String(err), description: err?.error_description ?? null });
+      if (err?.error === 'invalid_grant' && !window.lab.loggedOut) {
+        window.lab.loggedOut = Date.now() / 1000;
+        record('logged_out', { error: err.error });
+      }
+    }
+  }));
+}
 
 install({
   sdk: 'oidc-client-ts',
