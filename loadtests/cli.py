@@ -698,6 +698,8 @@ def validate(
     tab_opening: Annotated[str, typer.Option("--tab-opening", help="(--browser) sequential, burst or spaced.")] = "sequential",
     cross_tab_lock: Annotated[bool, typer.Option("--cross-tab-lock", help="(--browser) oidc-client-ts with the app's "
                                                  "cross-tab lock (see refreshlab browser).")] = False,
+    lab_run: Annotated[Optional[Path], typer.Option("--lab-run", help="(--browser, one variant) compare this lab run "
+                                                    "folder (refreshlab browser --out) instead of running the lab.")] = None,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -713,7 +715,7 @@ def validate(
     lab's set-up with the SDK's preset (:func:`loadtests.browser_lab.validate_browser`)."""
     scenario = read_scenario(scenario_path)
     if browser:
-        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock)
+        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run)
         return
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
@@ -810,7 +812,8 @@ def validate(
 RTT_QUANTILES = 50
 
 
-def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False) -> None:
+def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False,
+                      lab_run=None) -> None:
     from loadtests.browser_lab import LabError, validate_browser
 
     if throttling not in ("off", "chrome"):
@@ -823,9 +826,12 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
             scenario.variant(name)
         except KeyError as exc:
             raise fail(f"{scenario_path}: {exc.args[0]}") from None
+    if lab_run is not None and len(names) != 1:
+        raise fail("--lab-run: name the one variant it measured with --strategy")
     out = out or default_out(scenario_path, "validate-browser")
     try:
-        agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock)
+        agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock,
+                                  lab_run=lab_run)
     except LabError as exc:
         raise fail(str(exc), code=exc.code) from None
     out_console.print(f"wrote {out}")

@@ -234,7 +234,9 @@ def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_lo
                               "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
     rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
                                        "refused_refreshes": 0}).set_index("metric")
-    assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.05)
+    # refresh calls among the replications without a race, as the lab had none: 20.5 against 20
+    assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.025)
+    assert rows.loc["refresh_calls", "replications"] == 2
     assert rows.loc["same_token_races", "simulated_share"] == pytest.approx(1 / 3)
     assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
     assert rows.loc["refused_refreshes", "agrees"] is None
