@@ -280,6 +280,15 @@ def _stop(process: subprocess.Popen | None, timeout_s: float = 15.0) -> None:
         process.wait()
 
 
+def _browser_pid(lab_log: Path) -> int | None:
+    """The Chromium process id the lab announced (``lab: browser pid N``), if it did yet."""
+    text = lab_log.read_text(errors="replace") if lab_log.is_file() else ""
+    if "browser pid " not in text:
+        return None
+    word = text.split("browser pid ", 1)[1].split()
+    return int(word[0]) if word and word[0].isdigit() and int(word[0]) > 0 else None
+
+
 def _kill_browser(pid: int | None) -> None:
     """Chromium runs in its own process group (puppeteer starts it detached): end it by its id."""
     if not pid:
@@ -344,8 +353,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
             setup_s = 60 + 15 * settings.users * settings.tabs
             deadline = time.monotonic() + setup_s + settings.duration_s + 60
             while lab.poll() is None:
-                if browser_pid is None and "browser pid" in lab_log.read_text(errors="replace"):
-                    browser_pid = int(lab_log.read_text(errors="replace").split("browser pid", 1)[1].split()[0] or 0)
+                browser_pid = browser_pid or _browser_pid(lab_log)
                 if provider.poll() is not None:
                     failure = f"the provider exited with {provider.returncode} during the run"
                     break
@@ -361,7 +369,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
             failure = str(exc)
         finally:
             _stop(lab)
-            _kill_browser(browser_pid)
+            _kill_browser(browser_pid or _browser_pid(lab_log))
             _stop(provider)
     logs = {name: path.read_text(errors="replace") for name, path in
             (("provider", provider_log), ("lab", lab_log)) if path.is_file()}
@@ -831,8 +839,10 @@ def _lab_counts(run: LabRun, merged: Merged) -> dict:
 def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
     """Rows per metric: simulated replication 0 (the lab's page-view draws), the mean and 95% CI
     over replications, the share of replications where it occurs, the lab's measurement, and
-    whether they agree: refresh calls within 10% of the simulated mean (or inside its CI) over the
-    replications whose race outcome (a same-token race or none) is the lab's, all when none is;
+    whether they agree: refresh calls within 10% of replication 0 (whose page views are the
+    lab's own draws, which decide when auth0-spa-js renews) or of the simulated mean (or inside
+    its CI) over the replications whose race outcome (a same-token race or none) is the lab's,
+    all when none is;
     same-token races and logged-out tabs on whether they occur, the simulator predicting the
     outcome most of its replications had (a race depends on sub-second phases — of the login
     against whole-second expiries, of the browser's wake-up grid — that the lab does not choose,
@@ -852,7 +862,9 @@ def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
         rep0, measured = float(simulated[metric].iloc[0]), float(lab[metric])
         share = float((values > 0).mean())
         if kind == "within 10%":
-            rel = abs(mean - measured) / max(measured, 1.0)
+            # replication 0 clicks like the lab (the same page-view draws); the others show the
+            # spread of the phases the lab does not choose
+            rel = min(abs(mean - measured), abs(rep0 - measured)) / max(measured, 1.0)
             agree = rel <= REFRESH_TOLERANCE or (n > 1 and abs(mean - measured) <= ci)
         elif kind == "occurs":
             rel, agree = math.nan, (share >= 0.5) == (measured > 0)
