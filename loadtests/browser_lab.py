@@ -423,10 +423,13 @@ def merge(run: LabRun, strategy: str) -> Merged:
     for e in server:
         if e["event"] == "refresh_token.saved":
             grant_of[e["jti"]] = e["grant"]
-    answers = defaultdict(list)  # presented digest (None for a code exchange) -> server answers in order
+    # (grant type, presented digest, success?) -> the server's answers in its order: a lab call is
+    # matched to the next answer of its kind (the server may log a refusal before the success of
+    # a call that reached it first)
+    answers = defaultdict(list)
     for e in server:
         if e["event"] in ("grant.success", "grant.error"):
-            answers[(e.get("grant_type"), e.get("presented"))].append(e)
+            answers[(e.get("grant_type"), e.get("presented"), e["event"] == "grant.success")].append(e)
     revoked_at = {e["grant"]: e["t"] for e in server if e["event"] == "grant.revoked"}
     access_grant = {e["jti"]: e["grant"] for e in server if e["event"] == "access_token.saved"}
     access_minted = {e["jti"]: e["t"] for e in server if e["event"] == "access_token.saved"}
@@ -442,7 +445,7 @@ def merge(run: LabRun, strategy: str) -> Merged:
     presented_ok: set = set()
     expires_in = {}
     for r in sorted((r for r in recs if r.get("kind") == "token_call"), key=lambda r: r["t"]):
-        key = (r.get("grant_type"), r.get("presented"))
+        key = (r.get("grant_type"), r.get("presented"), r.get("status") == 200)
         i = used[key]
         used[key] += 1
         mine = answers[key][i] if i < len(answers[key]) else None

@@ -259,3 +259,16 @@ def test_validate_browser_refuses_a_variant_without_an_sdk(cli, tmp_path):
     assert code == 2 and "needs a variant named after an SDK" in " ".join(err.split())
     code, out, err = cli("validate", SCENARIO, "--browser", "--throttling", "sometimes")
     assert code == 2 and "--throttling: expected off or chrome" in err
+
+
+def test_a_refusal_the_server_logged_before_the_success_is_still_matched_to_its_call():
+    run = _race_run()
+    success = next(e for e in run.server if e["event"] == "grant.success" and e["presented"] == "R1")
+    run.server.remove(success)
+    run.server.append(success)  # the server logged the racing call's refusal first
+    merged = merge(run, "oidc-client-ts")
+    calls = merged.calls[merged.calls["presented"] == "R1"]
+    assert calls[["tab", "status", "server_event"]].values.tolist() == [[0, 200, "grant.success"], [1, 400, "grant.error"]]
+    assert calls["server_detail"].iloc[1] == "refresh token already used"
+    ev = merged.events
+    assert ev.loc[ev["event"] == "refresh_end", "outcome"].tolist() == ["ok", "reuse_detected", "revoked"]
