@@ -842,12 +842,17 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
 def round_trips(test: LoadTest) -> dict:
     """The round trips a load test met, as ``[network]`` fields (scenario distributions of
     ``RTT_QUANTILES`` quantiles weighted equally): ``rtt`` from its API attempts, ``auth_rtt``
-    from its refresh calls less the scenario's refresh service time (which the simulation adds).
-    Latencies are real wall time, counted unscaled like every real round trip."""
+    from its refresh calls less the scenario's refresh service time (which the simulation adds),
+    and, when at least ``MIN_REFUSED`` refresh calls were refused, ``auth_rtt`` from the granted
+    ones and ``auth_rtt_refused`` from the refused ones (a server that refuses before it writes
+    answers sooner). Latencies are real wall time, counted unscaled like every real round trip."""
     events = test.result.events
 
-    def quantiles(event: str, less_s: float = 0.0) -> dict | None:
-        wall_s = events.loc[events["event"] == event, "latency_ms"].dropna().to_numpy(float) / 1000.0
+    def quantiles(event: str, less_s: float = 0.0, outcomes=None) -> dict | None:
+        rows = events[events["event"] == event]
+        if outcomes is not None:
+            rows = rows[rows["outcome"].astype(str).isin(outcomes)]
+        wall_s = rows["latency_ms"].dropna().to_numpy(float) / 1000.0
         if not len(wall_s):
             return None
         q = np.quantile(wall_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
@@ -859,7 +864,72 @@ def round_trips(test: LoadTest) -> dict:
     from sim.strategies.service import ServiceTimes
 
     service_s = ServiceTimes(test.scenario.auth, test.scenario.variant(test.strategy).server).refresh_mean_s
-    return {"rtt": rtt, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+    network = {"rtt": rtt}
+    correlated = rtt_correlation(events, getattr(test, "time_scale", 1.0))
+    if correlated is not None:
+        network["rtt_correlation"], tau_s = correlated
+        network["rtt_correlation_time"] = f"{tau_s * 1000:g}ms"
+    refreshes = events[events["event"] == "refresh_end"]
+    refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
+    if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():
+        return {**network, "auth_rtt": quantiles("refresh_end", service_s, ("ok",)),
+                "auth_rtt_refused": quantiles("refresh_end", service_s, REFUSED_OUTCOMES)}
+    return {**network, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+
+
+#: refresh outcomes of a call the server refused (``invalid_grant``)
+REFUSED_OUTCOMES = ("reuse_detected", "revoked", "expired")
+#: refused refresh calls a load test needs before validate tells the simulation their round trips apart
+MIN_REFUSED = 20
+#: API attempts sent within this many wall seconds of each other were sent together
+TOGETHER_S = 0.005
+#: wall lags (seconds) over which validate sees how fast the host's state changes
+DECAY_LAGS_S = (0.2, 1.0)
+#: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
+MIN_PAIRS = 50
+
+
+def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[float, float] | None:
+    """How alike the round trips of API attempts sent at the same moment were, by anyone
+    (``network.rtt_correlation`` ρ), and how fast that fades (``rtt_correlation_time`` τ,
+    seconds): normal scores of the attempts' round trips (ranks mapped through the standard
+    normal's quantile function); ρ is the mean product of the scores of every pair sent within
+    ``TOGETHER_S`` wall seconds of each other, τ fits ``ρ·exp(−Δ/τ)`` to the mean product at wall
+    lags Δ in ``DECAY_LAGS_S``. Round trips are real time, unscaled, and so is τ. None with fewer
+    than ``MIN_PAIRS`` pairs sent together (or no correlation to speak of)."""
+    from scipy.special import ndtri
+
+    rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["t_s", "latency_ms"]]
+    if len(rows) < 2:
+        return None
+    rows = rows.sort_values("t_s")
+    wall = rows["t_s"].to_numpy(float) / time_scale
+    score = ndtri((rows["latency_ms"].rank(method="average").to_numpy() - 0.5) / len(rows))
+    score = score / np.sqrt(np.mean(score ** 2))
+    near = [0.0, 0]
+    far = [0.0, 0.0, 0]
+    for k in range(1, len(wall)):
+        lag = wall[k:] - wall[:-k]
+        if lag.min() >= DECAY_LAGS_S[1]:
+            break
+        product = score[k:] * score[:-k]
+        together = lag < TOGETHER_S
+        near[0] += float(product[together].sum())
+        near[1] += int(together.sum())
+        decay = (lag >= DECAY_LAGS_S[0]) & (lag < DECAY_LAGS_S[1])
+        far[0] += float(product[decay].sum())
+        far[1] += float(lag[decay].sum())
+        far[2] += int(decay.sum())
+    if near[1] < MIN_PAIRS:
+        return None
+    rho = min(near[0] / near[1], 1.0)
+    if rho < 0.01:
+        return None
+    if far[2] == 0:
+        return round(rho, 2), DECAY_LAGS_S[0]
+    c, lag = far[0] / far[2], far[1] / far[2]
+    tau = lag / math.log(rho / c) if 0 < c < rho else (60.0 if c >= rho else lag / 5)
+    return round(rho, 2), round(min(max(tau, 0.001), 60.0), 3)
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

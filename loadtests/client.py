@@ -29,7 +29,7 @@ import gevent
 from gevent.event import AsyncResult
 from gevent.pool import Group
 
-from sim.engine.streams import UserStreams, arrival_times, user_traits
+from sim.engine.streams import AuthRoundTrip, UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
@@ -416,10 +416,10 @@ class UserDriver:
         match effect:
             case Send():
                 sent = tab.store.token
-                reply, trace.rtt_s = self.attempt(tab, sent)
+                reply, trace.rtt_s, outcome = self.attempt(tab, sent)
                 trace.reissued = self._reissued(reply, sent, tab.visit)
                 return Response(reply.status if reply.status in (200, 401) else 0,
-                                trace.reissued.held if trace.reissued else None)
+                                trace.reissued.held if trace.reissued else None, outcome == "expired")
             case Request():
                 self.request(tab)
             case Renew(action=action, basis=basis):
@@ -496,10 +496,12 @@ class UserDriver:
         if added_ms != added_ms:
             self.sink.count("failed_requests")
 
-    def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float]:
-        """One HTTP send of a request with ``sent``; returns the reply and its wall round trip."""
+    def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float, str]:
+        """One HTTP send of a request with ``sent``; returns the reply, its wall round trip and
+        its ``attempt`` outcome (``ok``, ``expired``, ``invalid`` or ``lost``)."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
-        half = self._network_out(self.streams.tab(tab.index).api_rtt)
+        tab_streams = self.streams.tab(tab.index)
+        half = self._network_out(lambda: tab_streams.api_round_trip(sent_at))
         reply = self.transport.api(sent.raw)
         self.clock.sleep(half)
         rtt = time.perf_counter() - started
@@ -516,7 +518,7 @@ class UserDriver:
         self.sink.count("attempts")
         if outcome == "expired":
             self.sink.count("expiry_failures")
-        return reply, rtt
+        return reply, rtt, outcome
 
     def _reissued(self, reply: Reply, sent: Token, visit: Visit) -> Token | None:
         """The token a sliding server re-issued with ``reply`` on behalf of ``sent``, else None."""
@@ -568,13 +570,15 @@ class UserDriver:
         jar_id = token_id(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
         sink.count("refresh_calls")
-        half = self._network_out(self.streams.auth_rtt)
+        trip = self._auth_out()
         reply = self.transport.refresh(jar, basis)
-        self.clock.sleep(half)
+        refused = reply.status in self.classifier.spec.refresh_rejected_statuses
+        if trip is not None:
+            self.clock.sleep(trip.answer_leg_s(refused) * self.clock.time_scale)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if reply.status == 200 and reply.body and reply.body.get("access_token"):
             outcome = "ok"
-        elif reply.status in self.classifier.spec.refresh_rejected_statuses:
+        elif refused:
             outcome, how = self.classifier.refresh(reply.error, jar_id in self.rotated,
                                                    self.jar_expiry.get(jar_id, math.inf), clock.now_s())
             if how == "client":
@@ -629,9 +633,10 @@ class UserDriver:
                         outcome="lapsed" if lapsed else "forced" if forced else "visit")
             sink.count("forced_logins" if forced else "logins")
             while True:
-                half = self._network_out(self.streams.auth_rtt)
+                trip = self._auth_out()
                 reply = self.transport.login(self.index)
-                self.clock.sleep(half)
+                if trip is not None:
+                    self.clock.sleep(trip.answer_leg_s(False) * self.clock.time_scale)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
                 # a 503 is the auth tier shedding load (the protocol working), anything else a failure
@@ -701,6 +706,16 @@ class UserDriver:
         half = draw() / 2 * self.clock.time_scale
         self.clock.sleep(half)
         return half
+
+    def _auth_out(self) -> "AuthRoundTrip | None":
+        """:meth:`_network_out` for a call to the auth tier: with ``inject_rtt``, draw the call's
+        :class:`~sim.engine.streams.AuthRoundTrip`, sleep its request leg and return it (the
+        answer leg depends on the answer); None otherwise."""
+        if not self.inject_rtt:
+            return None
+        trip = self.streams.auth_round_trip(self.clock.now_s())
+        self.clock.sleep(trip.request_leg_s * self.clock.time_scale)
+        return trip
 
     def _sleep_until(self, t_s: float) -> bool:
         """Sleep until scenario time ``t_s``, at most until the scenario's end; False when the

@@ -28,6 +28,12 @@ class _Dist(Model):
         """The distribution's mean, in the same unit as its samples."""
         raise NotImplementedError
 
+    def quantile(self, u: np.ndarray) -> np.ndarray:
+        """The values at probabilities ``u`` (an array in [0, 1)): ``quantile(rng.random(n))``
+        draws ``n`` values, and two distributions given the same ``u`` give coupled draws (one
+        slow moment is slow in both)."""
+        raise NotImplementedError
+
 
 class Constant(_Dist):
     """Always the same value."""
@@ -37,6 +43,9 @@ class Constant(_Dist):
 
     def sample(self, rng, size):
         return np.full(size, self.value)
+
+    def quantile(self, u):
+        return np.full(np.shape(u), self.value, dtype=float)
 
     @property
     def mean(self):
@@ -51,6 +60,9 @@ class Exponential(_Dist):
 
     def sample(self, rng, size):
         return rng.exponential(self.mean_, size)
+
+    def quantile(self, u):
+        return -self.mean_ * np.log1p(-np.asarray(u, float))
 
     @property
     def mean(self):
@@ -73,6 +85,9 @@ class Uniform(_Dist):
     def sample(self, rng, size):
         return rng.uniform(self.low, self.high, size)
 
+    def quantile(self, u):
+        return self.low + np.asarray(u, float) * (self.high - self.low)
+
     @property
     def mean(self):
         return (self.low + self.high) / 2
@@ -88,6 +103,11 @@ class Normal(_Dist):
 
     def sample(self, rng, size):
         return rng.normal(self.mean_, self.sd, size)
+
+    def quantile(self, u):
+        from scipy.special import ndtri
+
+        return self.mean_ + self.sd * ndtri(np.asarray(u, float))
 
     @property
     def mean(self):
@@ -113,6 +133,13 @@ class Lognormal(_Dist):
         mu = math.log(self.mean_) - sigma2 / 2
         return rng.lognormal(mu, math.sqrt(sigma2), size)
 
+    def quantile(self, u):
+        from scipy.special import ndtri
+
+        sigma2 = math.log1p((self.sd / self.mean_) ** 2)
+        mu = math.log(self.mean_) - sigma2 / 2
+        return np.exp(mu + math.sqrt(sigma2) * ndtri(np.asarray(u, float)))
+
     @property
     def mean(self):
         return self.mean_
@@ -136,6 +163,14 @@ class _Weighted(_Dist):
     def sample(self, rng, size):
         p = None if self.weights is None else np.asarray(self.weights, float) / sum(self.weights)
         return rng.choice(np.asarray(self.values, self._dtype), size, p=p)
+
+    def quantile(self, u):
+        values = np.asarray(self.values, float)
+        weights = np.ones(len(values)) if self.weights is None else np.asarray(self.weights, float)
+        order = np.argsort(values, kind="stable")
+        cumulative = np.cumsum(weights[order]) / weights.sum()
+        index = np.searchsorted(cumulative, np.asarray(u, float), side="right")
+        return values[order][np.minimum(index, len(values) - 1)]
 
     @property
     def mean(self):

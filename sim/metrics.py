@@ -13,14 +13,15 @@ in scenario time):
   send time, with the API's verdict (``lost``: no answer before the timeout);
 - ``refresh_start``, ``""``: the client sends a refresh call (``token`` = refresh token,
   ``basis``); ``refresh_end``, ``ok`` | ``expired`` | ``revoked`` | ``reuse_detected`` |
-  ``unavailable`` | ``lost``: its answer reaches the client;
+  ``unauthenticated`` | ``unavailable`` | ``lost``: its answer reaches the client;
 - ``mint``, ``<kind>_<cause>`` with kind ``access`` | ``refresh`` and cause ``login`` | ``refresh``
   | ``grace`` | ``reissue``, suffixed ``_duplicate`` for a duplicate access token;
 - ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger;
 - ``resent_pair``: a refresh answered with tokens already issued (neither a mint nor a duplicate);
-- ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``forced`` when the
-  session was lost in use, ``lapsed`` when its remembered refresh token had lapsed — both count
-  as forced logins);
+- ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``lapsed`` when the
+  server let the credential expire — a refresh token past its lifetime, a sliding token the API
+  answered as expired —, ``forced`` when the session was otherwise lost in use; both count as
+  forced logins);
 - ``backoff``, ``""``: a refresh the auth tier answered 503 will be sent again, after the wait
   (``latency_ms``) its ``Retry-After`` and the client's jitter make;
 - ``logout``, ``""``: a user leaves;
@@ -162,8 +163,8 @@ class Divergence:
 
     - a *race*: a refresh call presenting a refresh token that an earlier call of the session
       already presented (``refresh_start`` rows with the same token);
-    - a *spurious logout*: a forced login (``login``/``forced``; a lapsed refresh token is a
-      legitimate one) that leaves a session the server had not revoked (no ``revoke`` row
+    - a *spurious logout*: a forced login (``login``/``forced``; a ``lapsed`` one — the server
+      let the refresh or sliding token expire — is legitimate) that leaves a session the server had not revoked (no ``revoke`` row
       before it): the session's family was still valid — the user was logged out by the client;
     - a *benign revocation*: a session revoked at the instant a reuse of one of its tokens was
       detected, the token having been presented by the user's own client (every client of a

@@ -156,6 +156,21 @@ class Network(Model):
     #: round trips of calls to the auth tier (refresh, login) when they differ from the API's
     #: (e.g. measured against a server whose token endpoint is slower); None: ``rtt``
     auth_rtt: DurationDist | None = None
+    #: round trips of refresh calls the server refuses (``invalid_grant``), when they differ from
+    #: a granted call's (a refusal is answered without writing or signing; measured against a
+    #: real server it comes back sooner). One uniform draw per auth-tier call sets how slow the
+    #: call is; its request leg is half of ``auth_rtt`` (or ``rtt``) at that draw, and the
+    #: answer leg of a refusal is what this distribution at the same draw leaves (at least 0).
+    #: None: a refusal's round trip is a grant's
+    auth_rtt_refused: DurationDist | None = None
+    #: how alike the round trips of calls sent at the same moment are, whoever sends them (0:
+    #: independent draws): a busy host slows whatever is in flight together. Every call's round
+    #: trip is drawn from its own distribution as written, through a Gaussian copula with a
+    #: state of the host shared by the run (:class:`sim.engine.streams.HostState`): normal
+    #: scores of calls sent together correlate this much, of calls Δ apart this much times
+    #: exp(−Δ / ``rtt_correlation_time``). ``validate`` measures both from its load test
+    rtt_correlation: float = Field(default=0.0, ge=0, le=1)
+    rtt_correlation_time_s: Duration = Field(default="1s", alias="rtt_correlation_time", gt=0)
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes
     timeout_s: Duration = Field(default="10s", alias="timeout", gt=0)

@@ -66,8 +66,10 @@ def test_sliding_reissues_inside_the_window_and_lapses_after_idling(make_scenari
         workload={"think_time": "6m"},
         strategies=[{"name": "sliding", "client": {"trigger": "sliding"},
                      "server": {"kind": "sliding", "access_ttl": "5m", "window": "2m"}}]), events=True)
-    # every request after a 6-minute think finds the token lapsed: a forced login, a failed request
-    assert event_times(idle, "login", "forced") == [360.0, 720.0, 1080.0, 1440.0]
+    # every request after a 6-minute think finds the token lapsed: a forced login (a lapse: the
+    # API said the token expired), a failed request
+    assert event_times(idle, "login", "lapsed") == [360.0, 720.0, 1080.0, 1440.0]
+    assert event_times(idle, "login", "forced") == []
     assert idle.replications.iloc[0]["failed_requests"] == 4
 
 
@@ -214,3 +216,109 @@ def test_a_returning_user_with_a_valid_access_token_just_uses_it(make_scenario):
     assert event_times(result, "login") == [0.0]
     assert event_times(result, "refresh_start")[0] == 960.0  # the first 401, at 900 + 60
     assert event_times(result, "request", "ok")[10:12] == [720.0, 780.0]
+
+
+def test_a_refused_refresh_comes_back_on_its_own_round_trip(make_scenario):
+    # login mints at 0.05 (the server's half of a 100 ms call; exp 300.05); three requests get
+    # 401 at 300.1 and refresh the same refresh token at once; an atomic server
+    # grants the first and refuses the others (a reused token). Granted calls take 100 ms; a
+    # refusal 70 ms: its request leg is the granted call's half (50 ms), its answer leg 20 ms
+    def run(**network):
+        return sim.run(make_scenario(
+            network={"rtt": "0s", "auth_rtt": "100ms", **network}, workload={"burst_size": 3},
+            strategies=[{"name": "x", "client": {"trigger": "reactive", "single_flight": False},
+                         "server": {"kind": "dual_token", "rotation": True, "reuse_detection": "token"}}],
+            run={"duration": "301s"}), events=True)
+
+    split = run(auth_rtt_refused="70ms")
+    ends = split.events[split.events["event"] == "refresh_end"]
+    assert ends["outcome"].tolist() == ["reuse_detected", "reuse_detected", "ok"]
+    assert ends["t_s"].round(6).tolist() == [300.17, 300.17, 300.2]
+    assert ends["latency_ms"].round(6).tolist() == [70.0, 70.0, 100.0]
+    # the two refusals land together: one forced login (the second waits for it)
+    assert event_times(split, "login", "forced") == [300.17]
+    assert event_times(split, "mint", "access_login") == [0.05, 300.22]
+    # unset, a refusal's round trip is a grant's; shorter than the request leg, the answer is immediate
+    same = run()
+    assert event_times(same, "refresh_end", "reuse_detected") == [300.2, 300.2]
+    assert event_times(run(auth_rtt_refused="20ms"), "refresh_end", "reuse_detected") == [300.15, 300.15]
+
+
+def test_granted_and_refused_round_trips_are_drawn_together():
+    import numpy as np
+
+    from sim.distributions import Empirical, Exponential, Lognormal, Normal, Uniform
+    from sim.engine.streams import UserStreams
+    from sim.scenario import parse_scenario
+    from tests.conftest import scenario_dict
+
+    values = ["10ms", "20ms", "30ms", "40ms"]
+    scenario = parse_scenario(scenario_dict(network={
+        "rtt": "0s", "auth_rtt": {"dist": "empirical", "values": values},
+        "auth_rtt_refused": {"dist": "empirical", "values": ["1ms", "2ms", "3ms", "4ms"]}}))
+    streams = UserStreams(scenario, 1, 0, 0)
+    trips = [streams.auth_round_trip(float(t)) for t in range(200)]
+    # one draw per call: the refused round trip is the same quantile of its own distribution
+    assert all(t.refused_s == pytest.approx(t.granted_s / 10) for t in trips)
+    assert sorted({round(t.granted_s, 6) for t in trips}) == [0.01, 0.02, 0.03, 0.04]
+    # every family's quantile function is its sampler's inverse
+    u = (np.arange(2000) + 0.5) / 2000
+    rng = np.random.default_rng(3)
+    for dist in (Exponential(mean="50ms"), Uniform(low="10ms", high="30ms"), Normal(mean="50ms", sd="5ms"),
+                 Lognormal(mean="50ms", sd="20ms"), Empirical(values=values, weights=[1, 1, 1, 5])):
+        drawn = np.sort(dist.sample(rng, 20000))
+        assert np.quantile(drawn, [0.1, 0.5, 0.9]) == pytest.approx(np.quantile(dist.quantile(u), [0.1, 0.5, 0.9]),
+                                                                     rel=0.05), dist
+
+
+def test_calls_sent_together_share_a_network_moment(make_scenario):
+    # a page view of 3 parallel requests every 60 s; round trips 10, 20, 30 or 40 ms
+    def attempts(rho):
+        result = sim.run(make_scenario(
+            network={"rtt": {"dist": "empirical", "values": ["10ms", "20ms", "30ms", "40ms"]},
+                     "rtt_correlation": rho},
+            workload={"burst_size": 3}, tokens={"access_ttl": "1h"}, run={"duration": "20m"}), events=True)
+        ev = result.events
+        return ev[ev["event"] == "attempt"].groupby("t_s")["latency_ms"].apply(lambda s: sorted(s.round(6)))
+
+    # fully alike: the three requests of a view take one round trip; views 60 s apart (the
+    # host's state long changed) take different ones
+    shared = attempts(1.0)
+    assert all(len(set(v)) == 1 for v in shared)
+    assert len({v[0] for v in shared}) > 1
+    # independent draws: the requests of one view differ
+    assert any(len(set(v)) > 1 for v in attempts(0.0))
+    # the fast engine carries correlated round trips out event by event: the same tables
+    scenario = make_scenario(network={"rtt": {"dist": "exponential", "mean": "30ms"}, "rtt_correlation": 0.6},
+                             workload={"burst_size": 3}, run={"duration": "20m"})
+    fast, exact = sim.run(scenario, engine="fast"), sim.run(scenario, engine="exact")
+    assert fast.summary.equals(exact.summary)
+
+
+def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were():
+    import numpy as np
+    import pandas as pd
+
+    from loadtests.cli import rtt_correlation
+
+    rng = np.random.default_rng(4)
+
+    def attempts(rho, tau_s, n=4000):
+        # 20 calls a second, bursts of 2 sent together; the host's state an AR(1) of step 10 ms
+        t = np.sort(np.repeat(rng.uniform(0, n / 20, n // 2), 2))
+        steps = int(t[-1] / 0.01) + 1
+        a = np.exp(-0.01 / tau_s)
+        w = np.empty(steps)
+        w[0] = rng.standard_normal()
+        for k in range(1, steps):
+            w[k] = a * w[k - 1] + np.sqrt(1 - a * a) * rng.standard_normal()
+        z = np.sqrt(rho) * w[(t / 0.01).astype(int)] + np.sqrt(1 - rho) * rng.standard_normal(len(t))
+        return pd.DataFrame({"event": "attempt", "t_s": t, "latency_ms": np.exp(3 + 0.8 * z)})
+
+    rho, tau = rtt_correlation(attempts(0.6, 0.5))
+    assert rho == pytest.approx(0.6, abs=0.08) and tau == pytest.approx(0.5, rel=0.35)
+    assert rtt_correlation(attempts(0.0, 0.5)) is None or rtt_correlation(attempts(0.0, 0.5))[0] < 0.08
+    # a time scale: the attempts' times are scenario seconds, the lags that count are wall seconds
+    scaled = attempts(0.6, 0.5).assign(t_s=lambda d: d["t_s"] * 40)
+    assert rtt_correlation(scaled, time_scale=40)[1] == pytest.approx(0.5, rel=0.35)
+    assert rtt_correlation(attempts(0.6, 0.5, n=40)) is None  # too few pairs to tell

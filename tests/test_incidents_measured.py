@@ -29,11 +29,16 @@ def measure(tmp_path: Path, incident: str, *strategies: str, edit: tuple[str, st
         assert edit[0] in text
         path = tmp_path / path.name
         path.write_text(text.replace(*edit))
+    return measure_file(tmp_path, path, *strategies)
+
+
+def measure_file(tmp_path: Path, path: Path, *strategies: str, args: tuple = ARGS) -> list[pd.Series]:
+    """:func:`measure` of the scenario file ``path``."""
     runs = []
     for strategy in strategies:
         out = tmp_path / strategy
         command = [str(REFRESHLAB), "loadtest", str(path),
-                   "--strategy", strategy, *ARGS, "--out", str(out), "--json"]
+                   "--strategy", strategy, *args, "--out", str(out), "--json"]
         runs.append((out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     rows = []
     for out, process in runs:
@@ -69,3 +74,90 @@ def test_measured_synchronised_timers(tmp_path):
     assert broken["benign_revocations"] > 0 and broken["forced_logins"] > 0
     assert fixed["refresh_calls"] > 0
     assert fixed["forced_logins"] == fixed["benign_revocations"] == fixed["spurious_logouts"] == 0
+
+
+SLIDING_LAPSE = """
+description = "sliding tokens that lapse between page views, and a tab that starts with an empty store"
+[run]
+seed = 3
+duration = "6m"
+[population]
+users = 6
+tabs = 2
+[workload]
+think_time = "90s"
+[network]
+rtt = "80ms"
+[auth]
+queue_timeout = "1m"
+[tokens]
+access_ttl = "1m"
+[[strategies]]
+name = "lapse"
+client = { trigger = "sliding", storage = "shared" }
+server = { kind = "sliding", access_ttl = "1m", window = "30s" }
+[[strategies]]
+name = "empty_store"
+client = { trigger = "sliding", storage = "per_tab" }
+server = { kind = "sliding", access_ttl = "10m", window = "5m" }
+"""
+
+
+def test_measured_sliding_lapse_is_not_spurious_and_an_empty_store_login_is(tmp_path):
+    path = tmp_path / "sliding_lapse.toml"
+    path.write_text(SLIDING_LAPSE)
+    lapse, empty = measure_file(tmp_path, path, "lapse", "empty_store", args=("--time-scale", "60"))
+    # every page view 90 s after the last finds the 1-minute token expired: the reference server's
+    # 401 says "expired", a lapse the server decided
+    assert lapse["forced_logins"] > 0 and lapse["spurious_logouts"] == 0
+    assert lapse["lapse_logins_per_user_day"] > 0
+    # the second tab has no token of its own (per-tab storage): it logs in although the session lives
+    assert empty["forced_logins"] == empty["spurious_logouts"] == 6
+    assert empty["lapse_logins_per_user_day"] == 0
+
+
+SERVER_MECHANISMS = """
+description = "two tabs whose timers renew one shared token at the same instant, against three server mechanisms"
+[run]
+seed = 5
+duration = "9m"
+[population]
+users = 12
+tabs = 2
+[workload]
+think_time = { dist = "exponential", mean = "30s" }
+[network]
+rtt = "80ms"
+[auth]
+queue_timeout = "1m"
+[tokens]
+access_ttl = "5m"
+refresh_ttl = "1d"
+[[strategies]]
+name = "grace_unauthenticated"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared" }
+server = { kind = "dual_token", rotation = true, reuse_detection = "family", grace_period = "10s", grace_returns = "unauthenticated" }
+[[strategies]]
+name = "deferred_split_jar"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared" }
+server = { preset = "supertokens", access_ttl = "5m", refresh_ttl = "1d" }
+[[strategies]]
+name = "deferred_last_write_wins"
+client = { trigger = "timer", timer_phase = "exp", check_interval = "5s", threshold = "60s", storage = "shared", jar_writes = "last_write_wins" }
+server = { preset = "supertokens", access_ttl = "5m", refresh_ttl = "1d" }
+"""
+
+
+def test_measured_unauthenticated_grace_and_deferred_commit(tmp_path):
+    path = tmp_path / "server_mechanisms.toml"
+    path.write_text(SERVER_MECHANISMS)
+    unauth, split, lww = measure_file(tmp_path, path, "grace_unauthenticated", "deferred_split_jar",
+                                      "deferred_last_write_wins", args=("--time-scale", "60"))
+    # the replay is accepted inside the grace window but answered unauthenticated: a login page
+    # though nothing was revoked
+    assert unauth["grace_reuses"] > 0 and unauth["spurious_logouts"] > 0
+    assert unauth["reuse_detections"] == unauth["benign_revocations"] == 0
+    # deferred commit: every concurrent refresh succeeds; a jar that keeps the first answer while
+    # the store keeps the last commits one child and presents the other: theft detection
+    assert split["benign_revocations"] > 0 and split["spurious_logouts"] == 0
+    assert lww["forced_logins"] == lww["reuse_detections"] == 0 and lww["refresh_calls"] > 0

@@ -64,3 +64,31 @@ def test_validate_checks_are_data_driven_with_their_own_tolerances(make_scenario
     assert rows["agree"].tolist() == [False, True, False, True]
     assert rows["tolerance"].tolist() == [AGREEMENT, 0.2, AGREEMENT, AGREEMENT]
     assert all(len(check) in (3, 4, 5) for check in VALIDATE_METRICS)
+
+
+def test_validate_tells_refusals_round_trips_apart_from_grants(make_scenario):
+    import types
+
+    from loadtests.cli import MIN_REFUSED, round_trips
+
+    scenario = make_scenario(auth={"refresh_time": "0s"})
+
+    def records(refused: int) -> pd.DataFrame:
+        rows = [{"event": "attempt", "user": 0, "tab": 0, "t_s": float(i), "latency_ms": 5.0, "outcome": "ok"}
+                for i in range(10)]
+        rows += [{"event": "refresh_end", "user": 0, "tab": 0, "t_s": 100.0 + i, "latency_ms": 150.0,
+                  "outcome": "ok"} for i in range(30)]
+        rows += [{"event": "refresh_end", "user": 0, "tab": 0, "t_s": 200.0 + i, "latency_ms": 60.0,
+                  "outcome": "reuse_detected"} for i in range(refused)]
+        return pd.DataFrame(rows)
+
+    def network(refused):
+        test = types.SimpleNamespace(result=types.SimpleNamespace(events=records(refused)), scenario=scenario,
+                                     strategy="reactive")
+        return round_trips(test)
+
+    split = network(MIN_REFUSED)
+    assert set(split["auth_rtt"]["values"]) == {0.15} and set(split["auth_rtt_refused"]["values"]) == {0.06}
+    pooled = network(MIN_REFUSED - 1)
+    values = pooled["auth_rtt"]["values"]
+    assert "auth_rtt_refused" not in pooled and (min(values), max(values)) == (0.06, 0.15)

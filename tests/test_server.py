@@ -530,3 +530,59 @@ def test_the_real_clock_is_scaled_monotonic_time(monkeypatch):
     assert shared.now_s() == 600.0
     with pytest.raises(ValueError, match="finite number > 0"):
         clocks.ScenarioClock(0)
+
+
+def in_process(strategy: str):
+    """An in-process reference server of LIFETIMES' ``strategy`` on a manual clock, with its ledger."""
+    from starlette.testclient import TestClient
+
+    from loadtests.server.app import create_app
+    from loadtests.server.clock import ManualClock
+    from sim.scenario import load_scenario
+
+    clock = ManualClock(SCALE, t0_unix_s=1_000_000.0, start_s=100.0)
+    app = create_app(load_scenario(LIFETIMES), strategy, clock=clock, service_time=False, ledger_endpoint=True)
+    return TestClient(app, client=("127.0.0.1", 5000)), clock
+
+
+def test_a_grace_replay_is_accepted_but_answered_unauthenticated():
+    from loadtests.targets.classify import Classifier
+    from loadtests.targets.profile import reference_profile
+
+    client, clock = in_process("grace-unauthenticated")
+    with client:
+        grant = login(client)
+        assert refresh(client, grant["refresh_token"]).status_code == 200
+        replay = refresh(client, grant["refresh_token"])
+        assert replay.status_code == 400
+        assert replay.json() == {"error": "invalid_grant", "error_description": "unauthenticated"}
+        # the load-test client reads it as such (not as a reuse or a revocation)
+        words = replay.json()["error_description"]
+        assert Classifier(reference_profile().classify).refresh(words, True, 1e9, 0.0) == ("unauthenticated", "server")
+        ledger = totals(client)
+        assert ledger["grace_reuses"] == 1 and ledger["reuse_detections"] == ledger["revocations"] == 0
+
+
+def test_deferred_commit_over_http():
+    client, clock = in_process("deferred-commit")
+    with client:
+        grant = login(client)
+        a, b = refresh(client, grant["refresh_token"]), refresh(client, grant["refresh_token"])
+        assert a.status_code == b.status_code == 200  # both children minted, nothing committed
+        assert a.json()["refresh_token"] != b.json()["refresh_token"]
+        assert call_api(client, b.json()["access_token"]).status_code == 200  # commits b's child
+        theft = refresh(client, a.json()["refresh_token"])
+        assert theft.json() == {"error": "invalid_grant", "error_description": "reuse_detected"}
+        assert totals(client)["revocations"] == 1
+
+
+def test_gotrue_answers_the_parent_of_the_active_token_with_it():
+    client, clock = in_process("gotrue")
+    with client:
+        grant = login(client)
+        first = refresh(client, grant["refresh_token"])
+        clock.advance(60.0)  # past the 10 s reuse interval
+        again = refresh(client, grant["refresh_token"])
+        assert again.status_code == 200 and again.json()["refresh_token"] == first.json()["refresh_token"]
+        assert again.json()["access_token"] != first.json()["access_token"]
+        assert totals(client)["grace_reuses"] == 1

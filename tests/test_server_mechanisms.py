@@ -5,7 +5,8 @@ import pytest
 import sim
 from sim.scenario import ScenarioError, parse_scenario
 from sim.strategies.ledger import Ledger
-from sim.strategies.server import DualTokenServer, Grant
+from sim.strategies.presets import SERVER_PRESETS
+from sim.strategies.server import DualTokenServer, Grant, Rejection
 
 from tests.conftest import scenario_dict
 
@@ -146,3 +147,117 @@ def test_race_window_needs_a_check_then_write_server():
         parse_scenario(scenario_dict(strategies=[{
             "name": "x", "client": {"trigger": "reactive"},
             "server": {"kind": "dual_token", "rotation": True, "race_window": "5ms"}}]))
+
+
+def test_race_window_counts_between_sends_or_checks(make_scenario):
+    # one worker: both presentations are sent at 180 s, the second is checked 10 ms after the
+    # first (it waited for the worker). Between checks 10 ms >= 5 ms: reuse; between sends 0 < 5 ms
+    checked = two_tabs_one_token(make_scenario, 1, race_window="5ms")
+    sent = two_tabs_one_token(make_scenario, 1, race_window="5ms", race_window_offsets="sent")
+    assert event_times(checked, "reuse_detected")[:1] == [180.02]
+    assert event_times(sent, "refresh_end", "ok")[:3] == [0.01, 180.01, 180.02]
+    assert [t for t in event_times(sent, "reuse_detected") if t < 181] == []
+    # the reference is the earliest-sent presentation the server has seen, even one that was refused
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="token", atomic=False,
+                             race_window="5ms", race_window_offsets="sent")
+    ledger = Ledger()
+    token = server.login(ledger, user=0, now=0.0).refresh
+    assert server.begin_refresh(ledger, token, None, 10.05, sent_s=10.0).decision == "ok"
+    # sent before the first (arrives later): offset 0 from itself, passes
+    assert server.begin_refresh(ledger, token, None, 10.2, sent_s=9.999).decision == "ok"
+    assert token.first_sent_s == 9.999
+    assert server.begin_refresh(ledger, token, None, 10.3, sent_s=10.003).decision == "ok"
+    assert server.begin_refresh(ledger, token, None, 10.006, sent_s=10.006).decision == "reuse_detected"
+
+
+def test_race_window_drawn_per_claim_decides_every_later_presentation_together():
+    import numpy as np
+
+    def later_decisions(scope, seed):
+        server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="token", atomic=False,
+                                 race_window={"dist": "empirical", "values": ["0s", "20ms"], "weights": [1, 1]},
+                                 race_window_scope=scope)
+        rng, ledger = np.random.default_rng(seed), Ledger()
+        groups = []
+        for _ in range(40):
+            token = server.login(ledger, user=0, now=0.0).refresh
+            first = server.begin_refresh(ledger, token, None, 10.0, rng)
+            # three later presentations 10 ms after the claim
+            groups.append(tuple(server.begin_refresh(ledger, token, None, 10.01, rng).decision for _ in range(3)))
+            assert first.decision == "ok"
+        return groups
+
+    claim = later_decisions("claim", 1)
+    # one draw per claim: all three pass (a 20 ms window) or none does (0 s)
+    assert set(claim) == {("ok",) * 3, ("reuse_detected",) * 3}
+    # per presentation the three are drawn apart: mixed groups appear
+    assert any(len(set(g)) > 1 for g in later_decisions("presentation", 1))
+    with pytest.raises(ScenarioError, match="race_window_scope"):
+        parse_scenario(scenario_dict(strategies=[{
+            "name": "x", "client": {"trigger": "reactive"},
+            "server": {"kind": "dual_token", "rotation": True, "atomic": False, "race_window_scope": "claim"}}]))
+
+
+# -- grace modes, deferred commit, GoTrue's parent replay ---------------------------------------
+
+
+def test_a_grace_replay_accepted_but_answered_unauthenticated_revokes_nothing():
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="family", grace_period="10s",
+                             grace_returns="unauthenticated")
+    ledger = Ledger()
+    grant = server.login(ledger, user=0, now=0.0)
+    assert isinstance(server.refresh(ledger, grant.refresh, None, 1.0), Grant)
+    assert server.refresh(ledger, grant.refresh, None, 2.0) == Rejection("unauthenticated")
+    session = ledger.session_of(grant.refresh)
+    assert not session.revoked and ledger.counters["grace_reuses"] == 1 and ledger.counters["reuse_detections"] == 0
+    assert ledger.counters["access_mints"] == 2  # the login's and the rotation's: the replay minted nothing
+    assert server.refresh(ledger, grant.refresh, None, 20.0) == Rejection("reuse_detected") and session.revoked
+
+
+def test_deferred_commit_lets_concurrent_refreshes_succeed_and_commits_a_child_on_first_use():
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="family", commit="first_use")
+    ledger = Ledger()
+    grant = server.login(ledger, user=0, now=0.0)
+    session = ledger.session_of(grant.refresh)
+    committed = grant.refresh.id
+    a, b = (server.refresh(ledger, grant.refresh, None, 10.0) for _ in range(2))
+    assert isinstance(a, Grant) and isinstance(b, Grant) and a.refresh.id != b.refresh.id
+    assert session.current_refresh == committed and ledger.counters["reuse_detections"] == 0
+    # the committed token mints children for ever, changing nothing
+    assert isinstance(server.refresh(ledger, grant.refresh, None, 11.0), Grant)
+    # the first use of b's access token commits b's refresh token
+    assert server.authorize(ledger, b.access, 12.0).status == "ok" and session.current_refresh == b.refresh.id
+    assert server.authorize(ledger, a.access, 12.5).status == "ok" and session.current_refresh == b.refresh.id
+    # the old committed token and a's child are now theft: the session is revoked
+    assert server.refresh(ledger, a.refresh, None, 13.0) == Rejection("reuse_detected") and session.revoked
+
+
+def test_deferred_commit_by_presenting_the_child():
+    server = DualTokenServer(access_ttl="5m", rotation=True, reuse_detection="family", commit="first_use")
+    ledger = Ledger()
+    grant = server.login(ledger, user=0, now=0.0)
+    child = server.refresh(ledger, grant.refresh, None, 10.0)
+    grandchild = server.refresh(ledger, child.refresh, None, 20.0)
+    session = ledger.session_of(grant.refresh)
+    assert isinstance(grandchild, Grant) and session.current_refresh == child.refresh.id
+    assert server.refresh(ledger, grant.refresh, None, 30.0) == Rejection("reuse_detected") and session.revoked
+
+
+def test_gotrue_answers_the_parent_of_the_newest_token_at_any_time():
+    server = DualTokenServer.model_validate({**SERVER_PRESETS["gotrue"], "access_ttl": "5m"})
+    ledger = Ledger()
+    grant = server.login(ledger, user=0, now=0.0)
+    first = server.refresh(ledger, grant.refresh, None, 10.0)
+    # a minute later (past the 10 s reuse interval) the parent of the newest token is answered
+    # with a new access token and that same newest refresh token
+    again = server.refresh(ledger, grant.refresh, None, 70.0)
+    assert isinstance(again, Grant) and again.refresh.id == first.refresh.id and again.access.id != first.access.id
+    assert ledger.counters["grace_reuses"] == 1 and ledger.counters["refresh_mints"] == 2
+    # a grandparent inside the reuse interval gets a new pair; after it, the family is revoked
+    second = server.refresh(ledger, first.refresh, None, 100.0)
+    third = server.refresh(ledger, second.refresh, None, 101.0)
+    swap = server.refresh(ledger, first.refresh, None, 105.0)
+    assert isinstance(swap, Grant) and swap.refresh.id not in (second.refresh.id, third.refresh.id)
+    session = ledger.session_of(grant.refresh)
+    assert not session.revoked
+    assert server.refresh(ledger, grant.refresh, None, 200.0) == Rejection("reuse_detected") and session.revoked

@@ -26,6 +26,7 @@ class Classifier:
         self.reuse = _compile(spec.refresh_reuse)
         self.refresh_expired = _compile(spec.refresh_expired)
         self.revoked = _compile(spec.refresh_revoked)
+        self.unauthenticated = _compile(spec.refresh_unauthenticated)
 
     def access(self, words: str | None, expires_unix_s: float, now_unix_s: float) -> tuple[str, str]:
         """``("expired" | "invalid", how)`` for a rejected API call whose refusal said ``words``,
@@ -40,7 +41,7 @@ class Classifier:
         return "invalid", "server" if words else "client"
 
     def refresh(self, words: str | None, rotated: bool, expires_unix_s: float, now_unix_s: float) -> tuple[str, str]:
-        """``("reuse_detected" | "expired" | "revoked", how)`` for a refused refresh whose
+        """``("reuse_detected" | "expired" | "unauthenticated" | "revoked", how)`` for a refused refresh whose
         refusal said ``words``; ``rotated``: the client had already seen the presented refresh
         token exchanged for a newer one; ``expires_unix_s``: its known expiry."""
         words = words or ""
@@ -48,6 +49,8 @@ class Classifier:
             return "reuse_detected", "server"
         if self.refresh_expired and self.refresh_expired.search(words):
             return "expired", "server"
+        if self.unauthenticated and self.unauthenticated.search(words):
+            return "unauthenticated", "server"
         if self.revoked and self.revoked.search(words):
             return "revoked", "server"
         if self.spec.fallback:

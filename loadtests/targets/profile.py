@@ -196,10 +196,14 @@ class Classify(Model):
     refresh_expired: str | None = "expired"
     #: a refused refresh this pattern matches is "revoked" whatever the client knows
     refresh_revoked: str | None = None
+    #: a refused refresh this pattern matches was a replay the server accepted but answered as
+    #: unauthenticated (nothing revoked)
+    refresh_unauthenticated: str | None = None
     refresh_rejected_statuses: list[int] = Field(default_factory=lambda: [400, 401], min_length=1)
     fallback: bool = True
 
-    @field_validator("expired_access", "invalid_access", "refresh_reuse", "refresh_expired", "refresh_revoked")
+    @field_validator("expired_access", "invalid_access", "refresh_reuse", "refresh_expired", "refresh_revoked",
+                     "refresh_unauthenticated")
     @classmethod
     def _regex(cls, value):
         if value is not None:

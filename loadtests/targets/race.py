@@ -76,7 +76,7 @@ class RaceProbe:
             values = ", ".join(f'"{v}"' for v in w["values"])
             weights = ", ".join(f"{x:g}" for x in w["weights"])
             body = f'{{ dist = "empirical", values = [{values}], weights = [{weights}] }}'
-        return f"[server_settings]\nrace_window = {body}"
+        return f'[server_settings]\nrace_window = {body}\nrace_window_offsets = "sent"'
 
 
 def probe_race(profile: TargetProfile, base_url: str, *, user: int = 0, trials: int = 20,

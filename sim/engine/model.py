@@ -36,13 +36,13 @@ from sim.strategies.flow import (
     plain_page_views, renew_flow, request_flow, sends_at_once, user_flow,
 )
 from sim.strategies.ledger import Ledger, Token
-from sim.strategies.server import Grant
+from sim.strategies.server import Grant, Rejection
 from sim.strategies.service import ServiceTimes
 
 #: a handler's answer meaning "the task waits; something will resume it"
 PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
-_OK, _UNAUTHORIZED, _LOST = Response(200), Response(401), Response(0)
+_OK, _UNAUTHORIZED, _EXPIRED, _LOST = Response(200), Response(401), Response(401, expired=True), Response(0)
 _VERDICT = {o.value: o for o in AttemptOutcome}
 
 
@@ -424,9 +424,9 @@ class Simulation:
         """Send ``sent`` to the API: its arrival and its answer are events. ``started``: the
         request was sent by :meth:`_start_request`, with no flow running for it yet."""
         draws = task.tab.draws
-        rtt = draws.api_rtt()
-        lost = bool(self.loss_p) and draws.loss() < self.loss_p
         now = self.now
+        rtt = draws.api_round_trip(now)
+        lost = bool(self.loss_p) and draws.loss() < self.loss_p
         heapq.heappush(self.heap, (now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
         return rtt
 
@@ -441,9 +441,11 @@ class Simulation:
             done = now + (rtt / 2 + self.api_verify_s)
             outcome = _VERDICT[verdict.status]
             if verdict.reissued:
-                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued))
+                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued),
+                                    outcome is AttemptOutcome.EXPIRED)
             else:
-                response = _OK if outcome is AttemptOutcome.OK else _UNAUTHORIZED
+                response = (_OK if outcome is AttemptOutcome.OK else
+                            _EXPIRED if outcome is AttemptOutcome.EXPIRED else _UNAUTHORIZED)
         heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
@@ -556,21 +558,21 @@ class Simulation:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
         visit.presented.add(token.id)
-        sent_at, rtt = self.now, user.streams.auth_rtt()
+        sent_at, trip = self.now, user.streams.auth_round_trip(self.now)
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
                    token=token.id, basis=basis)
-        yield Sleep(rtt / 2)
+        yield Sleep(trip.request_leg_s)
         result = yield from self._auth_call(
             self.service.refresh_s(user.streams.service),
-            lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng),
+            lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng, sent_at),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:
             yield Sleep(max(self.timeout_s - (self.now - sent_at), 0.0))
             outcome = RefreshOutcome.LOST
         else:
-            yield Sleep(rtt / 2)
+            yield Sleep(trip.answer_leg_s(isinstance(result, Rejection)))
             outcome = (result if isinstance(result, RefreshOutcome) else
                        RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
@@ -604,12 +606,12 @@ class Simulation:
         visit.login = Signal()
         self.rec.record(self.now, "login", cause, user.index, tab.index, visit.session)
         while True:
-            rtt = user.streams.auth_rtt()
-            yield Sleep(rtt / 2)
+            trip = user.streams.auth_round_trip(self.now)
+            yield Sleep(trip.request_leg_s)
             grant = yield from self._auth_call(
                 self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
-            yield Sleep(rtt / 2)
+            yield Sleep(trip.answer_leg_s(False))
             if grant is not UNAVAILABLE:
                 break
             yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
@@ -714,7 +716,8 @@ class FastSimulation(Simulation):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not self.events:
+        # correlated round trips depend on what else of the user's is in flight: event by event
+        if not self.events and not self.scenario.network.rtt_correlation:
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views

@@ -8,12 +8,15 @@ variants consume other streams.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import threading
 from array import array
 from enum import IntEnum
 
 import numpy as np
+from scipy.special import ndtr
 
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
@@ -41,7 +44,8 @@ class Source(IntEnum):
     # the server's own draws (a race window per later presentation of a refresh token)
     RACE = 15
     JITTER = 16  # a timer's random offset (``timer_jitter``)
-    WAKE = 17  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
+    MOMENT = 17  # the state of the host every call meets (``network.rtt_correlation``)
+    WAKE = 18  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -156,7 +160,7 @@ class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
     round trips (and losses) of its API requests."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss")
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss", "moments", "_rtt")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
@@ -170,6 +174,125 @@ class TabStreams:
         self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
         self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=128)
         self.loss = Draws(None, key, Source.LOSS, floor=None, batch=128)
+        #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
+        #: ``api_rtt`` then draws each call's own standard normal factor
+        self.moments: HostState | None = None
+        self._rtt = net.rtt
+        if net.rtt_correlation > 0:
+            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=128)
+
+    def api_round_trip(self, now: float) -> float:
+        """The round trip of an API call sent at ``now`` (scenario seconds)."""
+        if self.moments is None:
+            return self.api_rtt()
+        return self.moments.quantiles(now, self.api_rtt(), (self._rtt,))[0]
+
+
+class _Normal:
+    """Standard normal draws (a call's own factor of a correlated round trip)."""
+
+    @staticmethod
+    def sample(gen: np.random.Generator, n: int) -> np.ndarray:
+        return gen.standard_normal(n)
+
+
+_NORMAL = _Normal()
+
+
+class HostState:
+    """The state of the network and servers every call of a run meets (``network.rtt_correlation``
+    = ρ > 0, ``network.rtt_correlation_time`` = τ): a stationary Gaussian process ``W(t)`` of
+    scenario time, shared by every user (a busy host slows whatever is in flight at the same
+    moment). A call sent at ``t`` takes its distribution's quantile at ``Φ(√ρ·W(t) + √(1−ρ)·z)``,
+    ``z`` the call's own standard normal draw: a Gaussian copula, so each round trip keeps its
+    distribution as written, two calls sent together have normal scores correlated ρ, and calls
+    ``Δ`` apart ``ρ·exp(−Δ/τ)``. ``W`` is an Ornstein–Uhlenbeck process held constant over steps
+    of τ/50, drawn from its own stream keyed by the run's seed and replication only, so it is the
+    same whichever users (or auth-tier instance) a run holds."""
+
+    #: steps per correlation time
+    STEPS = 50
+    _CHUNK = 4096
+
+    def __init__(self, rho: float, tau_s: float, seed: int, replication: int) -> None:
+        self.shared, self.own = math.sqrt(rho), math.sqrt(1.0 - rho)
+        self.step_s = tau_s / self.STEPS
+        self._a = math.exp(-1.0 / self.STEPS)
+        self._gen = generator(seed, replication, 3, int(Source.MOMENT))
+        self._w = np.empty(0)
+        self._lock = threading.Lock()
+
+    def w(self, t_s: float) -> float:
+        """``W`` at scenario time ``t_s`` (at least 0)."""
+        k = max(int(t_s / self.step_s), 0)
+        if k >= len(self._w):
+            with self._lock:
+                while k >= len(self._w):
+                    self._extend()
+        return float(self._w[k])
+
+    def _extend(self) -> None:
+        from scipy.signal import lfilter
+
+        a = self._a
+        noise = self._gen.standard_normal(self._CHUNK) * math.sqrt(1.0 - a * a)
+        if len(self._w):
+            chunk, _ = lfilter([1.0], [1.0, -a], noise, zi=[a * self._w[-1]])
+        else:
+            noise[0] = self._gen.standard_normal()
+            chunk = lfilter([1.0], [1.0, -a], noise)
+        self._w = np.concatenate([self._w, chunk])
+
+    def quantiles(self, t_s: float, z: float, dists: tuple) -> list[float]:
+        """The round trips (seconds, at least 0) of a call sent at ``t_s`` with its own factor
+        ``z``: one per distribution in ``dists``, all at the same quantile."""
+        u = float(ndtr(self.shared * self.w(t_s) + self.own * z))
+        return [max(float(d.quantile(np.array([u]))[0]), 0.0) for d in dists]
+
+
+@functools.lru_cache(maxsize=16)
+def host_state(rho: float, tau_s: float, seed: int, replication: int) -> HostState:
+    """The run's :class:`HostState` (one object per seed and replication)."""
+    return HostState(rho, tau_s, seed, replication)
+
+
+class AuthRoundTrip:
+    """One call to the auth tier on the wire: ``granted_s``, its round trip if the server grants
+    (``network.auth_rtt``, else ``rtt``), and ``refused_s``, if it refuses
+    (``network.auth_rtt_refused`` at the same draw; the granted one when that is not set). The
+    request leg is half the granted round trip (the server cannot answer faster before it has
+    read the call); the answer leg depends on the answer. Every driver splits a call this way."""
+
+    __slots__ = ("granted_s", "refused_s")
+
+    def __init__(self, granted_s: float, refused_s: float) -> None:
+        self.granted_s = granted_s
+        self.refused_s = refused_s
+
+    @property
+    def request_leg_s(self) -> float:
+        """Seconds from the client's send until the server has the call."""
+        return self.granted_s / 2
+
+    def answer_leg_s(self, refused: bool) -> float:
+        """Seconds from the server's answer until the client has it: the rest of the granted
+        round trip, or of the refused one (at least 0) when the server refused."""
+        if refused:
+            return max(self.refused_s - self.granted_s / 2, 0.0)
+        return self.granted_s / 2
+
+
+class _AtQuantile:
+    """Draws of ``dist`` made as its quantiles at uniform draws, so that two of them on one
+    stream give coupled values."""
+
+    __slots__ = ("dist",)
+
+    def __init__(self, dist) -> None:
+        self.dist = dist
+
+    def sample(self, gen: np.random.Generator, n: int) -> np.ndarray:
+        return self.dist.quantile(gen.random(n))
 
 
 class UserStreams:
@@ -179,14 +302,28 @@ class UserStreams:
     the user's index, so a user draws the same numbers whichever other users share its run (or
     its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_loss", "backoff", "_tabs", "_key", "_service", "_jitter",
-                 "_wake")
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
+                 "_service", "_jitter", "moments", "_rtts", "_wake")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
 
         key = (seed, replication, 1, user)
-        self.auth_rtt = Draws(net.auth_rtt or net.rtt, key, Source.AUTH_LATENCY, batch=8)
+        granted = net.auth_rtt or net.rtt
+        self._rtts = (granted, net.auth_rtt_refused or granted)
+        self.moments = (host_state(net.rtt_correlation, net.rtt_correlation_time_s, seed, replication)
+                        if net.rtt_correlation > 0 else None)
+        if self.moments is not None:
+            self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8)
+            self.auth_rtt_refused = None
+        elif net.auth_rtt_refused is None:
+            self.auth_rtt = Draws(granted, key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt_refused = None
+        else:
+            # two views of one stream of uniforms, taken in step (see auth_round_trips): the n-th
+            # call's granted and refused round trips are both its draw's quantile
+            self.auth_rtt = Draws(_AtQuantile(granted), key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt_refused = Draws(_AtQuantile(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8)
         self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
         self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
@@ -203,6 +340,15 @@ class UserStreams:
             _, seed, replication, user = self._key
             self._wake = Draws(None, (seed, replication, 1, user), Source.WAKE, floor=None, batch=8)
         return self._wake()
+
+    def auth_round_trip(self, now: float) -> "AuthRoundTrip":
+        """The round trip of one call to the auth tier sent at ``now`` (scenario seconds; every
+        call takes exactly one)."""
+        if self.moments is not None:
+            granted, refused = self.moments.quantiles(now, self.auth_rtt(), self._rtts)
+            return AuthRoundTrip(granted, refused)
+        rtt = self.auth_rtt()
+        return AuthRoundTrip(rtt, rtt if self.auth_rtt_refused is None else self.auth_rtt_refused())
 
     def jitter(self) -> float:
         """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""
@@ -227,7 +373,9 @@ class UserStreams:
     def tab(self, i: int) -> TabStreams:
         """Tab ``i``'s draws (the same object every time it is asked for)."""
         while len(self._tabs) <= i:
-            self._tabs.append(TabStreams(*self._key, len(self._tabs)))
+            tab = TabStreams(*self._key, len(self._tabs))
+            tab.moments = self.moments
+            self._tabs.append(tab)
         return self._tabs[i]
 
 

@@ -24,7 +24,8 @@ BARS = [
     ("forced_logins", "forced logins, all"),
     ("stranded_tokens", "stranded refresh tokens"),
 ]
-TABLE = BARS + [("race_to_logout_s_mean", "race → logout, s"), ("reuse_detections", "reuse detections")]
+TABLE = BARS + [("race_to_logout_s_mean", "race → logout, s"), ("reuse_detections", "reuse detections"),
+                ("expiry_failures", "expiry failures (401)"), ("requests", "requests")]
 
 
 def divergence_chart(result: RunResult, title: str) -> Figure:
@@ -80,7 +81,9 @@ Public reports of token renewal gone wrong, each reproduced by a scenario in
 of [metrics.md](metrics.md): *spurious logouts* (a forced login while the server still held the
 session valid), *revoked by a benign race* (reuse detection revoking a session for a token its own
 client presented twice), *stranded refresh tokens* (valid on the server, held by no client) and the
-time from the session's first refresh race to the logout.
+time from the session's first refresh race to the logout. A session that hangs instead of logging
+out (an orphaned lock) shows as expiry failures — requests that met an expired token and then
+waited for ever — and as fewer requests issued.
 
 Regenerate this page and its charts with `python -m sim.report.incidents`.
 """

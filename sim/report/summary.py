@@ -182,8 +182,8 @@ def _provenance(result: RunResult) -> str:
 
 
 def lapses(result: RunResult) -> list[str]:
-    """When devices remember their tokens between visits: the logins a lapsed refresh token
-    forced, per user-day, fewest first (grouped where the 95% CIs overlap)."""
+    """When devices remember their tokens between visits: the logins a lapsed credential (refresh
+    token or sliding token) forced, per user-day, fewest first (grouped where the 95% CIs overlap)."""
     if result.scenario is None or not result.scenario.population.remember_me:
         return []
     values = estimates(result, "lapse_logins_per_user_day")
@@ -192,8 +192,8 @@ def lapses(result: RunResult) -> list[str]:
     text = "; then ".join(
         _listing(g, values, "") + (" (no detectable difference)" if len(g) > 1 and not _same(g, values) else "")
         for g in groups(values))
-    return [f"Logins forced by a lapsed refresh token, per user-day (a returning user whose remembered "
-            f"refresh token outlived its absolute or idle lifetime): fewest first, {text}."]
+    return [f"Logins forced by a lapsed credential, per user-day (a refresh token past its absolute or idle "
+            f"lifetime, or a sliding token that expired while the user was away): fewest first, {text}."]
 
 
 def _single(result: RunResult) -> str:

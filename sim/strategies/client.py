@@ -57,10 +57,13 @@ class TabView:
 @dataclass(frozen=True, slots=True)
 class Response:
     """An API answer: ``status`` 200, 401, or 0 when no answer came back in time (lost or
-    timed out); ``reissued`` is a token a sliding server sent along."""
+    timed out); ``reissued`` is a token a sliding server sent along; ``expired``: a 401 that
+    says the presented token has expired on the server (RFC 6750 ``invalid_token``, "expired"),
+    as opposed to one that was revoked or is unknown."""
 
     status: int
     reissued: Held | None = None
+    expired: bool = False
 
 
 class ClientPolicy(Model):
@@ -326,7 +329,9 @@ class TimerClient(ClientPolicy):
 
 class SlidingClient(ClientPolicy):
     """For sliding-expiration servers: adopts the token re-issued with a response; a 401 means the
-    session lapsed, so the user logs in again."""
+    session is gone, so the user logs in again (a lapse when the 401 says the token expired on the
+    server; see :func:`sim.strategies.flow.request_flow`). A tab with no token logs in before
+    sending."""
 
     trigger: Literal["sliding"] = "sliding"
 

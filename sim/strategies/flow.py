@@ -75,6 +75,7 @@ class RefreshOutcome(StrEnum):
     LOST = "lost"  # no answer before the client's timeout
     NO_TOKEN = "no_token"  # a login replaced the session meanwhile, and left this tab no token
     SIGNED_OUT = "signed_out"  # the jar holds no refresh token (a failure path deleted it)
+    UNAUTHENTICATED = "unauthenticated"  # the server accepted a replay but answered unauthenticated
 
 
 class AttemptOutcome(StrEnum):
@@ -87,9 +88,11 @@ class AttemptOutcome(StrEnum):
 
 
 class LoginCause(StrEnum):
-    """Why a user logs in (``login`` outcomes): a visit without a remembered session, a session
-    lost while in use (refresh refused, sliding token lapsed, reuse detected), or a refresh token
-    that lapsed (absolute or idle lifetime) — both of the latter are forced logins."""
+    """Why a user logs in (``login`` outcomes): a visit without a remembered session; a session
+    lost while in use although the server had not let it lapse (refresh refused or revoked, reuse
+    detected, a store a failure path cleared); or a server-side credential that lapsed — a
+    refresh token past its absolute or idle lifetime, a sliding token the API answered as
+    expired. Both of the latter are forced logins; only ``forced`` ones can be spurious."""
 
     VISIT = "visit"
     FORCED = "forced"
@@ -172,7 +175,7 @@ class Refresh:
 class Login:
     forced: bool = True
     tab: Any = None  # None: the tab of the task that yields it
-    lapsed: bool = False  # forced because the refresh token lapsed
+    lapsed: bool = False  # forced because the server-side credential lapsed (see LoginCause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +251,10 @@ _SPAWN_REQUEST = Spawn(_REQUEST)
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
-                          RefreshOutcome.SIGNED_OUT})
+                          RefreshOutcome.SIGNED_OUT, RefreshOutcome.UNAUTHENTICATED})
 #: refusals a client's recovery policy and failure path act on (``invalid_grant``)
-REFUSED = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED})
+REFUSED = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
+                     RefreshOutcome.UNAUTHENTICATED})
 Flow = Generator[Any, Any, Any]
 #: seconds a user waits before trying a failed login (the auth tier answered 503) again
 LOGIN_RETRY_S = 1.0
@@ -414,10 +418,15 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
     """One request. ``tab()`` returns the tab's current view, ``clock()`` the client's clock.
     Returns True when the request succeeded, False when it failed.
 
+    A login the policy asks for (LOGIN) after the API answered that the token it was sent has
+    expired is a lapse: the server let the credential expire (a sliding session unused for its
+    lifetime). One asked for before sending — the tab's store holds nothing, e.g. a failure path
+    cleared it — is forced: the session may well be valid on the server.
+
     ``sent``: the driver has already sent this token, because :func:`sends_at_once` said so when
     the request began; the flow then starts by yielding that :class:`Send` again (the driver
     answers it with the response it got) and goes on from there."""
-    attempt = 0
+    attempt, lapsed = 0, False
     if sent is None:
         view = tab()
         action, basis = policy.before_send(view, clock()), basis_of(view)  # basis: what a renewal is about
@@ -427,7 +436,7 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
                 if not (yield Renew(action, basis)):
                     return False
             elif action is Action.LOGIN:
-                yield Login()
+                yield Login(lapsed=lapsed)
                 return False
             elif action is Action.FAIL:
                 return False
@@ -442,6 +451,7 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
         response = yield Send(sent)
         action = policy.on_response(tab(), sent, response, attempt, clock())
         basis = sent.id  # a renewal after an answer is about the token that drew it
+        lapsed = response.status == 401 and response.expired
         if action is Action.ADOPT:
             yield Adopt(response.reissued)
         if action in (Action.DONE, Action.ADOPT):

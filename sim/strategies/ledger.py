@@ -46,7 +46,16 @@ class Token:
     #: refresh tokens on a server with a race window: when the first refresh that passed the
     #: check of this token checked it (its rotation is under way from then)
     claimed_at_s: float | None = None
+    #: refresh tokens on a server with a race window: when the earliest-sent presentation of it
+    #: the server has checked so far was sent (where the driver knows send times, else when it
+    #: was checked); race windows count from here, as they are measured
+    first_sent_s: float | None = None
+    #: refresh tokens on a server whose race window is drawn per claim: that window (seconds)
+    claim_window_s: float | None = None
     revoked: bool = False
+    #: access tokens of a deferred-commit server: the refresh token minted with it, which the
+    #: first use of either commits
+    pair: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +78,8 @@ class Session:
     current_refresh: int | None = None
     previous_refresh: int | None = None
     previous_until_s: float = 0.0
+    #: the refresh token minted last in the session (servers that replay it to its parent)
+    newest_refresh: int | None = None
 
 
 class LedgerObserver:

@@ -41,16 +41,28 @@ SERVER_PRESETS: dict[str, dict] = {
     # node-oidc-provider, public client: rotation on every use; a consumed token presented again
     # is destroyed and its grant revoked. Its consumed check and the rotation's write are separate
     # awaits, but with its in-memory adapter they run in one turn of Node's event loop: measured
-    # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic
+    # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic. A reuse
+    # revokes the grant with everything issued under it, access tokens included
+    # (lib/helpers/revoke.js: AccessToken.revokeByGrantId): the API then refuses them as invalid
     "oidc-provider": {
         "kind": "dual_token", "refresh_ttl": "1d", "rotation": True, "reuse_detection": "family",
+        "revoke_access_on_reuse": True,
     },
-    # GoTrue (Supabase Auth): rotation on by default, reuse interval 10 s
-    # (GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL): inside it a reused token is answered with
-    # the session's current token; after it, reuse revokes the session's tokens; JWT_EXP 3600 s
+    # GoTrue (Supabase Auth), its refresh grant: rotation on by default; the refresh token row and
+    # session are locked before the check (atomic); the parent of the session's active refresh
+    # token is accepted at any time and answered with a new access token and that active refresh
+    # token (the client never stored the answer); another rotated token inside the reuse interval
+    # (GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL, 10 s) is swapped for a new one; after it,
+    # reuse revokes the token family; JWT_EXP 3600 s
     "gotrue": {
         "kind": "dual_token", "access_ttl": "1h", "rotation": True, "reuse_detection": "family",
-        "grace_period": "10s", "grace_returns": "same_pair",
+        "grace_period": "10s", "grace_returns": "new_pair", "parent_replay": True,
+    },
+    # SuperTokens: access 3600 s, refresh 100 days; deferred commit (a child refresh token is
+    # committed by its first use); any other token is theft detection, which revokes the session
+    "supertokens": {
+        "kind": "dual_token", "access_ttl": "1h", "refresh_ttl": "100d", "rotation": True,
+        "reuse_detection": "family", "commit": "first_use",
     },
 }
 

@@ -36,6 +36,7 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A refused refresh. ``reason``: ``expired``, ``revoked``, ``reuse_detected``,
+    ``unauthenticated`` (a replay the server accepted but answers as unauthenticated),
     ``unsupported`` (no refresh tokens on this server). The HTTP form is
     ``400 {"error": "invalid_grant"}`` (``unsupported_grant_type`` for ``unsupported``)."""
 
@@ -122,9 +123,11 @@ class ServerPolicy(Model):
         return token.expires_at_s + leeway_s
 
     def begin_refresh(self, ledger: Ledger, token: Token, basis: int | None, now: float,
-                      rng: np.random.Generator | None = None) -> PendingRefresh:
+                      rng: np.random.Generator | None = None, sent_s: float | None = None) -> PendingRefresh:
         """A worker picked up a refresh call presenting ``token`` on behalf of ``basis``. ``rng``:
-        the driver's generator, for servers that draw (a race window)."""
+        the driver's generator, for servers that draw (a race window); ``sent_s``: when the
+        client sent the call, where the driver knows it (a race window counts between sends, as
+        it is measured), else None."""
         ledger.counters["refresh_calls"] += 1
         return PendingRefresh(token, basis, "unsupported")
 
@@ -178,6 +181,37 @@ class DualTokenServer(ServerPolicy):
     survival function (``refreshlab probe-race``; ``validate`` estimates it from a load test).
     Without it, a check-then-write server's window lasts until the first refresh writes (its
     service time); a window of 0 is an atomic server.
+
+    ``race_window_offsets`` says between what the window counts: ``checked`` (from the check of
+    the first refresh that passed to a later presentation's check, the driver's network and
+    queue included) or ``sent`` (from when the token's earliest-sent presentation the server
+    has seen was sent to when a later one was sent, where the driver knows send times: how
+    ``refreshlab probe-race`` and ``validate`` measure it, the real server's own send-to-check
+    times being already in the measured window).
+
+    ``race_window_scope`` says who draws the window: ``presentation`` (each later presentation
+    its own draw, as above) or ``claim`` (one draw when the first refresh claims the token, shared
+    by every later presentation of it: how long that refresh's rotation stays invisible decides
+    them all). Pairs of presentations cannot tell the two apart (both give ``P(pass | δ)`` as
+    the window's survival function); three or more racing presentations can: with ``claim``
+    they tend to pass or fail together.
+
+    What a reuse inside the grace window gets (``grace_returns``): ``new_pair``, ``same_pair``,
+    ``reject`` (refused as a reuse, nothing revoked: fliks) or ``unauthenticated`` (accepted as a
+    grace reuse — nothing revoked, nothing minted — but answered as unauthenticated, so the
+    client shows its login page: nocturne's grace path).
+
+    ``parent_replay`` (GoTrue): a rotated refresh token whose successor is still the session's
+    newest refresh token — the client never stored that answer — is accepted at any time, with
+    a new access token and that successor again (no new refresh token); other reuses follow the
+    grace period and ``reuse_detection``.
+
+    ``commit = "first_use"`` (SuperTokens' deferred commit): the session's *committed* refresh
+    token mints a child pair on every presentation without changing any state, so concurrent
+    refreshes all succeed; a child is committed by its first use — presented at the refresh
+    endpoint (which then mints its own child) or its access token's first accepted API call —
+    and any other refresh token (an uncommitted sibling, an older one) is theft: a reuse
+    detection, revoking per ``reuse_detection``.
     """
 
     kind: Literal["dual_token"] = "dual_token"
@@ -185,21 +219,33 @@ class DualTokenServer(ServerPolicy):
     reuse_detection: Literal["none", "token", "family"] = "none"
     grace_period_s: Duration = Field(default="0s", alias="grace_period")
     grace_reuse_count: int = Field(default=0, ge=0)
-    grace_returns: Literal["new_pair", "same_pair", "reject"] = "new_pair"
+    grace_returns: Literal["new_pair", "same_pair", "reject", "unauthenticated"] = "new_pair"
+    parent_replay: bool = False
+    commit: Literal["rotation", "first_use"] = "rotation"
     rotation_store: Literal["per_token", "session_row"] = "per_token"
     atomic: bool = True
     revoke_access_on_reuse: bool = False
     concurrent_replay: Literal["new_pair", "same_pair"] = "new_pair"
     race_window: DurationDist | None = None
+    race_window_scope: Literal["presentation", "claim"] = "presentation"
+    race_window_offsets: Literal["checked", "sent"] = "checked"
 
     @model_validator(mode="after")
     def _coherent(self):
         if self.race_window is not None and (self.atomic or not self.rotation):
             raise ValueError("race_window needs rotation = true and atomic = false")
+        if (self.race_window_scope != "presentation" or self.race_window_offsets != "checked") and self.race_window is None:
+            raise ValueError("race_window_scope and race_window_offsets need a race_window")
         if not self.rotation and (self.reuse_detection != "none" or self.grace_period_s > 0):
             raise ValueError("reuse_detection and grace_period need rotation = true")
         if self.concurrent_replay == "same_pair" and (self.atomic or not self.rotation):
             raise ValueError("concurrent_replay = 'same_pair' needs rotation = true and atomic = false")
+        if self.commit == "first_use" and not (self.rotation and self.atomic and self.rotation_store == "per_token"
+                                               and self.grace_period_s == 0 and not self.parent_replay):
+            raise ValueError("commit = 'first_use' needs rotation = true, atomic = true, "
+                             "rotation_store = 'per_token', no grace_period and no parent_replay")
+        if self.parent_replay and (not self.rotation or self.rotation_store != "per_token"):
+            raise ValueError("parent_replay needs rotation = true and rotation_store = 'per_token'")
         return self
 
     def login(self, ledger, user, now):
@@ -209,20 +255,43 @@ class DualTokenServer(ServerPolicy):
         session.current_refresh = refresh.id
         return Grant(access, refresh)
 
+    def authorize(self, ledger, token, now, leeway_s=0.0):
+        verdict = super().authorize(ledger, token, now, leeway_s)
+        if verdict is OK and self._commits(ledger, token):
+            ledger.session_of(token).current_refresh = token.pair  # its pair's first use
+        return verdict
+
+    def _commits(self, ledger: Ledger, token: Token) -> bool:
+        """Whether accepting ``token`` (an access token) commits the refresh token minted with
+        it (deferred commit: that token's parent is still the committed one)."""
+        if token.pair is None:
+            return False
+        child = ledger.tokens.get(token.pair)
+        return child is not None and ledger.session_of(token).current_refresh == child.parent
+
     def plain_at(self, ledger, token, now, leeway_s=0.0):
-        # another tab's reuse may revoke the session while the request travels
-        return not self.revoke_access_on_reuse and super().plain_at(ledger, token, now, leeway_s)
+        # another tab's reuse may revoke the session while the request travels; a pending commit
+        # is a write (once the session moved past the pair's parent it never comes back to it)
+        return (not self.revoke_access_on_reuse and not self._commits(ledger, token)
+                and super().plain_at(ledger, token, now, leeway_s))
 
     def plain_until_s(self, ledger, token, leeway_s=0.0):
-        return -math.inf if self.revoke_access_on_reuse else super().plain_until_s(ledger, token, leeway_s)
+        if self.revoke_access_on_reuse or self._commits(ledger, token):
+            return -math.inf
+        return super().plain_until_s(ledger, token, leeway_s)
 
-    def begin_refresh(self, ledger, token, basis, now, rng=None):
+    def begin_refresh(self, ledger, token, basis, now, rng=None, sent_s=None):
         ledger.counters["refresh_calls"] += 1
         if self.atomic:
             return PendingRefresh(token, basis, None)
-        decision = self._check(ledger, token, now, rng)
+        sent_s = now if sent_s is None or self.race_window_offsets == "checked" else sent_s
+        if self.race_window is not None:
+            token.first_sent_s = sent_s if token.first_sent_s is None else min(token.first_sent_s, sent_s)
+        decision = self._check(ledger, token, now, rng, sent_s)
         if decision == "ok" and self.race_window is not None and token.claimed_at_s is None:
             token.claimed_at_s = now
+            if self.race_window_scope == "claim":
+                token.claim_window_s = self._draw_window(rng)
         return PendingRefresh(token, basis, decision)
 
     def _draw_window(self, rng: np.random.Generator | None) -> float:
@@ -244,7 +313,18 @@ class DualTokenServer(ServerPolicy):
         if decision == "grace_reuse" and self.grace_returns == "reject":
             ledger.note_reuse(token, "reuse_detected", now)
             return Rejection("reuse_detected")
+        if decision == "grace_reuse" and self.grace_returns == "unauthenticated":
+            ledger.note_reuse(token, "grace_reuse", now)
+            token.grace_uses += 1
+            return Rejection("unauthenticated")
         session.last_refresh_at_s = now
+        if decision == "parent_replay":
+            ledger.note_reuse(token, "grace_reuse", now)
+            access = ledger.mint("access", session, now, self.access_expiry(session, now),
+                                 cause="grace", parent=token.id, basis=pending.basis)
+            return Grant(access, ledger.tokens[session.newest_refresh])
+        if decision == "commit":
+            session.current_refresh = token.id
         if decision == "grace_reuse":
             ledger.note_reuse(token, "grace_reuse", now)
             token.grace_uses += 1
@@ -267,6 +347,10 @@ class DualTokenServer(ServerPolicy):
         refresh = ledger.mint(
             "refresh", session, now, self._refresh_expiry(session, now), cause=cause, parent=token.id
         )
+        session.newest_refresh = refresh.id
+        if self.commit == "first_use":
+            access.pair = refresh.id
+            return Grant(access, refresh)  # nothing else changes until the child's first use
         if token.rotated_at_s is None:
             token.rotated_at_s = now
             token.successor = (access.id, refresh.id)
@@ -282,7 +366,8 @@ class DualTokenServer(ServerPolicy):
     def mints_per_login(self):
         return 2  # access and refresh token
 
-    def _check(self, ledger: Ledger, token: Token, now: float, rng: np.random.Generator | None = None) -> str:
+    def _check(self, ledger: Ledger, token: Token, now: float, rng: np.random.Generator | None = None,
+               sent_s: float | None = None) -> str:
         session = ledger.session_of(token)
         if token.revoked or session.revoked:
             return "revoked"
@@ -290,6 +375,10 @@ class DualTokenServer(ServerPolicy):
             self.refresh_idle_ttl_s is not None and now - session.last_refresh_at_s > self.refresh_idle_ttl_s
         ):
             return "expired"
+        if self.commit == "first_use":
+            if token.id == session.current_refresh:
+                return "ok"
+            return "commit" if token.parent == session.current_refresh else "reuse_detected"
         if self.rotation_store == "session_row" and self.rotation:
             if token.id == session.current_refresh or self.reuse_detection == "none":
                 return "ok"
@@ -299,11 +388,16 @@ class DualTokenServer(ServerPolicy):
             return "reuse_detected"
         rotated_at_s = token.rotated_at_s
         if token.claimed_at_s is not None:
-            if now - token.claimed_at_s < self._draw_window(rng):
+            window_s = token.claim_window_s if token.claim_window_s is not None else self._draw_window(rng)
+            if (now if sent_s is None else sent_s) - token.first_sent_s < window_s:
                 return "ok"  # the first refresh's rotation is not visible to this check yet
             rotated_at_s = token.claimed_at_s if rotated_at_s is None else min(rotated_at_s, token.claimed_at_s)
         if rotated_at_s is None or self.reuse_detection == "none":
             return "ok"
+        if self.parent_replay and session.newest_refresh is not None:
+            newest = ledger.tokens.get(session.newest_refresh)
+            if newest is not None and newest.parent == token.id:
+                return "parent_replay"
         within = now - rotated_at_s <= self.grace_period_s and self.grace_period_s > 0
         if within and (self.grace_reuse_count == 0 or token.grace_uses < self.grace_reuse_count):
             return "grace_reuse"
