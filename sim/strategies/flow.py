@@ -352,28 +352,57 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
     trips ``rtts``; a view starting before ``sure_sends_before_s`` whose requests all arrive
     before ``sure_arrives_before_s`` is plain without asking (the policies' pure
     ``sends_until_s`` / ``plain_until_s``) — is carried out at once with the same draws from the
-    same streams (``draws`` supports ``head``/``peek``/``skip``): ``view_done(t, rtts)`` carries
+    same streams (``draws``' streams support ``cursor``/``seek``): ``view_done(t, rtts)`` carries
     its requests out and returns when the last one ends; then the pause. Views go on while the
     next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
     view starts); (0, ``start_s``) when the first one is not plain.
     """
-    burst, rtt_draws, think = draws.burst, draws.api_rtt, draws.think
-    idle_coin, idle_gap = draws.idle_coin, draws.idle_gap
+    burst, rtt_draws, think, idle_coin, idle_gap = draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap
+    # the busiest streams are read through cursors (``draws`` streams support ``cursor``/``seek``):
+    # a page view in bulk then costs a few array reads, not a dozen calls
+    bb, bi = burst.cursor()
+    rb, ri = rtt_draws.cursor()
+    tb, ti = think.cursor()
+    cb, ci = idle_coin.cursor() if idle_probability else (None, 0)
     t, views = start_s, 0
     while True:
-        n = int(burst.head())
-        rtts = rtt_draws.peek(n)
+        if bi >= len(bb):
+            burst.seek(bi)
+            bb, bi = burst.cursor()
+        n = int(bb[bi])
+        if ri + n > len(rb):
+            rtt_draws.seek(ri)
+            rb, ri = rtt_draws.cursor(n)
+        rtts = rb[ri:ri + n]
         if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
-            return views, t
-        burst.skip(1)
-        rtt_draws.skip(n)
+            break
+        bi += 1
+        ri += n
         done = view_done(t, rtts)
-        pause = idle_gap() if idle_probability and idle_coin() < idle_probability else 0.0
-        t_next = done + (pause + think())
+        pause = 0.0
+        if idle_probability:
+            if ci >= len(cb):
+                idle_coin.seek(ci)
+                cb, ci = idle_coin.cursor()
+            ci += 1
+            if cb[ci - 1] < idle_probability:
+                pause = idle_gap()
+        if ti >= len(tb):
+            think.seek(ti)
+            tb, ti = think.cursor()
+        ti += 1
+        t_next = done + (pause + tb[ti - 1])
         views += 1
         if not (t_next < horizon_s and t_next < end_s):
-            return views, t_next
+            t = t_next
+            break
         t = t_next
+    burst.seek(bi)
+    rtt_draws.seek(ri)
+    think.seek(ti)
+    if idle_probability:
+        idle_coin.seek(ci)
+    return views, t
 
 
 def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHandle, clock: Callable[[], float],
