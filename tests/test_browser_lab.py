@@ -167,6 +167,7 @@ def _refreshlab(*args, env=None, timeout=400):
 
 
 @pytest.mark.browser
+@pytest.mark.loadtest  # scheduled first: the longest tests of the pass
 @pytest.mark.timeout(400)
 @needs_lab
 @pytest.mark.parametrize("sdk", ["oidc-client-ts", "auth0-spa-js"])
@@ -198,6 +199,7 @@ def test_smoke_counts_equal_the_servers_own_log(sdk, tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.loadtest
 @pytest.mark.timeout(120)
 @needs_lab
 def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
