@@ -274,3 +274,23 @@ def test_a_refusal_the_server_logged_before_the_success_is_still_matched_to_its_
     assert calls["server_detail"].iloc[1] == "refresh token already used"
     ev = merged.events
     assert ev.loc[ev["event"] == "refresh_end", "outcome"].tolist() == ["ok", "reuse_detected", "revoked"]
+
+
+def test_validate_browser_compares_a_lab_run_folder_without_a_browser(cli, tmp_path):
+    from loadtests.browser_lab import write_lab
+
+    run = _race_run()
+    scenario, _ = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")
+    result, merged, failure = lab_result(run, scenario, "oidc-client-ts")
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    write_lab(result, merged, run, folder)
+    out = tmp_path / "v"
+    code, stdout, err = cli("validate", SCENARIO, "--browser", "--strategy", "oidc-client-ts", "--lab-run", folder,
+                            "--out", out)
+    assert code in (0, 1), err
+    rows = pd.read_csv(out / "validation-browser.csv").set_index("metric")
+    # the lab's side, after its login: 3 refresh calls, one same-token race, both tabs logged out
+    assert rows.loc[["refresh_calls", "same_token_races", "tabs_logged_out"], "measured"].tolist() == [3, 1, 2]
+    assert (rows["replications"] >= 1).all() and (out / "simulated-oidc-client-ts" / "summary.csv").is_file()
+    assert (code == 0) == bool(rows["agrees"].dropna().astype(bool).all())
