@@ -45,6 +45,7 @@ class Source(IntEnum):
     RACE = 15
     JITTER = 16  # a timer's random offset (``timer_jitter``)
     MOMENT = 17  # the state of the host every call meets (``network.rtt_correlation``)
+    WAKE = 18  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -368,7 +369,7 @@ class UserStreams:
     its auth-tier instance)."""
 
     __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
-                 "_service", "_jitter", "moments", "_rtts")
+                 "_service", "_jitter", "moments", "_rtts", "_wake")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -397,6 +398,14 @@ class UserStreams:
         self._key = (scenario, seed, replication, user)
         self._service: dict | None = None
         self._jitter: Draws | None = None
+        self._wake: Draws | None = None
+
+    def wake_phase(self) -> float:
+        """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
+        if self._wake is None:
+            _, seed, replication, user = self._key
+            self._wake = Draws(None, (seed, replication, 1, user), Source.WAKE, floor=None, batch=8)
+        return self._wake()
 
     def auth_round_trip(self, now: float) -> "AuthRoundTrip":
         """The round trip of one call to the auth tier sent at ``now`` (scenario seconds; every
