@@ -129,3 +129,17 @@ def test_a_cluster_without_workers_fails_the_run_instead_of_waiting_forever(smal
             runner.submit(Job(small, small.names[0], 0, 1))
             with pytest.raises(WorkerLost, match="no worker has been connected"):
                 runner.next_done()
+
+
+def test_a_ctrl_c_while_workers_are_started_is_held_not_lost():
+    # a Ctrl-C that lands while a worker is being started must interrupt this process as soon
+    # as the start is done (ignoring it instead once made a run go on to its end)
+    from sim.engine.dispatch import _interrupts_held_while_spawning
+
+    reached_end_of_block = False
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_held_while_spawning():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached_end_of_block = True
+    assert reached_end_of_block
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())

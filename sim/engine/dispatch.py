@@ -76,21 +76,29 @@ def _ignore_interrupts() -> None:
     # Ctrl-C at a terminal reaches the whole process group: the parent stops the workers, which
     # must not die on their own first (that would look like a lost worker)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @contextlib.contextmanager
-def _interrupts_ignored_while_spawning():
-    """Ignore SIGINT in this process while worker processes are started: an ignored signal stays
-    ignored across exec, so a Ctrl-C that comes while a worker is still importing (before its
-    initializer ran) cannot kill it with a traceback."""
+def _interrupts_held_while_spawning():
+    """Hold a Ctrl-C back while worker processes are started, and raise it once they are: SIGINT
+    is blocked in this thread, a mask that a worker inherits across exec (so a Ctrl-C that comes
+    while the worker is still importing, before its initializer ran, cannot kill it with a
+    traceback), and a SIGINT that another thread receives meanwhile is only noted (so it cannot
+    interrupt the executor half-way through starting a process)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is noted here
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class Runner:
@@ -168,7 +176,7 @@ class Processes(Runner):
         self._futures: dict[cf.Future, int] = {}
 
     def _start(self, job: Job) -> None:
-        with _interrupts_ignored_while_spawning():
+        with _interrupts_held_while_spawning():
             self._futures[self._pool.submit(_execute_in_worker, job)] = job.id
 
     def _wait_one(self) -> tuple[int, Any]:
