@@ -349,3 +349,25 @@ def test_the_cyclic_garbage_collector_is_off_during_a_run_and_restored_after(mak
         finally:
             gc.enable()
     assert seen and not any(seen)
+
+
+def test_a_run_starts_after_collecting_what_an_earlier_run_left_in_cycles(make_scenario):
+    import weakref
+
+    from sim.engine.model import FastSimulation
+
+    scenario = make_scenario()
+    variant = scenario.variant(scenario.names[0])
+    earlier = FastSimulation(scenario, variant, 0, 1, False)
+    earlier.run()
+    ledger = weakref.ref(earlier.ledger)
+    del earlier
+    alive = []
+
+    class Watching(FastSimulation):
+        def _sleep(self, task, effect):
+            alive.append(ledger() is not None)
+            return super()._sleep(task, effect)
+
+    Watching(scenario, variant, 0, 1, False).run()
+    assert alive and not any(alive)

@@ -62,10 +62,15 @@ def _no_cyclic_gc():
     walks all of them: a collector that finds next to nothing (the only cycles a run leaves
     behind are ended visits, their tabs and stores: under 1 KB each) took about a quarter of the
     engine's time at a few thousand users, and more as the population grows. Reference
-    counting still frees everything else at once."""
+    counting still frees everything else at once; what an earlier run left in cycles is
+    collected before the collector goes off."""
     with _GC_LOCK:
         if _GC_HOLDERS[0] == 0:
             _GC_HOLDERS.append(gc.isenabled())
+            if gc.isenabled():
+                # a finished run's state is mostly cycles (users and their tasks): collect it
+                # now, or it would stay through this run, twice the memory of a worker process
+                gc.collect()
             gc.disable()
         _GC_HOLDERS[0] += 1
     try:
