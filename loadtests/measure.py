@@ -102,6 +102,8 @@ def build_events(records: Records, ledger: dict | None, strategy: str,
         events = pd.concat([client[~client["event"].isin(["mint", "resent_pair"])], server], ignore_index=True)
         source = "server"
     else:
+        if revokes_session_on_reuse:
+            client = one_reuse_per_rotated_token(client, records.time_scale)
         rejected = client[(client["event"] == "refresh_end") & (client["outcome"] == "reuse_detected")]
         derived = [rejected.assign(event="reuse_detected", outcome="")]
         # the server revoked a session that refused a refresh as revoked, or (a server model that
@@ -120,6 +122,26 @@ def build_events(records: Records, ledger: dict | None, strategy: str,
         events[col] = _ids(events[col])
     events["latency_ms"] = events["latency_ms"].astype(float)
     return events.sort_values("t_s", kind="stable").reset_index(drop=True)[EVENT_COLUMNS], source
+
+
+def one_reuse_per_rotated_token(client: pd.DataFrame, time_scale: float) -> pd.DataFrame:
+    """The client's refresh answers as a server that revokes the family on a reuse gave them:
+    of the refused presentations of a refresh token the client saw rotated, the earliest sent
+    was the reuse (it revoked the family) and the others found the family revoked. Needed where
+    the server's words do not say (oidc-provider answers every refusal "grant request is
+    invalid"): classified as they arrived, a refusal that came back before the rotation's
+    answer counted as revoked and every one after it as reuse."""
+    ends = client["event"] == "refresh_end"
+    rotated = set(client.loc[ends & (client["outcome"] == "ok"), "token"])
+    refused = client[ends & client["outcome"].isin(["reuse_detected", "revoked"]) & client["token"].isin(rotated)]
+    if refused.empty:
+        return client
+    sent_s = refused["t_s"] - refused["latency_ms"].fillna(0.0) / 1000.0 * time_scale
+    first = refused.assign(sent_s=sent_s).sort_values("sent_s", kind="stable").drop_duplicates("token").index
+    client = client.copy()
+    client.loc[refused.index, "outcome"] = "revoked"
+    client.loc[first, "outcome"] = "reuse_detected"
+    return client
 
 
 def _ids(values: pd.Series) -> pd.Series:

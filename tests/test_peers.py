@@ -107,6 +107,10 @@ def test_oidc_provider_counts_equal_its_events(tmp_path, strategy):
     assert counters.get("refused_sessions", 0) == len(revoked)
     if strategy == "dual_token":
         assert revoked, "concurrent refreshes of one token should have been caught as reuse"
+    # reuse detections (one per rotated token refused, inferred: its answers do not say) against
+    # the server's own "refresh token already used" errors
+    assert count(events, "reuse_detected") == sum(
+        1 for r in server.records() if r["event"] == "grant.error" and r.get("detail") == "refresh token already used")
     assert count(events, "attempt", "expired") > 0
 
 

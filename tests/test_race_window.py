@@ -106,7 +106,7 @@ def test_a_measured_session_counts_as_revoked_at_its_first_refusal_that_says_so(
                            row(1.01, "login", "forced"), row(2.0, "refresh_start", session="s2", token="r2"),
                            row(2.01, "refresh_end", "revoked", session="s2", token="r2"),
                            row(2.01, "login", "forced", session="s2")])
-    records = type("R", (), {"client": client})()
+    records = type("R", (), {"client": client, "time_scale": 1.0})()
 
     def spurious(family):
         events, source = build_events(records, None, "x", revokes_session_on_reuse=family)
@@ -118,3 +118,22 @@ def test_a_measured_session_counts_as_revoked_at_its_first_refusal_that_says_so(
     assert spurious(False) == ({"s2"}, 1)
     # a family-revoking server (oidc-provider) revoked s1 with its reuse: no spurious logout
     assert spurious(True) == ({"s1", "s2"}, 0)
+
+
+def test_a_family_revoking_server_detected_one_reuse_per_rotated_token():
+    from loadtests.measure import one_reuse_per_rotated_token
+
+    def end(t_s, token, outcome, latency_ms):
+        return {"t_s": t_s, "event": "refresh_end", "token": token, "outcome": outcome, "latency_ms": latency_ms}
+
+    client = pd.DataFrame([
+        # token a: sent at 10.000 (granted, answered last), 10.001 and 10.002 (refused, answered
+        # first: as they arrived the client had not seen a rotated, so it said "revoked")
+        end(10.100, "a", "ok", 100.0), end(10.011, "a", "revoked", 10.0), end(10.012, "a", "revoked", 10.0),
+        # token b: granted first, then two refusals the client called reuse as they arrived
+        end(20.050, "b", "ok", 50.0), end(20.060, "b", "reuse_detected", 30.0), end(20.070, "b", "reuse_detected", 30.0),
+        # token c: never granted (its family was already revoked): stays as it was
+        end(30.010, "c", "revoked", 10.0),
+    ])
+    fixed = one_reuse_per_rotated_token(client, 1.0)
+    assert fixed["outcome"].tolist() == ["ok", "reuse_detected", "revoked", "ok", "reuse_detected", "revoked", "revoked"]
