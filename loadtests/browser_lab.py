@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from sim import run as simulate
 from sim.cli import OutOpt, ScenarioArg, default_out, err_console, fail, out_console, read_scenario
 from sim.engine.streams import TabStreams
 from sim.metrics import EVENT_COLUMNS, Tally, summarize, summary_table
@@ -44,8 +45,10 @@ from sim.scenario import Scenario, ScenarioError
 from sim.units import parse_duration
 
 LAB = Path(__file__).parent / "browser"
-#: the client preset the simulator uses for each SDK the lab drives
+#: the client presets of each SDK the lab drives: as its documentation reads, and as the lab's
+#: app configures it (the one a lab run's scenario gets)
 SDK_PRESETS = {"oidc-client-ts": "oidc-client-ts", "auth0-spa-js": "auth0-spa-js"}
+LAB_PRESETS = {"oidc-client-ts": "oidc-client-ts-localstorage", "auth0-spa-js": "auth0-spa-js-localstorage"}
 #: target profiles whose server the lab can start and log in to through a browser
 BROWSER_PROFILES = ("oidc-provider",)
 #: the host counts as busy when the 1-minute load per core or the CPU busy share exceeds these
@@ -113,6 +116,8 @@ class LabSettings:
     duration_s: float = 150.0
     access_ttl_s: int = 90
     seed: int = 0
+    #: (oidc-client-ts) the app's fix: renewals under a cross-tab lock that first re-reads the store
+    lock: bool = False
 
 
 def lab_scenario(scenario: Scenario, sdk: str, users: int | None, tabs: int | None, duration: str | None,
@@ -145,7 +150,7 @@ def lab_scenario(scenario: Scenario, sdk: str, users: int | None, tabs: int | No
         variant = scenario.variant(name).to_file_dict()
     except KeyError:
         variant = {"name": name, "description": f"{sdk} in Chromium against oidc-provider",
-                   "client": {"preset": SDK_PRESETS[sdk]}, "server": {"preset": "oidc-provider"}}
+                   "client": {"preset": LAB_PRESETS[sdk]}, "server": {"preset": "oidc-provider"}}
     try:
         lab = scenario.replace(strategies=[variant], population={"users": users, "tabs": tabs},
                                run={"duration_s": duration_s, "warmup_s": 0.0, "replications": 1})
@@ -275,6 +280,15 @@ def _stop(process: subprocess.Popen | None, timeout_s: float = 15.0) -> None:
         process.wait()
 
 
+def _browser_pid(lab_log: Path) -> int | None:
+    """The Chromium process id the lab announced (``lab: browser pid N``), if it did yet."""
+    text = lab_log.read_text(errors="replace") if lab_log.is_file() else ""
+    if "browser pid " not in text:
+        return None
+    word = text.split("browser pid ", 1)[1].split()
+    return int(word[0]) if word and word[0].isdigit() and int(word[0]) > 0 else None
+
+
 def _kill_browser(pid: int | None) -> None:
     """Chromium runs in its own process group (puppeteer starts it detached): end it by its id."""
     if not pid:
@@ -304,6 +318,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
         raise LabError("the browser lab's npm packages are missing: run `npm ci` in loadtests/browser "
                        "(Node 20 and npm needed)", code=2)
     chromium = chromium_path()
+    work = work.resolve()  # the lab runs in its own folder
     work.mkdir(parents=True, exist_ok=True)
     port, spa_port = _free_port(), _free_port()
     issuer = f"http://127.0.0.1:{port}/"
@@ -318,7 +333,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
         "users": settings.users, "tabs": settings.tabs, "tabOpening": settings.tab_opening,
         # spaced: the tabs open evenly over one renewal period (access lifetime less the SDKs' 60 s)
         "spacingS": max(settings.access_ttl_s - 60, 1) / max(settings.tabs, 1),
-        "durationS": settings.duration_s, "throttling": settings.throttling, "chromium": chromium,
+        "durationS": settings.duration_s, "throttling": settings.throttling, "chromium": chromium, "lock": settings.lock,
         "schedule": schedule(scenario, settings),
     }
     (work / "lab-config.json").write_text(json.dumps(config))
@@ -338,8 +353,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
             setup_s = 60 + 15 * settings.users * settings.tabs
             deadline = time.monotonic() + setup_s + settings.duration_s + 60
             while lab.poll() is None:
-                if browser_pid is None and "browser pid" in lab_log.read_text(errors="replace"):
-                    browser_pid = int(lab_log.read_text(errors="replace").split("browser pid", 1)[1].split()[0] or 0)
+                browser_pid = browser_pid or _browser_pid(lab_log)
                 if provider.poll() is not None:
                     failure = f"the provider exited with {provider.returncode} during the run"
                     break
@@ -355,7 +369,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
             failure = str(exc)
         finally:
             _stop(lab)
-            _kill_browser(browser_pid)
+            _kill_browser(browser_pid or _browser_pid(lab_log))
             _stop(provider)
     logs = {name: path.read_text(errors="replace") for name, path in
             (("provider", provider_log), ("lab", lab_log)) if path.is_file()}
@@ -409,10 +423,13 @@ def merge(run: LabRun, strategy: str) -> Merged:
     for e in server:
         if e["event"] == "refresh_token.saved":
             grant_of[e["jti"]] = e["grant"]
-    answers = defaultdict(list)  # presented digest (None for a code exchange) -> server answers in order
+    # (grant type, presented digest, success?) -> the server's answers in its order: a lab call is
+    # matched to the next answer of its kind (the server may log a refusal before the success of
+    # a call that reached it first)
+    answers = defaultdict(list)
     for e in server:
         if e["event"] in ("grant.success", "grant.error"):
-            answers[(e.get("grant_type"), e.get("presented"))].append(e)
+            answers[(e.get("grant_type"), e.get("presented"), e["event"] == "grant.success")].append(e)
     revoked_at = {e["grant"]: e["t"] for e in server if e["event"] == "grant.revoked"}
     access_grant = {e["jti"]: e["grant"] for e in server if e["event"] == "access_token.saved"}
     access_minted = {e["jti"]: e["t"] for e in server if e["event"] == "access_token.saved"}
@@ -428,7 +445,7 @@ def merge(run: LabRun, strategy: str) -> Merged:
     presented_ok: set = set()
     expires_in = {}
     for r in sorted((r for r in recs if r.get("kind") == "token_call"), key=lambda r: r["t"]):
-        key = (r.get("grant_type"), r.get("presented"))
+        key = (r.get("grant_type"), r.get("presented"), r.get("status") == 200)
         i = used[key]
         used[key] += 1
         mine = answers[key][i] if i < len(answers[key]) else None
@@ -561,7 +578,7 @@ def _browser_counts(calls: pd.DataFrame, tabs: pd.DataFrame, run: LabRun) -> dic
     races = same_token_races(calls)
     return {
         "sdk": run.settings.sdk, "users": run.settings.users, "tabs": run.settings.tabs,
-        "throttling": run.settings.throttling, "tab_opening": run.settings.tab_opening,
+        "throttling": run.settings.throttling, "tab_opening": run.settings.tab_opening, "cross_tab_lock": run.settings.lock,
         "duration_s": run.settings.duration_s, "access_ttl_s": run.settings.access_ttl_s,
         "refresh_calls": len(refresh), "refresh_ok": int((refresh["status"] == 200).sum()),
         "invalid_grant": int((refresh["error"] == "invalid_grant").sum()),
@@ -641,6 +658,22 @@ def write_lab(result: RunResult, merged: Merged, run: LabRun, folder: Path) -> N
         (folder / f"{name}.log").write_text(text)
 
 
+def load_lab_run(folder: Path) -> LabRun:
+    """A lab run as its run folder keeps it (``browser.csv``, ``browser_records.jsonl``,
+    ``server_events.jsonl``, ``run.json``): to compare it again without running Chromium."""
+    folder = Path(folder)
+    if not (folder / "browser.csv").is_file():
+        raise LabError(f"{folder}: not a browser lab run folder (no browser.csv)", code=2)
+    b = pd.read_csv(folder / "browser.csv").iloc[0]
+    settings = LabSettings(sdk=str(b["sdk"]), users=int(b["users"]), tabs=int(b["tabs"]),
+                           throttling=str(b["throttling"]), tab_opening=str(b["tab_opening"]),
+                           duration_s=float(b["duration_s"]), access_ttl_s=int(b["access_ttl_s"]),
+                           lock=bool(b.get("cross_tab_lock", False)))
+    meta = json.loads((folder / "run.json").read_text())
+    return LabRun(settings, _read_jsonl(folder / "browser_records.jsonl"), _read_jsonl(folder / "server_events.jsonl"),
+                  meta.get("host") or {}, meta.get("failure"))
+
+
 def measure(scenario: Scenario, settings: LabSettings, strategy: str, work: Path, quiet: bool = False):
     """Run the lab and build its result: ``(run, result, merged, failure)``; ``result`` is None
     when nothing at all was recorded."""
@@ -667,10 +700,15 @@ def browser(
     target_profile: Annotated[Optional[str], typer.Option(
         "--target-profile", help="The server to start: a target profile with a browser login the lab can script "
         "(oidc-provider).")] = None,
+    cross_tab_lock: Annotated[bool, typer.Option(
+        "--cross-tab-lock", help="(oidc-client-ts) the app's fix for the hidden-tab collapse: it renews under a Web "
+        "Locks lock and first reads the store again, adopting a sibling's fresh token.")] = False,
     out: OutOpt = None,
 ):
     """Measure a real client SDK in real Chromium tabs against a real token server (oidc-provider)."""
     scenario = read_scenario(scenario_path)
+    if cross_tab_lock and sdk is not Sdk.oidc_client_ts:
+        raise fail("--cross-tab-lock: only for --sdk oidc-client-ts (auth0-spa-js renews under its own lock)")
     if target_profile is not None and target_profile not in BROWSER_PROFILES:
         raise fail(f"--target-profile: the browser lab can log in through a browser only to "
                    f"{', '.join(BROWSER_PROFILES)}; got {target_profile!r}")
@@ -678,7 +716,7 @@ def browser(
         lab, settings = lab_scenario(scenario, sdk.value, users, tabs, duration, str(scenario_path))
     except LabError as exc:
         raise fail(str(exc), code=exc.code) from None
-    settings.throttling, settings.tab_opening = throttling.value, tab_opening.value
+    settings.throttling, settings.tab_opening, settings.lock = throttling.value, tab_opening.value, cross_tab_lock
     out = out or default_out(scenario_path, f"browser-{sdk.value}")
     strategy = lab.strategies[0].name
     work = out.parent / f".{out.name}.lab-{os.getpid()}"
@@ -728,3 +766,183 @@ def _tail(text: str, n: int = 5) -> str:
 def register(app: typer.Typer) -> None:
     """Add ``browser`` to the console script's Typer ``app`` (entry point)."""
     app.command()(browser)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate --browser: the simulator's presets against what the lab measures
+
+#: the share by which simulated and measured refresh calls may differ
+REFRESH_TOLERANCE = 0.10
+
+
+def tab_gap_s(run: LabRun) -> float:
+    """The mean gap between the openings of a user's consecutive tabs in a lab run (0 for one tab)."""
+    gaps = []
+    for user in range(run.settings.users):
+        opened = sorted(r["t"] for r in run.records if r.get("kind") == "tab_open" and r["user"] == user)
+        gaps += list(np.diff(opened))
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def lab_login_t(run: LabRun) -> float:
+    """The first code exchange's answer (epoch seconds): the lab's counterpart of the simulated login."""
+    return min(r.get("t_end", r["t"]) for r in run.records
+               if r.get("kind") == "token_call" and r.get("grant_type") == "authorization_code")
+
+
+def simulated_scenario(scenario: Scenario, run: LabRun, strategy: str) -> Scenario:
+    """The scenario the simulator predicts a lab run with: the variant's client preset for the
+    SDK as the lab runs it (or the variant's own client when it already names that preset),
+    oidc-provider's model, the lab's users and tabs, its measured tab-opening gap, Chrome's
+    1-second wake-up for hidden tabs when the lab throttled, and the lab's length from the login
+    to the end of its page views."""
+    settings = run.settings
+    variant = scenario.variant(strategy).to_file_dict()
+    client = variant["client"] if variant["client"].get("preset") == LAB_PRESETS[settings.sdk] else {
+        "preset": LAB_PRESETS[settings.sdk]}
+    if settings.lock:
+        # the fix: one renewal at a time across tabs, and a tab that waited uses the store's token
+        client = {**client, "storage": "shared", "single_flight": True, "cross_tab_lock": True}
+    if settings.throttling == "chrome":
+        client = {**client, "wake_up": "1s"}
+    end = next(r["t"] for r in run.records if r.get("kind") == "end")
+    length = end - lab_login_t(run)
+    return scenario.replace(
+        strategies=[{**variant, "client": client, "server": {"preset": "oidc-provider"}}],
+        # users arrive within one second: the instant's fraction of a second is random, as the
+        # lab's login is against whole-second expiries and the browser's wake-up grid
+        population={"users": settings.users, "tabs": settings.tabs, "tab_opening_gap": tab_gap_s(run),
+                    "arrival": {"pattern": "ramp", "over": "1s"}},
+        run={"warmup_s": 0.0, "duration_s": length})
+
+
+def _sim_counts(events: pd.DataFrame) -> dict:
+    """Refresh calls, same-token races, refused refreshes and tabs with a refused refresh, per
+    replication, from simulated events (the lab's definitions)."""
+    out = []
+    for rep, ev in events.groupby("replication"):
+        starts = ev[ev["event"] == "refresh_start"].sort_values("t_s")
+        races = int(starts.duplicated(["user", "session", "token"]).sum())
+        ends = ev[ev["event"] == "refresh_end"]
+        refused = ends[ends["outcome"].isin(["reuse_detected", "revoked", "expired"])]
+        out.append({"replication": rep, "refresh_calls": len(starts), "same_token_races": races,
+                    "refused_refreshes": len(refused),
+                    "tabs_logged_out": int(refused.drop_duplicates(["user", "tab"]).shape[0])})
+    return pd.DataFrame(out).set_index("replication")
+
+
+def _lab_counts(run: LabRun, merged: Merged) -> dict:
+    login = lab_login_t(run) - merged.t0
+    calls = merged.calls[(merged.calls["grant_type"] == "refresh_token") & (merged.calls["t_s"] >= login)]
+    return {"refresh_calls": len(calls), "same_token_races": len(same_token_races(merged.calls)),
+            "refused_refreshes": int((calls["status"] != 200).sum()),
+            "tabs_logged_out": merged.browser["tabs_logged_out"]}
+
+
+def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
+    """Rows per metric: simulated replication 0 (the lab's page-view draws), the mean and 95% CI
+    over replications, the share of replications where it occurs, the lab's measurement, and
+    whether they agree: refresh calls within 10% of replication 0 (whose page views are the
+    lab's own draws, which decide when auth0-spa-js renews) or of the simulated mean (or inside
+    its CI) over the replications whose race outcome (a same-token race or none) is the lab's,
+    all when none is;
+    same-token races and logged-out tabs on whether they occur, the simulator predicting the
+    outcome most of its replications had (a race depends on sub-second phases — of the login
+    against whole-second expiries, of the browser's wake-up grid — that the lab does not choose,
+    so one lab run is one draw of them)."""
+    from scipy import stats
+
+    rows = []
+    # refresh calls differ by whether a race collapsed the session (retries of dead tokens, or
+    # none): they are compared among the replications whose race outcome is the lab's
+    alike = simulated[(simulated["same_token_races"] > 0) == (lab["same_token_races"] > 0)]
+    for metric, kind in (("refresh_calls", "within 10%"), ("same_token_races", "occurs"),
+                         ("tabs_logged_out", "occurs"), ("refused_refreshes", "info")):
+        values = (alike if metric == "refresh_calls" and len(alike) else simulated)[metric].astype(float)
+        n = len(values)
+        mean = float(values.mean())
+        ci = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        rep0, measured = float(simulated[metric].iloc[0]), float(lab[metric])
+        share = float((values > 0).mean())
+        if kind == "within 10%":
+            # replication 0 clicks like the lab (the same page-view draws); the others show the
+            # spread of the phases the lab does not choose
+            rel = min(abs(mean - measured), abs(rep0 - measured)) / max(measured, 1.0)
+            agree = rel <= REFRESH_TOLERANCE or (n > 1 and abs(mean - measured) <= ci)
+        elif kind == "occurs":
+            rel, agree = math.nan, (share >= 0.5) == (measured > 0)
+        else:
+            rel, agree = math.nan, None
+        rows.append({"metric": metric, "check": kind, "replications": n, "simulated_rep0": rep0, "simulated_mean": mean,
+                     "simulated_ci95": ci, "simulated_share": share, "measured": measured,
+                     "relative_difference": rel, "agrees": agree})
+    return pd.DataFrame(rows)
+
+
+def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[str], tabs: int | None,
+                     throttling: str, tab_opening: str, out: Path, replications: int = 20, lock: bool = False,
+                     lab_run: Path | None = None) -> bool:
+    """For each variant: run the lab with its SDK, simulate the lab's set-up with the SDK's
+    preset, compare; write ``measured-<variant>/``, ``simulated-<variant>/`` and
+    ``validation-browser.csv`` / ``.md`` into ``out``. With ``lab_run`` (one variant), the lab
+    run already in that folder is compared instead of a new one. Returns whether every check agreed;
+    :class:`LabError` when a variant names no SDK or the lab fails."""
+    tables, lines = [], []
+    out.mkdir(parents=True, exist_ok=True)
+    for name in strategies:
+        variant = scenario.variant(name)
+        sdk = name if name in LAB_PRESETS else next(
+            (s for s in LAB_PRESETS if variant.client.preset in (SDK_PRESETS[s], LAB_PRESETS[s])), None)
+        if sdk is None:
+            raise LabError(f"{scenario_path}: strategy {name!r}: validate --browser needs a variant named after an SDK "
+                           f"({', '.join(LAB_PRESETS)}) or using one of their presets", code=2)
+        lab, settings = lab_scenario(scenario, sdk, None, tabs, None, str(scenario_path))
+        settings.throttling, settings.tab_opening, settings.lock = throttling, tab_opening, lock and sdk == "oidc-client-ts"
+        strategy = lab.strategies[0].name
+        work = out / f".lab-{name}-{os.getpid()}"
+        if lab_run is not None:
+            run = load_lab_run(lab_run)
+            if run.settings.sdk != sdk:
+                raise LabError(f"{lab_run}: a run of {run.settings.sdk}, not of {sdk}", code=2)
+            settings = run.settings
+            result, merged, failure = lab_result(run, lab, strategy)
+        else:
+            run, result, merged, failure = measure(lab, settings, strategy, work)
+            if result is None:
+                shutil.rmtree(work, ignore_errors=True)
+                raise LabError(f"{name}: {failure}: nothing was measured (lab: {_tail(run.logs.get('lab', ''))})")
+            with atomic_dir(out / f"measured-{name}") as tmp:
+                write_lab(result, merged, run, tmp)
+            shutil.rmtree(work, ignore_errors=True)
+        if failure:
+            raise LabError(f"{name}: the lab run failed ({failure}); its folder is marked partial")
+        predicted = simulated_scenario(scenario.replace(strategies=[variant]), run, variant.name).replace(
+            run={"replications": replications})
+        sim_run = simulate(predicted, events=True)
+        sim_run.save(out / f"simulated-{name}")
+        table = compare_browser(_sim_counts(sim_run.events), _lab_counts(run, merged))
+        table.insert(0, "strategy", name)
+        table.insert(1, "throttling", throttling)
+        table.insert(2, "tabs", settings.tabs)
+        table.insert(3, "users", settings.users)
+        table.insert(4, "cross_tab_lock", settings.lock)
+        tables.append(table)
+        host = run.host
+        lines.append(f"- `{name}`{' with the cross-tab lock' if settings.lock else ''}: {settings.users} user(s) × "
+                     f"{settings.tabs} tabs, throttling {settings.throttling}, "
+                     f"{settings.duration_s:g} s, tab-opening gap {tab_gap_s(run):.2f} s; host load "
+                     f"{host.get('load1_mean') or float('nan'):.2f} mean on {host.get('cores')} cores"
+                     + (f" (busy: {host['busy_reason']})" if host.get("busy") else ""))
+    rows = pd.concat(tables, ignore_index=True)
+    rows.to_csv(out / "validation-browser.csv", index=False)
+    md = ["# The simulator's SDK presets against the browser lab", "", *lines, "",
+          "| strategy | metric | check | simulated (rep 0) | simulated mean ± 95% CI | share of replications where it occurs | measured | agrees |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        ci = "" if math.isnan(r.simulated_ci95) else f" ± {r.simulated_ci95:.2f}"
+        agrees = "" if r.agrees is None else ("yes" if r.agrees else "**no**")
+        md.append(f"| {r.strategy} | {r.metric} | {r.check} | {r.simulated_rep0:g} | {r.simulated_mean:.2f}{ci} | "
+                  f"{100 * r.simulated_share:.0f}% | {r.measured:g} | {agrees} |")
+    (out / "validation-browser.md").write_text("\n".join(md) + "\n")
+    out_console.print("\n".join(md))
+    return bool(rows["agrees"].dropna().astype(bool).all())

@@ -688,6 +688,18 @@ def validate(
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
     engine: EngineOpt = Engine.fast,
+    browser: Annotated[bool, typer.Option(
+        "--browser", help="Validate the SDK presets against the browser lab instead: run each variant's SDK in "
+        "headless Chromium (refreshlab browser) and simulate the same set-up; compare refresh calls, same-token "
+        "races and logged-out tabs.")] = False,
+    tabs: Annotated[Optional[int], typer.Option("--tabs", help="(--browser) tabs per user [default: the "
+                                                "scenario's].")] = None,
+    throttling: Annotated[str, typer.Option("--throttling", help="(--browser) off or chrome.")] = "off",
+    tab_opening: Annotated[str, typer.Option("--tab-opening", help="(--browser) sequential, burst or spaced.")] = "sequential",
+    cross_tab_lock: Annotated[bool, typer.Option("--cross-tab-lock", help="(--browser) oidc-client-ts with the app's "
+                                                 "cross-tab lock (see refreshlab browser).")] = False,
+    lab_run: Annotated[Optional[Path], typer.Option("--lab-run", help="(--browser, one variant) compare this lab run "
+                                                    "folder (refreshlab browser --out) instead of running the lab.")] = None,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -697,8 +709,14 @@ def validate(
     the load test measures the real server at time scale 1 (its clock is real). Each variant is
     simulated with the round trips its load test measured (``--measured-rtt``, the default; on
     loopback the load test sleeps the scenario's round trips for real), or with the scenario's
-    network as written (``--scenario-rtt``)."""
+    network as written (``--scenario-rtt``).
+
+    With ``--browser``, each variant's SDK runs in the browser lab and the simulator predicts the
+    lab's set-up with the SDK's preset (:func:`loadtests.browser_lab.validate_browser`)."""
     scenario = read_scenario(scenario_path)
+    if browser:
+        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run)
+        return
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
     external = profile.name != "reference" or bool(target or profile.base_url)
@@ -792,6 +810,33 @@ def validate(
 
 #: quantiles of the measured round trips the simulation is told
 RTT_QUANTILES = 50
+
+
+def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False,
+                      lab_run=None) -> None:
+    from loadtests.browser_lab import LabError, validate_browser
+
+    if throttling not in ("off", "chrome"):
+        raise fail(f"--throttling: expected off or chrome, got {throttling!r}")
+    if tab_opening not in ("sequential", "burst", "spaced"):
+        raise fail(f"--tab-opening: expected sequential, burst or spaced, got {tab_opening!r}")
+    names = strategy or scenario.names
+    for name in names:
+        try:
+            scenario.variant(name)
+        except KeyError as exc:
+            raise fail(f"{scenario_path}: {exc.args[0]}") from None
+    if lab_run is not None and len(names) != 1:
+        raise fail("--lab-run: name the one variant it measured with --strategy")
+    out = out or default_out(scenario_path, "validate-browser")
+    try:
+        agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock,
+                                  lab_run=lab_run)
+    except LabError as exc:
+        raise fail(str(exc), code=exc.code) from None
+    out_console.print(f"wrote {out}")
+    if not agreed:
+        raise typer.Exit(1)
 
 
 def round_trips(test: LoadTest) -> dict:

@@ -34,7 +34,7 @@ from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
     LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Jitter, Join, Login, Open, Pause, Refresh, Renew, Request, Reread,
-    Send, Sleep, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
+    Send, Sleep, WakePhase, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
 )
 from loadtests.targets.classify import Classifier
 from loadtests.targets.profile import TargetProfile, reference_profile
@@ -374,7 +374,8 @@ class UserDriver:
         after ``away``) until the scenario's end."""
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
-                         self.scenario.population.idle_probability, self.client_clock)
+                         self.scenario.population.idle_probability, self.client_clock,
+                         self.scenario.population.tab_opening_gap_s)
         self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
@@ -441,6 +442,8 @@ class UserDriver:
                     t.store.token = None
             case Jitter():
                 self.clock.sleep(self.policy.timer_jitter_s * self.streams.jitter())
+            case WakePhase():
+                return self.streams.wake_phase()
             case Login(forced=forced, lapsed=lapsed):
                 return self.login(effect.tab if effect.tab is not None else tab, forced=forced, lapsed=lapsed)
             case Backoff():
@@ -618,7 +621,8 @@ class UserDriver:
 
     def login(self, tab: Tab, *, forced: bool, lapsed: bool = False) -> None:
         """Log the user in (again, when ``forced``); one login at a time per user. The tab that
-        logs in gets the access token; the jar gets the refresh token."""
+        logs in gets the access token (every tab, with ``copied`` storage); the jar gets the
+        refresh token."""
         clock, visit, sink = self.clock, tab.visit, self.sink
         if visit.login is not None:
             visit.login.get()
@@ -648,7 +652,8 @@ class UserDriver:
             visit.jar = body.get("refresh_token")
             if visit.jar:
                 self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
-            tab.store.token = token
+            for filled in (visit.tabs if self.policy.storage == "copied" else (tab,)):
+                filled.store.token = token
         finally:
             done, visit.login = visit.login, None
             done.set(True)

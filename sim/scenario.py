@@ -123,6 +123,9 @@ class Population(Model):
     #: false: every visit logs in anew
     remember_me: bool = False
     tabs: CountDist = Field(default=1)
+    #: tab ``i`` of a visit opens ``i`` times this after the first (its page views and its
+    #: renewal timer start then); 0: every tab at once
+    tab_opening_gap_s: Duration = Field(default="0s", alias="tab_opening_gap", ge=0)
 
     @field_validator("tabs")
     @classmethod

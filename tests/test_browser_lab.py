@@ -167,6 +167,7 @@ def _refreshlab(*args, env=None, timeout=400):
 
 
 @pytest.mark.browser
+@pytest.mark.loadtest  # scheduled first: the longest tests of the pass
 @pytest.mark.timeout(400)
 @needs_lab
 @pytest.mark.parametrize("sdk", ["oidc-client-ts", "auth0-spa-js"])
@@ -198,6 +199,7 @@ def test_smoke_counts_equal_the_servers_own_log(sdk, tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.loadtest
 @pytest.mark.timeout(120)
 @needs_lab
 def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
@@ -207,3 +209,88 @@ def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "nothing was measured" in " ".join(done.stderr.split())
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_the_simulated_setup_is_the_labs():
+    from loadtests.browser_lab import simulated_scenario, tab_gap_s
+
+    run = _race_run()
+    run.records += [{"t": T + 1.2, "kind": "tab_open", "user": 0, "tab": 0},
+                    {"t": T + 1.5, "kind": "tab_open", "user": 0, "tab": 1}]
+    run.settings.throttling = "chrome"
+    assert tab_gap_s(run) == pytest.approx(0.3)
+    predicted = simulated_scenario(load_scenario(SCENARIO), run, "oidc-client-ts")
+    variant = predicted.variant("oidc-client-ts")
+    assert variant.client.preset == "oidc-client-ts-localstorage" and variant.client.wake_up_s == 1.0
+    assert variant.client.timer_phase == "poll" and variant.client.storage == "copied"
+    assert predicted.population.tab_opening_gap_s == pytest.approx(0.3)
+    assert (predicted.population.users, predicted.population.tabs.mean) == (1, 2)
+    assert predicted.run.duration_s == pytest.approx(62.0 - 1.1) and predicted.run.warmup_s == 0
+
+
+def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_logouts_occur():
+    from loadtests.browser_lab import compare_browser
+
+    # races in one replication of three: the simulator predicts none
+    simulated = pd.DataFrame({"refresh_calls": [21, 20, 22], "same_token_races": [0, 0, 1],
+                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
+    rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
+                                       "refused_refreshes": 0}).set_index("metric")
+    # refresh calls among the replications without a race, as the lab had none: 20.5 against 20
+    assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.025)
+    assert rows.loc["refresh_calls", "replications"] == 2
+    assert rows.loc["same_token_races", "simulated_share"] == pytest.approx(1 / 3)
+    assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
+    assert rows.loc["refused_refreshes", "agrees"] is None
+    off = compare_browser(simulated, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
+                                      "refused_refreshes": 3}).set_index("metric")
+    assert not off.loc["refresh_calls", "agrees"] and not off.loc["same_token_races", "agrees"]
+    assert not off.loc["tabs_logged_out", "agrees"]
+
+
+def test_the_cross_tab_lock_is_oidc_client_ts_only(cli):
+    code, out, err = cli("browser", SCENARIO, "--sdk", "auth0-spa-js", "--cross-tab-lock")
+    assert code == 2 and "--cross-tab-lock: only for --sdk oidc-client-ts" in " ".join(err.split())
+
+
+def test_validate_browser_refuses_a_variant_without_an_sdk(cli, tmp_path):
+    scenario = tmp_path / "other.toml"
+    scenario.write_text(SCENARIO.read_text().replace('name = "auth0-spa-js"', 'name = "keycloak"').replace(
+        'preset = "auth0-spa-js-localstorage"', 'preset = "keycloak-js"'))
+    code, out, err = cli("validate", scenario, "--browser", "--strategy", "keycloak", "--out", tmp_path / "v")
+    assert code == 2 and "needs a variant named after an SDK" in " ".join(err.split())
+    code, out, err = cli("validate", SCENARIO, "--browser", "--throttling", "sometimes")
+    assert code == 2 and "--throttling: expected off or chrome" in err
+
+
+def test_a_refusal_the_server_logged_before_the_success_is_still_matched_to_its_call():
+    run = _race_run()
+    success = next(e for e in run.server if e["event"] == "grant.success" and e["presented"] == "R1")
+    run.server.remove(success)
+    run.server.append(success)  # the server logged the racing call's refusal first
+    merged = merge(run, "oidc-client-ts")
+    calls = merged.calls[merged.calls["presented"] == "R1"]
+    assert calls[["tab", "status", "server_event"]].values.tolist() == [[0, 200, "grant.success"], [1, 400, "grant.error"]]
+    assert calls["server_detail"].iloc[1] == "refresh token already used"
+    ev = merged.events
+    assert ev.loc[ev["event"] == "refresh_end", "outcome"].tolist() == ["ok", "reuse_detected", "revoked"]
+
+
+def test_validate_browser_compares_a_lab_run_folder_without_a_browser(cli, tmp_path):
+    from loadtests.browser_lab import write_lab
+
+    run = _race_run()
+    scenario, _ = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")
+    result, merged, failure = lab_result(run, scenario, "oidc-client-ts")
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    write_lab(result, merged, run, folder)
+    out = tmp_path / "v"
+    code, stdout, err = cli("validate", SCENARIO, "--browser", "--strategy", "oidc-client-ts", "--lab-run", folder,
+                            "--out", out)
+    assert code in (0, 1), err
+    rows = pd.read_csv(out / "validation-browser.csv").set_index("metric")
+    # the lab's side, after its login: 3 refresh calls, one same-token race, both tabs logged out
+    assert rows.loc[["refresh_calls", "same_token_races", "tabs_logged_out"], "measured"].tolist() == [3, 1, 2]
+    assert (rows["replications"] >= 1).all() and (out / "simulated-oidc-client-ts" / "summary.csv").is_file()
+    assert (code == 0) == bool(rows["agrees"].dropna().astype(bool).all())

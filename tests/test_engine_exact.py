@@ -322,3 +322,52 @@ def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were(
     scaled = attempts(0.6, 0.5).assign(t_s=lambda d: d["t_s"] * 40)
     assert rtt_correlation(scaled, time_scale=40)[1] == pytest.approx(0.5, rel=0.35)
     assert rtt_correlation(attempts(0.6, 0.5, n=40)) is None  # too few pairs to tell
+
+
+def test_the_cyclic_garbage_collector_is_off_during_a_run_and_restored_after(make_scenario):
+    import gc
+
+    from sim.engine.model import FastSimulation, Simulation
+
+    seen = []
+
+    for engine in (Simulation, FastSimulation):
+        class Watching(engine):
+            def _sleep(self, task, effect):
+                seen.append(gc.isenabled())
+                return super()._sleep(task, effect)
+
+        scenario = make_scenario()
+        variant = scenario.variant(scenario.names[0])
+        assert gc.isenabled()
+        Watching(scenario, variant, 0, 1, False).run()
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            Watching(scenario, variant, 0, 1, False).run()
+            assert not gc.isenabled()  # left as the caller had it
+        finally:
+            gc.enable()
+    assert seen and not any(seen)
+
+
+def test_a_run_starts_after_collecting_what_an_earlier_run_left_in_cycles(make_scenario):
+    import weakref
+
+    from sim.engine.model import FastSimulation
+
+    scenario = make_scenario()
+    variant = scenario.variant(scenario.names[0])
+    earlier = FastSimulation(scenario, variant, 0, 1, False)
+    earlier.run()
+    ledger = weakref.ref(earlier.ledger)
+    del earlier
+    alive = []
+
+    class Watching(FastSimulation):
+        def _sleep(self, task, effect):
+            alive.append(ledger() is not None)
+            return super()._sleep(task, effect)
+
+    Watching(scenario, variant, 0, 1, False).run()
+    assert alive and not any(alive)

@@ -88,6 +88,30 @@ def test_draws_do_not_depend_on_batches_or_on_how_they_are_taken():
             assert got == expected
 
 
+def test_streams_lend_their_state_the_same_way_by_memory_or_by_numpys_property(monkeypatch):
+    """A stream's state copied in and out of the shared generator's memory draws what numpy's
+    documented ``state`` property would: the same numbers as a generator made from that state,
+    32-bit leftovers (integers) included; a lender without the direct path uses the property."""
+    from sim.engine import streams
+
+    scenario = sim.load_scenario(SCENARIOS / "baseline.toml")
+    direct = streams._Lender()
+    assert direct.put == direct._put_direct  # numpy's layout as expected on this build
+    slow = streams._Lender()
+    slow.put, slow.take = slow._put_slow, slow._take_slow
+    seen = {}
+    for name, lender in (("direct", direct), ("slow", slow)):
+        monkeypatch.setattr(streams, "_lender", lambda lender=lender: lender)
+        draws = [Draws(d, (7, 0, 2, 3, 0), s, batch=3) for s, d in
+                 ((0, scenario.workload.burst_size), (1, scenario.network.rtt), (2, None))]
+        seen[name] = [[d() for _ in range(20)] for d in draws]
+    assert seen["direct"] == seen["slow"]
+    state = streams.stream_state(7, 0, 2, 3, 0, 0)
+    gen = np.random.Generator(np.random.PCG64())
+    gen.bit_generator.state = state
+    assert seen["direct"][0] == [max(float(v), 1.0) for v in scenario.workload.burst_size.sample(gen, 20)]
+
+
 def test_window_from_bins_equals_the_window_counted_one_by_one():
     rng = np.random.default_rng(3)
     counted, binned = Counts(300.0, 3600.0), Counts(300.0, 3600.0, window_from_bins=True)

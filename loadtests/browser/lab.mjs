@@ -33,7 +33,7 @@ async function bundle(sdk) {
 
 function serve(app) {
   const page = `<!doctype html><html><head><meta charset="utf-8"><title>refreshlab ${cfg.sdk}</title>
-<script>window.LAB_CONFIG = ${JSON.stringify({ issuer: cfg.issuer, issuerOrigin: cfg.issuer.replace(/\/$/, ''), clientId: cfg.clientId, userinfo: cfg.userinfo })};</script>
+<script>window.LAB_CONFIG = ${JSON.stringify({ issuer: cfg.issuer, issuerOrigin: cfg.issuer.replace(/\/$/, ''), clientId: cfg.clientId, userinfo: cfg.userinfo, lock: Boolean(cfg.lock) })};</script>
 <script type="module" src="/${cfg.sdk}/app.js"></script></head><body>refreshlab browser lab</body></html>`;
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');

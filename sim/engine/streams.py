@@ -45,7 +45,8 @@ class Source(IntEnum):
     RACE = 15
     JITTER = 16  # a timer's random offset (``timer_jitter``)
     MOMENT = 17  # the state of the host every call meets (``network.rtt_correlation``)
-    ANSWER_LEG = 18  # an auth-tier call's answer leg drawn on its own (``network.auth_legs``)
+    WAKE = 18  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
+    ANSWER_LEG = 19  # an auth-tier call's answer leg drawn on its own (``network.auth_legs``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -76,20 +77,75 @@ def _uniform(gen: np.random.Generator, n: int) -> np.ndarray:
     return gen.random(n)
 
 
-def _packed(state: dict) -> tuple:
-    # a PCG64 state as 4 numbers (the dict numpy hands out takes 5 times the memory)
-    return (state["state"]["state"], state["state"]["inc"], state["has_uint32"], state["uinteger"])
+def _initial_state(key: tuple) -> bytes:
+    """:func:`stream_state` of ``key`` as a packed state (see :class:`_Lender`)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=32, person=b"refreshlab").digest()
+    return digest[:16] + bytes((digest[16] | 1,)) + digest[17:] + _NO_UINT32
 
-# one bit generator per thread for every keyed stream: a stream lends it its state to draw a batch
-# and takes the new state back (per thread: Dask workers run simulations in threads)
+
+_NO_UINT32 = bytes(8)
+
+
+class _Lender:
+    """One PCG64 bit generator that keyed streams borrow to draw a batch: a stream's state goes
+    in, the batch is drawn, the new state comes out. A state is packed as 40 bytes: the 128-bit
+    state and increment (little-endian), then ``has_uint32`` and ``uinteger`` (the half of a
+    64-bit draw kept for the next 32-bit one) as two 32-bit words.
+
+    numpy's ``state`` property builds and parses a dict of Python integers each time, which costs
+    more than drawing a batch; where numpy's PCG64 lays its state out as the packing does (checked
+    here against the ``state`` property), the state is copied in and out of the generator's memory
+    directly (its ``ctypes.state_address``), else it goes through the property."""
+
+    def __init__(self) -> None:
+        self.gen = np.random.Generator(np.random.PCG64(0))
+        self.bits = self.gen.bit_generator
+        self._core = self._extra = None
+        try:
+            import ctypes
+
+            address = self.bits.ctypes.state_address
+            core = ctypes.c_void_p.from_address(address).value
+            self._core = memoryview((ctypes.c_char * 32).from_address(core)).cast("B")
+            self._extra = memoryview((ctypes.c_char * 8).from_address(address + 8)).cast("B")
+            probe = _initial_state((1, 2, 3))[:32] + (1).to_bytes(4, "little") + (0x9E3779B9).to_bytes(4, "little")
+            self._put_direct(probe)
+            if self._take_slow() != probe or self._take_direct() != probe:
+                raise ValueError("unexpected PCG64 layout")
+        except Exception:  # another numpy build: the documented property
+            self._core = self._extra = None
+        self.put = self._put_direct if self._core is not None else self._put_slow
+        self.take = self._take_direct if self._core is not None else self._take_slow
+
+    def _put_direct(self, state: bytes) -> None:
+        self._core[:] = state[:32]
+        self._extra[:] = state[32:]
+
+    def _take_direct(self) -> bytes:
+        return bytes(self._core) + bytes(self._extra)
+
+    def _put_slow(self, state: bytes) -> None:
+        self.bits.state = {"bit_generator": "PCG64",
+                           "state": {"state": int.from_bytes(state[:16], "little"),
+                                     "inc": int.from_bytes(state[16:32], "little")},
+                           "has_uint32": int.from_bytes(state[32:36], "little"),
+                           "uinteger": int.from_bytes(state[36:], "little")}
+
+    def _take_slow(self) -> bytes:
+        st = self.bits.state
+        return (st["state"]["state"].to_bytes(16, "little") + st["state"]["inc"].to_bytes(16, "little")
+                + st["has_uint32"].to_bytes(4, "little") + st["uinteger"].to_bytes(4, "little"))
+
+
+# one lender per thread for every keyed stream (per thread: Dask workers run simulations in threads)
 _LOCAL = threading.local()
 
 
-def _shared_generator() -> np.random.Generator:
-    gen = getattr(_LOCAL, "gen", None)
-    if gen is None:
-        gen = _LOCAL.gen = np.random.Generator(np.random.PCG64(0))
-    return gen
+def _lender() -> _Lender:
+    lender = getattr(_LOCAL, "lender", None)
+    if lender is None:
+        lender = _LOCAL.lender = _Lender()
+    return lender
 
 
 class Draws:
@@ -108,7 +164,7 @@ class Draws:
         self._sample = dist.sample if dist is not None else _uniform
         self._key = key
         self._source = int(source)
-        self._state: tuple | None = None  # packed PCG64 state, from the first draw on
+        self._state: bytes | None = None  # packed PCG64 state (:class:`_Lender`), from the first draw on
         self._buf = _EMPTY
         self._i = 0
         self._batch = batch
@@ -117,17 +173,15 @@ class Draws:
     def _refill(self) -> None:
         state = self._state
         if state is None:
-            state = _packed(stream_state(*self._key, self._source))
-        gen = _shared_generator()
-        bits = gen.bit_generator
-        bits.state = {"bit_generator": "PCG64", "state": {"state": state[0], "inc": state[1]},
-                      "has_uint32": state[2], "uinteger": state[3]}
-        values = self._sample(gen, self._batch)
-        self._state = _packed(bits.state)
+            state = _initial_state((*self._key, self._source))
+        lender = _lender()
+        lender.put(state)
+        values = self._sample(lender.gen, self._batch)
+        self._state = lender.take()
         if self._floor is not None:
             values = np.maximum(values, self._floor)
         fresh = array("d")
-        fresh.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        fresh.frombytes(values.astype(np.float64, copy=False).tobytes())
         self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
         self._i = 0
 
@@ -154,6 +208,19 @@ class Draws:
     def skip(self, n: int) -> None:
         """Take ``n`` draws already seen with :meth:`peek`."""
         self._i += n
+
+    def cursor(self, n: int = 1) -> tuple:
+        """For a caller that reads draws in a loop: the buffer and the index of the next draw,
+        with at least ``n`` draws from there on. The caller reads ``buf[i]``, ``buf[i + 1]``, …
+        itself, and hands the index of the first draw it did not take to :meth:`seek` before
+        anything else draws from this stream (or before it asks for a new cursor)."""
+        while len(self._buf) - self._i < n:
+            self._refill()
+        return self._buf, self._i
+
+    def seek(self, i: int) -> None:
+        """Take the draws up to index ``i`` of the buffer of the last :meth:`cursor`."""
+        self._i = i
 
 
 class TabStreams:
@@ -310,7 +377,7 @@ class UserStreams:
     its auth-tier instance)."""
 
     __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
-                 "_service", "_jitter", "moments", "_rtts", "_answer_legs")
+                 "_service", "_jitter", "moments", "_rtts", "_wake", "_answer_legs")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -343,6 +410,14 @@ class UserStreams:
         self._key = (scenario, seed, replication, user)
         self._service: dict | None = None
         self._jitter: Draws | None = None
+        self._wake: Draws | None = None
+
+    def wake_phase(self) -> float:
+        """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
+        if self._wake is None:
+            _, seed, replication, user = self._key
+            self._wake = Draws(None, (seed, replication, 1, user), Source.WAKE, floor=None, batch=8)
+        return self._wake()
 
     def auth_round_trip(self, now: float) -> "AuthRoundTrip":
         """The round trip of one call to the auth tier sent at ``now`` (scenario seconds; every

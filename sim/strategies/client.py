@@ -73,7 +73,11 @@ class ClientPolicy(Model):
     - ``single_flight``: needs that arise while this tab's refresh is in flight wait for it
       instead of starting another; a 401 for a token already replaced is retried with the newer one;
     - ``cross_tab_lock``: the single-flight scope is every tab of the user (auth0-spa-js's lock);
-    - ``storage``: ``shared`` (one access token for all tabs, like localStorage) or ``per_tab``;
+    - ``storage``: ``shared`` (one access token for all tabs, like localStorage read on every
+      use), ``per_tab`` (each tab its own, empty until the tab renews: sessionStorage or memory)
+      or ``copied`` (each tab its own copy, filled by a login for every tab — an app that reads
+      localStorage once, when the page loads, and keeps the user in memory — and replaced only
+      by the tab's own renewals);
     - ``max_retries``: resends allowed after a 401 or a lost answer;
     - ``unavailable_retries``: refreshes tried again after the auth tier answered 503, each after
       the ``Retry-After`` it sent stretched by a random factor of up to ``1 + retry_jitter``
@@ -93,6 +97,9 @@ class ClientPolicy(Model):
       and the tab's access token, and the user meets the login page the next time a token is
       needed (wiping a token a sibling's refresh had just rotated in); ``clear_all`` — it clears
       the session of every tab (jar and every tab's access token), then the user logs in;
+      ``keep`` — nothing: the refused refresh token stays where it was, the requests that needed
+      a token fail, and the next need tries the dead token again (auth0-spa-js keeps it in its
+      cache; the user is logged out in effect but never sent to the login page);
     - ``recovery``: tried before the failure path, after waiting ``recovery_delay`` (so that a
       sibling's answer already on its way can land): ``none``; ``retry`` — refresh once more with
       whatever the jar then holds; ``adopt`` — re-read storage: a newer access token a sibling
@@ -111,26 +118,33 @@ class ClientPolicy(Model):
       (for ``lock_timeout``, or for ever);
     - ``timer_jitter``: a timer tick is delayed by a uniform random offset in ``[0, timer_jitter)``
       (0: ticks at the computed instant), so that tabs that learned one token do not all renew it
-      at the same instant.
+      at the same instant;
+    - ``wake_up``: the browser runs a *hidden* tab's timers only on a coarse grid of wake-ups,
+      common to every tab (Chrome's background-tab throttling: 1 s; after five hidden minutes,
+      1 min): a tick due at ``t`` runs at the next instant of the grid (every ``wake_up``, from
+      a phase drawn per visit: the grid does not care when the user arrived), so hidden tabs
+      whose ticks fall due within one grid step run them at the same instant. 0: no throttling.
+      A visit's tabs are hidden but the last one opened, which is in front.
     """
 
     trigger: str
     single_flight: bool = False
     cross_tab_lock: bool = False
-    storage: Literal["shared", "per_tab"] = "shared"
+    storage: Literal["shared", "per_tab", "copied"] = "shared"
     max_retries: int = Field(default=1, ge=0, le=1000)
     unavailable_retries: int = Field(default=0, ge=0, le=100)
     retry_jitter: float = Field(default=0.5, ge=0, le=10)
     compare: Literal["le", "lt"] = "le"
     whole_seconds: bool = False
     jar_writes: Literal["keep_newer", "last_write_wins"] = "keep_newer"
-    on_refused: Literal["login", "clear_jar", "clear_all"] = "login"
+    on_refused: Literal["login", "clear_jar", "clear_all", "keep"] = "login"
     recovery: Literal["none", "retry", "adopt"] = "none"
     recovery_delay_s: Duration = Field(default="0s", alias="recovery_delay", ge=0)
     timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
     lock_visibility_s: Duration = Field(default="0s", alias="lock_visibility", ge=0)
     lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
     lock_release: Literal["always", "not_on_lost"] = "always"
+    wake_up_s: Duration = Field(default="0s", alias="wake_up", ge=0)
     preset: str | None = None
 
     #: seconds between timer ticks; None means the policy has no timer
@@ -142,6 +156,26 @@ class ClientPolicy(Model):
         """When the timer ticks next, by the client's clock, given what the tab holds, the time
         ``now`` and when the timer was started (``origin_s``). Only for policies with a timer."""
         raise NotImplementedError
+
+    def wake_s(self, tick_s: float, grid_phase_s: float | None) -> float:
+        """When a timer tick due at ``tick_s`` (client clock) runs: at once in a visible tab
+        (``grid_phase_s`` None), in a hidden one at the next instant of the ``wake_up`` grid
+        ``grid_phase_s + k * wake_up``."""
+        grid = self.wake_up_s
+        if grid_phase_s is None or grid <= 0:
+            return tick_s
+        return grid_phase_s + math.ceil((tick_s - grid_phase_s) / grid - _SAME_INSTANT) * grid
+
+    def renews_again(self, basis: Any, tried: Any) -> bool:
+        """Whether a timer tick may renew the token ``basis`` when the timer's last renewal,
+        of token ``tried``, failed (the tab still holds it): yes, but for a timer that renews
+        once per token it was armed with (``timer_phase = "poll"``)."""
+        return True
+
+    def rearmed_s(self, origin_s: float, now: float) -> float:
+        """The origin of a timer's phase after the tab's own renewal ended at ``now`` (it was
+        ``origin_s``): unchanged, but for timers re-armed by a new token (``timer_phase = "poll"``)."""
+        return origin_s
 
     def sees_refresh(self, own: bool, started_s: float, now: float) -> bool:
         """Whether a tab sees the refresh in flight in its single-flight scope that started at
@@ -242,13 +276,17 @@ class TimerClient(ClientPolicy):
     ``timer_phase`` says when it ticks: ``fixed`` — every ``check_interval`` from when the page
     loaded, whatever the ticks did (``setInterval``); ``rearm`` — ``check_interval`` after the
     previous tick's work finished (a ``setTimeout`` re-armed at the end); ``exp`` — once, at the
-    token's ``exp`` minus ``threshold`` (oidc-client-ts), polling every ``check_interval`` while
-    that instant is past or there is no token."""
+    token's ``exp`` minus ``threshold`` (oidc-client-ts, as its documentation reads), polling
+    every ``check_interval`` while that instant is past or there is no token; ``poll`` —
+    oidc-client-ts's ``Timer`` as it runs: armed when the tab loads a token (the page opens, or
+    its own renewal ends), it polls every ``check_interval`` from that instant and renews at the
+    first poll at or after ``exp − threshold``, so tabs holding one token renew at different
+    polls unless their phases agree (or a hidden tab's ``wake_up`` grid aligns them)."""
 
     trigger: Literal["timer"] = "timer"
     check_interval_s: Duration = Field(alias="check_interval", ge=0.001)
     threshold_s: Duration = Field(alias="threshold")
-    timer_phase: Literal["fixed", "rearm", "exp"] = "rearm"
+    timer_phase: Literal["fixed", "rearm", "exp", "poll"] = "rearm"
 
     @property
     def timer_interval_s(self):
@@ -260,8 +298,12 @@ class TimerClient(ClientPolicy):
             return now + interval
         # a tick that is due within rounding of ``now`` is the one being served, not the next:
         # sleeping the difference would not move the clock
-        if self.timer_phase == "fixed":
+        if self.timer_phase in ("fixed", "poll"):
             k = math.floor((now - origin_s) / interval + _SAME_INSTANT) + 1
+            if self.timer_phase == "poll" and tab.held is not None:
+                # skip the polls that cannot renew: the first one at or after exp - threshold
+                exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
+                k = max(k, math.ceil((exp - self.threshold_s - origin_s) / interval - _SAME_INSTANT))
             return origin_s + k * interval
         if tab.held is not None:
             exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
@@ -269,6 +311,12 @@ class TimerClient(ClientPolicy):
             if tick - now > _SAME_INSTANT * interval:
                 return tick
         return now + interval
+
+    def rearmed_s(self, origin_s, now):
+        return now if self.timer_phase == "poll" else origin_s
+
+    def renews_again(self, basis, tried):
+        return self.timer_phase != "poll" or basis != tried
 
     def on_timer(self, tab, now):
         if tab.held is not None and self.due(tab.held, now, self.threshold_s):

@@ -42,7 +42,9 @@ Effects, and what the driver sends back:
 - :class:`Reread` — after a refused refresh, look at the jar again: send back True when it now
   holds a refresh token other than the one the refused call presented (a sibling's rotation);
 - :class:`Jitter` — (timers) pause a uniform draw in ``[0, policy.timer_jitter_s)``; send back
-  nothing.
+  nothing;
+- :class:`WakePhase` — send back a uniform draw in ``[0, 1)`` (the phase of the browser's
+  wake-up grid for hidden tabs, ``policy.wake_up_s``).
 
 The refresh token a driver keeps in the shared jar follows :func:`jar_write` (the policy's
 ``jar_writes``); a refresh token the client drops without ever presenting it — an answer the jar
@@ -100,9 +102,12 @@ class LoginCause(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
-    #: a renewal timer's sleep until its next tick (the timer started at this instant, by the
-    #: client's clock): a driver that knows the timer's ticks may look ahead over them
+    #: a renewal timer's sleep until its next tick (the timer's phase starts at this instant, by
+    #: the client's clock): a driver that knows the timer's ticks may look ahead over them
     timer_origin_s: float | None = None
+    #: (a renewal timer's sleep) the tab is hidden: the phase of the wake-up grid its ticks run
+    #: on (None: a visible tab)
+    timer_grid: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +207,12 @@ class Jitter:
 
 
 @dataclass(frozen=True, slots=True)
+class WakePhase:
+    """Draw the phase of the browser's wake-up grid for a visit: send back a uniform draw in
+    [0, 1) from the user's own stream."""
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""
 
@@ -258,24 +269,27 @@ def basis_of(view: TabView) -> Any:
 
 
 def user_flow(policy: ClientPolicy, draws: UserDraws, tab_draws: list[TabDraws], arrival_s: float,
-              idle_probability: float, clock: Callable[[], float]) -> Flow:
+              idle_probability: float, clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
     """A user: arrives after ``arrival_s``, then visits (each visit as long as a ``visit_length``
     draw, forever when there is none), away for an ``away`` draw between visits; never returns
     when there is no ``away``. ``tab_draws``: one set of draws per tab (its length is the number
-    of tabs). ``clock()`` is the driver's clock (scenario seconds)."""
+    of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_gap_s``: see
+    :func:`visit_flow`."""
     yield Sleep(arrival_s)
     while True:
         length = draws.visit_length() if draws.visit_length is not None else math.inf
-        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock))
+        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_gap_s))
         if draws.away is None:
             return
         yield Sleep(draws.away())
 
 
 def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float, idle_probability: float,
-               clock: Callable[[], float]) -> Flow:
+               clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
     """One visit: open the tabs, log in from the first, run every tab (and its timer when the
-    policy has one) until ``length_s`` after the visit began, then leave."""
+    policy has one) until ``length_s`` after the visit began, then leave. Tab ``i`` starts
+    ``i * tab_gap_s`` after the first (its page views and its timer's phase); the last tab is in
+    front, the others are hidden (their timers run on the policy's wake-up grid)."""
     started = clock()
     visit = yield Open(len(tab_draws))
     first = visit.tabs[0]
@@ -288,13 +302,26 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
         yield Await((renewal,))
     else:
         yield Login(forced=False, tab=first)
-    for tab, draws in zip(visit.tabs, tab_draws):
-        yield Spawn(Call(tab_flow(draws, idle_probability, visit)), tab)
+    last = len(visit.tabs) - 1
+    grid = None
+    if policy.timer_interval_s is not None and policy.wake_up_s > 0 and last > 0:
+        grid = started + (yield WakePhase()) * policy.wake_up_s
+    for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
+        delay = i * tab_gap_s
+        views = tab_flow(draws, idle_probability, visit)
+        yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
-            yield Spawn(Call(timer_flow(policy, tab.view, visit, clock, started)), tab)
+            timer = timer_flow(policy, tab.view, visit, clock, started + delay, grid if i != last else None)
+            yield Spawn(Call(_after(delay, timer) if delay > 0 else timer), tab)
     yield Sleep(max(length_s - (clock() - started), 0.0))
     visit.over = True
     yield Close(visit)
+
+
+def _after(delay_s: float, flow: Flow) -> Flow:
+    """``flow``, started ``delay_s`` from now."""
+    yield Sleep(delay_s)
+    return (yield Call(flow))
 
 
 def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Flow:
@@ -325,43 +352,78 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
     trips ``rtts``; a view starting before ``sure_sends_before_s`` whose requests all arrive
     before ``sure_arrives_before_s`` is plain without asking (the policies' pure
     ``sends_until_s`` / ``plain_until_s``) — is carried out at once with the same draws from the
-    same streams (``draws`` supports ``head``/``peek``/``skip``): ``view_done(t, rtts)`` carries
+    same streams (``draws``' streams support ``cursor``/``seek``): ``view_done(t, rtts)`` carries
     its requests out and returns when the last one ends; then the pause. Views go on while the
     next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
     view starts); (0, ``start_s``) when the first one is not plain.
     """
-    burst, rtt_draws, think = draws.burst, draws.api_rtt, draws.think
-    idle_coin, idle_gap = draws.idle_coin, draws.idle_gap
+    burst, rtt_draws, think, idle_coin, idle_gap = draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap
+    # the busiest streams are read through cursors (``draws`` streams support ``cursor``/``seek``):
+    # a page view in bulk then costs a few array reads, not a dozen calls
+    bb, bi = burst.cursor()
+    rb, ri = rtt_draws.cursor()
+    tb, ti = think.cursor()
+    cb, ci = idle_coin.cursor() if idle_probability else (None, 0)
     t, views = start_s, 0
     while True:
-        n = int(burst.head())
-        rtts = rtt_draws.peek(n)
+        if bi >= len(bb):
+            burst.seek(bi)
+            bb, bi = burst.cursor()
+        n = int(bb[bi])
+        if ri + n > len(rb):
+            rtt_draws.seek(ri)
+            rb, ri = rtt_draws.cursor(n)
+        rtts = rb[ri:ri + n]
         if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
-            return views, t
-        burst.skip(1)
-        rtt_draws.skip(n)
+            break
+        bi += 1
+        ri += n
         done = view_done(t, rtts)
-        pause = idle_gap() if idle_probability and idle_coin() < idle_probability else 0.0
-        t_next = done + (pause + think())
+        pause = 0.0
+        if idle_probability:
+            if ci >= len(cb):
+                idle_coin.seek(ci)
+                cb, ci = idle_coin.cursor()
+            ci += 1
+            if cb[ci - 1] < idle_probability:
+                pause = idle_gap()
+        if ti >= len(tb):
+            think.seek(ti)
+            tb, ti = think.cursor()
+        ti += 1
+        t_next = done + (pause + tb[ti - 1])
         views += 1
         if not (t_next < horizon_s and t_next < end_s):
-            return views, t_next
+            t = t_next
+            break
         t = t_next
+    burst.seek(bi)
+    rtt_draws.seek(ri)
+    think.seek(ti)
+    if idle_probability:
+        idle_coin.seek(ci)
+    return views, t
 
 
 def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHandle, clock: Callable[[], float],
-               origin_s: float) -> Flow:
+               origin_s: float, grid_phase_s: float | None = None) -> Flow:
     """A tab's renewal timer (policies with :attr:`~ClientPolicy.timer_interval_s`). When it
     ticks is the policy's :meth:`~ClientPolicy.next_tick_s` (a fixed phase from ``origin_s``,
-    re-armed after each tick's work, or scheduled from the token's ``exp``); what a tick does is
+    re-armed after each tick's work, scheduled from the token's ``exp``, or polling from when the
+    tab last renewed: :meth:`~ClientPolicy.rearmed_s`), in a hidden tab moved onto the wake-up
+    grid of phase ``grid_phase_s`` (:meth:`~ClientPolicy.wake_s`); what a tick does is
     :meth:`~ClientPolicy.on_timer`."""
+    tried = None  # the token of the last renewal this timer started, while it failed
     while True:
         now = clock()
-        yield Sleep(max(policy.next_tick_s(tab(), now, origin_s) - now, 0.0), origin_s)
+        tick = policy.wake_s(policy.next_tick_s(tab(), now, origin_s), grid_phase_s)
+        yield Sleep(max(tick - now, 0.0), origin_s, grid_phase_s)
         if visit.over:
             return
         view = tab()
         action = policy.on_timer(view, clock())
+        if action in RENEW and tried is not None and not policy.renews_again(basis_of(view), tried):
+            continue
         if action in RENEW and policy.timer_jitter_s > 0:
             # a random offset before the renewal the tick decided, then look again: a sibling may
             # have renewed meanwhile (ticks that renew nothing draw nothing)
@@ -371,7 +433,10 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
             view = tab()
             action = policy.on_timer(view, clock())
         if action in RENEW:
-            yield Call(renew_flow(policy, action, basis_of(view), tab))
+            basis = basis_of(view)
+            renewed = yield Call(renew_flow(policy, action, basis, tab))
+            tried = None if renewed else basis
+            origin_s = policy.rearmed_s(origin_s, clock())
 
 
 # -- a request and a renewal --------------------------------------------------------------------
@@ -465,6 +530,8 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
         outcome = yield Refresh(basis)
     if outcome in REFUSED and policy.recovery != "none":
         outcome = yield Call(recover_flow(policy, outcome, basis, tab))
+    if outcome in REFUSED and policy.on_refused == "keep":
+        return False  # the dead token stays: the next need presents it again
     if outcome in REFUSED and policy.on_refused != "login":
         yield Clear(every_tab=policy.on_refused == "clear_all")
         if policy.on_refused == "clear_jar":

@@ -86,6 +86,24 @@ CLIENT_PRESETS: dict[str, dict] = {
         "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
         "storage": "per_tab",
     },
+    # oidc-client-ts 3.5 as the browser lab runs it (loadtests/browser): the user in localStorage,
+    # read when a page loads and kept in memory per tab; its Timer, armed when the tab loads a
+    # token, polls every 5 s and renews at the first poll at or after exp - 60 s (whole
+    # seconds), with the refresh token the store holds then, whether or not a sibling renewed;
+    # after a refused renewal the tab keeps its dead session and its timer waits for a new token;
+    # an API call's 401 is not the SDK's business (no reactive renewal, no resend)
+    "oidc-client-ts-localstorage": {
+        "trigger": "timer", "timer_phase": "poll", "check_interval": "5s", "threshold": "60s", "whole_seconds": True,
+        "storage": "copied", "single_flight": False, "on_refused": "keep", "max_retries": 0,
+    },
+    # auth0-spa-js 2.27 as the browser lab runs it: cacheLocation localstorage (shared by every
+    # tab, read on every getTokenSilently), stale 60 s before expiry, renewal under a Web Locks
+    # lock (atomic) with the cache read again inside it; after invalid_grant the dead refresh
+    # token stays in the cache and every later call tries it again; no reactive renewal on a 401
+    "auth0-spa-js-localstorage": {
+        "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
+        "storage": "shared", "on_refused": "keep", "max_retries": 0,
+    },
     # tokenRenewalOffsetSeconds 300; concurrent calls share one promise; per-tab sessionStorage
     "msal": {"trigger": "proactive", "threshold": "300s", "single_flight": True, "storage": "per_tab"},
     # updateToken(minValidity=5) before a call; refresh queue

@@ -1,0 +1,118 @@
+"""Capacity-planning scale: ``refreshlab compare`` of the bundled baseline scaled to many users,
+timed and its memory watched, and what a bigger run would take, extrapolated from it.
+
+The scenario is ``scenarios/baseline.toml`` with ``--users`` users, one replication and
+``--workers`` auth workers (the baseline has 4 for 1,000 users; a population 100 times as big
+needs more, or its auth tier only measures its own overload), every other field as bundled.
+The command is the real one (``refreshlab compare SCENARIO --out DIR``, in a child process, with
+the default engine and the default worker processes); its wall time is measured, and its memory
+is the sum of the resident sets of the command and its worker processes, sampled every 0.2 s
+(psutil), the peak printed.
+
+Printed: wall seconds, peak memory of the process tree, CPU seconds of the tree, simulated
+user-hours per CPU second, the goal (100,000 users in at most 60 s and 2 GB) met or not, and
+the extrapolation: ``--project-users`` users x the scenario's hours x its four variants. The
+same command is also run on the bundled 1,000 users (``--small-users``) so that what does not
+grow with users (start-up, imports, the report) is taken out: CPU and memory per user are the
+differences between the two runs over the difference in users (time per user is flat in the
+population since the engine stopped the cyclic garbage collector; the projection assumes so),
+the CPU spread over this machine's cores, the memory per worker process. The machine is shared: the load
+average before and after is printed with the numbers.
+
+    python bench/bench_scale.py [--users 100000] [--workers 40] [--project-users 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scaled_scenario(users: int, workers: int, folder: Path) -> Path:
+    text = (ROOT / "scenarios/baseline.toml").read_text()
+    data = tomllib.loads(text)
+    assert data["population"]["users"] == 1000 and data["run"]["replications"] == 3 and data["auth"]["workers"] == 4
+    text = (text.replace("\nusers = 1000\n", f"\nusers = {users}\n")
+                .replace("\nreplications = 3\n", "\nreplications = 1\n")
+                .replace("\nworkers = 4\n", f"\nworkers = {workers}\n"))
+    path = folder / f"baseline_{users}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_watched(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall seconds, peak summed RSS (MB) of its process tree, tree CPU seconds."""
+    started = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, cpu = 0, {}
+    while proc.poll() is None:
+        rss = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        peak = max(peak, rss)
+        time.sleep(0.2)
+    out = proc.stdout.read()
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "peak_mb": peak / 2**20, "cpu_s": sum(cpu.values()), "status": proc.returncode,
+            "output": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=40)
+    parser.add_argument("--project-users", type=int, default=1_000_000)
+    parser.add_argument("--small-users", type=int, default=1000)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        refreshlab = Path(sys.executable).with_name("refreshlab")
+        for users, workers in ((args.small_users, max(4, args.workers * args.small_users // args.users)),
+                               (args.users, args.workers)):
+            scenario = scaled_scenario(users, workers, Path(tmp))
+            runs[users] = r = run_watched([str(refreshlab), "compare", str(scenario), "--out", str(Path(tmp) / f"run{users}")])
+            if r["status"] != 0:
+                print(r["output"])
+                raise SystemExit(f"refreshlab compare failed with status {r['status']}")
+    small, r = runs[args.small_users], runs[args.users]
+    variants, hours, cores = 4, 65 / 60, os.cpu_count() or 1
+    user_hours = args.users * hours * variants
+    grown = args.users - args.small_users
+    per_user_cpu_s = (r["cpu_s"] - small["cpu_s"]) / (grown * variants)
+    processes = min(cores, variants)
+    per_user_mb = (r["peak_mb"] - small["peak_mb"]) / grown / processes
+    print(f"refreshlab compare, baseline scaled to {args.users:,} users, {args.workers} auth workers, "
+          f"1 replication, {variants} variants ({hours:.2f} simulated h each, warm-up included)")
+    print(f"  load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; after: "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(f"  wall {r['wall_s']:.0f} s (goal 60 s: {'met' if r['wall_s'] <= 60 else 'NOT met'}), "
+          f"peak memory of the process tree {r['peak_mb']:,.0f} MB (goal 2048 MB: "
+          f"{'met' if r['peak_mb'] <= 2048 else 'NOT met'})")
+    print(f"  CPU {r['cpu_s']:.0f} s in all ({small['cpu_s']:.0f} s at {args.small_users:,} users): "
+          f"{per_user_cpu_s * 1e3:.2f} ms per user and variant beyond the fixed costs, "
+          f"{user_hours / r['cpu_s']:,.0f} simulated user-hours per CPU second in all")
+    n = args.project_users
+    cpu_needed = per_user_cpu_s * n * variants
+    print(f"  projected, {n:,} users x {hours:.2f} h x {variants} variants: {cpu_needed:,.0f} CPU s, "
+          f"about {cpu_needed / processes / 60:,.0f} min on {processes} idle cores; memory about "
+          f"{per_user_mb * n / 1024:,.1f} GB per worker process ({per_user_mb * 1024:.1f} KB per user)")
+
+
+if __name__ == "__main__":
+    main()
