@@ -227,6 +227,7 @@ def run_loadtest(scenario: Scenario, strategy: str, *, time_scale: float, target
                   "locust_exit_code": locust.returncode,
                   "preflight": findings.lines(), "preflight_user": findings.user,
                   "preflight_calls": findings.calls},
+            revokes_session_on_reuse=profile.revokes_session_on_reuse,
         )
         if failure:
             result.partial = True

@@ -86,11 +86,14 @@ class Records:
         return (t0_unix_s - self.t0_unix_s) * self.time_scale
 
 
-def build_events(records: Records, ledger: dict | None, strategy: str) -> tuple[pd.DataFrame, str]:
+def build_events(records: Records, ledger: dict | None, strategy: str,
+                 revokes_session_on_reuse: bool = False) -> tuple[pd.DataFrame, str]:
     """The ``events`` table (EVENT_COLUMNS) of a load test, sorted by time, and where its mints
     come from: ``"server"`` (the ledger's mint / reuse / revoke records replace the client's
     view) or ``"client"`` (mints inferred from answers the client received, duplicates from the
-    bases it sent, reuse detections from refresh answers)."""
+    bases it sent, reuse detections from refresh answers, and a ``revoke`` row at a session's
+    first refresh refused as revoked or, when the target's server model revokes the session on a
+    reuse (``revokes_session_on_reuse``), as reuse)."""
     client = records.client.drop(columns=["expires_s"])
     if ledger is not None and "records" in ledger:
         server = pd.DataFrame(ledger["records"], columns=list(p.RECORD_COLUMNS))
@@ -100,7 +103,15 @@ def build_events(records: Records, ledger: dict | None, strategy: str) -> tuple[
         source = "server"
     else:
         rejected = client[(client["event"] == "refresh_end") & (client["outcome"] == "reuse_detected")]
-        events = pd.concat([client, rejected.assign(event="reuse_detected", outcome="")], ignore_index=True)
+        derived = [rejected.assign(event="reuse_detected", outcome="")]
+        # the server revoked a session that refused a refresh as revoked, or (a server model that
+        # revokes the family) as reuse: a revoke row at the first such refusal
+        gone = ("revoked", "reuse_detected") if revokes_session_on_reuse else ("revoked",)
+        refusals = client[(client["event"] == "refresh_end") & client["outcome"].isin(gone)]
+        first = refusals.sort_values("t_s", kind="stable").drop_duplicates("session")
+        derived.append(first.assign(event="revoke", outcome=""))
+        # at one instant, as the server records them: the reuse, the revocation, then the client's rows
+        events = pd.concat([*derived, client], ignore_index=True)
         source = "client"
     events.insert(1, "strategy", strategy)
     events.insert(2, "replication", 0)
@@ -167,11 +178,13 @@ def measured_result(
     measured_s: float | None = None,
     partial: bool = False,
     meta: dict | None = None,
+    revokes_session_on_reuse: bool = False,
 ) -> RunResult:
     """The :class:`~sim.results.RunResult` (``kind="measured"``) of one load test of variant
     ``strategy``. ``measured_s``: scenario seconds the test actually ran (a test cut short
-    measures a shorter window, and is marked ``partial``)."""
-    events, source = build_events(records, ledger, strategy)
+    measures a shorter window, and is marked ``partial``); ``revokes_session_on_reuse``: see
+    :func:`build_events`."""
+    events, source = build_events(records, ledger, strategy, revokes_session_on_reuse)
     tally = build_tally(records, events, ledger)
     run = scenario.run
     window = run.duration_s if measured_s is None else min(run.duration_s, max(measured_s - run.warmup_s, 1.0))

@@ -92,3 +92,29 @@ def test_validate_tells_refusals_round_trips_apart_from_grants(make_scenario):
     pooled = network(MIN_REFUSED - 1)
     values = pooled["auth_rtt"]["values"]
     assert "auth_rtt_refused" not in pooled and (min(values), max(values)) == (0.06, 0.15)
+
+
+def test_a_measured_session_counts_as_revoked_at_its_first_refusal_that_says_so():
+    from loadtests.measure import build_events
+    from sim.metrics import Divergence
+
+    def row(t_s, event, outcome="", session="s1", token="r1"):
+        return {"t_s": t_s, "user": 0, "tab": 0, "session": session, "event": event, "token": token,
+                "basis": None, "outcome": outcome, "latency_ms": 10.0, "expires_s": float("nan")}
+
+    client = pd.DataFrame([row(1.0, "refresh_start"), row(1.01, "refresh_end", "reuse_detected"),
+                           row(1.01, "login", "forced"), row(2.0, "refresh_start", session="s2", token="r2"),
+                           row(2.01, "refresh_end", "revoked", session="s2", token="r2"),
+                           row(2.01, "login", "forced", session="s2")])
+    records = type("R", (), {"client": client})()
+
+    def spurious(family):
+        events, source = build_events(records, None, "x", revokes_session_on_reuse=family)
+        assert source == "client"
+        revoked = set(events.loc[events["event"] == "revoke", "session"])
+        return revoked, int((Divergence.rows(events)["event"] == "spurious_logout").sum())
+
+    # a token-level reuse refusal revokes nothing (simplejwt's blacklist): that logout is spurious
+    assert spurious(False) == ({"s2"}, 1)
+    # a family-revoking server (oidc-provider) revoked s1 with its reuse: no spurious logout
+    assert spurious(True) == ({"s1", "s2"}, 0)

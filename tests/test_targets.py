@@ -96,6 +96,8 @@ def test_classification_uses_the_servers_words_then_the_clients_knowledge():
     assert c.access("Given token not valid ... Token is expired", 100.0, 50.0) == ("expired", "server")
     assert c.access('Bearer realm="api" Token is invalid', 100.0, 150.0) == ("expired", "client")
     assert c.access('Bearer realm="api" Token is invalid', 100.0, 50.0) == ("invalid", "server")
+    # inside the token's last second by the client's clock: the server's whole-second exp has passed
+    assert c.access('Bearer realm="api" Token is invalid', 100.0, 99.2) == ("expired", "client")
     assert c.refresh("Token is blacklisted token_not_valid", False, 1e9, 0.0) == ("reuse_detected", "server")
     o = Classifier(load_profile("oidc-provider").classify)
     # a bare invalid_grant: reuse when the client saw the token rotated, expired past its lifetime

@@ -10,6 +10,12 @@ import re
 
 from loadtests.targets.profile import Classify
 
+#: how much earlier than the client's own estimate a token may expire at the server: servers
+#: stamp ``iat``/``exp`` in whole seconds (oidc-provider: ``exp = floor(now) + ttl``), while the
+#: client counts ``expires_in`` from when it received the answer. A refusal that said nothing
+#: usable, for a token inside its last second by the client's clock, is an expiry
+EXPIRY_SLACK_S = 1.0
+
 
 def _compile(pattern: str | None) -> re.Pattern | None:
     return re.compile(pattern, re.IGNORECASE) if pattern else None
@@ -36,7 +42,7 @@ class Classifier:
             return "invalid", "server"
         if self.expired_access and self.expired_access.search(words):
             return "expired", "server"
-        if self.spec.fallback and now_unix_s >= expires_unix_s:
+        if self.spec.fallback and now_unix_s >= expires_unix_s - EXPIRY_SLACK_S:
             return "expired", "client"
         return "invalid", "server" if words else "client"
 

@@ -256,6 +256,17 @@ class TargetProfile(Model):
             raise ValueError(f"unknown server preset {value!r}; expected one of: {', '.join(sorted(SERVER_PRESETS))}")
         return value
 
+    @property
+    def revokes_session_on_reuse(self) -> bool:
+        """Whether the server model this profile names revokes the whole session (family) when
+        it detects a reuse: a measurement infers the revocation from the refusal."""
+        from sim.strategies.presets import SERVER_PRESETS
+
+        if not self.server_model:
+            return False
+        model = {**SERVER_PRESETS[self.server_model], **self.server_settings}
+        return model.get("reuse_detection") == "family"
+
     def with_target(self, url: str | None) -> "TargetProfile":
         """This profile pointed at ``url`` (``--target``), when given."""
         return self if not url else self.model_copy(update={"base_url": self._url(url)})
