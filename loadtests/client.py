@@ -574,7 +574,7 @@ class UserDriver:
         reply = self.transport.refresh(jar, basis)
         refused = reply.status in self.classifier.spec.refresh_rejected_statuses
         if trip is not None:
-            self.clock.sleep(trip.answer_leg_s(refused) * self.clock.time_scale)
+            self.clock.sleep(trip.answer_leg_s(refused, clock.now_s()) * self.clock.time_scale)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if reply.status == 200 and reply.body and reply.body.get("access_token"):
             outcome = "ok"
@@ -636,7 +636,7 @@ class UserDriver:
                 trip = self._auth_out()
                 reply = self.transport.login(self.index)
                 if trip is not None:
-                    self.clock.sleep(trip.answer_leg_s(False) * self.clock.time_scale)
+                    self.clock.sleep(trip.answer_leg_s(False, clock.now_s()) * self.clock.time_scale)
                 if reply.status == 200 and reply.body and "access_token" in reply.body:
                     break
                 # a 503 is the auth tier shedding load (the protocol working), anything else a failure

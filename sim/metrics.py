@@ -153,6 +153,8 @@ def exact_quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q, method="lower")) if len(values) else np.nan
 
 
+#: the rows :class:`Divergence` reads
+WATCHED_EVENTS = frozenset({"refresh_start", "refresh_end", "reuse_detected", "revoke", "login", "stranded"})
 #: the rows :class:`Divergence` derives
 DIVERGENCE_EVENTS = ("spurious_logout", "race_logout", "stranded_token", "benign_revocation")
 
@@ -172,17 +174,22 @@ class Divergence:
     - a *stranded token*: a ``stranded`` row (a refresh token the client let go of unpresented)
       of a session not revoked then.
 
-    - a *race logout*: a forced login (spurious or not) leaving a session that had a race;
-      its value is the seconds from the session's first race to it.
+    - a *race logout*: a forced login (spurious or not) leaving a session that had a race; its
+      value is the seconds from *the race behind it* to it: the session's latest race when the
+      token raced was granted to one of its presentations (the race itself refused the other:
+      a logout at the race), else the race before that one — the latest race then presented a
+      token the server had already let go of (a stranded jar presented at the next renewal),
+      which the race before it left the client holding: a logout one renewal later.
 
     :meth:`feed` takes one row and returns the derived rows ``(event, value)`` (``value`` NaN
     but for ``race_logout``)."""
 
-    __slots__ = ("presented", "first_race", "revoked", "reuse_at", "logged_out")
+    __slots__ = ("presented", "granted", "races", "revoked", "reuse_at", "logged_out")
 
     def __init__(self) -> None:
         self.presented: dict = defaultdict(set)
-        self.first_race: dict = {}
+        self.granted: dict = defaultdict(set)  # refresh tokens a refresh call of the session got ok for
+        self.races: dict = {}  # the session's latest two races: ((t_s, token), (t_s, token) | None)
         self.revoked: set = set()
         self.reuse_at: dict = {}
         self.logged_out: set = set()
@@ -190,9 +197,14 @@ class Divergence:
     def feed(self, t_s: float, event: str, outcome: str, session, token) -> tuple:
         if event == "refresh_start":
             seen = self.presented[session]
-            if token in seen and session not in self.first_race:
-                self.first_race[session] = t_s
+            if token in seen:
+                latest = self.races.get(session)
+                if latest is None or latest[0][1] != token:
+                    self.races[session] = ((t_s, token), latest[0] if latest is not None else None)
             seen.add(token)
+        elif event == "refresh_end":
+            if outcome == "ok":
+                self.granted[session].add(token)
         elif event == "reuse_detected":
             self.reuse_at[session] = t_s
         elif event == "revoke":
@@ -203,8 +215,13 @@ class Divergence:
         elif event == "login" and outcome == "forced" and session is not None and session not in self.logged_out:
             self.logged_out.add(session)
             out = () if session in self.revoked else (("spurious_logout", math.nan),)
-            race = self.first_race.get(session)
-            return out + ((("race_logout", t_s - race),) if race is not None else ())
+            races = self.races.get(session)
+            if races is None:
+                return out
+            (t_race, raced), before = races
+            if raced not in self.granted[session] and before is not None:
+                t_race = before[0]
+            return out + (("race_logout", t_s - t_race),)
         elif event == "stranded" and session not in self.revoked:
             return (("stranded_token", math.nan),)
         return ()
@@ -214,7 +231,7 @@ class Divergence:
         """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows
         (``latency_ms`` of a ``race_logout``: the race-to-logout time in milliseconds)."""
         tracker, out = cls(), []
-        relevant = events[events["event"].isin(["refresh_start", "reuse_detected", "revoke", "login", "stranded"])]
+        relevant = events[events["event"].isin(WATCHED_EVENTS)]
         for row in relevant.itertuples(index=False):
             session = None if pd.isna(row.session) else row.session
             for event, value in tracker.feed(row.t_s, row.event, row.outcome, session, row.token):

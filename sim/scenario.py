@@ -163,6 +163,14 @@ class Network(Model):
     #: answer leg of a refusal is what this distribution at the same draw leaves (at least 0).
     #: None: a refusal's round trip is a grant's
     auth_rtt_refused: DurationDist | None = None
+    #: how an auth-tier call's answer leg is drawn: ``one_draw`` — both legs are halves of the
+    #: call's one draw, so two calls come back in the order the server answered them whenever
+    #: their requests reached it in the order they were sent; ``independent`` — the answer leg
+    #: is half a round trip at a draw of its own, made when the answer leaves (at that moment's
+    #: state of the host when round trips are correlated): two answers the server wrote in one
+    #: order can come back in the other, which decides what a cookie jar that keeps the last
+    #: ``Set-Cookie`` ends with
+    auth_legs: Literal["one_draw", "independent"] = "one_draw"
     #: how alike the round trips of calls sent at the same moment are, whoever sends them (0:
     #: independent draws): a busy host slows whatever is in flight together. Every call's round
     #: trip is drawn from its own distribution as written, through a Gaussian copula with a

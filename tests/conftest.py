@@ -109,7 +109,7 @@ def redis_url(tmp_path_factory):
 
 
 #: markers of checks too slow for the default run, run only when named in ``-m`` (``.ci/run`` names
-#: ``peers`` and ``failing_runs``; the minutes-long ``fidelity`` runs are a manual step)
+#: ``peers``, ``failing_runs`` and ``browser``; the minutes-long ``fidelity`` runs are a manual step)
 OPT_IN_MARKERS = ("peers", "fidelity", "failing_runs", "browser")
 
 

@@ -69,6 +69,77 @@ def test_last_write_wins_jar_follows_the_row_when_answers_come_in_write_order(ma
     assert row(result)["forced_logins"] == 0
 
 
+def test_answers_on_legs_of_their_own_strand_the_rows_token_and_log_out_one_renewal_later(make_scenario):
+    # two tabs' timers fire together at 240.04 and present refresh token 2. Auth round trips are
+    # 80 or 120 ms: both calls take 80 ms (request legs of 40 ms) and reach the server together;
+    # without compare-and-swap both pass the check and both write, tab 0 first (tokens 3, 4),
+    # tab 1 last (5, 6): the row holds 6. Their answers come back over legs of their own: tab 1's
+    # in 40 ms (240.12), tab 0's in 60 ms (240.14), so the jar ends with 4 and the row's 6 is
+    # stranded. Nothing happens until the next renewal, at 480.08: both tabs present 4, which the
+    # row no longer knows: reuse detected, the session revoked (a benign race), a forced login —
+    # 240.14 s after the race, one renewal period (access lifetime less the timer's threshold)
+    client = {**TIMER, "jar_writes": "last_write_wins"}
+
+    def scenario(legs):
+        return one_variant(make_scenario, client, ROW_NO_CAS, population={"users": 1, "tabs": 2},
+                           run={"seed": 6, "duration": "10m"},
+                           network={"rtt": "100ms", "auth_rtt": {"dist": "empirical", "values": ["80ms", "120ms"]},
+                                    "auth_legs": legs})
+
+    result = sim.run(scenario("independent"), events=True)
+    ev = result.events
+    mints = ev[(ev["event"] == "mint") & (ev["outcome"] == "refresh_refresh")]
+    assert [(round(t, 6), int(k)) for t, k in zip(mints["t_s"], mints["token"])] == [(240.08, 4), (240.08, 6)]
+    assert log(result, "refresh_start", "refresh_end", "stranded", "reuse_detected", "revoke", "login",
+               "race_logout") == [
+        (0.0, "login", "visit", None),
+        (240.04, "refresh_start", "", 2), (240.04, "refresh_start", "", 2),
+        (240.12, "refresh_end", "ok", 2), (240.14, "refresh_end", "ok", 2), (240.14, "stranded", "", 6),
+        (480.08, "refresh_start", "", 4), (480.08, "refresh_start", "", 4),
+        (480.12, "reuse_detected", "", 4), (480.12, "revoke", "", None),
+        (480.18, "refresh_end", "reuse_detected", 4), (480.18, "login", "forced", None),
+        (480.18, "race_logout", "", None), (480.18, "refresh_end", "revoked", 4)]
+    race = ev[ev["event"] == "race_logout"].iloc[0]
+    assert race["latency_ms"] == pytest.approx(240140.0)
+    r = row(result)
+    assert r["benign_revocations"] == r["forced_logins"] == 1 and r["spurious_logouts"] == 0
+    assert r["race_to_logout_s_mean"] == pytest.approx(240.14)
+    # the same draws with both legs halves of one draw: the answers come back in the order the
+    # server wrote them (both at 240.12), the jar ends with the row's 6 and the next renewal
+    # presents 6. That race's calls reach the server 20 ms apart: the later one is refused at
+    # once — the only logout, 0.12 s after its race
+    same = sim.run(scenario("one_draw"), events=True)
+    assert log(same, "refresh_start", "refresh_end", "stranded", "login", "race_logout") == [
+        (0.0, "login", "visit", None),
+        (240.04, "refresh_start", "", 2), (240.04, "refresh_start", "", 2),
+        (240.12, "refresh_end", "ok", 2), (240.12, "refresh_end", "ok", 2), (240.12, "stranded", "", 4),
+        (480.08, "refresh_start", "", 6), (480.08, "refresh_start", "", 6),
+        (480.16, "refresh_end", "ok", 6), (480.2, "refresh_end", "reuse_detected", 6),
+        (480.2, "login", "forced", None), (480.2, "race_logout", "", None)]
+    assert row(same)["race_to_logout_s_mean"] == pytest.approx(0.12)
+    assert_identical(*both(scenario("independent")))
+
+
+def test_race_to_logout_counts_from_the_race_that_left_the_client_a_dead_token():
+    div = Divergence()
+    for t, event, outcome, token in [(10.0, "refresh_start", "", 1), (10.0, "refresh_start", "", 1),
+                                     (10.1, "refresh_end", "ok", 1), (10.1, "refresh_end", "ok", 1),
+                                     (250.0, "refresh_start", "", 2), (250.0, "refresh_start", "", 2),
+                                     (250.05, "refresh_end", "reuse_detected", 2)]:
+        assert div.feed(t, event, outcome, "s", token) == ()
+    assert div.feed(250.05, "revoke", "", "s", None) == ()
+    # token 2 (what the jar kept from the race at 10) was never granted: the logout comes from that race
+    assert div.feed(250.1, "login", "forced", "s", None) == (("race_logout", pytest.approx(240.1)),)
+    div = Divergence()
+    for t, event, outcome, token in [(10.0, "refresh_start", "", 1), (10.0, "refresh_start", "", 1),
+                                     (10.1, "refresh_end", "ok", 1), (250.0, "refresh_start", "", 2),
+                                     (250.0, "refresh_start", "", 2), (250.1, "refresh_end", "ok", 2),
+                                     (250.1, "revoke", "", None)]:
+        div.feed(t, event, outcome, "s", token)
+    # token 2 was granted to one call and refused to its sibling: a logout at that race
+    assert div.feed(250.2, "login", "forced", "s", None) == (("race_logout", pytest.approx(0.2)),)
+
+
 def test_compare_and_swap_with_successor_replay_strands_nothing(make_scenario):
     client = {**TIMER, "jar_writes": "last_write_wins"}
     server = {**ROW_NO_CAS, "atomic": True, "grace_period": "60s", "grace_returns": "same_pair"}

@@ -612,7 +612,7 @@ class Simulation:
             yield Sleep(max(self.timeout_s - (self.now - sent_at), 0.0))
             outcome = RefreshOutcome.LOST
         else:
-            yield Sleep(trip.answer_leg_s(isinstance(result, Rejection)))
+            yield Sleep(trip.answer_leg_s(isinstance(result, Rejection), self.now))
             outcome = (result if isinstance(result, RefreshOutcome) else
                        RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
@@ -651,7 +651,7 @@ class Simulation:
             grant = yield from self._auth_call(
                 self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
-            yield Sleep(trip.answer_leg_s(False))
+            yield Sleep(trip.answer_leg_s(False, self.now))
             if grant is not UNAVAILABLE:
                 break
             yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again

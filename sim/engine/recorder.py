@@ -8,11 +8,10 @@ import math
 
 import pandas as pd
 
-from sim.metrics import EVENT_COLUMNS, Counts, Divergence, Level
+from sim.metrics import EVENT_COLUMNS, WATCHED_EVENTS, Counts, Divergence, Level
 from sim.strategies.ledger import LedgerObserver, Session, Token
 
-#: the events :class:`~sim.metrics.Divergence` reads
-_WATCHED = frozenset({"refresh_start", "reuse_detected", "revoke", "login", "stranded"})
+_WATCHED = WATCHED_EVENTS
 _ROW = ["t_s", "event", "outcome", "user", "tab", "session", "token", "basis", "latency_ms"]
 
 

@@ -46,6 +46,7 @@ class Source(IntEnum):
     JITTER = 16  # a timer's random offset (``timer_jitter``)
     MOMENT = 17  # the state of the host every call meets (``network.rtt_correlation``)
     WAKE = 18  # the phase of the browser's wake-up grid for hidden tabs (``wake_up``)
+    ANSWER_LEG = 19  # an auth-tier call's answer leg drawn on its own (``network.auth_legs``)
 
 
 #: the stream of each part of a service time (:mod:`sim.strategies.service`)
@@ -327,25 +328,32 @@ class AuthRoundTrip:
     (``network.auth_rtt``, else ``rtt``), and ``refused_s``, if it refuses
     (``network.auth_rtt_refused`` at the same draw; the granted one when that is not set). The
     request leg is half the granted round trip (the server cannot answer faster before it has
-    read the call); the answer leg depends on the answer. Every driver splits a call this way."""
+    read the call); the answer leg depends on the answer and, with ``network.auth_legs =
+    "independent"``, on a draw of its own made when the answer leaves (``answer``: a function of
+    that instant returning the (granted, refused) round trips at that draw; None: the call's own
+    draw). Every driver splits a call this way."""
 
-    __slots__ = ("granted_s", "refused_s")
+    __slots__ = ("granted_s", "refused_s", "answer")
 
-    def __init__(self, granted_s: float, refused_s: float) -> None:
+    def __init__(self, granted_s: float, refused_s: float, answer=None) -> None:
         self.granted_s = granted_s
         self.refused_s = refused_s
+        self.answer = answer
 
     @property
     def request_leg_s(self) -> float:
         """Seconds from the client's send until the server has the call."""
         return self.granted_s / 2
 
-    def answer_leg_s(self, refused: bool) -> float:
-        """Seconds from the server's answer until the client has it: the rest of the granted
-        round trip, or of the refused one (at least 0) when the server refused."""
+    def answer_leg_s(self, refused: bool, now: float | None = None) -> float:
+        """Seconds from the server's answer (at scenario time ``now``, which an answer leg drawn
+        on its own needs) until the client has it: the rest of the granted round trip, or of the
+        refused one (at least 0) when the server refused — at the call's draw, or at the answer
+        leg's own."""
+        granted, refused_s = (self.granted_s, self.refused_s) if self.answer is None else self.answer(now)
         if refused:
-            return max(self.refused_s - self.granted_s / 2, 0.0)
-        return self.granted_s / 2
+            return max(refused_s - granted / 2, 0.0)
+        return granted / 2
 
 
 class _AtQuantile:
@@ -369,7 +377,7 @@ class UserStreams:
     its auth-tier instance)."""
 
     __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
-                 "_service", "_jitter", "moments", "_rtts", "_wake")
+                 "_service", "_jitter", "moments", "_rtts", "_wake", "_answer_legs")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
@@ -390,6 +398,10 @@ class UserStreams:
             # call's granted and refused round trips are both its draw's quantile
             self.auth_rtt = Draws(_AtQuantile(granted), key, Source.AUTH_LATENCY, batch=8)
             self.auth_rtt_refused = Draws(_AtQuantile(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8)
+        # an answer leg of its own: a uniform (or, correlated, a normal factor) per call
+        self._answer_legs = (None if net.auth_legs == "one_draw" else
+                             Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
+                                   floor=None, batch=8))
         self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
         self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
         self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
@@ -409,12 +421,25 @@ class UserStreams:
 
     def auth_round_trip(self, now: float) -> "AuthRoundTrip":
         """The round trip of one call to the auth tier sent at ``now`` (scenario seconds; every
-        call takes exactly one)."""
+        call takes exactly one draw, and one more for its answer leg with ``network.auth_legs =
+        "independent"``, taken when the call is sent)."""
+        answer = None
+        if self._answer_legs is not None:
+            answer = functools.partial(self._answer_leg, self._answer_legs())
         if self.moments is not None:
             granted, refused = self.moments.quantiles(now, self.auth_rtt(), self._rtts)
-            return AuthRoundTrip(granted, refused)
+            return AuthRoundTrip(granted, refused, answer)
         rtt = self.auth_rtt()
-        return AuthRoundTrip(rtt, rtt if self.auth_rtt_refused is None else self.auth_rtt_refused())
+        return AuthRoundTrip(rtt, rtt if self.auth_rtt_refused is None else self.auth_rtt_refused(), answer)
+
+    def _answer_leg(self, draw: float, now: float) -> tuple[float, float]:
+        """The (granted, refused) round trips at an answer leg's own ``draw`` (a uniform, or with
+        correlated round trips a normal factor met with the host's state at ``now``)."""
+        if self.moments is not None:
+            granted, refused = self.moments.quantiles(now, draw, self._rtts)
+            return granted, refused
+        u = np.array([draw])
+        return tuple(max(float(d.quantile(u)[0]), 0.0) for d in self._rtts)
 
     def jitter(self) -> float:
         """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""
