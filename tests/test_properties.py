@@ -1,6 +1,7 @@
 """Invariants that hold for any scenario (hypothesis)."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,9 +79,12 @@ def scenarios(draw):
     ))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=scenarios())
-def test_invariants_of_any_run(scenario):
+#: examples per run of the property tests: a few in the default run, many more in the slow pass
+#: (.ci/run runs both), whose real-time load tests leave the cores room for them
+FEW, MANY = 10, 60
+
+
+def check_invariants(scenario):
     result = sim.run(scenario, events=True, processes=1)
     per, series, ev = result.replications, result.timeseries, result.events
     # counts are never negative
@@ -110,3 +114,16 @@ def test_invariants_of_any_run(scenario):
         client_now = attempts["t_s"].to_numpy() + skew[attempts["user"].to_numpy(int)]
         token_exp = np.array([exp[int(t)] for t in attempts["token"]])
         assert (client_now <= token_exp + 1e-9).all()
+
+
+@settings(max_examples=FEW, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_invariants_of_any_run(scenario):
+    check_invariants(scenario)
+
+
+@pytest.mark.slow
+@settings(max_examples=MANY, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_invariants_of_many_more_runs(scenario):
+    check_invariants(scenario)
