@@ -658,6 +658,22 @@ def write_lab(result: RunResult, merged: Merged, run: LabRun, folder: Path) -> N
         (folder / f"{name}.log").write_text(text)
 
 
+def measure_into(lab: Scenario, settings: LabSettings, strategy: str, folder: Path, work: Path):
+    """Run the lab in the scratch folder ``work`` (removed afterwards, whatever happens) and write
+    its run folder ``folder`` atomically: (run, merged, failure). :class:`LabError` (status 1, or
+    130 when interrupted) when nothing was measured: then no folder is written."""
+    try:
+        run, result, merged, failure = measure(lab, settings, strategy, work)
+        if result is None:
+            raise LabError(f"{failure}: nothing was measured, no run folder was written "
+                           f"(lab: {_tail(run.logs.get('lab', ''))})", code=130 if run.interrupted else 1)
+        with atomic_dir(folder) as tmp:
+            write_lab(result, merged, run, tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return run, merged, failure
+
+
 def load_lab_run(folder: Path) -> LabRun:
     """A lab run as its run folder keeps it (``browser.csv``, ``browser_records.jsonl``,
     ``server_events.jsonl``, ``run.json``): to compare it again without running Chromium."""
@@ -724,18 +740,9 @@ def browser(
     err_console.print(f"browser lab: {sdk.value}, {settings.users} user(s) × {settings.tabs} tab(s), throttling "
                       f"{settings.throttling}, {settings.duration_s:g} s; {_uptime()}", highlight=False)
     try:
-        try:
-            run, result, merged, failure = measure(lab, settings, strategy, work)
-        except LabError as exc:
-            raise fail(str(exc), code=exc.code) from None
-        if result is None:
-            code = 130 if run.interrupted else 1
-            raise fail(f"{failure}: nothing was measured, no run folder was written "
-                       f"(lab: {_tail(run.logs.get('lab', ''))})", code=code)
-        with atomic_dir(out) as tmp:
-            write_lab(result, merged, run, tmp)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        run, merged, failure = measure_into(lab, settings, strategy, out, work)
+    except LabError as exc:
+        raise fail(str(exc), code=exc.code) from None
     b, host = merged.browser, run.host
     out_console.print(
         f"{strategy}: {b['refresh_calls']} refresh calls ({b['refresh_ok']} ok, {b['invalid_grant']} invalid_grant), "
@@ -905,15 +912,12 @@ def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[s
             if run.settings.sdk != sdk:
                 raise LabError(f"{lab_run}: a run of {run.settings.sdk}, not of {sdk}", code=2)
             settings = run.settings
-            result, merged, failure = lab_result(run, lab, strategy)
+            _, merged, failure = lab_result(run, lab, strategy)
         else:
-            run, result, merged, failure = measure(lab, settings, strategy, work)
-            if result is None:
-                shutil.rmtree(work, ignore_errors=True)
-                raise LabError(f"{name}: {failure}: nothing was measured (lab: {_tail(run.logs.get('lab', ''))})")
-            with atomic_dir(out / f"measured-{name}") as tmp:
-                write_lab(result, merged, run, tmp)
-            shutil.rmtree(work, ignore_errors=True)
+            try:
+                run, merged, failure = measure_into(lab, settings, strategy, out / f"measured-{name}", work)
+            except LabError as exc:
+                raise LabError(f"{name}: {exc}", code=exc.code) from None
         if failure:
             raise LabError(f"{name}: the lab run failed ({failure}); its folder is marked partial")
         predicted = simulated_scenario(scenario.replace(strategies=[variant]), run, variant.name).replace(
