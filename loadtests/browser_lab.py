@@ -54,6 +54,8 @@ BROWSER_PROFILES = ("oidc-provider",)
 #: the host counts as busy when the 1-minute load per core or the CPU busy share exceeds these
 BUSY_LOAD_PER_CORE = 1.0
 BUSY_CPU_SHARE = 0.85
+#: at the end of a run, how long the lab waits for the token calls in flight to be answered
+DRAIN_BOUND_S = 30.0
 
 
 class Sdk(str, Enum):
@@ -335,6 +337,8 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
         "spacingS": max(settings.access_ttl_s - 60, 1) / max(settings.tabs, 1),
         "durationS": settings.duration_s, "throttling": settings.throttling, "chromium": chromium, "lock": settings.lock,
         "schedule": schedule(scenario, settings),
+        # at the end, how long the lab waits for token calls in flight before the run counts as partial
+        "drainS": DRAIN_BOUND_S,
     }
     (work / "lab-config.json").write_text(json.dumps(config))
     provider = lab = None
@@ -621,6 +625,11 @@ def lab_result(run: LabRun, scenario: Scenario, strategy: str) -> tuple[RunResul
     failure = run.failure
     if failure is None and merged.browser["page_views"] == 0:
         failure = "no page view was measured"
+    unsettled = [r for r in run.records if r.get("kind") == "unsettled"]
+    if failure is None and unsettled:
+        bound = next((r.get("bound_s") for r in run.records if r.get("kind") == "drained"), None)
+        failure = (f"{len(unsettled)} token call(s) still unanswered {bound or '?'} s after the end of the run: "
+                   "the lab's records and the server's log may not cover the same calls")
     if failure is None and not merged.agreement["exact"]:
         failure = (f"the lab's token calls differ from the server's own log: lab {merged.agreement['lab']}, "
                    f"server {merged.agreement['server']}")
@@ -814,12 +823,15 @@ def simulated_scenario(scenario: Scenario, run: LabRun, strategy: str) -> Scenar
         client = {**client, "wake_up": "1s"}
     end = next(r["t"] for r in run.records if r.get("kind") == "end")
     length = end - lab_login_t(run)
+    logins = [r.get("t_end", r["t"]) for r in run.records
+              if r.get("kind") == "token_call" and r.get("grant_type") == "authorization_code"]
     return scenario.replace(
         strategies=[{**variant, "client": client, "server": {"preset": "oidc-provider"}}],
-        # users arrive within one second: the instant's fraction of a second is random, as the
-        # lab's login is against whole-second expiries and the browser's wake-up grid
+        # users arrive at random over the lab's logins (one after the other), at least one
+        # second: the instant's fraction of a second is random, as the lab's login is against
+        # whole-second expiries and the browser's wake-up grid
         population={"users": settings.users, "tabs": settings.tabs, "tab_opening_gap": tab_gap_s(run),
-                    "arrival": {"pattern": "ramp", "over": "1s"}},
+                    "arrival": {"pattern": "ramp", "over": f"{max(max(logins) - min(logins), 1.0):.3f}s"}},
         run={"warmup_s": 0.0, "duration_s": length})
 
 
@@ -834,16 +846,22 @@ def _sim_counts(events: pd.DataFrame) -> dict:
         refused = ends[ends["outcome"].isin(["reuse_detected", "revoked", "expired"])]
         out.append({"replication": rep, "refresh_calls": len(starts), "same_token_races": races,
                     "refused_refreshes": len(refused),
-                    "tabs_logged_out": int(refused.drop_duplicates(["user", "tab"]).shape[0])})
+                    "tabs_logged_out": int(refused.drop_duplicates(["user", "tab"]).shape[0]),
+                    "users_logged_out": int(refused["user"].nunique())})
     return pd.DataFrame(out).set_index("replication")
 
 
 def _lab_counts(run: LabRun, merged: Merged) -> dict:
     login = lab_login_t(run) - merged.t0
-    calls = merged.calls[(merged.calls["grant_type"] == "refresh_token") & (merged.calls["t_s"] >= login)]
+    # calls the SDKs started between the end and the lab's stopping new ones are the server's
+    # too (so they count in the agreement) but outside the simulated length
+    calls = merged.calls[(merged.calls["grant_type"] == "refresh_token") & (merged.calls["t_s"] >= login)
+                         & (merged.calls["t_s"] <= merged.end_s)]
     return {"refresh_calls": len(calls), "same_token_races": len(same_token_races(merged.calls)),
             "refused_refreshes": int((calls["status"] != 200).sum()),
-            "tabs_logged_out": merged.browser["tabs_logged_out"]}
+            "tabs_logged_out": merged.browser["tabs_logged_out"],
+            "users_logged_out": int(merged.tabs.loc[merged.tabs["logged_out_s"].notna(), "user"].nunique()),
+            "users": run.settings.users}
 
 
 def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
@@ -883,12 +901,30 @@ def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
         rows.append({"metric": metric, "check": kind, "replications": n, "simulated_rep0": rep0, "simulated_mean": mean,
                      "simulated_ci95": ci, "simulated_share": share, "measured": measured,
                      "relative_difference": rel, "agrees": agree})
+    rows.append(users_logged_out_check(simulated, lab))
     return pd.DataFrame(rows)
+
+
+def users_logged_out_check(simulated: pd.DataFrame, lab: dict) -> dict:
+    """Each user of a lab run is an independent draw of whether the session collapses (users log
+    in seconds apart, so the sub-second phases differ): the share of users logged out, ``k`` of
+    ``n`` measured, against the simulated probability ``p`` (users logged out over all simulated
+    users). They agree when ``p`` lies inside the exact (Clopper–Pearson) 95% interval of k/n."""
+    from scipy import stats
+
+    n, k = int(lab["users"]), int(lab["users_logged_out"])
+    p = float(simulated["users_logged_out"].sum() / (n * len(simulated)))
+    interval = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return {"metric": "users_logged_out", "check": "binomial 95%", "replications": len(simulated),
+            "simulated_rep0": float(simulated["users_logged_out"].iloc[0]), "simulated_mean": p * n,
+            "simulated_ci95": math.nan, "simulated_share": p, "measured": float(k),
+            "relative_difference": math.nan, "agrees": bool(interval.low <= p <= interval.high),
+            "measured_share_low": float(interval.low), "measured_share_high": float(interval.high)}
 
 
 def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[str], tabs: int | None,
                      throttling: str, tab_opening: str, out: Path, replications: int = 20, lock: bool = False,
-                     lab_run: Path | None = None) -> bool:
+                     lab_run: Path | None = None, users: int | None = None) -> bool:
     """For each variant: run the lab with its SDK, simulate the lab's set-up with the SDK's
     preset, compare; write ``measured-<variant>/``, ``simulated-<variant>/`` and
     ``validation-browser.csv`` / ``.md`` into ``out``. With ``lab_run`` (one variant), the lab
@@ -903,7 +939,7 @@ def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[s
         if sdk is None:
             raise LabError(f"{scenario_path}: strategy {name!r}: validate --browser needs a variant named after an SDK "
                            f"({', '.join(LAB_PRESETS)}) or using one of their presets", code=2)
-        lab, settings = lab_scenario(scenario, sdk, None, tabs, None, str(scenario_path))
+        lab, settings = lab_scenario(scenario, sdk, users, tabs, None, str(scenario_path))
         settings.throttling, settings.tab_opening, settings.lock = throttling, tab_opening, lock and sdk == "oidc-client-ts"
         strategy = lab.strategies[0].name
         work = out / f".lab-{name}-{os.getpid()}"
@@ -945,8 +981,11 @@ def validate_browser(scenario_path: Path, scenario: Scenario, strategies: list[s
     for r in rows.itertuples():
         ci = "" if math.isnan(r.simulated_ci95) else f" ± {r.simulated_ci95:.2f}"
         agrees = "" if r.agrees is None else ("yes" if r.agrees else "**no**")
+        measured = f"{r.measured:g}"
+        if r.metric == "users_logged_out":
+            measured += f" of {r.users} (95% CI {100 * r.measured_share_low:.0f}–{100 * r.measured_share_high:.0f}%)"
         md.append(f"| {r.strategy} | {r.metric} | {r.check} | {r.simulated_rep0:g} | {r.simulated_mean:.2f}{ci} | "
-                  f"{100 * r.simulated_share:.0f}% | {r.measured:g} | {agrees} |")
+                  f"{100 * r.simulated_share:.0f}% | {measured} | {agrees} |")
     (out / "validation-browser.md").write_text("\n".join(md) + "\n")
     out_console.print("\n".join(md))
     return bool(rows["agrees"].dropna().astype(bool).all())

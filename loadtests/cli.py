@@ -695,6 +695,8 @@ def validate(
         "races and logged-out tabs.")] = False,
     tabs: Annotated[Optional[int], typer.Option("--tabs", help="(--browser) tabs per user [default: the "
                                                 "scenario's].")] = None,
+    users: Annotated[Optional[int], typer.Option("--users", help="(--browser) users, each an independent draw of "
+                                                 "the race [default: the scenario's].")] = None,
     throttling: Annotated[str, typer.Option("--throttling", help="(--browser) off or chrome.")] = "off",
     tab_opening: Annotated[str, typer.Option("--tab-opening", help="(--browser) sequential, burst or spaced.")] = "sequential",
     cross_tab_lock: Annotated[bool, typer.Option("--cross-tab-lock", help="(--browser) oidc-client-ts with the app's "
@@ -716,7 +718,8 @@ def validate(
     lab's set-up with the SDK's preset (:func:`loadtests.browser_lab.validate_browser`)."""
     scenario = read_scenario(scenario_path)
     if browser:
-        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run)
+        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run,
+                          users)
         return
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
@@ -814,7 +817,7 @@ RTT_QUANTILES = 50
 
 
 def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False,
-                      lab_run=None) -> None:
+                      lab_run=None, users=None) -> None:
     from loadtests.browser_lab import LabError, validate_browser
 
     if throttling not in ("off", "chrome"):
@@ -832,7 +835,7 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
     out = out or default_out(scenario_path, "validate-browser")
     try:
         agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock,
-                                  lab_run=lab_run)
+                                  lab_run=lab_run, users=users)
     except LabError as exc:
         raise fail(str(exc), code=exc.code) from None
     out_console.print(f"wrote {out}")

@@ -269,6 +269,17 @@ class Visit:
     retry_after_wall_s: float | None = None
     #: the refresh tokens (strings) this visit's tabs presented
     presented: set = field(default_factory=set)
+    #: (client ``stale_read``) the shared store's last write by a renewal: (when, scenario s; the
+    #: tab that wrote; the access token and the refresh token it held before)
+    written: tuple | None = None
+
+    def stale(self, tab: "Tab") -> tuple | None:
+        """What ``tab`` reads of the shared store instead of its last write, when inside the
+        stale-read window of another tab's write: (access token, refresh token); else None."""
+        w = self.written
+        if w is None or tab.policy is None or not tab.policy.reads_stale(w[1] is tab, w[0], tab.now()):
+            return None
+        return w[2], w[3]
 
 
 @dataclass(eq=False)
@@ -297,6 +308,8 @@ class Tab:
 
     def view(self) -> TabView:
         token, flight = self.store.token, self.flight
+        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
+            token = stale[0]
         refreshing = flight.inflight is not None
         if refreshing and flight.owner is not self and self.policy is not None:
             refreshing = self.policy.sees_refresh(False, flight.since, self.now())
@@ -560,7 +573,8 @@ class UserDriver:
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
             return "ok" if tab.store.token is not None else "no_token"
-        jar = visit.jar
+        stale = visit.stale(tab) if visit.written is not None else None
+        jar = visit.jar if stale is None else stale[1]
         if jar is None:
             return "signed_out"
         if trace is not None:
@@ -600,6 +614,8 @@ class UserDriver:
                 sink.count("resent_pairs")
             else:
                 self._minted(token, "access_refresh", basis, visit)
+            if self.policy.stale_read_s > 0 and self.policy.storage == "shared":
+                visit.written = (clock.now_s(), tab, tab.store.token, visit.jar)
             tab.store.token = token
             if new_jar and new_jar != jar:
                 if jar_id not in self.rotated:
@@ -649,7 +665,7 @@ class UserDriver:
             visit.session = token.session or f"{self.index}.{next(self.visits)}"
             token = Token(token.raw, token.held, visit.session)
             self._minted(token, "access_login", None, visit)
-            visit.jar = body.get("refresh_token")
+            visit.jar, visit.written = body.get("refresh_token"), None
             if visit.jar:
                 self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
             for filled in (visit.tabs if self.policy.storage == "copied" else (tab,)):

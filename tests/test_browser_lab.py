@@ -120,6 +120,37 @@ def test_a_server_record_missing_from_the_log_fails_the_run():
     assert failure is not None and "server's own log" in failure and result.partial
 
 
+def _answered_after_the_end(unsettled: bool) -> LabRun:
+    """The race run with one more renewal sent 0.5 s before the end: the server answers it after
+    the lab's ``end`` record, and the lab records it while draining (or, ``unsettled``, never)."""
+    run = _race_run()
+    end = next(r for r in run.records if r["kind"] == "end")
+    late = {"t": end["t"] - 0.5, "kind": "token_call", "user": 0, "tab": 0, "grant_type": "refresh_token",
+            "presented": "R2", "error": "invalid_grant", "error_description": "grant request is invalid",
+            "received": None, "access": None, "expires_in": None}
+    run.server.append({"t": end["t"] + 0.023, "event": "grant.error", "grant_type": "refresh_token",
+                       "error": "invalid_grant", "detail": "refresh token not found", "presented": "R2"})
+    if unsettled:
+        run.records += [{**late, "kind": "unsettled", "t": end["t"] + 30.0},
+                        {"t": end["t"] + 30.0, "kind": "drained", "unsettled": 1, "bound_s": 30.0}]
+    else:
+        run.records += [{**late, "t_end": end["t"] + 0.03, "status": 400},
+                        {"t": end["t"] + 0.03, "kind": "drained", "unsettled": 0, "bound_s": 30.0}]
+    return run
+
+
+@pytest.mark.parametrize("unsettled", [False, True])
+def test_a_call_in_flight_at_the_end_counts_once_answered_and_fails_the_run_if_never(unsettled):
+    scenario = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")[0]
+    result, merged, failure = lab_result(_answered_after_the_end(unsettled), scenario, "oidc-client-ts")
+    if unsettled:
+        assert failure is not None and "still unanswered 30.0 s after the end" in failure and result.partial
+        assert merged.agreement["server"]["refresh_calls"] == merged.agreement["lab"]["refresh_calls"] + 1
+    else:
+        assert failure is None and not result.partial and merged.agreement["exact"]
+        assert merged.agreement["lab"]["refresh_calls"] == merged.agreement["server"]["refresh_calls"] == 4
+
+
 def test_schedule_is_the_simulators_draws_per_tab():
     scenario, settings = lab_scenario(load_scenario(SCENARIO), "auth0-spa-js", 2, 3, "150s", "x")
     a, b = schedule(scenario, settings), schedule(scenario, settings)
@@ -233,9 +264,10 @@ def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_lo
 
     # races in one replication of three: the simulator predicts none
     simulated = pd.DataFrame({"refresh_calls": [21, 20, 22], "same_token_races": [0, 0, 1],
-                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
+                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3],
+                              "users_logged_out": [0, 0, 1]})
     rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
-                                       "refused_refreshes": 0}).set_index("metric")
+                                       "refused_refreshes": 0, "users_logged_out": 0, "users": 1}).set_index("metric")
     # refresh calls among the replications without a race, as the lab had none: 20.5 against 20
     assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.025)
     assert rows.loc["refresh_calls", "replications"] == 2
@@ -243,9 +275,26 @@ def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_lo
     assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
     assert rows.loc["refused_refreshes", "agrees"] is None
     off = compare_browser(simulated, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
-                                      "refused_refreshes": 3}).set_index("metric")
+                                      "refused_refreshes": 3, "users_logged_out": 1, "users": 1}).set_index("metric")
     assert not off.loc["refresh_calls", "agrees"] and not off.loc["same_token_races", "agrees"]
     assert not off.loc["tabs_logged_out", "agrees"]
+    # one user is too few to refute a probability of 1/3 (exact interval 2.5%-100%)
+    assert off.loc["users_logged_out", "agrees"]
+
+
+def test_the_share_of_users_logged_out_against_the_simulated_probability_with_an_exact_interval():
+    from loadtests.browser_lab import users_logged_out_check
+
+    # 5 users per replication, 2 logged out in each: p = 0.4
+    simulated = pd.DataFrame({"users_logged_out": [2, 2, 2, 2]})
+    # 0 of 5 measured: the exact 95% interval is [0, 52%], which holds 0.4
+    row = users_logged_out_check(simulated, {"users": 5, "users_logged_out": 0})
+    assert row["simulated_share"] == pytest.approx(0.4) and row["agrees"]
+    assert (row["measured_share_low"], row["measured_share_high"]) == (0.0, pytest.approx(0.5218, abs=1e-4))
+    # 0 of 15 ([0, 21.8%]) or 15 of 15 ([78.2%, 1]) does not
+    assert not users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 0})["agrees"]
+    assert not users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 15})["agrees"]
+    assert users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 6})["agrees"]
 
 
 def test_the_cross_tab_lock_is_oidc_client_ts_only(cli):

@@ -53,34 +53,78 @@ function serve(app) {
 
 const tokenPath = new URL(cfg.tokenEndpoint).pathname;
 
-// every call to the token endpoint, read off the network: what the page presented and the answer
+// every call to the token endpoint, read off the network: what the page presented and the answer.
+// `inflight` holds the calls sent and not yet recorded, across all pages: at the end of the run
+// the lab waits for it to empty before closing the browser (see drain).
+const inflight = new Map();
+let drainWaiter = null;
+const settle = (request) => {
+  inflight.delete(request);
+  if (drainWaiter && inflight.size === 0) drainWaiter();
+};
+const isTokenCall = (request) => request.method() === 'POST' && new URL(request.url()).pathname === tokenPath;
+
 function watchTokenCalls(page, user, tab) {
-  const sent = new Map();
   page.on('request', (request) => {
-    if (request.method() !== 'POST' || new URL(request.url()).pathname !== tokenPath) return;
+    if (!isTokenCall(request)) return;
     const form = new URLSearchParams(request.postData() || '');
-    sent.set(request, { t: now(), grant_type: form.get('grant_type'), presented: digest(form.get('refresh_token')) });
+    const call = { t: now(), grant_type: form.get('grant_type'), presented: digest(form.get('refresh_token')), user, tab };
+    // a paused request: the run has ended (interception is on only then), it never reaches the server
+    if (request.interceptResolutionState().action !== 'disabled') {
+      write({ ...call, kind: 'token_call_blocked' });
+      return;
+    }
+    inflight.set(request, call);
   });
   const finish = async (request, response) => {
-    const call = sent.get(request);
+    const call = inflight.get(request);
     if (!call) return;
-    sent.delete(request);
-    const rec = { ...call, kind: 'token_call', user, tab, t_end: now(), status: response ? response.status() : 0 };
-    if (response) {
-      try {
-        const body = JSON.parse(await response.text());
-        Object.assign(rec, {
-          error: body.error ?? null, error_description: body.error_description ?? null,
-          received: digest(body.refresh_token), access: digest(body.access_token), expires_in: body.expires_in ?? null,
-        });
-      } catch (err) {
-        rec.error = 'unreadable_answer';
+    const rec = { ...call, kind: 'token_call', t_end: now(), status: response ? response.status() : 0 };
+    try {
+      if (response) {
+        try {
+          const body = JSON.parse(await response.text());
+          Object.assign(rec, {
+            error: body.error ?? null, error_description: body.error_description ?? null,
+            received: digest(body.refresh_token), access: digest(body.access_token), expires_in: body.expires_in ?? null,
+          });
+        } catch (err) {
+          rec.error = 'unreadable_answer';
+        }
       }
+      write(rec);
+    } finally {
+      settle(request);
     }
-    write({ ...rec, t: call.t });
   };
   page.on('requestfinished', (request) => finish(request, request.response()));
   page.on('requestfailed', (request) => finish(request, null));
+}
+
+// The end of a run: no token call starts any more (each page's new token-endpoint requests are
+// aborted before they leave the browser, and recorded as blocked), and every call already sent is
+// waited for, up to `boundS`, so that the lab's records and the server's log cover the same calls.
+// A call still unanswered at the bound is recorded as `unsettled` (the run is then partial).
+async function drain(pages, boundS) {
+  const began = now();
+  await Promise.all(pages.map(async (page) => {
+    await page.setRequestInterception(true);
+    page.on('request', (request) => {
+      if (request.isInterceptResolutionHandled()) return;
+      if (isTokenCall(request)) request.abort('blockedbyclient');
+      else request.continue();
+    });
+  }));
+  if (inflight.size > 0) {
+    let timer = null;
+    await Promise.race([
+      new Promise((resolve) => { drainWaiter = resolve; }),
+      new Promise((resolve) => { timer = setTimeout(resolve, boundS * 1000); }),
+    ]);
+    clearTimeout(timer);
+  }
+  for (const call of inflight.values()) write({ ...call, kind: 'unsettled' });
+  write({ kind: 'drained', waited_s: now() - began, unsettled: inflight.size, bound_s: boundS });
 }
 
 async function openTab(context, user, tab) {
@@ -163,9 +207,9 @@ async function main() {
     await login(first, user);
     write({ kind: 'login', user, tab: 0 });
     write({ kind: 'tab_open', user, tab: 0, visibility: await first.evaluate(() => document.visibilityState) });
-    users.push({ user, context, first });
+    // the user's other tabs right after its login, so each user's tabs open as a lone user's do
+    users.push({ user, context, first, tabs: await openRest(context, user, first) });
   }
-  for (const u of users) u.tabs = await openRest(u.context, u.user, u.first);
   const start = now();
   const endAt = start + cfg.durationS;
   write({ kind: 'start', visibility: await Promise.all(users.flatMap((u) => u.tabs.map((p) => p.evaluate(() => document.visibilityState)))) });
@@ -174,6 +218,7 @@ async function main() {
   await sleep((endAt - now()) * 1000);
   const visibility = await Promise.all(users.flatMap((u) => u.tabs.map((p) => p.evaluate(() => document.visibilityState))));
   write({ kind: 'end', visibility });
+  await drain(users.flatMap((u) => u.tabs), cfg.drainS ?? 30);
   say('lab: done');
   await shutdown(0);
 }

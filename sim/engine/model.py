@@ -137,6 +137,17 @@ class Visit:
     flight: Flight = field(default_factory=Flight)
     #: ids of the refresh tokens this visit's tabs presented
     presented: set = field(default_factory=set)
+    #: (client ``stale_read``) the shared store's last write by a renewal: (when, the tab that
+    #: wrote, the access token and the refresh token it held before)
+    written: tuple | None = None
+
+    def stale(self, tab: "Tab") -> tuple | None:
+        """What ``tab`` reads of the shared store instead of its last write, when inside the
+        stale-read window of another tab's write: (access token, refresh token); else None."""
+        w = self.written
+        if w is None or not self.user.sim.client.reads_stale(w[1] is tab, w[0], self.user.sim.now):
+            return None
+        return w[2], w[3]
 
 
 @dataclass(eq=False)
@@ -153,6 +164,8 @@ class Tab:
         # a view is asked for several times per request and rarely changes: reuse it
         flight = self.flight
         v, held, refreshing = self._view, self.store.held, flight.inflight is not None
+        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
+            held = stale[0]
         if refreshing and flight.owner is not self:
             sim = self.visit.user.sim
             refreshing = sim.client.sees_refresh(False, flight.since, sim.now)
@@ -593,7 +606,8 @@ class Simulation:
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield from self._wait(visit.login)
             return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
-        token = visit.jar
+        stale = visit.stale(tab) if visit.written is not None else None
+        token = visit.jar if stale is None else stale[1]
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
@@ -618,6 +632,8 @@ class Simulation:
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
                    latency_ms=(self.now - sent_at) * 1000.0)
         if outcome is RefreshOutcome.OK:
+            if self.client.stale_read_s > 0 and self.client.storage == "shared":
+                visit.written = (self.now, tab, tab.store.held, visit.jar)
             tab.store.held = held(result.access)
             visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
             self._drop(visit, dropped)
@@ -655,7 +671,7 @@ class Simulation:
             if grant is not UNAVAILABLE:
                 break
             yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
-        visit.session, visit.jar = grant.access.session, grant.refresh
+        visit.session, visit.jar, visit.written = grant.access.session, grant.refresh, None
         for filled in (visit.tabs if self.client.storage == "copied" else (tab,)):
             filled.store.held = held(grant.access)
         done, visit.login = visit.login, None

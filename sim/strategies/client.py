@@ -109,9 +109,18 @@ class ClientPolicy(Model):
       its siblings: 0 for Web Locks (``navigator.locks``, atomic); a BroadcastChannel message
       or a localStorage flag (``storage`` event) arrives a moment later, and a sibling that
       decides inside that moment does not see it and refreshes too;
+    - ``stale_read``: (``storage = "shared"``) how long after a tab wrote the store (a renewal's
+      access and refresh tokens) its siblings may still read what it held before: localStorage
+      is copied into each renderer process and a write reaches the others' copies a moment
+      later, so a tab that takes a Web Locks lock right after its holder wrote (the lock's
+      hand-over does not wait for storage) reads the old tokens and presents a refresh token
+      already rotated. 0: every read sees the last write;
     - ``lock_timeout``: a need that waits for the refresh in flight in its single-flight scope
       (the tab, or every tab with ``cross_tab_lock``) waits at most this long, then refreshes on
       its own (auth0-spa-js's lock: 5 s); none: as long as it takes;
+    - ``on_lock_timeout``: what a need whose ``lock_timeout`` ran out does: ``refresh`` — it
+      refreshes on its own; ``fail`` — it gives up and the requests that needed the token fail
+      (auth0-spa-js 2.x throws a ``TimeoutError`` from ``getTokenSilently``);
     - ``lock_release``: ``always`` — a refresh releases its scope however it ended;
       ``not_on_lost`` — a refresh whose answer never came never releases it (a promise that
       never settles): the lock is orphaned, and every later need in that scope waits for it
@@ -143,6 +152,8 @@ class ClientPolicy(Model):
     timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
     lock_visibility_s: Duration = Field(default="0s", alias="lock_visibility", ge=0)
     lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
+    stale_read_s: Duration = Field(default="0s", alias="stale_read", ge=0)
+    on_lock_timeout: Literal["refresh", "fail"] = "refresh"
     lock_release: Literal["always", "not_on_lost"] = "always"
     wake_up_s: Duration = Field(default="0s", alias="wake_up", ge=0)
     preset: str | None = None
@@ -181,6 +192,12 @@ class ClientPolicy(Model):
         """Whether a tab sees the refresh in flight in its single-flight scope that started at
         ``started_s`` (``own``: it is the tab's own, or the scope is the tab)."""
         return own or now - started_s >= self.lock_visibility_s
+
+    def reads_stale(self, own: bool, written_s: float | None, now: float) -> bool:
+        """Whether a tab reading the shared store at ``now`` still gets what it held before the
+        store's last write, made at ``written_s`` (``own``: by this tab): within ``stale_read``
+        of another tab's write."""
+        return not own and written_s is not None and now - written_s < self.stale_read_s
 
     def releases_lock(self, outcome: str) -> bool:
         """Whether a refresh that ended with ``outcome`` (a ``refresh_end`` outcome) releases its

@@ -514,7 +514,9 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     while action is Action.WAIT and tab().refreshing:
         before = tab().held
         joined = yield Join(policy.lock_timeout_s)
-        if joined is None:  # the lock was held too long: take an own turn
+        if joined is None:  # the lock was held too long: take an own turn, or give up
+            if policy.on_lock_timeout == "fail":
+                return False
             break
         if not joined:
             return False

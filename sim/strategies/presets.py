@@ -99,10 +99,11 @@ CLIENT_PRESETS: dict[str, dict] = {
     # auth0-spa-js 2.27 as the browser lab runs it: cacheLocation localstorage (shared by every
     # tab, read on every getTokenSilently), stale 60 s before expiry, renewal under a Web Locks
     # lock (atomic) with the cache read again inside it; after invalid_grant the dead refresh
-    # token stays in the cache and every later call tries it again; no reactive renewal on a 401
+    # token stays in the cache and every later call tries it again; no reactive renewal on a 401;
+    # a tab that waits for the lock more than 5 s gets a TimeoutError (its page view fails)
     "auth0-spa-js-localstorage": {
         "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
-        "storage": "shared", "on_refused": "keep", "max_retries": 0,
+        "storage": "shared", "on_refused": "keep", "max_retries": 0, "lock_timeout": "5s", "on_lock_timeout": "fail",
     },
     # tokenRenewalOffsetSeconds 300; concurrent calls share one promise; per-tab sessionStorage
     "msal": {"trigger": "proactive", "threshold": "300s", "single_flight": True, "storage": "per_tab"},
