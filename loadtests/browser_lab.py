@@ -628,8 +628,8 @@ def lab_result(run: LabRun, scenario: Scenario, strategy: str) -> tuple[RunResul
     unsettled = [r for r in run.records if r.get("kind") == "unsettled"]
     if failure is None and unsettled:
         bound = next((r.get("bound_s") for r in run.records if r.get("kind") == "drained"), None)
-        failure = (f"{len(unsettled)} token call(s) still unanswered {bound or '?'} s after the end of the run: "
-                   "the lab's records and the server's log may not cover the same calls")
+        failure = (f"token calls of {len(unsettled)} tab(s) still not answered and recorded {bound or '?'} s after "
+                   "the end of the run: the lab's records and the server's log may not cover the same calls")
     if failure is None and not merged.agreement["exact"]:
         failure = (f"the lab's token calls differ from the server's own log: lab {merged.agreement['lab']}, "
                    f"server {merged.agreement['server']}")

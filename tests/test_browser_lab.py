@@ -131,7 +131,7 @@ def _answered_after_the_end(unsettled: bool) -> LabRun:
     run.server.append({"t": end["t"] + 0.023, "event": "grant.error", "grant_type": "refresh_token",
                        "error": "invalid_grant", "detail": "refresh token not found", "presented": "R2"})
     if unsettled:
-        run.records += [{**late, "kind": "unsettled", "t": end["t"] + 30.0},
+        run.records += [{"t": end["t"] + 30.0, "kind": "unsettled", "user": 0, "tab": 0, "sent": 4, "recorded": 3},
                         {"t": end["t"] + 30.0, "kind": "drained", "unsettled": 1, "bound_s": 30.0}]
     else:
         run.records += [{**late, "t_end": end["t"] + 0.03, "status": 400},
@@ -144,7 +144,7 @@ def test_a_call_in_flight_at_the_end_counts_once_answered_and_fails_the_run_if_n
     scenario = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")[0]
     result, merged, failure = lab_result(_answered_after_the_end(unsettled), scenario, "oidc-client-ts")
     if unsettled:
-        assert failure is not None and "still unanswered 30.0 s after the end" in failure and result.partial
+        assert failure is not None and "not answered and recorded 30.0 s after the end" in failure and result.partial
         assert merged.agreement["server"]["refresh_calls"] == merged.agreement["lab"]["refresh_calls"] + 1
     else:
         assert failure is None and not result.partial and merged.agreement["exact"]
