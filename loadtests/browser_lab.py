@@ -349,6 +349,7 @@ def run_lab(settings: LabSettings, scenario: Scenario, work: Path, quiet: bool =
             with open(provider_log, "w") as out:
                 provider = subprocess.Popen(["node", str(LAB / "provider.mjs")], env=env, cwd=LAB, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+            (work / "provider.pid").write_text(str(provider.pid))
             _wait_line(provider_log, "listening on", provider, 60)
             with open(lab_log, "w") as out:
                 lab = subprocess.Popen(["node", str(LAB / "lab.mjs"), str(work / "lab-config.json")], cwd=LAB,

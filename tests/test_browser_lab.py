@@ -242,6 +242,36 @@ def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.browser
+@pytest.mark.loadtest
+@pytest.mark.timeout(200)
+@needs_lab
+def test_a_provider_that_dies_mid_run_marks_the_run_partial(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("refreshlab")
+    cli = subprocess.Popen([str(exe), "browser", str(SMOKE), "--sdk", "oidc-client-ts", "--tabs", "1", "--duration",
+                            "60s", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    work = tmp_path / f".run.lab-{cli.pid}"
+    try:
+        # the page views have begun (the lab's own progress line): the provider goes away
+        deadline = time.monotonic() + 150
+        while "lab: running" not in ((work / "lab.log").read_text() if (work / "lab.log").is_file() else ""):
+            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+            time.sleep(0.2)
+        os.kill(int((work / "provider.pid").read_text()), signal.SIGKILL)
+        stdout, stderr = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 1, stdout + stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["partial"] and "the provider exited" in meta["failure"]
+    assert not work.exists()
+
+
 def test_the_simulated_setup_is_the_labs():
     from loadtests.browser_lab import simulated_scenario, tab_gap_s
 
