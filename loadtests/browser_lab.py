@@ -870,8 +870,9 @@ def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
     over replications, the share of replications where it occurs, the lab's measurement, and
     whether they agree: refresh calls within 10% of replication 0 (whose page views are the
     lab's own draws, which decide when auth0-spa-js renews) or of the simulated mean (or inside
-    its CI) over the replications whose race outcome (a same-token race or none) is the lab's,
-    all when none is;
+    its CI) over the replications whose race outcome (a same-token race or none) is the lab's
+    and, among those, whose number of users logged out is the lab's when any is (all when none
+    is);
     same-token races and logged-out tabs on whether they occur, the simulator predicting the
     outcome most of its replications had (a race depends on sub-second phases — of the login
     against whole-second expiries, of the browser's wake-up grid — that the lab does not choose,
@@ -880,8 +881,12 @@ def compare_browser(simulated: pd.DataFrame, lab: dict) -> pd.DataFrame:
 
     rows = []
     # refresh calls differ by whether a race collapsed the session (retries of dead tokens, or
-    # none): they are compared among the replications whose race outcome is the lab's
+    # none): they are compared among the replications whose race outcome is the lab's and, with
+    # several users, as many users logged out as in the lab (a collapsed user renews no more)
     alike = simulated[(simulated["same_token_races"] > 0) == (lab["same_token_races"] > 0)]
+    if "users_logged_out" in simulated and "users_logged_out" in lab:
+        same_users = alike[alike["users_logged_out"] == lab["users_logged_out"]]
+        alike = same_users if len(same_users) else alike
     for metric, kind in (("refresh_calls", "within 10%"), ("same_token_races", "occurs"),
                          ("tabs_logged_out", "occurs"), ("refused_refreshes", "info")):
         values = (alike if metric == "refresh_calls" and len(alike) else simulated)[metric].astype(float)
