@@ -801,6 +801,17 @@ def tab_gap_s(run: LabRun) -> float:
     return float(np.mean(gaps)) if gaps else 0.0
 
 
+def tab_offsets_s(run: LabRun) -> list[float]:
+    """When each tab of a user opened after the user's first, averaged over the users of a lab
+    run (tabs 1, 2, …): a burst opens several at one instant, which one mean gap would hide."""
+    offsets = []
+    for user in range(run.settings.users):
+        opened = {r["tab"]: r["t"] for r in run.records if r.get("kind") == "tab_open" and r["user"] == user}
+        if 0 in opened:
+            offsets.append([opened[tab] - opened[0] for tab in range(1, run.settings.tabs) if tab in opened])
+    return [float(np.mean([o[i] for o in offsets if i < len(o)])) for i in range(max(map(len, offsets), default=0))]
+
+
 def lab_login_t(run: LabRun) -> float:
     """The first code exchange's answer (epoch seconds): the lab's counterpart of the simulated login."""
     return min(r.get("t_end", r["t"]) for r in run.records
@@ -810,7 +821,7 @@ def lab_login_t(run: LabRun) -> float:
 def simulated_scenario(scenario: Scenario, run: LabRun, strategy: str) -> Scenario:
     """The scenario the simulator predicts a lab run with: the variant's client preset for the
     SDK as the lab runs it (or the variant's own client when it already names that preset),
-    oidc-provider's model, the lab's users and tabs, its measured tab-opening gap, Chrome's
+    oidc-provider's model, the lab's users and tabs, when it opened each tab, Chrome's
     1-second wake-up for hidden tabs when the lab throttled, and the lab's length from the login
     to the end of its page views."""
     settings = run.settings
@@ -832,6 +843,7 @@ def simulated_scenario(scenario: Scenario, run: LabRun, strategy: str) -> Scenar
         # second: the instant's fraction of a second is random, as the lab's login is against
         # whole-second expiries and the browser's wake-up grid
         population={"users": settings.users, "tabs": settings.tabs, "tab_opening_gap": tab_gap_s(run),
+                    "tab_opening_offsets": tab_offsets_s(run),
                     "arrival": {"pattern": "ramp", "over": f"{max(max(logins) - min(logins), 1.0):.3f}s"}},
         run={"warmup_s": 0.0, "duration_s": length})
 

@@ -285,6 +285,7 @@ def test_the_simulated_setup_is_the_labs():
     assert variant.client.preset == "oidc-client-ts-localstorage" and variant.client.wake_up_s == 1.0
     assert variant.client.timer_phase == "poll" and variant.client.storage == "copied"
     assert predicted.population.tab_opening_gap_s == pytest.approx(0.3)
+    assert predicted.population.tab_opening_offsets_s == [pytest.approx(0.3)]
     assert (predicted.population.users, predicted.population.tabs.mean) == (1, 2)
     assert predicted.run.duration_s == pytest.approx(62.0 - 1.1) and predicted.run.warmup_s == 0
 

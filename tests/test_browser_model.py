@@ -100,6 +100,24 @@ def test_keep_tries_the_dead_refresh_token_on_every_need(make_scenario):
     assert relogin.replications.iloc[0]["forced_logins"] >= 1
 
 
+def test_tabs_opened_at_one_instant_poll_together_and_race_without_throttling(make_scenario):
+    # a burst: tabs 1 and 2 open together 0.3 s after tab 0, so their 5 s polls fall at the same
+    # instants: both renew at 30.3 with the refresh token tab 0's login left (tab 0 polls at
+    # 35): one rotates it, the other is reuse and the grant is revoked
+    scenario = _tabs(make_scenario, OIDC, tabs=3, duration="40s").replace(
+        population={"tab_opening_offsets": ["300ms", "300ms"]})
+    # a fourth tab would follow the last by the gap (300 ms)
+    assert scenario.population.tab_offsets_s(4) == (0.0, 0.3, 0.3, 0.6)
+    log = [(t, tab, e, o) for t, tab, e, o in _log(sim.run(scenario, events=True, engine="exact"))]
+    assert log == [(0.0, 0, "login", "visit"), (30.3, 1, "refresh_start", ""), (30.3, 2, "refresh_start", ""),
+                   (30.31, None, "reuse_detected", ""), (30.31, None, "revoke", ""),
+                   (30.32, 1, "refresh_end", "ok"), (30.32, 2, "refresh_end", "reuse_detected"),
+                   (35.0, 0, "refresh_start", ""), (35.02, 0, "refresh_end", "revoked")]
+    # a mean gap of 0.2 s instead (0, 0.2, 0.4) would put them apart: no race
+    apart = _tabs(make_scenario, OIDC, tabs=3, gap="200ms", duration="40s")
+    assert sim.run(apart, engine="exact").replications.iloc[0]["reuse_detections"] == 0
+
+
 LOCKED = {"trigger": "proactive", "threshold": "60s", "storage": "shared", "single_flight": True, "cross_tab_lock": True,
           "on_refused": "keep", "max_retries": 0}
 

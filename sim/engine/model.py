@@ -278,7 +278,7 @@ class Simulation:
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
-                             float(arrivals[u]), p_idle, user.clock, scenario.population.tab_opening_gap_s)
+                             float(arrivals[u]), p_idle, user.clock, scenario.population.tab_offsets_s(int(tabs[u])))
             self.step(Task(flow, None, user), None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s
         while heap and heap[0][0] < end:

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Callable, Generator, Protocol
+from typing import Any, Callable, Generator, Protocol, Sequence
 
 from sim.strategies.client import Action, ClientPolicy, Held, TabView
 
@@ -269,27 +269,28 @@ def basis_of(view: TabView) -> Any:
 
 
 def user_flow(policy: ClientPolicy, draws: UserDraws, tab_draws: list[TabDraws], arrival_s: float,
-              idle_probability: float, clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
+              idle_probability: float, clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
     """A user: arrives after ``arrival_s``, then visits (each visit as long as a ``visit_length``
     draw, forever when there is none), away for an ``away`` draw between visits; never returns
     when there is no ``away``. ``tab_draws``: one set of draws per tab (its length is the number
-    of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_gap_s``: see
+    of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_offsets_s``: see
     :func:`visit_flow`."""
     yield Sleep(arrival_s)
     while True:
         length = draws.visit_length() if draws.visit_length is not None else math.inf
-        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_gap_s))
+        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_offsets_s))
         if draws.away is None:
             return
         yield Sleep(draws.away())
 
 
 def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float, idle_probability: float,
-               clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
+               clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
     """One visit: open the tabs, log in from the first, run every tab (and its timer when the
     policy has one) until ``length_s`` after the visit began, then leave. Tab ``i`` starts
-    ``i * tab_gap_s`` after the first (its page views and its timer's phase); the last tab is in
-    front, the others are hidden (their timers run on the policy's wake-up grid)."""
+    ``tab_offsets_s[i]`` after the first (0 beyond the sequence): its page views and its
+    timer's phase; the last tab is in front, the others are hidden (their timers run on the
+    policy's wake-up grid)."""
     started = clock()
     visit = yield Open(len(tab_draws))
     first = visit.tabs[0]
@@ -307,7 +308,7 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
     if policy.timer_interval_s is not None and policy.wake_up_s > 0 and last > 0:
         grid = started + (yield WakePhase()) * policy.wake_up_s
     for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
-        delay = i * tab_gap_s
+        delay = tab_offsets_s[i] if i < len(tab_offsets_s) else 0.0
         views = tab_flow(draws, idle_probability, visit)
         yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
