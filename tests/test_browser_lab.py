@@ -246,6 +246,27 @@ def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
 @pytest.mark.loadtest
 @pytest.mark.timeout(200)
 @needs_lab
+def test_a_renewal_in_flight_at_the_end_is_waited_for_and_counted(tmp_path):
+    # 70 s tokens: the tab renews at its poll 10 s after loading; the provider holds the answer
+    # back 5 s, so the renewal is still in flight when the 12 s of page views end
+    out, scenario = tmp_path / "run", tmp_path / "smoke.toml"
+    scenario.write_text(SMOKE.read_text().replace('{ dist = "exponential", mean = "10s" }', '"3s"'))
+    done = _refreshlab("browser", scenario, "--sdk", "oidc-client-ts", "--tabs", "1", "--duration", "12s", "--out", out,
+                       env={"LAB_REFRESH_ANSWER_DELAY_MS": "5000"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["server_agreement"]["exact"] and meta["server_agreement"]["lab"]["refresh_calls"] == 1
+    records = [json.loads(line) for line in (out / "browser_records.jsonl").read_text().splitlines()]
+    end = next(r["t"] for r in records if r["kind"] == "end")
+    renewal = next(r for r in records if r["kind"] == "token_call" and r["grant_type"] == "refresh_token")
+    drained = next(r for r in records if r["kind"] == "drained")
+    assert renewal["t"] < end < renewal["t_end"] <= drained["t"] and drained["unsettled"] == 0
+
+
+@pytest.mark.browser
+@pytest.mark.loadtest
+@pytest.mark.timeout(200)
+@needs_lab
 def test_a_provider_that_dies_mid_run_marks_the_run_partial(tmp_path):
     import signal
     import time
