@@ -64,9 +64,22 @@ def test_keep_newer_jar_strands_the_rows_token_and_reuse_detection_logs_out_a_li
 def test_last_write_wins_jar_follows_the_row_when_answers_come_in_write_order(make_scenario):
     client = {**TIMER, "jar_writes": "last_write_wins"}
     result = sim.run(one_variant(make_scenario, client, ROW_NO_CAS, population={"users": 1, "tabs": 2}), events=True)
-    # the jar's 4 is overwritten by 6 (what the row holds): 4 is stranded, nobody is logged out
-    assert log(result, "stranded")[0] == (240.15, "stranded", "", 4)
-    assert row(result)["forced_logins"] == 0
+    # the row's write of 6 displaced 4 (240.1), then the jar's 4 is overwritten by 6: the client
+    # let go of 4, but the server no longer honours it — not a stranded token (a valid refresh
+    # token no client holds); nobody is logged out
+    assert log(result, "displaced", "stranded", "stranded_token")[:2] == [(240.1, "displaced", "", 4),
+                                                                          (240.15, "stranded", "", 4)]
+    assert row(result)["forced_logins"] == row(result)["stranded_tokens"] == 0
+
+
+def test_a_stranded_token_counts_only_while_the_server_honours_it():
+    # the one rule (Divergence): a token the client let go of counts when its session is not
+    # revoked and the server has not displaced it
+    rows = [(1.0, "displaced", "", 1, 4), (1.1, "stranded", "", 1, 4), (1.2, "stranded", "", 1, 6),
+            (2.0, "revoke", "", 2, None), (2.1, "stranded", "", 2, 9)]
+    tracker = Divergence()
+    derived = [(t, tok, [event for event, _ in tracker.feed(t, e, o, s, tok)]) for t, e, o, s, tok in rows]
+    assert [(t, tok, out) for t, tok, out in derived if out] == [(1.2, 6, ["stranded_token"])]
 
 
 def test_answers_on_legs_of_their_own_strand_the_rows_token_and_log_out_one_renewal_later(make_scenario):
