@@ -906,16 +906,41 @@ class FastSimulation(Simulation):
         a tick whose :meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING changes
         nothing, so page views need not stop for it while nothing else of the user happens.
         Returns ``limit`` when no tick before it may act."""
+        return min(self._timer_next(timer, limit), limit)
+
+    def _timer_next(self, timer: Task, limit: float) -> float:
+        """The first tick of the sleeping timer ``timer`` (from its wake on) that may act or
+        that is at ``limit`` or later (:meth:`_timer_acts`)."""
         client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
         w, nothing = timer.wake, Action.NOTHING
         for _ in range(10_000):
             if not w < limit:
-                return limit
+                return w
             clock = w + skew
             if client.on_timer(view, clock) is not nothing:
                 return w
             w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_grid) - clock, 0.0)
         return w
+
+    def _sleep(self, task, effect):
+        """A renewal timer sleeping until its next tick wakes at the first tick that may act
+        instead (:meth:`_timer_next`), when that comes before anything else of its user can
+        happen: every other task of the user sleeps until a known instant (none runs, waits for
+        a call or for another task), and other users touch nothing of its own, so the ticks in
+        between see what this one sees and do nothing, as they would event by event."""
+        if effect.timer_origin_s is None or effect.seconds == math.inf:
+            return super()._sleep(task, effect)
+        horizon = self.end_s
+        for other in task.user.tasks:
+            if other is not task and other.wake < horizon:
+                horizon = other.wake
+        task.timer = effect.timer_origin_s
+        task.timer_grid = effect.timer_grid
+        task.wake = self.now + effect.seconds
+        if task.wake < horizon:
+            task.wake = self._timer_next(task, horizon)
+        self.at(task.wake, self.resume, (task, None))
+        return PENDING
 
     def _send_fast(self, task, effect):
         """A send inside a request's flow (a retry after a renewal, most often): when the
