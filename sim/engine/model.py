@@ -963,10 +963,10 @@ class FastSimulation(Simulation):
         done = arrive + (rtt / 2 + self.api_verify_s)
         if done < self.end_s:
             self.rec.counts.count("attempt", "ok", now)
-        heapq.heappush(self.heap, (done, next(self._seq), self.step_with, (task, _OK)))
+        heapq.heappush(self.heap, (done, next(self._seq), self._answer_plain, (task, _OK)))
         return PENDING
 
-    def step_with(self, arg) -> None:
+    def _answer_plain(self, arg) -> None:
         self.step(*arg)
 
     def _request_fast(self, task, effect):
