@@ -768,9 +768,12 @@ class FastSimulation(Simulation):
     answer a plain ``ok`` when it arrives (:meth:`~sim.strategies.server.ServerPolicy.plain_at`):
     nothing it does can change any state, so its attempt and its record are counted at once, its
     round trip drawn from the same stream, and the task that waits for it resumes when it would
-    have ended. Everything else — renewals, logins, the auth tier, timers, lost or refused
-    requests — runs exactly as in :class:`Simulation`. With ``keep_events`` (per-record output)
-    nothing is skipped."""
+    have ended. A send inside a request's flow (the retry after a renewal) whose answer is sure
+    to be plain is one event, its answer, instead of two. A renewal timer whose ticks cannot act
+    (:meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING) while nothing else of
+    its user can happen sleeps through them to the first that may. Everything else — renewals,
+    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`.
+    With ``keep_events`` (per-record output) nothing is skipped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
