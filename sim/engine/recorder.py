@@ -71,6 +71,9 @@ class Recorder(LedgerObserver):
     def on_revoke(self, session: Session, *, now: float) -> None:
         self.record(now, "revoke", session=session.id)
 
+    def on_displace(self, token: Token, *, now: float) -> None:
+        self.record(now, "displaced", session=token.session, token=token.id)
+
     def events(self) -> pd.DataFrame | None:
         if self.rows is None:
             return None

@@ -98,6 +98,10 @@ class LedgerObserver:
         """A session's refresh-token family was revoked (``session.access_revoked`` tells whether
         its access tokens were too)."""
 
+    def on_displace(self, token: Token, *, now: float) -> None:
+        """A session row's write replaced the refresh token ``token`` with another rotation's:
+        the server no longer honours ``token``, though nobody presented it."""
+
 
 class Ledger:
     """Tokens and sessions of one server, plus running totals (``counters``).
@@ -185,6 +189,11 @@ class Ledger:
         self.counters[{"grace_reuse": "grace_reuses", "reuse_detected": "reuse_detections",
                        "resent_pair": "resent_pairs"}[outcome]] += 1
         self.observer.on_reuse(token, outcome=outcome, now=now)
+
+    def note_displaced(self, token: Token, now: float) -> None:
+        """A rotation's write replaced ``token`` in its session row (see
+        :meth:`LedgerObserver.on_displace`)."""
+        self.observer.on_displace(token, now=now)
 
     def revoke_session(self, session: Session, now: float, *, access: bool = False) -> None:
         """Revoke a whole refresh-token family; with ``access`` its access tokens too."""
