@@ -20,6 +20,12 @@ the CPU spread over this machine's cores, the memory per worker process. The mac
 average before and after is printed with the numbers.
 
     python bench/bench_scale.py [--users 100000] [--workers 40] [--project-users 1000000]
+
+Measured with ``--users 20000 --workers 8`` on the shared 2-core machine (load average 5-11):
+before the fast engine's timers slept through ticks that cannot act (and the rest listed in
+``bench_engine.py``), 2.22 ms of CPU per user and variant beyond the fixed costs; after, 1.79 ms
+(1M users x 1 h x 4 variants: about 2.5 h -> 2.0 h of CPU, 60 min on two idle cores). Peak
+memory of the process tree 1.04 GB in both.
 """
 
 from __future__ import annotations
