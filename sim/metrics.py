@@ -226,6 +226,23 @@ class Divergence:
             return (("stranded_token", math.nan),)
         return ()
 
+    def forget(self, tokens) -> None:
+        """Drop ``(session, token)`` refresh tokens that will never be presented again: a later
+        ``refresh_start`` cannot meet them, and a forced login only asks whether its session's
+        latest race token was granted (kept)."""
+        presented, granted, races = self.presented, self.granted, self.races
+        for session, token in tokens:
+            for sets in (presented, granted):
+                seen = sets.get(session)
+                if seen is None or token not in seen:
+                    continue
+                latest = races.get(session)
+                if sets is granted and latest is not None and latest[0][1] == token:
+                    continue
+                seen.discard(token)
+                if not seen:
+                    del sets[session]  # a defaultdict: an absent session reads as an empty set
+
     @classmethod
     def rows(cls, events: pd.DataFrame) -> pd.DataFrame:
         """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows

@@ -8,6 +8,11 @@ Pruning: a ledger made with ``retain_s`` forgets a token ``retain_s`` after it e
 session ``retain_s`` after the last of its tokens did (a forgotten token can no longer be
 presented: its ``exp`` has passed), so a long-running server's memory stays bounded. The running
 totals (``counters``) are never pruned.
+
+Forgetting the unreachable: a driver that knows which tokens its clients still hold (the
+simulator, whose clients hold token objects) calls :meth:`Ledger.forget_unreachable` to drop every
+token no one can present or look up again, however recently it expired, so that its memory
+follows the live tokens, not every token minted.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 TokenKind = Literal["access", "refresh"]
 
@@ -222,6 +227,40 @@ class Ledger:
             del self.sessions[key]
             self._bases.pop(key, None)
             gone += 1
+        return gone
+
+    def forget_unreachable(self, held: Callable[[Token], bool]) -> list[Token]:
+        """Forget the tokens that can no longer matter and return them: those ``held`` (the
+        driver's answer: does a client, a call in flight or the driver itself still hold this
+        token?) says no one holds, unless the ledger reaches them by id from a token kept — a
+        rotated token's successor pair (re-sent to a reuse), a deferred-commit access token's
+        pair (committed by its first use), its session's newest refresh token (replayed to its
+        parent). Nothing else is ever looked up by id, so every answer and total stays what it
+        would have been. Sessions and the running totals stay. ``held`` is called once per
+        token, from a loop over :attr:`tokens`' values (a driver that counts references counts
+        the loop's own)."""
+        tokens, sessions = self.tokens, self.sessions
+        stack = [token for token in tokens.values() if held(token)]
+        keep: set[int] = set()
+        seen_sessions: set[int] = set()
+        while stack:
+            token = stack.pop()
+            if token.id in keep:
+                continue
+            keep.add(token.id)
+            ids = [token.pair] if token.pair is not None else []
+            if token.successor is not None:
+                ids.extend(token.successor)
+            if token.session not in seen_sessions:
+                seen_sessions.add(token.session)
+                newest = sessions[token.session].newest_refresh
+                if newest is not None:
+                    ids.append(newest)
+            stack.extend(tokens[i] for i in ids if i in tokens and i not in keep)
+        if len(keep) == len(tokens):
+            return []
+        gone = [token for token in tokens.values() if token.id not in keep]
+        self.tokens = {i: token for i, token in tokens.items() if i in keep}
         return gone
 
     def totals(self) -> dict[str, int]:
