@@ -421,6 +421,7 @@ class Simulation:
                       for i in range(effect.n_tabs)]
         if user.kept is not None:
             visit.jar, shared.held, visit.session = user.kept
+            user.kept = None  # read here only: it would keep the visit's first tokens (and their successors)
         self.rec.counts.active(self.now, 1)
         return visit
 
