@@ -92,14 +92,14 @@ class Signal:
         self.waiters: list = []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Store:
     """Where an access token lives: shared by a user's tabs, or one per tab."""
 
     held: Held | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Flight:
     """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock; the
     refresh in flight, when and from which tab it started."""
@@ -109,7 +109,7 @@ class Flight:
     owner: object = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class User:
     index: int
     streams: UserStreams
@@ -125,7 +125,7 @@ class User:
         return self.sim.now + self.skew_s
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Visit:
     """One user's presence between a login and leaving: the session and its cookie jar."""
 
@@ -140,7 +140,7 @@ class Visit:
     presented: set = field(default_factory=set)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tab:
     index: int
     visit: Visit
