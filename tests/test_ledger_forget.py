@@ -43,7 +43,7 @@ def long_run(names=None, hours=6, users=4):
 
 
 def test_forgetting_keeps_the_ledger_small_and_the_outputs_the_same(monkeypatch):
-    check(monkeypatch, long_run(["same_pair"], hours=3, users=2), events=False)
+    check(monkeypatch, long_run(["same_pair"], hours=2, users=3), events=False)
 
 
 @pytest.mark.slow

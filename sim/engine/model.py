@@ -310,6 +310,7 @@ class Simulation:
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
                              float(arrivals[u]), p_idle, user.clock, scenario.population.tab_opening_gap_s)
             self.step(Task(flow, None, user), None)
+        del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s

@@ -107,8 +107,8 @@ class LedgerObserver:
 class Ledger:
     """Tokens and sessions of one server, plus running totals (``counters``).
 
-    ``retain_s``: forget tokens and sessions this long after they expired (None: keep everything,
-    what the simulator does — it reads every token at the end of a run)."""
+    ``retain_s``: forget tokens and sessions this long after they expired (None: keep them, what
+    the simulator does — it forgets the tokens no one holds instead, :meth:`forget_unreachable`)."""
 
     #: mints between two pruning passes
     PRUNE_EVERY = 1024
