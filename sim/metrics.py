@@ -243,6 +243,18 @@ class Divergence:
                 if not seen:
                     del sets[session]  # a defaultdict: an absent session reads as an empty set
 
+    def forget_sessions(self, sessions) -> None:
+        """Drop everything of ``sessions``, which no later row can name."""
+        if not sessions:
+            return
+        gone = set(sessions)
+        for name in ("presented", "granted", "races", "reuse_at"):
+            table = getattr(self, name)
+            kept = {s: v for s, v in table.items() if s not in gone}
+            setattr(self, name, defaultdict(set, kept) if isinstance(table, defaultdict) else kept)
+        self.revoked -= gone
+        self.logged_out -= gone
+
     @classmethod
     def rows(cls, events: pd.DataFrame) -> pd.DataFrame:
         """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows

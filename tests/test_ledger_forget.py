@@ -54,6 +54,7 @@ def test_forgetting_keeps_the_ledger_small_and_every_output_the_same_on_every_se
 def check(monkeypatch, scenario, events):
     monkeypatch.setattr(Simulation, "FORGET_MIN_TOKENS", 8)
     monkeypatch.setattr(Simulation, "FORGET_EVERY_S", 30.0)
+    forgot_sessions = []
     for name in scenario.names:
         run = Simulation(scenario, scenario.variant(name), 0, scenario.run.seed, False)
         run.run()
@@ -67,6 +68,11 @@ def check(monkeypatch, scenario, events):
         # what stays is what a few users hold (a token each of theirs, the ones they remember, a
         # rotated token's successors), whatever was minted; up to twice that between two passes
         assert live <= 12 * scenario.population.users and left <= max(2 * live, 8) + 4, (name, live, left, minted)
+        # and the sessions: those of the tokens kept, and one a user still names
+        assert len(run.ledger.sessions) <= 3 * scenario.population.users, (name, len(run.ledger.sessions))
+        forgot_sessions.append(len(run.ledger.sessions) < run.ledger.counters["sessions"])
+    if len(scenario.names) > 1:
+        assert any(forgot_sessions)
     forgetting = sim.run(scenario, processes=1, events=events)
     monkeypatch.setattr(Simulation, "FORGET_EVERY_S", None)
     keeping = sim.run(scenario, processes=1, events=events)

@@ -261,6 +261,8 @@ class Simulation:
         self.ledger = Ledger(observer=self.rec)
         self._forget_at = self.FORGET_MIN_TOKENS
         self._closed: list[Visit] = []  # visits that ended, their tabs perhaps still finishing
+        self._open_visits: set[Visit] = set()
+        self._users: list[User] = []
         self._unheld_refs = _references_of_unheld()
         # the server's own draws (a race window per rotated token), one stream per replication
         self.server_rng = generator(seed, replication, 3, int(Source.RACE))
@@ -310,6 +312,7 @@ class Simulation:
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
                              float(arrivals[u]), p_idle, user.clock, scenario.population.tab_opening_gap_s)
             self.step(Task(flow, None, user), None)
+            self._users.append(user)
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
@@ -346,7 +349,12 @@ class Simulation:
                 return token.expires_at_s > now and sessions[token.session].newest_access == token.id
 
             gone = ledger.forget_unreachable(held)
-            self.rec.forget(gone, now)
+            # a session is read through its tokens, and by a visit (or a device remembering it)
+            # naming it, whose end reads it and whose forced login records it
+            named = {visit.session for visit in self._open_visits}
+            named.update(visit.session for visit in self._closed)
+            named.update(user.kept[2] for user in self._users if user.kept is not None)
+            self.rec.forget(gone, ledger.forget_sessions(named), now)
             self._forget_at = max(2 * len(ledger.tokens), self.FORGET_MIN_TOKENS)
         self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
@@ -424,6 +432,7 @@ class Simulation:
             visit.jar, shared.held, visit.session = user.kept
             user.kept = None  # read here only: it would keep the visit's first tokens (and their successors)
         self.rec.counts.active(self.now, 1)
+        self._open_visits.add(visit)
         return visit
 
     def _close(self, task, effect):
@@ -433,6 +442,7 @@ class Simulation:
             shared = visit.tabs[0].store.held if self.client.storage == "shared" else None
             visit.user.kept = (visit.jar, shared, visit.session)
         self.rec.counts.active(now, -1)
+        self._open_visits.discard(visit)
         self._closed.append(visit)
         self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
         if visit.session is not None:

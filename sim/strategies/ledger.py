@@ -263,6 +263,19 @@ class Ledger:
         self.tokens = {i: token for i, token in tokens.items() if i in keep}
         return gone
 
+    def forget_sessions(self, named: set) -> list[int]:
+        """Forget the sessions of which no token is kept (after :meth:`forget_unreachable`) and
+        that the driver does not name in ``named`` (a client that still knows its session id);
+        returns their ids. No one can present anything of theirs again."""
+        live = set(named)
+        live.update(token.session for token in self.tokens.values())
+        if len(live) >= len(self.sessions) and all(i in live for i in self.sessions):
+            return []
+        gone = [i for i in self.sessions if i not in live]
+        self.sessions = {i: session for i, session in self.sessions.items() if i in live}
+        self._bases = {i: bases for i, bases in self._bases.items() if i in live}
+        return gone
+
     def totals(self) -> dict[str, int]:
         """The running totals as a plain dict (what the reference server's ``/ledger`` returns)."""
         return {k: int(self.counters[k]) for k in TOTALS}
