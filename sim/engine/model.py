@@ -334,8 +334,9 @@ class Simulation:
         """Drop from the ledger (and from the recorder's per-session state) the tokens no one can
         present or look up again — none of the clients, calls in flight or flows holds them, and
         the server reaches them by no id (:meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)
-        — so that memory follows the live tokens, not every token minted. Every answer and count
-        stays the same. A pass costs a walk over the tokens kept: it runs when they have doubled
+        — and then the sessions left with no token that no visit or device names, so that memory
+        follows the live tokens and sessions, not every one minted. Every answer and count stays
+        the same. A pass costs a walk over the tokens kept: it runs when they have doubled
         since the last one (checked every ``FORGET_EVERY_S`` scenario seconds)."""
         ledger, now = self.ledger, self.now
         if len(ledger.tokens) >= self._forget_at:
