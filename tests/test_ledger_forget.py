@@ -22,6 +22,9 @@ STRATEGIES = [
     # an access token's first use commits its pair (looked up by id)
     {"name": "first_use", "client": {"trigger": "reactive", "single_flight": False},
      "server": {**ROTATING, "commit": "first_use"}},
+    # a session row: a concurrent write displaces the token the row holds (looked up by id)
+    {"name": "session_row", "client": {"trigger": "reactive", "single_flight": False},
+     "server": {**ROTATING, "rotation_store": "session_row", "atomic": False}},
     {"name": "timer", "client": {"trigger": "timer", "check_interval": "60s", "threshold": "2m"},
      "server": {"kind": "dual_token"}},
     {"name": "sliding", "client": {"trigger": "sliding"}, "server": {"kind": "sliding", "window": "2m"}},

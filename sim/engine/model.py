@@ -35,7 +35,8 @@ from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, g
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Jitter, Join, Login, LoginCause, Open,
+    LIVE, LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Cookies, Jitter, Join, Login,
+    LoginCause, Open,
     Pause, WakePhase, Refresh, RefreshOutcome, Renew, Reread, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_write,
     plain_page_views, renew_flow, request_flow, sends_at_once, user_flow,
 )
@@ -165,7 +166,8 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_grid", "presented")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_grid", "presented",
+                 "cookie")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen] if gen is not None else []
@@ -180,6 +182,7 @@ class Task:
         self.timer: float | None = None  # a renewal timer sleeping until its next tick: its origin
         self.timer_grid: float | None = None  # ... and the wake-up grid of its hidden tab (None: visible)
         self.presented = None  # the refresh token this task's last refresh call presented
+        self.cookie = LIVE  # the refresh cookie this task's request carries (a server-rendered page's snapshot)
         user.tasks.append(self)
 
 
@@ -290,6 +293,7 @@ class Simulation:
             _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
             Clear: self._clear, Reread: self._reread, Jitter: self._jitter,
             WakePhase: lambda task, effect: task.user.streams.wake_phase(),
+            Cookies: lambda task, effect: task.tab.visit.jar,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -458,6 +462,7 @@ class Simulation:
         child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
         # the sub-flow goes straight onto the child's stack: no extra generator layer
         if type(inner) is Request:
+            child.cookie = inner.cookie
             self._start_request(child)
             return child
         if type(inner) is Call:
@@ -487,6 +492,7 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
+        task.cookie = effect.cookie
         return self._start_request(task)
 
     def _views(self, task, effect):
@@ -509,7 +515,7 @@ class Simulation:
 
     def _request_flow(self, task, issued, sent):
         tab = task.tab
-        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent)
+        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent, task.cookie)
         self._requested(task, issued, ok)
         return ok
 
@@ -613,7 +619,7 @@ class Simulation:
     # -- renewal ----------------------------------------------------------------------------
 
     def _renew(self, task, effect):
-        task.stack.append(renew_flow(self.client, effect.action, effect.basis, task.tab.view))
+        task.stack.append(renew_flow(self.client, effect.action, effect.basis, task.tab.view, effect.cookie))
         return None
 
     def _join(self, task, effect):
@@ -632,7 +638,7 @@ class Simulation:
             self.resume((wait.task, None))
 
     def _refresh(self, task, effect):
-        task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis))
+        task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis, effect.cookie))
         return None
 
     def _clear(self, task, effect):
@@ -656,27 +662,27 @@ class Simulation:
         if token is not None and token.id not in visit.presented:
             self.rec.record(self.now, "stranded", user=visit.user.index, session=token.session, token=token.id)
 
-    def _refresh_in_flight(self, task: Task, tab: Tab, basis):
+    def _refresh_in_flight(self, task: Task, tab: Tab, basis, cookie=LIVE):
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
         the policy is single-flight; returns its outcome. Those who joined it learn whether the
         tab then holds a new token."""
         flight, done = tab.flight, Signal()
         if self.client.single_flight:
             flight.inflight, flight.since, flight.owner = done, self.now, tab
-        outcome = yield from self._refresh_call(task, tab, basis)
+        outcome = yield from self._refresh_call(task, tab, basis, cookie)
         if self.client.releases_lock(outcome):
             if flight.inflight is done:
                 flight.inflight = None
             self._fire(done, outcome == RefreshOutcome.OK)
         return outcome
 
-    def _refresh_call(self, task: Task, tab: Tab, basis):
+    def _refresh_call(self, task: Task, tab: Tab, basis, cookie=LIVE):
         visit, rec = tab.visit, self.rec
         user = visit.user
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield from self._wait(visit.login)
             return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
-        token = visit.jar
+        token = visit.jar if cookie is LIVE else cookie
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id

@@ -80,6 +80,9 @@ class Recorder(LedgerObserver):
         # an expiry at or before now is left out by every later mint's look (e > now)
         self._valid = {session: valid for session, valid in self._valid.items() if max(valid) > now}
 
+    def on_displace(self, token: Token, *, now: float) -> None:
+        self.record(now, "displaced", session=token.session, token=token.id)
+
     def events(self) -> pd.DataFrame | None:
         if self.rows is None:
             return None

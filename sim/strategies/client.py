@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.model import Model
 from sim.units import Duration
@@ -125,6 +125,19 @@ class ClientPolicy(Model):
       a phase drawn per visit: the grid does not care when the user arrived), so hidden tabs
       whose ticks fall due within one grid step run them at the same instant. 0: no throttling.
       A visit's tabs are hidden but the last one opened, which is in front.
+
+    Where the requests are made:
+    - ``render``: ``browser`` — a page view's requests leave the browser, and a renewal presents
+      the refresh token the jar holds when its call leaves; ``server`` — a page view is one page
+      request rendered on the server (SSR, edge middleware), fanning out into the page view's
+      burst of server requests (the fan-out count is the workload's ``burst_size``). Each carries
+      the cookies of the page request — a snapshot of the jar when the page left the browser —
+      and renews per request with that snapshot, whatever the jar holds by then; its answer's
+      ``Set-Cookie`` reaches the browser's one jar (``jar_writes``). ``single_flight`` with
+      ``cross_tab_lock`` is then the middleware's single-flight per session (one refresh at a
+      time for every server request of the user); without them the server requests share
+      nothing. A server request cannot re-read the browser's jar, so ``recovery`` must be
+      ``none``.
     """
 
     trigger: str
@@ -145,7 +158,14 @@ class ClientPolicy(Model):
     lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
     lock_release: Literal["always", "not_on_lost"] = "always"
     wake_up_s: Duration = Field(default="0s", alias="wake_up", ge=0)
+    render: Literal["browser", "server"] = "browser"
     preset: str | None = None
+
+    @model_validator(mode="after")
+    def _server_render(self):
+        if self.render == "server" and self.recovery != "none":
+            raise ValueError("render = 'server' needs recovery = 'none' (a server request cannot re-read the browser's jar)")
+        return self
 
     #: seconds between timer ticks; None means the policy has no timer
     @property

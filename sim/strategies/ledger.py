@@ -103,6 +103,10 @@ class LedgerObserver:
         """A session's refresh-token family was revoked (``session.access_revoked`` tells whether
         its access tokens were too)."""
 
+    def on_displace(self, token: Token, *, now: float) -> None:
+        """A session row's write replaced the refresh token ``token`` with another rotation's:
+        the server no longer honours ``token``, though nobody presented it."""
+
 
 class Ledger:
     """Tokens and sessions of one server, plus running totals (``counters``).
@@ -191,6 +195,11 @@ class Ledger:
                        "resent_pair": "resent_pairs"}[outcome]] += 1
         self.observer.on_reuse(token, outcome=outcome, now=now)
 
+    def note_displaced(self, token: Token, now: float) -> None:
+        """A rotation's write replaced ``token`` in its session row (see
+        :meth:`LedgerObserver.on_displace`)."""
+        self.observer.on_displace(token, now=now)
+
     def revoke_session(self, session: Session, now: float, *, access: bool = False) -> None:
         """Revoke a whole refresh-token family; with ``access`` its access tokens too."""
         access_newly = access and not session.access_revoked
@@ -235,7 +244,7 @@ class Ledger:
         token?) says no one holds, unless the ledger reaches them by id from a token kept — a
         rotated token's successor pair (re-sent to a reuse), a deferred-commit access token's
         pair (committed by its first use), its session's newest refresh token (replayed to its
-        parent). Nothing else is ever looked up by id, so every answer and total stays what it
+        parent) and the one its row holds (displaced by a concurrent write). Nothing else is ever looked up by id, so every answer and total stays what it
         would have been. Sessions and the running totals stay. ``held`` is called once per
         token, from a loop over :attr:`tokens`' values (a driver that counts references counts
         the loop's own)."""
@@ -253,9 +262,8 @@ class Ledger:
                 ids.extend(token.successor)
             if token.session not in seen_sessions:
                 seen_sessions.add(token.session)
-                newest = sessions[token.session].newest_refresh
-                if newest is not None:
-                    ids.append(newest)
+                session = sessions[token.session]
+                ids.extend(i for i in (session.newest_refresh, session.current_refresh) if i is not None)
             stack.extend(tokens[i] for i in ids if i in tokens and i not in keep)
         if len(keep) == len(tokens):
             return []

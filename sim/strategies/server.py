@@ -355,7 +355,11 @@ class DualTokenServer(ServerPolicy):
             token.rotated_at_s = now
             token.successor = (access.id, refresh.id)
         if self.rotation_store == "session_row":
-            # the row is written with what this refresh read: a concurrent write is overwritten
+            # the row is written with what this refresh read: a concurrent write is overwritten,
+            # and the token it put there is no longer honoured (unless nothing is checked)
+            displaced = ledger.tokens.get(session.current_refresh) if session.current_refresh != token.id else None
+            if displaced is not None and self.reuse_detection != "none":
+                ledger.note_displaced(displaced, now)
             session.previous_refresh, session.current_refresh = token.id, refresh.id
             session.previous_until_s = now + self.grace_period_s
         return Grant(access, refresh)
