@@ -204,7 +204,7 @@ def _references_of_unheld() -> int:
     the call's own references, which differ between Python versions)."""
     probe, seen = Ledger(), []
     probe.mint("access", probe.new_session(0, 0.0), 0.0, 1.0, cause="login")
-    probe.forget_unreachable(lambda token: seen.append(sys.getrefcount(token)))
+    probe.forget_unreachable(lambda token: seen.append(sys.getrefcount(token)), lambda token: ())
     return seen[0]
 
 
@@ -353,7 +353,8 @@ class Simulation:
                 # a visit's end reads its session's newest access token (its exposure) until it expires
                 return token.expires_at_s > now and sessions[token.session].newest_access == token.id
 
-            gone = ledger.forget_unreachable(held)
+            server = self.server
+            gone = ledger.forget_unreachable(held, lambda token: server.looked_up_from(ledger, token))
             # a session is read through its tokens, and by a visit (or a device remembering it)
             # naming it, whose end reads it and whose forced login records it
             named = {visit.session for visit in self._open_visits}

@@ -21,7 +21,7 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 TokenKind = Literal["access", "refresh"]
 
@@ -238,33 +238,25 @@ class Ledger:
             gone += 1
         return gone
 
-    def forget_unreachable(self, held: Callable[[Token], bool]) -> list[Token]:
+    def forget_unreachable(self, held: Callable[[Token], bool],
+                           reaches: Callable[[Token], Iterable[int]]) -> list[Token]:
         """Forget the tokens that can no longer matter and return them: those ``held`` (the
         driver's answer: does a client, a call in flight or the driver itself still hold this
-        token?) says no one holds, unless the ledger reaches them by id from a token kept — a
-        rotated token's successor pair (re-sent to a reuse), a deferred-commit access token's
-        pair (committed by its first use), its session's newest refresh token (replayed to its
-        parent) and the one its row holds (displaced by a concurrent write). Nothing else is ever looked up by id, so every answer and total stays what it
-        would have been. Sessions and the running totals stay. ``held`` is called once per
-        token, from a loop over :attr:`tokens`' values (a driver that counts references counts
-        the loop's own)."""
-        tokens, sessions = self.tokens, self.sessions
+        token?) says no one holds, unless the server reaches them by id from a token kept
+        (``reaches``: the server policy's
+        :meth:`~sim.strategies.server.ServerPolicy.looked_up_from`). Nothing else is looked up by
+        id, so every answer and total stays what it would have been. The running totals stay.
+        ``held`` is called once per token, from a loop over :attr:`tokens`' values (a driver that
+        counts references counts the loop's own)."""
+        tokens = self.tokens
         stack = [token for token in tokens.values() if held(token)]
         keep: set[int] = set()
-        seen_sessions: set[int] = set()
         while stack:
             token = stack.pop()
             if token.id in keep:
                 continue
             keep.add(token.id)
-            ids = [token.pair] if token.pair is not None else []
-            if token.successor is not None:
-                ids.extend(token.successor)
-            if token.session not in seen_sessions:
-                seen_sessions.add(token.session)
-                session = sessions[token.session]
-                ids.extend(i for i in (session.newest_refresh, session.current_refresh) if i is not None)
-            stack.extend(tokens[i] for i in ids if i in tokens and i not in keep)
+            stack.extend(tokens[i] for i in reaches(token) if i in tokens and i not in keep)
         if len(keep) == len(tokens):
             return []
         gone = [token for token in tokens.values() if token.id not in keep]
