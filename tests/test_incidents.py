@@ -367,8 +367,21 @@ def test_middleware_single_flight_or_successor_replay_removes_the_fanout_logout(
     assert row(replay)["resent_pairs"] == 1 and row(replay)["forced_logins"] == row(locked)["forced_logins"] == 0
 
 
-def test_server_render_fast_engine_equals_exact(make_scenario):
-    scenario = one_variant(make_scenario, {**SSR, "trigger": "proactive", "threshold": "30s"}, SINGLE_USE,
+def test_a_browser_that_renews_before_the_page_leaves_gives_the_server_requests_fresh_cookies(make_scenario):
+    # the page at 241.7 has 58.3 s left, under page_refresh: the browser renews first (with the
+    # jar's 2), and the page's requests then carry the new tokens: no 401, no refresh on the server
+    result = sim.run(fanout(make_scenario, {**SSR, "page_refresh": "60s"}), events=True)
+    assert log(result, "refresh_start", "refresh_end", "login") == [
+        (0.0, "login", "visit", None), (241.7, "refresh_start", "", 2), (241.8, "refresh_end", "ok", 2)]
+    assert row(result)["expiry_failures"] == row(result)["forced_logins"] == 0
+
+
+@pytest.mark.parametrize("page_refresh", [None, "60s"])
+def test_server_render_fast_engine_equals_exact(make_scenario, page_refresh):
+    client = {**SSR, "trigger": "proactive", "threshold": "30s"}
+    if page_refresh:
+        client["page_refresh"] = page_refresh
+    scenario = one_variant(make_scenario, client, SINGLE_USE,
                            population={"users": 6, "tabs": 2}, workload={"burst_size": 3},
                            network={"rtt": {"dist": "lognormal", "mean": "80ms", "sd": "25ms"}})
     assert_identical(*both(scenario))
@@ -377,6 +390,8 @@ def test_server_render_fast_engine_equals_exact(make_scenario):
 def test_server_render_cannot_reread_the_browsers_jar(make_scenario):
     with pytest.raises(Exception, match="render = 'server' needs recovery"):
         one_variant(make_scenario, {**SSR, "recovery": "retry"}, SINGLE_USE)
+    with pytest.raises(Exception, match="page_refresh needs render = 'server'"):
+        one_variant(make_scenario, {**SSR, "render": "browser", "page_refresh": "60s"}, SINGLE_USE)
 
 
 # -- the incident library -----------------------------------------------------------------------

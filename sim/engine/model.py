@@ -917,12 +917,14 @@ class FastSimulation(Simulation):
             sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
         else:
             # the policies' pure answers, with a margin for the rounding of the engine's sums
-            sure_sends = _below(client.sends_until_s(view) - skew)
+            sure_sends = _below(min(client.sends_until_s(view), client.pages_until_s(view)) - skew)
             sure_arrives = _below(server.plain_until_s(ledger, token, leeway))
 
         def plain(t, rtts):
             clock = t + skew
             if client.before_send(view, clock) is not send or client.on_response(view, sent, _OK, 1, clock) is not done_:
+                return False
+            if client.before_page(view, clock) is not Action.NOTHING:
                 return False
             if loss_p and min(loss.peek(len(rtts))) < loss_p:
                 return False

@@ -137,7 +137,11 @@ class ClientPolicy(Model):
       ``cross_tab_lock`` is then the middleware's single-flight per session (one refresh at a
       time for every server request of the user); without them the server requests share
       nothing. A server request cannot re-read the browser's jar, so ``recovery`` must be
-      ``none``.
+      ``none``;
+    - ``page_refresh``: (``render = "server"``) before a page request leaves, the browser renews
+      itself when the access token's remaining life is at most this (one renewal, presenting the
+      jar's refresh token then), so that the page's server requests carry fresh cookies and find
+      nothing to renew; none: it does not.
     """
 
     trigger: str
@@ -159,13 +163,34 @@ class ClientPolicy(Model):
     lock_release: Literal["always", "not_on_lost"] = "always"
     wake_up_s: Duration = Field(default="0s", alias="wake_up", ge=0)
     render: Literal["browser", "server"] = "browser"
+    page_refresh_s: Duration | None = Field(default=None, alias="page_refresh", gt=0)
     preset: str | None = None
 
     @model_validator(mode="after")
     def _server_render(self):
         if self.render == "server" and self.recovery != "none":
             raise ValueError("render = 'server' needs recovery = 'none' (a server request cannot re-read the browser's jar)")
+        if self.page_refresh_s is not None and self.render != "server":
+            raise ValueError("page_refresh needs render = 'server'")
         return self
+
+    def before_page(self, tab: TabView, now: float) -> Action:
+        """(Server-rendered pages) a page request is about to leave the browser: REFRESH or WAIT
+        when ``page_refresh`` says the browser renews first, else NOTHING."""
+        if self.page_refresh_s is None or (tab.held is not None and not self.due(tab.held, now, self.page_refresh_s)):
+            return Action.NOTHING
+        return self.renew(tab)
+
+    def pages_until_s(self, tab: TabView) -> float:
+        """Until when, by the client's clock, :meth:`before_page` keeps answering NOTHING for what
+        ``tab`` holds (a pure answer, as :meth:`sends_until_s`)."""
+        if self.page_refresh_s is None:
+            return math.inf
+        if tab.held is None:
+            return -math.inf
+        if self.whole_seconds:
+            return math.floor(tab.held.expires_at_s) - self.page_refresh_s - 1.0
+        return tab.held.expires_at_s - self.page_refresh_s
 
     #: seconds between timer ticks; None means the policy has no timer
     @property

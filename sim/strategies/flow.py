@@ -337,7 +337,8 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
         grid = started + (yield WakePhase()) * policy.wake_up_s
     for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
         delay = i * tab_gap_s
-        views = tab_flow(draws, idle_probability, visit, policy.render == "server")
+        views = tab_flow(draws, idle_probability, visit, policy.render == "server",
+                         page_renewal(policy, tab.view, clock) if policy.page_refresh_s is not None else None)
         yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
             timer = timer_flow(policy, tab.view, visit, clock, started + delay, grid if i != last else None)
@@ -353,7 +354,18 @@ def _after(delay_s: float, flow: Flow) -> Flow:
     return (yield Call(flow))
 
 
-def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, server_render: bool = False) -> Flow:
+def page_renewal(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float]) -> Callable:
+    """What the browser does before a server-rendered page leaves (``policy.page_refresh``): a
+    function returning the renewal flow to carry out first, or None when there is none."""
+    def before_page():
+        view = tab()
+        action = policy.before_page(view, clock())
+        return renew_flow(policy, action, basis_of(view), tab) if action in RENEW else None
+    return before_page
+
+
+def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, server_render: bool = False,
+             before_page: Callable[[], Flow | None] | None = None) -> Flow:
     """A tab: page views until the visit is over. A page view is a burst of parallel requests;
     after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap.
 
@@ -361,12 +373,17 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
     middleware), which fans out into the burst's requests made by the server: each carries the
     cookies the page request carried — the jar's refresh token when the page left the browser
     (:class:`Cookies`) — and renews with that snapshot on its own, whatever the jar holds by then;
-    their answers' ``Set-Cookie`` reach the browser's one jar (``policy.jar_writes``)."""
+    their answers' ``Set-Cookie`` reach the browser's one jar (``policy.jar_writes``).
+    ``before_page``: returns a renewal the browser carries out before the page leaves, or None
+    (:func:`page_renewal`)."""
     views = Views(draws, idle_probability)
     while not visit.over:
         if (yield views):
             continue
         n = int(draws.burst())
+        renewal = before_page() if before_page is not None else None
+        if renewal is not None:
+            yield Call(renewal)
         request = Request((yield _COOKIES)) if server_render else _REQUEST
         spawn = Spawn(request) if server_render else _SPAWN_REQUEST
         others = []
