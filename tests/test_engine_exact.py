@@ -380,3 +380,22 @@ def test_a_run_starts_after_collecting_what_an_earlier_run_left_in_cycles(make_s
 
     Watching(scenario, variant, 0, 1, False).run()
     assert alive and not any(alive)
+
+
+def test_a_run_leaves_objects_the_caller_froze_frozen_and_freezes_nothing_itself(make_scenario):
+    import gc
+
+    from sim.engine.model import FastSimulation
+
+    scenario = make_scenario()
+    variant = scenario.variant(scenario.names[0])
+    assert gc.get_freeze_count() == 0
+    FastSimulation(scenario, variant, 0, 1, False).run()
+    assert gc.get_freeze_count() == 0  # the run's objects were moved on, not left frozen
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        FastSimulation(scenario, variant, 0, 1, False).run()
+        assert 0 < gc.get_freeze_count() <= frozen  # not released (a few may have died since)
+    finally:
+        gc.unfreeze()

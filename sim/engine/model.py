@@ -81,6 +81,14 @@ def _no_cyclic_gc():
         with _GC_LOCK:
             _GC_HOLDERS[0] -= 1
             if _GC_HOLDERS[0] == 0 and _GC_HOLDERS.pop():
+                # everything the run allocated is still in the youngest generation, and the
+                # first allocation after enabling would walk all of it (a tenth of a short
+                # run's time) only to find it alive: move it to the oldest generation without
+                # a walk (freeze, then unfreeze); a full collection takes what is garbage.
+                # Not when the caller froze objects of its own: unfreezing would release them
+                if not gc.get_freeze_count():
+                    gc.freeze()
+                    gc.unfreeze()
                 gc.enable()
 
 
@@ -294,6 +302,9 @@ class Simulation:
             Clear: self._clear, Reread: self._reread, Jitter: self._jitter,
             WakePhase: lambda task, effect: task.user.streams.wake_phase(),
             Cookies: lambda task, effect: task.tab.visit.jar,
+            # the engine's own flows (renewal and login calls) yield a bare number of seconds
+            # to sleep: no effect object to build for each of their three waits
+            float: self._delay,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -414,6 +425,13 @@ class Simulation:
         task.timer_grid = effect.timer_grid
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
+            self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _delay(self, task, seconds):
+        task.timer = task.timer_grid = None
+        task.wake = self.now + seconds
+        if seconds != math.inf:
             self.at(task.wake, self.resume, (task, None))
         return PENDING
 
@@ -692,17 +710,17 @@ class Simulation:
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
                    token=token.id, basis=basis)
-        yield Sleep(trip.request_leg_s)
+        yield trip.request_leg_s
         result = yield from self._auth_call(
             self.service.refresh_s(user.streams.service),
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng, sent_at),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:
-            yield Sleep(max(self.timeout_s - (self.now - sent_at), 0.0))
+            yield max(self.timeout_s - (self.now - sent_at), 0.0)
             outcome = RefreshOutcome.LOST
         else:
-            yield Sleep(trip.answer_leg_s(isinstance(result, Rejection), self.now))
+            yield trip.answer_leg_s(isinstance(result, Rejection), self.now)
             outcome = (result if isinstance(result, RefreshOutcome) else
                        RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
@@ -737,14 +755,14 @@ class Simulation:
         self.rec.record(self.now, "login", cause, user.index, tab.index, visit.session)
         while True:
             trip = user.streams.auth_round_trip(self.now)
-            yield Sleep(trip.request_leg_s)
+            yield trip.request_leg_s
             grant = yield from self._auth_call(
                 self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
-            yield Sleep(trip.answer_leg_s(False, self.now))
+            yield trip.answer_leg_s(False, self.now)
             if grant is not UNAVAILABLE:
                 break
-            yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
+            yield LOGIN_RETRY_S  # the login page shows an error; the user tries again
         visit.session, visit.jar = grant.access.session, grant.refresh
         for filled in (visit.tabs if self.client.storage == "copied" else (tab,)):
             filled.store.held = held(grant.access)
@@ -765,7 +783,7 @@ class Simulation:
             return UNAVAILABLE
         self.rec.busy.add(1, self.now)
         pending = begin(self.now)
-        yield Sleep(service_s)
+        yield float(service_s)
         result = finish(pending, self.now)
         self.rec.busy.add(-1, self.now)
         self._release()
@@ -840,9 +858,12 @@ class FastSimulation(Simulation):
     answer a plain ``ok`` when it arrives (:meth:`~sim.strategies.server.ServerPolicy.plain_at`):
     nothing it does can change any state, so its attempt and its record are counted at once, its
     round trip drawn from the same stream, and the task that waits for it resumes when it would
-    have ended. Everything else — renewals, logins, the auth tier, timers, lost or refused
-    requests — runs exactly as in :class:`Simulation`. With ``keep_events`` (per-record output)
-    nothing is skipped."""
+    have ended. A send inside a request's flow (the retry after a renewal) whose answer is sure
+    to be plain is one event, its answer, instead of two. A renewal timer whose ticks cannot act
+    (:meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING) while nothing else of
+    its user can happen sleeps through them to the first that may. Everything else — renewals,
+    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`.
+    With ``keep_events`` (per-record output) nothing is skipped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -851,6 +872,7 @@ class FastSimulation(Simulation):
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views
+            self.handlers[Send] = self._send_fast
         else:
             self.handlers[Views] = super()._views
 
@@ -979,16 +1001,68 @@ class FastSimulation(Simulation):
         a tick whose :meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING changes
         nothing, so page views need not stop for it while nothing else of the user happens.
         Returns ``limit`` when no tick before it may act."""
+        return min(self._timer_next(timer, limit), limit)
+
+    def _timer_next(self, timer: Task, limit: float) -> float:
+        """The first tick of the sleeping timer ``timer`` (from its wake on) that may act or
+        that is at ``limit`` or later (:meth:`_timer_acts`)."""
         client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
         w, nothing = timer.wake, Action.NOTHING
         for _ in range(10_000):
             if not w < limit:
-                return limit
+                return w
             clock = w + skew
             if client.on_timer(view, clock) is not nothing:
                 return w
             w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_grid) - clock, 0.0)
         return w
+
+    def _sleep(self, task, effect):
+        """A renewal timer sleeping until its next tick wakes at the first tick that may act
+        instead (:meth:`_timer_next`), when that comes before anything else of its user can
+        happen: every other task of the user sleeps until a known instant (none runs, waits for
+        a call or for another task), and other users touch nothing of its own, so the ticks in
+        between see what this one sees and do nothing, as they would event by event."""
+        if effect.timer_origin_s is None or effect.seconds == math.inf:
+            return super()._sleep(task, effect)
+        horizon = self.end_s
+        for other in task.user.tasks:
+            if other is not task and other.wake < horizon:
+                horizon = other.wake
+        task.timer = effect.timer_origin_s
+        task.timer_grid = effect.timer_grid
+        task.wake = self.now + effect.seconds
+        if task.wake < horizon:
+            task.wake = self._timer_next(task, horizon)
+        self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _send_fast(self, task, effect):
+        """A send inside a request's flow (a retry after a renewal, most often): when the
+        answer is sure to be a plain ``ok`` (the same test as :meth:`_plain`), its attempt is
+        counted now and the flow resumes with it when it would have come, one event instead of
+        two; the policy reads the answer in the flow, as it would event by event."""
+        draws = task.tab.draws
+        rtt = draws.api_rtt.head()
+        loss_p = self.loss_p
+        if loss_p and draws.loss.head() < loss_p:
+            return self._send(task, effect)
+        now = self.now
+        arrive = now + rtt / 2
+        if not self.server.plain_at(self.ledger, self.ledger.tokens[effect.held.id], arrive, self.leeway_s):
+            return self._send(task, effect)
+        draws.api_rtt.skip(1)
+        if loss_p:
+            draws.loss.skip(1)
+        task.rtt = rtt
+        done = arrive + (rtt / 2 + self.api_verify_s)
+        if done < self.end_s:
+            self.rec.counts.count("attempt", "ok", now)
+        heapq.heappush(self.heap, (done, next(self._seq), self._answer_plain, (task, _OK)))
+        return PENDING
+
+    def _answer_plain(self, arg) -> None:
+        self.step(*arg)
 
     def _request_fast(self, task, effect):
         done = self._plain(task.tab)
