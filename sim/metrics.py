@@ -233,6 +233,36 @@ class Divergence:
             return (("stranded_token", math.nan),)
         return ()
 
+    def forget(self, tokens) -> None:
+        """Drop ``(session, token)`` refresh tokens that will never be presented or let go of
+        again: a later ``refresh_start`` or ``stranded`` row cannot name them, and a forced login
+        only asks whether its session's latest race token was granted (kept)."""
+        presented, granted, races = self.presented, self.granted, self.races
+        for session, token in tokens:
+            self.displaced.discard(token)  # no later ``stranded`` row can name it
+            for sets in (presented, granted):
+                seen = sets.get(session)
+                if seen is None or token not in seen:
+                    continue
+                latest = races.get(session)
+                if sets is granted and latest is not None and latest[0][1] == token:
+                    continue
+                seen.discard(token)
+                if not seen:
+                    del sets[session]  # a defaultdict: an absent session reads as an empty set
+
+    def forget_sessions(self, sessions) -> None:
+        """Drop everything of ``sessions``, which no later row can name."""
+        if not sessions:
+            return
+        gone = set(sessions)
+        for name in ("presented", "granted", "races", "reuse_at"):
+            table = getattr(self, name)
+            kept = {s: v for s, v in table.items() if s not in gone}
+            setattr(self, name, defaultdict(set, kept) if isinstance(table, defaultdict) else kept)
+        self.revoked -= gone
+        self.logged_out -= gone
+
     @classmethod
     def rows(cls, events: pd.DataFrame) -> pd.DataFrame:
         """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows

@@ -24,6 +24,7 @@ import gc
 import heapq
 import itertools
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -100,14 +101,14 @@ class Signal:
         self.waiters: list = []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Store:
     """Where an access token lives: shared by a user's tabs, or one per tab."""
 
     held: Held | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Flight:
     """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock; the
     refresh in flight, when and from which tab it started."""
@@ -117,7 +118,7 @@ class Flight:
     owner: object = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class User:
     index: int
     streams: UserStreams
@@ -133,7 +134,7 @@ class User:
         return self.sim.now + self.skew_s
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Visit:
     """One user's presence between a login and leaving: the session and its cookie jar."""
 
@@ -159,7 +160,7 @@ class Visit:
         return w[2], w[3]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tab:
     index: int
     visit: Visit
@@ -206,8 +207,42 @@ class Task:
         user.tasks.append(self)
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldToken(Held):
+    """What a simulated client holds of an access token, with the token itself: while any client
+    (or call in flight) holds it, the ledger keeps it (:meth:`Simulation._forget`)."""
+
+    token: Token = field(default=None, compare=False, repr=False)
+
+
 def held(token: Token) -> Held:
-    return Held(token.id, token.expires_at_s)
+    return _HeldToken(token.id, token.expires_at_s, token)
+
+
+def _references_of_unheld() -> int:
+    """What ``sys.getrefcount`` says of a token that only the ledger holds, as seen by the
+    ``held`` callback of :meth:`~sim.strategies.ledger.Ledger.forget_unreachable` (the loop's and
+    the call's own references, which differ between Python versions)."""
+    probe, seen = Ledger(), []
+    probe.mint("access", probe.new_session(0, 0.0), 0.0, 1.0, cause="login")
+    probe.forget_unreachable(lambda token: seen.append(sys.getrefcount(token)), lambda token: ())
+    return seen[0]
+
+
+def _dismantled(visit: Visit) -> bool:
+    """Let go of what an ended visit holds once none of its tabs' tasks runs any more (False
+    while one does): its tokens, and the cycles between it, its tabs and their single-flight
+    scopes, which would otherwise stay until the run ends (the cyclic collector is off)."""
+    if any(task.tab is not None and task.tab.visit is visit for task in visit.user.tasks):
+        return False
+    for tab in visit.tabs:
+        tab.store.held = None
+        tab.flight.inflight = tab.flight.owner = None
+        tab._view = None
+    visit.jar = visit.login = None
+    visit.flight.inflight = visit.flight.owner = None
+    visit.tabs = []
+    return True
 
 
 def _one(effect):
@@ -226,6 +261,11 @@ _ACQUIRE = _Acquire()
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
+    #: scenario seconds between two looks at the ledger's size (None: keep every token minted)
+    FORGET_EVERY_S: float | None = 60.0
+    #: the fewest tokens kept at which the ledger forgets the unreachable ones
+    FORGET_MIN_TOKENS = 4096
+
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
                  users=None):
         # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
@@ -243,6 +283,11 @@ class Simulation:
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
+        self._forget_at = self.FORGET_MIN_TOKENS
+        self._closed: list[Visit] = []  # visits that ended, their tabs perhaps still finishing
+        self._open_visits: set[Visit] = set()
+        self._users: list[User] = []
+        self._unheld_refs = _references_of_unheld()
         # the server's own draws (a race window per rotated token), one stream per replication
         self.server_rng = generator(seed, replication, 3, int(Source.RACE))
         self._attempts_ok = self.rec.counts.bins_of("attempt", "ok")
@@ -295,6 +340,10 @@ class Simulation:
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
                              float(arrivals[u]), p_idle, user.clock, scenario.population.tab_offsets_s(int(tabs[u])))
             self.step(Task(flow, None, user), None)
+            self._users.append(user)
+        del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
+        if self.FORGET_EVERY_S is not None:
+            self.at(self.FORGET_EVERY_S, self._forget, None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s
         while heap and heap[0][0] < end:
             t, _, fn, arg = pop(heap)
@@ -308,6 +357,36 @@ class Simulation:
         rec.counts.auth_queue_s = np.asarray(rec.queued.bins)
         rec.counts.valid_tokens_per_session_max = rec.valid_max
         return rec
+
+    def _forget(self, _) -> None:
+        """Drop from the ledger (and from the recorder's per-session state) the tokens no one can
+        present or look up again — none of the clients, calls in flight or flows holds them, and
+        the server reaches them by no id (:meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)
+        — and then the sessions left with no token that no visit or device names, so that memory
+        follows the live tokens and sessions, not every one minted. Every answer and count stays
+        the same. A pass costs a walk over the tokens kept: it runs when they have doubled
+        since the last one (checked every ``FORGET_EVERY_S`` scenario seconds)."""
+        ledger, now = self.ledger, self.now
+        if len(ledger.tokens) >= self._forget_at:
+            self._closed = [visit for visit in self._closed if not _dismantled(visit)]
+            unheld, sessions = self._unheld_refs, ledger.sessions
+
+            def held(token: Token) -> bool:
+                if sys.getrefcount(token) > unheld:
+                    return True
+                # a visit's end reads its session's newest access token (its exposure) until it expires
+                return token.expires_at_s > now and sessions[token.session].newest_access == token.id
+
+            server = self.server
+            gone = ledger.forget_unreachable(held, lambda token: server.looked_up_from(ledger, token))
+            # a session is read through its tokens, and by a visit (or a device remembering it)
+            # naming it, whose end reads it and whose forced login records it
+            named = {visit.session for visit in self._open_visits}
+            named.update(visit.session for visit in self._closed)
+            named.update(user.kept[2] for user in self._users if user.kept is not None)
+            self.rec.forget(gone, ledger.forget_sessions(named), now)
+            self._forget_at = max(2 * len(ledger.tokens), self.FORGET_MIN_TOKENS)
+        self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
     def resume(self, arg) -> None:
         task, value = arg
@@ -388,7 +467,9 @@ class Simulation:
                       for i in range(effect.n_tabs)]
         if user.kept is not None:
             visit.jar, shared.held, visit.session = user.kept
+            user.kept = None  # read here only: it would keep the visit's first tokens (and their successors)
         self.rec.counts.active(self.now, 1)
+        self._open_visits.add(visit)
         return visit
 
     def _close(self, task, effect):
@@ -398,11 +479,14 @@ class Simulation:
             shared = visit.tabs[0].store.held if self.client.storage == "shared" else None
             visit.user.kept = (visit.jar, shared, visit.session)
         self.rec.counts.active(now, -1)
+        self._open_visits.discard(visit)
+        self._closed.append(visit)
         self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
         if visit.session is not None:
             session = self.ledger.sessions[visit.session]
             if session.newest_access is not None:
-                self.rec.counts.exposure(now, max(0.0, self.ledger.tokens[session.newest_access].expires_at_s - now))
+                newest = self.ledger.tokens.get(session.newest_access)  # forgotten: it had expired
+                self.rec.counts.exposure(now, 0.0 if newest is None else max(0.0, newest.expires_at_s - now))
         return None
 
     def _spawn(self, task, effect):

@@ -143,6 +143,12 @@ class ServerPolicy(Model):
     def access_expiry(self, session: Session, now: float) -> float:
         return now + self.access_ttl_s
 
+    def looked_up_from(self, ledger: Ledger, token: Token) -> tuple:
+        """The ids of the tokens this server may look up when ``token`` is presented or used
+        (a driver that forgets tokens keeps these while it keeps ``token``,
+        :meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)."""
+        return ()
+
     def mints_per_refresh(self) -> int:
         """Signatures one successful refresh costs (access + rotated refresh token)."""
         return 1
@@ -366,6 +372,20 @@ class DualTokenServer(ServerPolicy):
 
     def mints_per_refresh(self):
         return 2 if self.rotation else 1
+
+    def looked_up_from(self, ledger, token):
+        # a rotated token's pair (re-sent to a reuse), a deferred-commit access token's pair
+        # (committed by its first use), the session's newest refresh token (replayed to its
+        # parent) and the one its row holds (displaced by a concurrent write)
+        ids = list(token.successor or ())
+        if token.pair is not None:
+            ids.append(token.pair)
+        session = ledger.sessions[token.session]
+        if self.parent_replay and session.newest_refresh is not None:
+            ids.append(session.newest_refresh)
+        if self.rotation_store == "session_row" and session.current_refresh is not None:
+            ids.append(session.current_refresh)
+        return ids
 
     def mints_per_login(self):
         return 2  # access and refresh token
