@@ -95,25 +95,27 @@ def test_storm_at_twice_capacity_sheds_with_retry_after_and_the_ledger_matches()
         ready.wait()
         for thread in threads:
             thread.join(60)
-        after = client.get(p.LEDGER_PATH).json()
+        after = client.get(p.LEDGER_PATH, params={"records": 1}).json()
 
     statuses = [s for s, _, _ in answers]
     ok = sorted(latency for s, latency, _ in answers if s == 200)
     shed = [(latency, retry) for s, latency, retry in answers if s == 503]
     assert len(answers) == RATE_PER_S * SECONDS and set(statuses) <= {200, 503}
     assert shed and all(retry is not None and retry.isdecimal() and int(retry) >= 1 for _, retry in shed)
-    # an answered call waited for at most QUEUE_LIMIT calls ahead of it on WORKERS workers, then
-    # was served: its latency stays under that bound (plus loopback HTTP and scheduling slack)
-    bound_s = (QUEUE_LIMIT / WORKERS + 1) * SERVICE_S + 0.25
+    # a call waited for at most QUEUE_LIMIT calls ahead of it on WORKERS workers: the tier's own
+    # waits stay under that bound (plus event-loop slack; the clients' latencies also carry the
+    # host's scheduling, which a busy host stretches without bound)
+    bound_s = QUEUE_LIMIT / WORKERS * SERVICE_S + 0.1
+    longest_wait_s = max(wait_ms for _, wait_ms in after["auth"]["queue_waits"]) / 1000
+    assert longest_wait_s < bound_s, (longest_wait_s, bound_s)
     p99 = ok[min(len(ok) - 1, int(0.99 * len(ok)))]
-    assert p99 < bound_s, (p99, bound_s)
     # the ledger counts exactly what the clients saw
     totals = {k: after["totals"][k] - before["totals"][k] for k in after["totals"]}
     assert totals["refresh_calls"] == len(ok) == totals["renewal_access_mints"]
     assert after["auth"]["unavailable"] - before["auth"]["unavailable"] == len(shed)
     print(f"storm: {len(answers)} refreshes at {RATE_PER_S}/s against capacity {WORKERS / SERVICE_S:.0f}/s: "
           f"{len(ok)} answered (p50 {statistics.median(ok) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-          f"bound {bound_s * 1000:.0f} ms), {len(shed)} shed with Retry-After "
+          f"longest queue wait {longest_wait_s * 1000:.0f} ms, bound {bound_s * 1000:.0f} ms), {len(shed)} shed with Retry-After "
           f"(median {statistics.median(l for l, _ in shed) * 1000:.0f} ms)")
 
 
