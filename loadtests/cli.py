@@ -870,6 +870,9 @@ def round_trips(test: LoadTest) -> dict:
     if correlated is not None:
         network["rtt_correlation"], tau_s = correlated
         network["rtt_correlation_time"] = f"{tau_s * 1000:g}ms"
+    kept, overtaking = answer_order(events, getattr(test, "time_scale", 1.0))
+    if overtaking >= MIN_OVERTAKING and kept >= IN_ORDER_SHARE * overtaking:
+        network["in_order"] = True
     refreshes = events[events["event"] == "refresh_end"]
     refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
     if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():
@@ -888,6 +891,37 @@ TOGETHER_S = 0.005
 DECAY_LAGS_S = (0.2, 1.0)
 #: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
 MIN_PAIRS = 50
+
+
+#: refresh calls sent while an earlier API call of the same user was unanswered a load test needs
+#: before validate judges whether the server answered in order (``network.in_order``)
+MIN_OVERTAKING = 20
+#: the share of those that must have come back no earlier than that call for ``in_order``
+IN_ORDER_SHARE = 0.95
+
+
+def answer_order(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[int, int]:
+    """(kept, could overtake): of the refresh calls a user sent while an API call that user had
+    sent earlier was still unanswered, how many came back no earlier than every such call. A
+    server that answers in the order calls reach it keeps (nearly) all; independent round trips
+    let a quick refresh overtake a slow 401 of the same page view. Answer times are send times
+    plus the wall round trips (× ``time_scale``)."""
+    attempts = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["user", "t_s", "latency_ms"]]
+    ends = events.loc[(events["event"] == "refresh_end") & events["latency_ms"].notna(), ["user", "t_s", "latency_ms"]]
+    scale_s = time_scale / 1000.0
+    by_user = {user: (rows["t_s"].to_numpy(float), (rows["t_s"] + rows["latency_ms"] * scale_s).to_numpy(float))
+               for user, rows in attempts.groupby("user")}
+    kept = could = 0
+    for user, end_s, latency_ms in ends.itertuples(index=False):
+        if user not in by_user:
+            continue
+        sent_s, answered_s = by_user[user]
+        start_s = end_s - latency_ms * scale_s
+        pending = answered_s[(sent_s < start_s) & (answered_s > start_s)]
+        if len(pending):
+            could += 1
+            kept += bool(end_s >= pending.max())
+    return kept, could
 
 
 def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[float, float] | None:
