@@ -184,7 +184,7 @@ class Network(Model):
     #: refresh sent after a 401 can overtake a slower 401 of the same page view). One server
     #: process answering in the order calls reached it does this (node-oidc-provider serves its
     #: API and token endpoint from one event loop): the 401s of a page view then all come back
-    #: before the refresh the first of them started. ``validate`` measures it from its load test
+    #: before the refresh the first of them started. A target profile's ``network_settings`` sets it
     in_order: bool = False
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes

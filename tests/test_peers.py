@@ -10,6 +10,7 @@ number ``users``, written to run.json) are in those records too and are taken ou
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -152,9 +153,11 @@ def check_exact_oidc_provider(out: Path, server) -> None:
     runs = sorted((measured(f) for f in out.glob("measured-*")), key=lambda r: r[0]["t0_unix_s"])
     assert len(runs) == 3
     records = server.records()
-    starts = [run["t0_unix_s"] for run, _ in runs] + [float("inf")]
-    for (run, events), start, end in zip(runs, starts, starts[1:]):
-        mine = [r for r in records if start <= r["t"] < end and r.get("account") != f"user-{run['preflight_user']}"]
+    for run, events in runs:
+        preflight_user, start = f"user-{run['preflight_user']}", run["t0_unix_s"]
+        # up to the next variant's preflight (its forged refresh token names no account)
+        end = min((r["t"] for r in records if r["t"] > start and r.get("account") == preflight_user), default=math.inf)
+        mine = [r for r in records if start <= r["t"] < end and r.get("account") != preflight_user]
         counters = run["client_counters"]
         refresh_grants = [r for r in mine if r["event"] in ("grant.success", "grant.error")
                           and r.get("grant_type") == "refresh_token"]
