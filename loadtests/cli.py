@@ -700,6 +700,8 @@ def validate(
         "races and logged-out tabs.")] = False,
     tabs: Annotated[Optional[int], typer.Option("--tabs", help="(--browser) tabs per user [default: the "
                                                 "scenario's].")] = None,
+    users: Annotated[Optional[int], typer.Option("--users", help="(--browser) users, each an independent draw of "
+                                                 "the race [default: the scenario's].")] = None,
     throttling: Annotated[str, typer.Option("--throttling", help="(--browser) off or chrome.")] = "off",
     tab_opening: Annotated[str, typer.Option("--tab-opening", help="(--browser) sequential, burst or spaced.")] = "sequential",
     cross_tab_lock: Annotated[bool, typer.Option("--cross-tab-lock", help="(--browser) oidc-client-ts with the app's "
@@ -721,7 +723,8 @@ def validate(
     lab's set-up with the SDK's preset (:func:`loadtests.browser_lab.validate_browser`)."""
     scenario = read_scenario(scenario_path)
     if browser:
-        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run)
+        _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run,
+                          users)
         return
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
@@ -829,7 +832,7 @@ RTT_QUANTILES = 50
 
 
 def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, lock=False,
-                      lab_run=None) -> None:
+                      lab_run=None, users=None) -> None:
     from loadtests.browser_lab import LabError, validate_browser
 
     if throttling not in ("off", "chrome"):
@@ -847,7 +850,7 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
     out = out or default_out(scenario_path, "validate-browser")
     try:
         agreed = validate_browser(scenario_path, scenario, names, tabs, throttling, tab_opening, out, lock=lock,
-                                  lab_run=lab_run)
+                                  lab_run=lab_run, users=users)
     except LabError as exc:
         raise fail(str(exc), code=exc.code) from None
     out_console.print(f"wrote {out}")
@@ -903,6 +906,9 @@ TOGETHER_S = 0.005
 DECAY_LAGS_S = (0.2, 1.0)
 #: pairs of attempts sent together a load test needs before validate tells the simulation how alike they were
 MIN_PAIRS = 50
+#: the most alike validate calls round trips sent together (the last digit it reports): no two
+#: calls over a real loopback and event loop take exactly the same time
+MAX_RTT_CORRELATION = 0.999
 
 
 def answer_order(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[int, int]:
@@ -932,11 +938,16 @@ def answer_order(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[int, in
 def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[float, float] | None:
     """How alike the round trips of API attempts sent at the same moment were, by anyone
     (``network.rtt_correlation`` ρ), and how fast that fades (``rtt_correlation_time`` τ,
-    seconds): normal scores of the attempts' round trips (ranks mapped through the standard
-    normal's quantile function); ρ is the mean product of the scores of every pair sent within
-    ``TOGETHER_S`` wall seconds of each other, τ fits ``ρ·exp(−Δ/τ)`` to the mean product at wall
-    lags Δ in ``DECAY_LAGS_S``. Round trips are real time, unscaled, and so is τ. None with fewer
-    than ``MIN_PAIRS`` pairs sent together (or no correlation to speak of)."""
+    seconds), from normal scores of the attempts' round trips (ranks mapped through the standard
+    normal's quantile function). For unit scores correlated ρ, ``E[(z₁ − z₂)²] = 2(1 − ρ)``: ρ is
+    one less half the mean squared difference of the scores of every pair sent within
+    ``TOGETHER_S`` wall seconds of each other, and τ fits ``ρ·exp(−Δ/τ)`` to the same at wall lags
+    Δ in ``DECAY_LAGS_S``. Differences, not products: calls sent together are sent at busy
+    moments, whose scores spread wider than the run's, and a mean product then reads above 1 —
+    a correlation of 1 would make the simulation's calls sent together take identical round
+    trips, where what decides a race between them is how unlike they are. Round trips are real
+    time, unscaled, and so is τ. None with fewer than ``MIN_PAIRS`` pairs sent together (or no
+    correlation to speak of)."""
     from scipy.special import ndtri
 
     rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["t_s", "latency_ms"]]
@@ -952,24 +963,24 @@ def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[floa
         lag = wall[k:] - wall[:-k]
         if lag.min() >= DECAY_LAGS_S[1]:
             break
-        product = score[k:] * score[:-k]
+        squared = (score[k:] - score[:-k]) ** 2
         together = lag < TOGETHER_S
-        near[0] += float(product[together].sum())
+        near[0] += float(squared[together].sum())
         near[1] += int(together.sum())
         decay = (lag >= DECAY_LAGS_S[0]) & (lag < DECAY_LAGS_S[1])
-        far[0] += float(product[decay].sum())
+        far[0] += float(squared[decay].sum())
         far[1] += float(lag[decay].sum())
         far[2] += int(decay.sum())
     if near[1] < MIN_PAIRS:
         return None
-    rho = min(near[0] / near[1], 1.0)
+    rho = min(1.0 - near[0] / near[1] / 2.0, MAX_RTT_CORRELATION)
     if rho < 0.01:
         return None
     if far[2] == 0:
-        return round(rho, 2), DECAY_LAGS_S[0]
-    c, lag = far[0] / far[2], far[1] / far[2]
+        return round(rho, 3), DECAY_LAGS_S[0]
+    c, lag = 1.0 - far[0] / far[2] / 2.0, far[1] / far[2]
     tau = lag / math.log(rho / c) if 0 < c < rho else (60.0 if c >= rho else lag / 5)
-    return round(rho, 2), round(min(max(tau, 0.001), 60.0), 3)
+    return round(rho, 3), round(min(max(tau, 0.001), 60.0), 3)
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

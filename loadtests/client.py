@@ -33,8 +33,8 @@ from sim.engine.streams import AuthRoundTrip, UserStreams, arrival_times, user_t
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Jitter, Join, Login, Open, Pause, Refresh, Renew, Request, Reread,
-    Send, Sleep, WakePhase, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
+    LIVE, LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Cookies, Jitter, Join, Login, Open, Pause, Refresh, Renew,
+    Request, Reread, Send, Sleep, WakePhase, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
 )
 from loadtests.targets.classify import Classifier
 from loadtests.targets.profile import TargetProfile, reference_profile
@@ -269,6 +269,17 @@ class Visit:
     retry_after_wall_s: float | None = None
     #: the refresh tokens (strings) this visit's tabs presented
     presented: set = field(default_factory=set)
+    #: (client ``stale_read``) the shared store's last write by a renewal: (when, scenario s; the
+    #: tab that wrote; the access token and the refresh token it held before)
+    written: tuple | None = None
+
+    def stale(self, tab: "Tab") -> tuple | None:
+        """What ``tab`` reads of the shared store instead of its last write, when inside the
+        stale-read window of another tab's write: (access token, refresh token); else None."""
+        w = self.written
+        if w is None or tab.policy is None or not tab.policy.reads_stale(w[1] is tab, w[0], tab.now()):
+            return None
+        return w[2], w[3]
 
 
 @dataclass(eq=False)
@@ -297,6 +308,8 @@ class Tab:
 
     def view(self) -> TabView:
         token, flight = self.store.token, self.flight
+        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
+            token = stale[0]
         refreshing = flight.inflight is not None
         if refreshing and flight.owner is not self and self.policy is not None:
             refreshing = self.policy.sees_refresh(False, flight.since, self.now())
@@ -377,7 +390,7 @@ class UserDriver:
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
                          self.scenario.population.idle_probability, self.client_clock,
-                         self.scenario.population.tab_opening_gap_s)
+                         self.scenario.population.tab_offsets_s(self.n_tabs))
         self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
@@ -402,12 +415,12 @@ class UserDriver:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def request(self, tab: Tab) -> None:
-        """One request (:func:`~sim.strategies.flow.request_flow`); records one ``request`` row
-        at its issue time."""
+    def request(self, tab: Tab, cookie: Any = LIVE) -> None:
+        """One request (:func:`~sim.strategies.flow.request_flow`) whose renewals present
+        ``cookie``; records one ``request`` row at its issue time."""
         clock, visit = self.clock, tab.visit
         issued, issued_wall, session, trace = clock.now_s(), time.perf_counter(), visit.session, _Trace()
-        flow = request_flow(self.policy, tab.view, self.client_clock)
+        flow = request_flow(self.policy, tab.view, self.client_clock, cookie=cookie)
         ok = drive(flow, lambda effect: self.carry_out(tab, effect, trace))
         added_ms = max((time.perf_counter() - issued_wall - trace.rtt_s) * 1000.0, 0.0) if ok else math.nan
         self._request_done(issued, tab, session, added_ms)
@@ -422,18 +435,20 @@ class UserDriver:
                 trace.reissued = self._reissued(reply, sent, tab.visit)
                 return Response(reply.status if reply.status in (200, 401) else 0,
                                 trace.reissued.held if trace.reissued else None, outcome == "expired")
-            case Request():
-                self.request(tab)
-            case Renew(action=action, basis=basis):
-                return drive(renew_flow(self.policy, action, basis, tab.view),
+            case Request(cookie=cookie):
+                self.request(tab, cookie)
+            case Cookies():
+                return tab.visit.jar
+            case Renew(action=action, basis=basis, cookie=cookie):
+                return drive(renew_flow(self.policy, action, basis, tab.view, cookie),
                              lambda inner: self.carry_out(tab, inner, trace, pace))
             case Join(timeout_s=timeout_s):
                 try:
                     return tab.flight.inflight.get(timeout=None if timeout_s is None else self.clock.wall(timeout_s))
                 except gevent.Timeout:
                     return None
-            case Refresh(basis=basis):
-                return self.refresh_in_flight(tab, basis, trace)
+            case Refresh(basis=basis, cookie=cookie):
+                return self.refresh_in_flight(tab, basis, trace, cookie)
             case Reread():
                 return tab.visit.jar is not None and tab.visit.jar != trace.presented
             case Clear(every_tab=every_tab):
@@ -544,7 +559,8 @@ class UserDriver:
             self.sink.record(self.clock.now_s(), self.index, tab.index, tab.visit.session, "stranded", token_id(jar))
             self.sink.count("stranded")
 
-    def refresh_in_flight(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None) -> str:
+    def refresh_in_flight(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None,
+                          cookie: Any = LIVE) -> str:
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
         the policy is single-flight; returns its outcome (``"ok"`` or a ``refresh_end``
         outcome). Those who joined it learn whether the tab then holds a new token."""
@@ -553,7 +569,7 @@ class UserDriver:
             flight.inflight, flight.since, flight.owner = done, self.clock.now_s(), tab
         outcome = "lost"
         try:
-            outcome = self.refresh(tab, basis, trace)
+            outcome = self.refresh(tab, basis, trace, cookie)
         finally:
             if self.policy.releases_lock(outcome):
                 if flight.inflight is done:
@@ -561,14 +577,16 @@ class UserDriver:
                 done.set(outcome == "ok")
         return outcome
 
-    def refresh(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None) -> str:
-        """One refresh call with the jar's refresh token; on success the tab's store gets the
-        access token. Returns ``"ok"`` or the ``refresh_end`` outcome."""
+    def refresh(self, tab: Tab, basis: str | None, trace: "_Trace | None" = None, cookie: Any = LIVE) -> str:
+        """One refresh call with the jar's refresh token (``cookie``: LIVE, or a server-rendered
+        page's snapshot of it); on success the tab's store gets the access token. Returns
+        ``"ok"`` or the ``refresh_end`` outcome."""
         clock, visit, sink = self.clock, tab.visit, self.sink
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
             return "ok" if tab.store.token is not None else "no_token"
-        jar = visit.jar
+        stale = visit.stale(tab) if visit.written is not None and cookie is LIVE else None
+        jar = (visit.jar if stale is None else stale[1]) if cookie is LIVE else cookie
         if jar is None:
             return "signed_out"
         if trace is not None:
@@ -613,6 +631,8 @@ class UserDriver:
                 sink.count("resent_pairs")
             else:
                 self._minted(token, "access_refresh", basis, visit)
+            if self.policy.stale_read_s > 0 and self.policy.storage == "shared":
+                visit.written = (clock.now_s(), tab, tab.store.token, visit.jar)
             tab.store.token = token
             if new_jar and new_jar != jar:
                 if jar_id not in self.rotated:
@@ -662,7 +682,7 @@ class UserDriver:
             visit.session = token.session or f"{self.index}.{next(self.visits)}"
             token = Token(token.raw, token.held, visit.session)
             self._minted(token, "access_login", None, visit)
-            visit.jar = body.get("refresh_token")
+            visit.jar, visit.written = body.get("refresh_token"), None
             if visit.jar:
                 self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
             for filled in (visit.tabs if self.policy.storage == "copied" else (tab,)):

@@ -16,7 +16,9 @@ in scenario time):
   ``unauthenticated`` | ``unavailable`` | ``lost``: its answer reaches the client;
 - ``mint``, ``<kind>_<cause>`` with kind ``access`` | ``refresh`` and cause ``login`` | ``refresh``
   | ``grace`` | ``reissue``, suffixed ``_duplicate`` for a duplicate access token;
-- ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger;
+- ``reuse_detected``, ``grace_reuse``, ``revoke``: from the server's ledger; ``displaced``, ``""``:
+  (the server's ledger) a session row's write replaced the refresh token ``token`` with a
+  concurrent rotation's, so the server no longer honours it;
 - ``resent_pair``: a refresh answered with tokens already issued (neither a mint nor a duplicate);
 - ``login``, ``visit`` | ``forced`` | ``lapsed``: a user starts a login (``lapsed`` when the
   server let the credential expire — a refresh token past its lifetime, a sliding token the API
@@ -154,7 +156,8 @@ def exact_quantile(values: np.ndarray, q: float) -> float:
 
 
 #: the rows :class:`Divergence` reads
-WATCHED_EVENTS = frozenset({"refresh_start", "refresh_end", "reuse_detected", "revoke", "login", "stranded"})
+WATCHED_EVENTS = frozenset({"refresh_start", "refresh_end", "reuse_detected", "revoke", "login", "stranded",
+                            "displaced"})
 #: the rows :class:`Divergence` derives
 DIVERGENCE_EVENTS = ("spurious_logout", "race_logout", "stranded_token", "benign_revocation")
 
@@ -172,7 +175,8 @@ class Divergence:
       detected, the token having been presented by the user's own client (every client of a
       simulation or a load test is the user's own: no thief);
     - a *stranded token*: a ``stranded`` row (a refresh token the client let go of unpresented)
-      of a session not revoked then.
+      of a session not revoked then, the server still honouring the token (no ``displaced`` row
+      for it before): a valid refresh token no client holds.
 
     - a *race logout*: a forced login (spurious or not) leaving a session that had a race; its
       value is the seconds from *the race behind it* to it: the session's latest race when the
@@ -184,7 +188,7 @@ class Divergence:
     :meth:`feed` takes one row and returns the derived rows ``(event, value)`` (``value`` NaN
     but for ``race_logout``)."""
 
-    __slots__ = ("presented", "granted", "races", "revoked", "reuse_at", "logged_out")
+    __slots__ = ("presented", "granted", "races", "revoked", "reuse_at", "logged_out", "displaced")
 
     def __init__(self) -> None:
         self.presented: dict = defaultdict(set)
@@ -193,6 +197,7 @@ class Divergence:
         self.revoked: set = set()
         self.reuse_at: dict = {}
         self.logged_out: set = set()
+        self.displaced: set = set()  # refresh tokens the server no longer honours, never presented
 
     def feed(self, t_s: float, event: str, outcome: str, session, token) -> tuple:
         if event == "refresh_start":
@@ -222,9 +227,41 @@ class Divergence:
             if raced not in self.granted[session] and before is not None:
                 t_race = before[0]
             return out + (("race_logout", t_s - t_race),)
-        elif event == "stranded" and session not in self.revoked:
+        elif event == "displaced":
+            self.displaced.add(token)
+        elif event == "stranded" and session not in self.revoked and token not in self.displaced:
             return (("stranded_token", math.nan),)
         return ()
+
+    def forget(self, tokens) -> None:
+        """Drop ``(session, token)`` refresh tokens that will never be presented or let go of
+        again: a later ``refresh_start`` or ``stranded`` row cannot name them, and a forced login
+        only asks whether its session's latest race token was granted (kept)."""
+        presented, granted, races = self.presented, self.granted, self.races
+        for session, token in tokens:
+            self.displaced.discard(token)  # no later ``stranded`` row can name it
+            for sets in (presented, granted):
+                seen = sets.get(session)
+                if seen is None or token not in seen:
+                    continue
+                latest = races.get(session)
+                if sets is granted and latest is not None and latest[0][1] == token:
+                    continue
+                seen.discard(token)
+                if not seen:
+                    del sets[session]  # a defaultdict: an absent session reads as an empty set
+
+    def forget_sessions(self, sessions) -> None:
+        """Drop everything of ``sessions``, which no later row can name."""
+        if not sessions:
+            return
+        gone = set(sessions)
+        for name in ("presented", "granted", "races", "reuse_at"):
+            table = getattr(self, name)
+            kept = {s: v for s, v in table.items() if s not in gone}
+            setattr(self, name, defaultdict(set, kept) if isinstance(table, defaultdict) else kept)
+        self.revoked -= gone
+        self.logged_out -= gone
 
     @classmethod
     def rows(cls, events: pd.DataFrame) -> pd.DataFrame:

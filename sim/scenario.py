@@ -126,6 +126,16 @@ class Population(Model):
     #: tab ``i`` of a visit opens ``i`` times this after the first (its page views and its
     #: renewal timer start then); 0: every tab at once
     tab_opening_gap_s: Duration = Field(default="0s", alias="tab_opening_gap", ge=0)
+    #: when tabs 1, 2, … of a visit open after the first (the browser lab's measured openings:
+    #: a burst opens several at one instant); tabs beyond the list follow the last one by
+    #: ``tab_opening_gap`` each. None: ``tab_opening_gap`` alone
+    tab_opening_offsets_s: list[Duration] | None = Field(default=None, alias="tab_opening_offsets")
+
+    def tab_offsets_s(self, tabs: int) -> tuple[float, ...]:
+        """When each of a visit's ``tabs`` tabs opens, in seconds after the first."""
+        given = [0.0, *(self.tab_opening_offsets_s or ())]
+        return tuple(given[i] if i < len(given) else given[-1] + (i - len(given) + 1) * self.tab_opening_gap_s
+                     for i in range(tabs))
 
     @field_validator("tabs")
     @classmethod

@@ -120,6 +120,37 @@ def test_a_server_record_missing_from_the_log_fails_the_run():
     assert failure is not None and "server's own log" in failure and result.partial
 
 
+def _answered_after_the_end(unsettled: bool) -> LabRun:
+    """The race run with one more renewal sent 0.5 s before the end: the server answers it after
+    the lab's ``end`` record, and the lab records it while draining (or, ``unsettled``, never)."""
+    run = _race_run()
+    end = next(r for r in run.records if r["kind"] == "end")
+    late = {"t": end["t"] - 0.5, "kind": "token_call", "user": 0, "tab": 0, "grant_type": "refresh_token",
+            "presented": "R2", "error": "invalid_grant", "error_description": "grant request is invalid",
+            "received": None, "access": None, "expires_in": None}
+    run.server.append({"t": end["t"] + 0.023, "event": "grant.error", "grant_type": "refresh_token",
+                       "error": "invalid_grant", "detail": "refresh token not found", "presented": "R2"})
+    if unsettled:
+        run.records += [{"t": end["t"] + 30.0, "kind": "unsettled", "user": 0, "tab": 0, "sent": 4, "recorded": 3},
+                        {"t": end["t"] + 30.0, "kind": "drained", "unsettled": 1, "bound_s": 30.0}]
+    else:
+        run.records += [{**late, "t_end": end["t"] + 0.03, "status": 400},
+                        {"t": end["t"] + 0.03, "kind": "drained", "unsettled": 0, "bound_s": 30.0}]
+    return run
+
+
+@pytest.mark.parametrize("unsettled", [False, True])
+def test_a_call_in_flight_at_the_end_counts_once_answered_and_fails_the_run_if_never(unsettled):
+    scenario = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "x")[0]
+    result, merged, failure = lab_result(_answered_after_the_end(unsettled), scenario, "oidc-client-ts")
+    if unsettled:
+        assert failure is not None and "not answered and recorded 30.0 s after the end" in failure and result.partial
+        assert merged.agreement["server"]["refresh_calls"] == merged.agreement["lab"]["refresh_calls"] + 1
+    else:
+        assert failure is None and not result.partial and merged.agreement["exact"]
+        assert merged.agreement["lab"]["refresh_calls"] == merged.agreement["server"]["refresh_calls"] == 4
+
+
 def test_schedule_is_the_simulators_draws_per_tab():
     scenario, settings = lab_scenario(load_scenario(SCENARIO), "auth0-spa-js", 2, 3, "150s", "x")
     a, b = schedule(scenario, settings), schedule(scenario, settings)
@@ -211,6 +242,57 @@ def test_a_browser_that_does_not_start_leaves_no_folder(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.browser
+@pytest.mark.loadtest
+@pytest.mark.timeout(200)
+@needs_lab
+def test_a_renewal_in_flight_at_the_end_is_waited_for_and_counted(tmp_path):
+    # 70 s tokens: the tab renews at its poll 10 s after loading; the provider holds the answer
+    # back 5 s, so the renewal is still in flight when the 12 s of page views end
+    out, scenario = tmp_path / "run", tmp_path / "smoke.toml"
+    scenario.write_text(SMOKE.read_text().replace('{ dist = "exponential", mean = "10s" }', '"3s"'))
+    done = _refreshlab("browser", scenario, "--sdk", "oidc-client-ts", "--tabs", "1", "--duration", "12s", "--out", out,
+                       env={"LAB_REFRESH_ANSWER_DELAY_MS": "5000"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["server_agreement"]["exact"] and meta["server_agreement"]["lab"]["refresh_calls"] == 1
+    records = [json.loads(line) for line in (out / "browser_records.jsonl").read_text().splitlines()]
+    end = next(r["t"] for r in records if r["kind"] == "end")
+    renewal = next(r for r in records if r["kind"] == "token_call" and r["grant_type"] == "refresh_token")
+    drained = next(r for r in records if r["kind"] == "drained")
+    assert renewal["t"] < end < renewal["t_end"] <= drained["t"] and drained["unsettled"] == 0
+
+
+@pytest.mark.browser
+@pytest.mark.loadtest
+@pytest.mark.timeout(200)
+@needs_lab
+def test_a_provider_that_dies_mid_run_marks_the_run_partial(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("refreshlab")
+    cli = subprocess.Popen([str(exe), "browser", str(SMOKE), "--sdk", "oidc-client-ts", "--tabs", "1", "--duration",
+                            "60s", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    work = tmp_path / f".run.lab-{cli.pid}"
+    try:
+        # the page views have begun (the lab's own progress line): the provider goes away
+        deadline = time.monotonic() + 150
+        while "lab: running" not in ((work / "lab.log").read_text() if (work / "lab.log").is_file() else ""):
+            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+            time.sleep(0.2)
+        os.kill(int((work / "provider.pid").read_text()), signal.SIGKILL)
+        stdout, stderr = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 1, stdout + stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["partial"] and "the provider exited" in meta["failure"]
+    assert not work.exists()
+
+
 def test_the_simulated_setup_is_the_labs():
     from loadtests.browser_lab import simulated_scenario, tab_gap_s
 
@@ -224,6 +306,7 @@ def test_the_simulated_setup_is_the_labs():
     assert variant.client.preset == "oidc-client-ts-localstorage" and variant.client.wake_up_s == 1.0
     assert variant.client.timer_phase == "poll" and variant.client.storage == "copied"
     assert predicted.population.tab_opening_gap_s == pytest.approx(0.3)
+    assert predicted.population.tab_opening_offsets_s == [pytest.approx(0.3)]
     assert (predicted.population.users, predicted.population.tabs.mean) == (1, 2)
     assert predicted.run.duration_s == pytest.approx(62.0 - 1.1) and predicted.run.warmup_s == 0
 
@@ -231,21 +314,45 @@ def test_the_simulated_setup_is_the_labs():
 def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_logouts_occur():
     from loadtests.browser_lab import compare_browser
 
-    # races in one replication of three: the simulator predicts none
+    # races in one replication of three: likely but not rare either way
     simulated = pd.DataFrame({"refresh_calls": [21, 20, 22], "same_token_races": [0, 0, 1],
-                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3]})
+                              "tabs_logged_out": [0, 0, 2], "refused_refreshes": [0, 0, 3],
+                              "users_logged_out": [0, 0, 1]})
     rows = compare_browser(simulated, {"refresh_calls": 20, "same_token_races": 0, "tabs_logged_out": 0,
-                                       "refused_refreshes": 0}).set_index("metric")
+                                       "refused_refreshes": 0, "users_logged_out": 0, "users": 1}).set_index("metric")
     # refresh calls among the replications without a race, as the lab had none: 20.5 against 20
     assert rows.loc["refresh_calls", "agrees"] and rows.loc["refresh_calls", "relative_difference"] == pytest.approx(0.025)
     assert rows.loc["refresh_calls", "replications"] == 2
     assert rows.loc["same_token_races", "simulated_share"] == pytest.approx(1 / 3)
     assert rows.loc["same_token_races", "agrees"] and rows.loc["tabs_logged_out", "agrees"]
     assert rows.loc["refused_refreshes", "agrees"] is None
-    off = compare_browser(simulated, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
-                                      "refused_refreshes": 3}).set_index("metric")
+    # a race in the lab is one draw of an outcome a third of the replications had: it agrees
+    raced = compare_browser(simulated, {"refresh_calls": 5, "same_token_races": 2, "tabs_logged_out": 2,
+                                        "refused_refreshes": 3, "users_logged_out": 1, "users": 1}).set_index("metric")
+    assert raced.loc["same_token_races", "agrees"] and raced.loc["tabs_logged_out", "agrees"]
+    # an outcome under 10% of the replications is not: none of 11 had a race
+    never = pd.concat([simulated.iloc[:2]] * 6, ignore_index=True).iloc[:11]
+    off = compare_browser(never, {"refresh_calls": 30, "same_token_races": 2, "tabs_logged_out": 3,
+                                  "refused_refreshes": 3, "users_logged_out": 1, "users": 1}).set_index("metric")
     assert not off.loc["refresh_calls", "agrees"] and not off.loc["same_token_races", "agrees"]
     assert not off.loc["tabs_logged_out", "agrees"]
+    # one user is too few to refute a probability of 1/3 (exact interval 2.5%-100%), not 0
+    assert raced.loc["users_logged_out", "agrees"] and not off.loc["users_logged_out", "agrees"]
+
+
+def test_the_share_of_users_logged_out_against_the_simulated_probability_with_an_exact_interval():
+    from loadtests.browser_lab import users_logged_out_check
+
+    # 5 users per replication, 2 logged out in each: p = 0.4
+    simulated = pd.DataFrame({"users_logged_out": [2, 2, 2, 2]})
+    # 0 of 5 measured: the exact 95% interval is [0, 52%], which holds 0.4
+    row = users_logged_out_check(simulated, {"users": 5, "users_logged_out": 0})
+    assert row["simulated_share"] == pytest.approx(0.4) and row["agrees"]
+    assert (row["measured_share_low"], row["measured_share_high"]) == (0.0, pytest.approx(0.5218, abs=1e-4))
+    # 0 of 15 ([0, 21.8%]) or 15 of 15 ([78.2%, 1]) does not
+    assert not users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 0})["agrees"]
+    assert not users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 15})["agrees"]
+    assert users_logged_out_check(simulated.assign(users_logged_out=6), {"users": 15, "users_logged_out": 6})["agrees"]
 
 
 def test_the_cross_tab_lock_is_oidc_client_ts_only(cli):

@@ -1,7 +1,8 @@
 """The mechanisms the browser lab exposed, as exact event logs on constant inputs: per-tab
 polling timers over a store every tab copied at login (oidc-client-ts), hidden tabs whose timers
 wake on one coarse grid (Chrome's throttling), and a client that keeps a dead refresh token and
-tries it again (``on_refused = "keep"``)."""
+tries it again (``on_refused = "keep"``); a cross-tab lock whose next holder may read storage
+not yet updated (``stale_read``), and a lock wait that gives up (``on_lock_timeout``)."""
 
 import pandas as pd
 import pytest
@@ -97,6 +98,78 @@ def test_keep_tries_the_dead_refresh_token_on_every_need(make_scenario):
     relogin = sim.run(_tabs(make_scenario, {**client, "on_refused": "login"}, tabs=2, gap="0s", think="40s",
                             duration="130s"), events=True, engine="exact")
     assert relogin.replications.iloc[0]["forced_logins"] >= 1
+
+
+def test_tabs_opened_at_one_instant_poll_together_and_race_without_throttling(make_scenario):
+    # a burst: tabs 1 and 2 open together 0.3 s after tab 0, so their 5 s polls fall at the same
+    # instants: both renew at 30.3 with the refresh token tab 0's login left (tab 0 polls at
+    # 35): one rotates it, the other is reuse and the grant is revoked
+    scenario = _tabs(make_scenario, OIDC, tabs=3, duration="40s").replace(
+        population={"tab_opening_offsets": ["300ms", "300ms"]})
+    # a fourth tab would follow the last by the gap (300 ms)
+    assert scenario.population.tab_offsets_s(4) == (0.0, 0.3, 0.3, 0.6)
+    log = [(t, tab, e, o) for t, tab, e, o in _log(sim.run(scenario, events=True, engine="exact"))]
+    assert log == [(0.0, 0, "login", "visit"), (30.3, 1, "refresh_start", ""), (30.3, 2, "refresh_start", ""),
+                   (30.31, None, "reuse_detected", ""), (30.31, None, "revoke", ""),
+                   (30.32, 1, "refresh_end", "ok"), (30.32, 2, "refresh_end", "reuse_detected"),
+                   (35.0, 0, "refresh_start", ""), (35.02, 0, "refresh_end", "revoked")]
+    # a mean gap of 0.2 s instead (0, 0.2, 0.4) would put them apart: no race
+    apart = _tabs(make_scenario, OIDC, tabs=3, gap="200ms", duration="40s")
+    assert sim.run(apart, engine="exact").replications.iloc[0]["reuse_detections"] == 0
+
+
+LOCKED = {"trigger": "proactive", "threshold": "60s", "storage": "shared", "single_flight": True, "cross_tab_lock": True,
+          "on_refused": "keep", "max_retries": 0}
+
+
+@pytest.mark.parametrize("engine", ["exact", "fast"])
+def test_a_lock_with_a_stale_read_window_hands_the_old_refresh_token_to_the_next_holder(make_scenario, engine):
+    # two tabs, one shared cache under a cross-tab lock, both page views at 40.04 (the token
+    # stale under 60 s): tab 0 renews, tab 1 waits for the lock. Reading storage fresh, tab 1
+    # finds tab 0's new token when the lock comes to it at 40.06; inside a 5 ms stale-read
+    # window it reads the old pair, presents the rotated refresh token and the grant is revoked
+    def log(stale_read):
+        result = sim.run(_tabs(make_scenario, {**LOCKED, "stale_read": stale_read}, tabs=2, gap="0s", think="40s",
+                               duration="90s"), events=True, engine=engine)
+        return _log(result), result.replications.iloc[0]
+
+    fresh, row = log("0s")
+    assert fresh == [(0.0, 0, "login", "visit"), (40.04, 0, "refresh_start", ""), (40.06, 0, "refresh_end", "ok"),
+                     (80.08, 0, "refresh_start", ""), (80.1, 0, "refresh_end", "ok")]
+    assert row["reuse_detections"] == 0 and row["failed_requests"] == 0
+    stale, row = log("5ms")
+    assert stale == [(0.0, 0, "login", "visit"), (40.04, 0, "refresh_start", ""), (40.06, 0, "refresh_end", "ok"),
+                     (40.06, 1, "refresh_start", ""), (40.07, None, "reuse_detected", ""), (40.07, None, "revoke", ""),
+                     (40.08, 1, "refresh_end", "reuse_detected"),
+                     (80.08, 0, "refresh_start", ""), (80.1, 0, "refresh_end", "revoked")]
+    assert row["reuse_detections"] == 1
+
+
+@pytest.mark.parametrize("engine", ["exact", "fast"])
+def test_a_lock_timeout_that_gives_up_fails_the_need_instead_of_refreshing(make_scenario, engine):
+    # tab 0's renewal holds the lock 20 ms (40.04-40.06); tab 1 waits at most 10 ms: refreshing
+    # on its own it presents the token in flight (reuse); auth0-spa-js 2.x's TimeoutError
+    # instead fails tab 1's page view and nothing else happens
+    def run(action):
+        client = {**LOCKED, "lock_timeout": "10ms", "on_lock_timeout": action}
+        result = sim.run(_tabs(make_scenario, client, tabs=2, gap="0s", think="40s", duration="50s"), events=True,
+                         engine=engine)
+        return _log(result), result.replications.iloc[0]
+
+    log, row = run("refresh")
+    assert log[1:] == [(40.04, 0, "refresh_start", ""), (40.05, 1, "refresh_start", ""), (40.06, 0, "refresh_end", "ok"),
+                       (40.06, None, "reuse_detected", ""), (40.06, None, "revoke", ""),
+                       (40.07, 1, "refresh_end", "reuse_detected")]
+    log, row = run("fail")
+    assert log[1:] == [(40.04, 0, "refresh_start", ""), (40.06, 0, "refresh_end", "ok")]
+    assert (row["refresh_calls"], row["reuse_detections"], row["failed_requests"]) == (1, 0, 1)
+
+
+def test_the_stale_read_window_as_a_pure_answer():
+    client = sim.strategies.client.ProactiveClient(threshold="60s", stale_read="5ms")
+    assert client.reads_stale(False, 40.0, 40.004) and not client.reads_stale(False, 40.0, 40.005)
+    assert not client.reads_stale(True, 40.0, 40.0) and not client.reads_stale(False, None, 40.0)
+    assert not sim.strategies.client.ProactiveClient(threshold="60s").reads_stale(False, 40.0, 40.0)
 
 
 @pytest.mark.parametrize("client", [OIDC, {**OIDC, "wake_up": "1s"}])

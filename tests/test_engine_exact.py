@@ -387,6 +387,15 @@ def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were(
     scaled = attempts(0.6, 0.5).assign(t_s=lambda d: d["t_s"] * 40)
     assert rtt_correlation(scaled, time_scale=40)[1] == pytest.approx(0.5, rel=0.35)
     assert rtt_correlation(attempts(0.6, 0.5, n=40)) is None  # too few pairs to tell
+    # near 1 it is how unlike calls sent together are that decides races between them: read off
+    # their differences, it is never 1 (identical round trips), whatever else the run's scores do
+    busy = attempts(0.97, 0.5)
+    assert rtt_correlation(busy)[0] == pytest.approx(0.97, abs=0.015)
+    # calls sent together at busy moments, whose round trips spread wider than the run's:
+    # products of the run's scores read above 1 there; differences still give how alike they were
+    lone = attempts(0.97, 0.5).iloc[::2].assign(t_s=lambda d: d["t_s"] + 1000.0, latency_ms=lambda d: np.exp(3 + 0.3 * rng.standard_normal(len(d))))
+    rho, _ = rtt_correlation(pd.concat([busy, lone], ignore_index=True))
+    assert 0.9 < rho < 0.999
 
 
 def test_the_cyclic_garbage_collector_is_off_during_a_run_and_restored_after(make_scenario):
@@ -436,3 +445,22 @@ def test_a_run_starts_after_collecting_what_an_earlier_run_left_in_cycles(make_s
 
     Watching(scenario, variant, 0, 1, False).run()
     assert alive and not any(alive)
+
+
+def test_a_run_leaves_objects_the_caller_froze_frozen_and_freezes_nothing_itself(make_scenario):
+    import gc
+
+    from sim.engine.model import FastSimulation
+
+    scenario = make_scenario()
+    variant = scenario.variant(scenario.names[0])
+    assert gc.get_freeze_count() == 0
+    FastSimulation(scenario, variant, 0, 1, False).run()
+    assert gc.get_freeze_count() == 0  # the run's objects were moved on, not left frozen
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        FastSimulation(scenario, variant, 0, 1, False).run()
+        assert 0 < gc.get_freeze_count() <= frozen  # not released (a few may have died since)
+    finally:
+        gc.unfreeze()

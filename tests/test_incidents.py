@@ -64,9 +64,22 @@ def test_keep_newer_jar_strands_the_rows_token_and_reuse_detection_logs_out_a_li
 def test_last_write_wins_jar_follows_the_row_when_answers_come_in_write_order(make_scenario):
     client = {**TIMER, "jar_writes": "last_write_wins"}
     result = sim.run(one_variant(make_scenario, client, ROW_NO_CAS, population={"users": 1, "tabs": 2}), events=True)
-    # the jar's 4 is overwritten by 6 (what the row holds): 4 is stranded, nobody is logged out
-    assert log(result, "stranded")[0] == (240.15, "stranded", "", 4)
-    assert row(result)["forced_logins"] == 0
+    # the row's write of 6 displaced 4 (240.1), then the jar's 4 is overwritten by 6: the client
+    # let go of 4, but the server no longer honours it — not a stranded token (a valid refresh
+    # token no client holds); nobody is logged out
+    assert log(result, "displaced", "stranded", "stranded_token")[:2] == [(240.1, "displaced", "", 4),
+                                                                          (240.15, "stranded", "", 4)]
+    assert row(result)["forced_logins"] == row(result)["stranded_tokens"] == 0
+
+
+def test_a_stranded_token_counts_only_while_the_server_honours_it():
+    # the one rule (Divergence): a token the client let go of counts when its session is not
+    # revoked and the server has not displaced it
+    rows = [(1.0, "displaced", "", 1, 4), (1.1, "stranded", "", 1, 4), (1.2, "stranded", "", 1, 6),
+            (2.0, "revoke", "", 2, None), (2.1, "stranded", "", 2, 9)]
+    tracker = Divergence()
+    derived = [(t, tok, [event for event, _ in tracker.feed(t, e, o, s, tok)]) for t, e, o, s, tok in rows]
+    assert [(t, tok, out) for t, tok, out in derived if out] == [(1.2, 6, ["stranded_token"])]
 
 
 def test_answers_on_legs_of_their_own_strand_the_rows_token_and_log_out_one_renewal_later(make_scenario):
@@ -302,6 +315,85 @@ def test_a_sliding_expiry_is_a_lapse_and_a_login_from_an_empty_store_stays_spuri
         assert (derived["event"] == "spurious_logout").sum() == row(result)["spurious_logouts"]
 
 
+# -- server-rendered pages: one page fans out into server requests with a snapshot of the cookies --
+
+SSR = {"trigger": "reactive", "storage": "shared", "jar_writes": "last_write_wins", "render": "server"}
+
+
+def fanout(make_scenario, client, server=SINGLE_USE, **sections):
+    # one user, one tab; each page view fans out into 2 requests whose API round trips are
+    # 100 or 300 ms (seed 1: 100 then 300 at the first page after expiry); auth calls 100 ms
+    return one_variant(make_scenario, client, server, population={"users": 1, "tabs": 1},
+                       run={"seed": 1, "duration": "6m"}, workload={"burst_size": 2, "think_time": "40s"},
+                       network={"rtt": {"dist": "empirical", "values": ["100ms", "300ms"]}, "auth_rtt": "100ms"},
+                       **sections)
+
+
+def test_server_requests_of_a_page_refresh_with_the_page_requests_cookies(make_scenario):
+    # the page at 322.3 carries refresh token 2 and an expired access token: both server requests
+    # get a 401 (at 322.4 and 322.6). The first refreshes with 2 and its Set-Cookie puts 4 in the
+    # jar at 322.5; the second still holds the page's snapshot and presents 2 again, which
+    # single-use rotation refuses: the user is sent to the login page though the session is valid
+    result = sim.run(fanout(make_scenario, SSR), events=True)
+    assert log(result, "refresh_start", "refresh_end", "login", "spurious_logout", "race_logout") == [
+        (0.0, "login", "visit", None),
+        (322.4, "refresh_start", "", 2), (322.5, "refresh_end", "ok", 2),
+        (322.6, "refresh_start", "", 2), (322.7, "refresh_end", "reuse_detected", 2),
+        (322.7, "login", "forced", None), (322.7, "spurious_logout", "", None), (322.7, "race_logout", "", None)]
+    assert row(result)["spurious_logouts"] == 1
+    # the same page's requests made by the browser read the jar when they refresh: the second
+    # presents the 4 the first one stored, and nobody is logged out
+    browser = sim.run(fanout(make_scenario, {**SSR, "render": "browser"}), events=True)
+    assert log(browser, "refresh_start", "refresh_end", "login") == [
+        (0.0, "login", "visit", None),
+        (322.4, "refresh_start", "", 2), (322.5, "refresh_end", "ok", 2),
+        (322.6, "refresh_start", "", 4), (322.7, "refresh_end", "ok", 4)]
+
+
+def test_middleware_single_flight_or_successor_replay_removes_the_fanout_logout(make_scenario):
+    # single-flight per session in the middleware: the second request finds the session renewed
+    # (its 401 was for a replaced token) and resends with the new access token — one refresh
+    locked = sim.run(fanout(make_scenario, {**SSR, "single_flight": True, "cross_tab_lock": True}), events=True)
+    assert log(locked, "refresh_start", "refresh_end", "login") == [
+        (0.0, "login", "visit", None), (322.4, "refresh_start", "", 2), (322.5, "refresh_end", "ok", 2)]
+    # successor replay on the server: the snapshot's 2 presented again gets the pair its rotation
+    # returned (a re-sent pair, no mint), and the jar ends with the same 4
+    replay = sim.run(fanout(make_scenario, SSR, {**SINGLE_USE, "grace_period": "10s", "grace_returns": "same_pair"}),
+                     events=True)
+    assert log(replay, "refresh_start", "refresh_end", "login") == [
+        (0.0, "login", "visit", None),
+        (322.4, "refresh_start", "", 2), (322.5, "refresh_end", "ok", 2),
+        (322.6, "refresh_start", "", 2), (322.7, "refresh_end", "ok", 2)]
+    assert row(replay)["resent_pairs"] == 1 and row(replay)["forced_logins"] == row(locked)["forced_logins"] == 0
+
+
+def test_a_browser_that_renews_before_the_page_leaves_gives_the_server_requests_fresh_cookies(make_scenario):
+    # the page at 241.7 has 58.3 s left, under page_refresh: the browser renews first (with the
+    # jar's 2), and the page's requests then carry the new tokens: no 401, no refresh on the server
+    result = sim.run(fanout(make_scenario, {**SSR, "page_refresh": "60s"}), events=True)
+    assert log(result, "refresh_start", "refresh_end", "login") == [
+        (0.0, "login", "visit", None), (241.7, "refresh_start", "", 2), (241.8, "refresh_end", "ok", 2)]
+    assert row(result)["expiry_failures"] == row(result)["forced_logins"] == 0
+
+
+@pytest.mark.parametrize("page_refresh", [None, "60s"])
+def test_server_render_fast_engine_equals_exact(make_scenario, page_refresh):
+    client = {**SSR, "trigger": "proactive", "threshold": "30s"}
+    if page_refresh:
+        client["page_refresh"] = page_refresh
+    scenario = one_variant(make_scenario, client, SINGLE_USE,
+                           population={"users": 6, "tabs": 2}, workload={"burst_size": 3},
+                           network={"rtt": {"dist": "lognormal", "mean": "80ms", "sd": "25ms"}})
+    assert_identical(*both(scenario))
+
+
+def test_server_render_cannot_reread_the_browsers_jar(make_scenario):
+    with pytest.raises(Exception, match="render = 'server' needs recovery"):
+        one_variant(make_scenario, {**SSR, "recovery": "retry"}, SINGLE_USE)
+    with pytest.raises(Exception, match="page_refresh needs render = 'server'"):
+        one_variant(make_scenario, {**SSR, "render": "browser", "page_refresh": "60s"}, SINGLE_USE)
+
+
 # -- the incident library -----------------------------------------------------------------------
 
 
@@ -367,6 +459,11 @@ def test_a_lock_timeout_frees_the_waiters_of_an_orphaned_lock(make_scenario):
     assert refreshes(result)[:6] == [(310.6, ""), (310.7, "ok"), (621.2, ""), (626.2, ""), (626.3, "ok"),
                                      (631.2, "lost")]
     assert row(result)["requests"] == 58
+
+
+def test_the_auth0_spa_js_preset_waits_for_its_lock_5_s(make_scenario):
+    scenario = make_scenario(strategies=[{"name": "v", "client": {"preset": "auth0-spa-js"}, "server": {"preset": "auth0"}}])
+    assert scenario.strategies[0].client.lock_timeout_s == 5.0
 
 
 @pytest.mark.parametrize("client", [{**LOCKED, "lock_release": "not_on_lost", "lock_timeout": "5s"},

@@ -1,6 +1,7 @@
 """The incidents measured: a load test against the reference server (real Locust, loopback)
 shows the symptom of the broken variant and its absence with the fix, for the cookie-jar race,
-the loser that deletes the cookies and the synchronised timers (scenarios/incidents)."""
+the loser that deletes the cookies, the synchronised timers and the server-rendered fan-out
+(scenarios/incidents)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,17 @@ def test_measured_synchronised_timers(tmp_path):
     assert broken["benign_revocations"] > 0 and broken["forced_logins"] > 0
     assert fixed["refresh_calls"] > 0
     assert fixed["forced_logins"] == fixed["benign_revocations"] == fixed["spurious_logouts"] == 0
+
+
+def test_measured_ssr_fanout(tmp_path):
+    broken, single_flight, replay = measure(tmp_path, "ssr_fanout", "broken_single_use", "fix_middleware_single_flight",
+                                            "fix_successor_replay")
+    # the server requests of a page present the page's refresh cookie each: all but one refused,
+    # the user sent to the login page with the session still valid
+    assert broken["spurious_logouts"] > 0 and broken["reuse_detections"] > 0 and broken["benign_revocations"] == 0
+    assert single_flight["refresh_calls"] > 0 and replay["resent_pairs"] > 0
+    for fixed in (single_flight, replay):
+        assert fixed["forced_logins"] == fixed["spurious_logouts"] == fixed["reuse_detections"] == 0
 
 
 SLIDING_LAPSE = """

@@ -261,3 +261,37 @@ def test_gotrue_answers_the_parent_of_the_newest_token_at_any_time():
     session = ledger.session_of(grant.refresh)
     assert not session.revoked
     assert server.refresh(ledger, grant.refresh, None, 200.0) == Rejection("reuse_detected") and session.revoked
+
+
+@pytest.mark.parametrize("store", ["per_token", "session_row"])
+def test_check_then_lock_orderings_are_atomic_or_check_then_write(store):
+    # two presentations of one refresh token, both checked before either writes (check A,
+    # check B, then each takes the token's lock and writes, A first). Written out as the orderings
+    # a server may have, each with the policy's own decision rule (_check):
+    def outcomes(server: DualTokenServer, recheck: bool) -> list[str]:
+        ledger = Ledger()
+        token = server.login(ledger, 0, 0.0).refresh
+        checked = [server._check(ledger, token, 1.0) for _ in "AB"]  # both before either writes
+        got = []
+        for first in checked:  # under the lock, in turn
+            decision = server._check(ledger, token, 1.0) if recheck else first
+            pending = server.begin_refresh(ledger, token, None, 1.0)  # a fresh call, for its write
+            result = server.finish_refresh(ledger, type(pending)(token, None, decision), 1.0)
+            got.append("ok" if isinstance(result, Grant) else result.reason)
+        return got
+
+    def interleaved(server: DualTokenServer) -> list[str]:
+        # the option as engines run it: begin A, begin B, finish A, finish B
+        ledger = Ledger()
+        token = server.login(ledger, 0, 0.0).refresh
+        pending = [server.begin_refresh(ledger, token, None, 1.0) for _ in "AB"]
+        return ["ok" if isinstance(r, Grant) else r.reason
+                for r in (server.finish_refresh(ledger, p, 1.0) for p in pending)]
+
+    base = {"kind": "dual_token", "access_ttl": "5m", "rotation": True, "reuse_detection": "token",
+            "rotation_store": store}
+    atomic, racy = DualTokenServer(**base), DualTokenServer(**base, atomic=False)
+    # lock-then-check, and check-lock-recheck: the check that counts is under the lock = atomic
+    assert outcomes(racy, recheck=True) == interleaved(atomic) == ["ok", "reuse_detected"]
+    # check-lock-write without a recheck: the lock only orders the writes = atomic = false
+    assert outcomes(racy, recheck=False) == interleaved(racy) == ["ok", "ok"]

@@ -53,38 +53,115 @@ function serve(app) {
 
 const tokenPath = new URL(cfg.tokenEndpoint).pathname;
 
-// every call to the token endpoint, read off the network: what the page presented and the answer
+// every call to the token endpoint, read off the network: what the page presented and the answer.
+// `inflight` holds the calls seen sent and not yet recorded; `recorded` counts each tab's records.
+const inflight = new Map();
+const recorded = new Map();
+let onRecord = null;
+const isTokenCall = (request) => request.method() === 'POST' && new URL(request.url()).pathname === tokenPath;
+
 function watchTokenCalls(page, user, tab) {
-  const sent = new Map();
   page.on('request', (request) => {
-    if (request.method() !== 'POST' || new URL(request.url()).pathname !== tokenPath) return;
+    if (!isTokenCall(request)) return;
     const form = new URLSearchParams(request.postData() || '');
-    sent.set(request, { t: now(), grant_type: form.get('grant_type'), presented: digest(form.get('refresh_token')) });
+    inflight.set(request, { t: now(), grant_type: form.get('grant_type'), presented: digest(form.get('refresh_token')), user, tab });
   });
   const finish = async (request, response) => {
-    const call = sent.get(request);
+    const call = inflight.get(request);
     if (!call) return;
-    sent.delete(request);
-    const rec = { ...call, kind: 'token_call', user, tab, t_end: now(), status: response ? response.status() : 0 };
-    if (response) {
-      try {
-        const body = JSON.parse(await response.text());
-        Object.assign(rec, {
-          error: body.error ?? null, error_description: body.error_description ?? null,
-          received: digest(body.refresh_token), access: digest(body.access_token), expires_in: body.expires_in ?? null,
-        });
-      } catch (err) {
-        rec.error = 'unreadable_answer';
+    const rec = { ...call, kind: 'token_call', t_end: now(), status: response ? response.status() : 0 };
+    try {
+      if (response) {
+        try {
+          const body = JSON.parse(await response.text());
+          Object.assign(rec, {
+            error: body.error ?? null, error_description: body.error_description ?? null,
+            received: digest(body.refresh_token), access: digest(body.access_token), expires_in: body.expires_in ?? null,
+          });
+        } catch (err) {
+          rec.error = 'unreadable_answer';
+        }
       }
+      write(rec);
+    } finally {
+      inflight.delete(request);
+      recorded.set(`${user}/${tab}`, (recorded.get(`${user}/${tab}`) ?? 0) + 1);
+      if (onRecord) onRecord();
     }
-    write({ ...rec, t: call.t });
   };
   page.on('requestfinished', (request) => finish(request, request.response()));
   page.on('requestfailed', (request) => finish(request, null));
 }
 
+// In every document of a tab, before its scripts: the page's own count of the token-endpoint
+// calls it sent (kept in sessionStorage, per tab, across the login's navigations) and, once the
+// run has ended, a refusal of new ones. The browser's network events reach the driver with a lag
+// (most under load): the page's count says how many records the driver must still wait for.
+function countTokenCalls(path) {
+  const real = window.fetch.bind(window);
+  const key = '__refreshlab_token_calls';
+  const state = { open: 0, stopped: false, blocked: 0, waiters: [] };
+  window.__labTokenCalls = state;
+  state.sent = () => Number(sessionStorage.getItem(key) || 0);
+  window.fetch = async (input, init) => {
+    const url = new URL(typeof input === 'string' || input instanceof URL ? String(input) : input.url, location.href);
+    const method = String(init?.method ?? (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    if (method !== 'POST' || url.pathname !== path) return real(input, init);
+    if (state.stopped) {
+      state.blocked += 1;
+      throw new TypeError('refreshlab: the run has ended, no more token calls');
+    }
+    sessionStorage.setItem(key, String(state.sent() + 1));
+    state.open += 1;
+    try {
+      return await real(input, init);
+    } finally {
+      state.open -= 1;
+      if (state.open === 0) state.waiters.splice(0).forEach((wake) => wake());
+    }
+  };
+}
+
+// The end of a run: no tab starts a token call any more, every call a tab sent is waited for
+// (up to `boundS` in all) until the page has its answer and the driver has recorded it, so that
+// the lab's records and the server's log cover the same calls. A tab whose calls are not all
+// recorded at the bound is written down as `unsettled` (the run is then partial).
+async function drain(tabs, boundS) {
+  const began = now();
+  const deadline = began + boundS;
+  const sentByTab = await Promise.all(tabs.map(({ page }) => page.evaluate((ms) => {
+    const s = window.__labTokenCalls;
+    if (!s) return { sent: 0, open: 0, blocked: 0, missing: true };
+    s.stopped = true;
+    return new Promise((resolve) => {
+      const done = () => resolve({ sent: s.sent(), open: s.open, blocked: s.blocked });
+      if (s.open === 0) done();
+      else { s.waiters.push(done); setTimeout(done, ms); }
+    });
+  }, boundS * 1000).catch((err) => ({ sent: null, error: String(err?.message ?? err) }))));
+  const behind = () => tabs.filter(({ user, tab }, i) => (recorded.get(`${user}/${tab}`) ?? 0) < (sentByTab[i].sent ?? Infinity));
+  if (behind().length > 0) {
+    let timer = null;
+    await Promise.race([
+      new Promise((resolve) => { onRecord = () => { if (behind().length === 0) resolve(); }; }),
+      new Promise((resolve) => { timer = setTimeout(resolve, Math.max(0, deadline - now()) * 1000); }),
+    ]);
+    clearTimeout(timer);
+    onRecord = null;
+  }
+  for (const { user, tab } of behind()) {
+    const i = tabs.findIndex((x) => x.user === user && x.tab === tab);
+    write({ kind: 'unsettled', user, tab, sent: sentByTab[i].sent, recorded: recorded.get(`${user}/${tab}`) ?? 0,
+      error: sentByTab[i].error ?? null });
+  }
+  for (const call of inflight.values()) write({ ...call, kind: 'unsettled' });
+  write({ kind: 'drained', waited_s: now() - began, bound_s: boundS, unsettled: behind().length + inflight.size,
+    blocked: sentByTab.reduce((n, x) => n + (x.blocked ?? 0), 0), sent: sentByTab.map((x) => x.sent) });
+}
+
 async function openTab(context, user, tab) {
   const page = await context.newPage();
+  await page.evaluateOnNewDocument(countTokenCalls, tokenPath);
   await page.exposeFunction('labRecord', (rec) => write({ ...rec, user, tab }));
   watchTokenCalls(page, user, tab);
   page.on('pageerror', (err) => write({ kind: 'page_error', user, tab, error: String(err?.message ?? err) }));
@@ -163,9 +240,9 @@ async function main() {
     await login(first, user);
     write({ kind: 'login', user, tab: 0 });
     write({ kind: 'tab_open', user, tab: 0, visibility: await first.evaluate(() => document.visibilityState) });
-    users.push({ user, context, first });
+    // the user's other tabs right after its login, so each user's tabs open as a lone user's do
+    users.push({ user, context, first, tabs: await openRest(context, user, first) });
   }
-  for (const u of users) u.tabs = await openRest(u.context, u.user, u.first);
   const start = now();
   const endAt = start + cfg.durationS;
   write({ kind: 'start', visibility: await Promise.all(users.flatMap((u) => u.tabs.map((p) => p.evaluate(() => document.visibilityState)))) });
@@ -174,6 +251,7 @@ async function main() {
   await sleep((endAt - now()) * 1000);
   const visibility = await Promise.all(users.flatMap((u) => u.tabs.map((p) => p.evaluate(() => document.visibilityState))));
   write({ kind: 'end', visibility });
+  await drain(users.flatMap((u) => u.tabs.map((page, tab) => ({ page, user: u.user, tab }))), cfg.drainS ?? 30);
   say('lab: done');
   await shutdown(0);
 }

@@ -7,7 +7,9 @@
 // token endpoint is written as a SHA-256 prefix (the lab hashes what the browser sent the same way).
 //
 // Environment: LAB_PORT, LAB_EVENTS (file), LAB_SPA_ORIGIN (the single-page apps' origin),
-// LAB_ACCESS_S (access token lifetime, seconds), LAB_ROTATE (1: rotate refresh tokens, the default).
+// LAB_ACCESS_S (access token lifetime, seconds), LAB_ROTATE (1: rotate refresh tokens, the default),
+// LAB_REFRESH_ANSWER_DELAY_MS (a slow answer leg: a refresh's answer is held back that long after
+// the server has rotated and logged it; 0, the default: none).
 import { appendFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -70,6 +72,14 @@ provider.on('refresh_token.destroyed', (token) => record('refresh_token.destroye
 provider.on('access_token.saved', (token) => record('access_token.saved', { jti: digest(token.jti), grant: token.grantId, account: token.accountId }));
 provider.on('grant.revoked', (ctx, grantId) => record('grant.revoked', { grant: grantId, account: ctx.oidc?.entities?.Account?.accountId }));
 provider.on('server_error', (ctx, err) => record('server_error', { message: String(err?.message ?? err) }));
+
+const answerDelayMs = Number(process.env.LAB_REFRESH_ANSWER_DELAY_MS || 0);
+if (answerDelayMs > 0) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.params?.grant_type === 'refresh_token') await new Promise((resolve) => { setTimeout(resolve, answerDelayMs); });
+  });
+}
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider listening on ${issuer}`);

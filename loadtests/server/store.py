@@ -29,7 +29,7 @@ class Txn(Protocol):
 
 
 class LedgerRecorder(LedgerObserver):
-    """Keeps the ledger's mint, reuse and revoke happenings as rows of ``protocol.RECORD_COLUMNS``
+    """Keeps the ledger's mint, reuse, revoke and displacement happenings as rows of ``protocol.RECORD_COLUMNS``
     (``t_s`` in scenario seconds, ``outcome`` per the vocabulary of :mod:`sim.metrics`)."""
 
     def __init__(self) -> None:
@@ -43,6 +43,9 @@ class LedgerRecorder(LedgerObserver):
 
     def on_revoke(self, session: Session, *, now: float) -> None:
         self.rows.append((now, "revoke", "", session.id, None, None))
+
+    def on_displace(self, token: Token, *, now: float) -> None:
+        self.rows.append((now, "displaced", "", token.session, token.id, None))
 
 
 def mint_row(token: Token, cause: str, duplicate: bool, now: float) -> tuple:

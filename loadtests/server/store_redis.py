@@ -50,6 +50,9 @@ class _Buffer(LedgerObserver):
     def on_revoke(self, session, *, now):
         self.rows.append((now, "revoke", "", session.id, None, None))
 
+    def on_displace(self, token, *, now):
+        self.rows.append((now, "displaced", "", token.session, token.id, None))
+
 
 class _Loaded(dict):
     """A dict filled from Redis on first access of a key (``KeyError`` when Redis has none)."""

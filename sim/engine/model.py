@@ -24,6 +24,7 @@ import gc
 import heapq
 import itertools
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -34,7 +35,8 @@ from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, g
 from sim.scenario import Scenario, Variant
 from sim.strategies.client import Action, Held, Response, TabView
 from sim.strategies.flow import (
-    LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Jitter, Join, Login, LoginCause, Open,
+    LIVE, LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Cookies, Jitter, Join, Login,
+    LoginCause, Open,
     Pause, WakePhase, Refresh, RefreshOutcome, Renew, Reread, Request, Send, Sleep, Spawn, Views, answer_is_done, jar_write,
     plain_page_views, renew_flow, request_flow, sends_at_once, user_flow,
 )
@@ -79,6 +81,14 @@ def _no_cyclic_gc():
         with _GC_LOCK:
             _GC_HOLDERS[0] -= 1
             if _GC_HOLDERS[0] == 0 and _GC_HOLDERS.pop():
+                # everything the run allocated is still in the youngest generation, and the
+                # first allocation after enabling would walk all of it (a tenth of a short
+                # run's time) only to find it alive: move it to the oldest generation without
+                # a walk (freeze, then unfreeze); a full collection takes what is garbage.
+                # Not when the caller froze objects of its own: unfreezing would release them
+                if not gc.get_freeze_count():
+                    gc.freeze()
+                    gc.unfreeze()
                 gc.enable()
 
 
@@ -91,14 +101,14 @@ class Signal:
         self.waiters: list = []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Store:
     """Where an access token lives: shared by a user's tabs, or one per tab."""
 
     held: Held | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Flight:
     """The single-flight scope of refreshes: a tab, or a user with a cross-tab lock; the
     refresh in flight, when and from which tab it started."""
@@ -108,7 +118,7 @@ class Flight:
     owner: object = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class User:
     index: int
     streams: UserStreams
@@ -126,7 +136,7 @@ class User:
         return self.sim.now + self.skew_s
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Visit:
     """One user's presence between a login and leaving: the session and its cookie jar."""
 
@@ -139,9 +149,20 @@ class Visit:
     flight: Flight = field(default_factory=Flight)
     #: ids of the refresh tokens this visit's tabs presented
     presented: set = field(default_factory=set)
+    #: (client ``stale_read``) the shared store's last write by a renewal: (when, the tab that
+    #: wrote, the access token and the refresh token it held before)
+    written: tuple | None = None
+
+    def stale(self, tab: "Tab") -> tuple | None:
+        """What ``tab`` reads of the shared store instead of its last write, when inside the
+        stale-read window of another tab's write: (access token, refresh token); else None."""
+        w = self.written
+        if w is None or not self.user.sim.client.reads_stale(w[1] is tab, w[0], self.user.sim.now):
+            return None
+        return w[2], w[3]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tab:
     index: int
     visit: Visit
@@ -155,6 +176,8 @@ class Tab:
         # a view is asked for several times per request and rarely changes: reuse it
         flight = self.flight
         v, held, refreshing = self._view, self.store.held, flight.inflight is not None
+        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
+            held = stale[0]
         if refreshing and flight.owner is not self:
             sim = self.visit.user.sim
             refreshing = sim.client.sees_refresh(False, flight.since, sim.now)
@@ -166,7 +189,8 @@ class Tab:
 class Task:
     """A running flow: a stack of generators (the innermost runs), its tab and its user."""
 
-    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_grid", "presented")
+    __slots__ = ("stack", "tab", "user", "done", "waiters", "awaiting", "rtt", "until", "wake", "timer", "timer_grid", "presented",
+                 "cookie")
 
     def __init__(self, gen, tab, user):
         self.stack = [gen] if gen is not None else []
@@ -181,11 +205,46 @@ class Task:
         self.timer: float | None = None  # a renewal timer sleeping until its next tick: its origin
         self.timer_grid: float | None = None  # ... and the wake-up grid of its hidden tab (None: visible)
         self.presented = None  # the refresh token this task's last refresh call presented
+        self.cookie = LIVE  # the refresh cookie this task's request carries (a server-rendered page's snapshot)
         user.tasks.append(self)
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldToken(Held):
+    """What a simulated client holds of an access token, with the token itself: while any client
+    (or call in flight) holds it, the ledger keeps it (:meth:`Simulation._forget`)."""
+
+    token: Token = field(default=None, compare=False, repr=False)
+
+
 def held(token: Token) -> Held:
-    return Held(token.id, token.expires_at_s)
+    return _HeldToken(token.id, token.expires_at_s, token)
+
+
+def _references_of_unheld() -> int:
+    """What ``sys.getrefcount`` says of a token that only the ledger holds, as seen by the
+    ``held`` callback of :meth:`~sim.strategies.ledger.Ledger.forget_unreachable` (the loop's and
+    the call's own references, which differ between Python versions)."""
+    probe, seen = Ledger(), []
+    probe.mint("access", probe.new_session(0, 0.0), 0.0, 1.0, cause="login")
+    probe.forget_unreachable(lambda token: seen.append(sys.getrefcount(token)), lambda token: ())
+    return seen[0]
+
+
+def _dismantled(visit: Visit) -> bool:
+    """Let go of what an ended visit holds once none of its tabs' tasks runs any more (False
+    while one does): its tokens, and the cycles between it, its tabs and their single-flight
+    scopes, which would otherwise stay until the run ends (the cyclic collector is off)."""
+    if any(task.tab is not None and task.tab.visit is visit for task in visit.user.tasks):
+        return False
+    for tab in visit.tabs:
+        tab.store.held = None
+        tab.flight.inflight = tab.flight.owner = None
+        tab._view = None
+    visit.jar = visit.login = None
+    visit.flight.inflight = visit.flight.owner = None
+    visit.tabs = []
+    return True
 
 
 def _one(effect):
@@ -204,6 +263,11 @@ _ACQUIRE = _Acquire()
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
+    #: scenario seconds between two looks at the ledger's size (None: keep every token minted)
+    FORGET_EVERY_S: float | None = 60.0
+    #: the fewest tokens kept at which the ledger forgets the unreachable ones
+    FORGET_MIN_TOKENS = 4096
+
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
                  users=None):
         # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
@@ -221,6 +285,11 @@ class Simulation:
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
+        self._forget_at = self.FORGET_MIN_TOKENS
+        self._closed: list[Visit] = []  # visits that ended, their tabs perhaps still finishing
+        self._open_visits: set[Visit] = set()
+        self._users: list[User] = []
+        self._unheld_refs = _references_of_unheld()
         # the server's own draws (a race window per rotated token), one stream per replication
         self.server_rng = generator(seed, replication, 3, int(Source.RACE))
         self._attempts_ok = self.rec.counts.bins_of("attempt", "ok")
@@ -248,6 +317,10 @@ class Simulation:
             _Acquire: self._acquire, _Waiting: self._waiting, Views: self._views,
             Clear: self._clear, Reread: self._reread, Jitter: self._jitter,
             WakePhase: lambda task, effect: task.user.streams.wake_phase(),
+            Cookies: lambda task, effect: task.tab.visit.jar,
+            # the engine's own flows (renewal and login calls) yield a bare number of seconds
+            # to sleep: no effect object to build for each of their three waits
+            float: self._delay,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -268,8 +341,12 @@ class Simulation:
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
-                             float(arrivals[u]), p_idle, user.clock, scenario.population.tab_opening_gap_s)
+                             float(arrivals[u]), p_idle, user.clock, scenario.population.tab_offsets_s(int(tabs[u])))
             self.step(Task(flow, None, user), None)
+            self._users.append(user)
+        del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
+        if self.FORGET_EVERY_S is not None:
+            self.at(self.FORGET_EVERY_S, self._forget, None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s
         while heap and heap[0][0] < end:
             t, _, fn, arg = pop(heap)
@@ -283,6 +360,36 @@ class Simulation:
         rec.counts.auth_queue_s = np.asarray(rec.queued.bins)
         rec.counts.valid_tokens_per_session_max = rec.valid_max
         return rec
+
+    def _forget(self, _) -> None:
+        """Drop from the ledger (and from the recorder's per-session state) the tokens no one can
+        present or look up again — none of the clients, calls in flight or flows holds them, and
+        the server reaches them by no id (:meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)
+        — and then the sessions left with no token that no visit or device names, so that memory
+        follows the live tokens and sessions, not every one minted. Every answer and count stays
+        the same. A pass costs a walk over the tokens kept: it runs when they have doubled
+        since the last one (checked every ``FORGET_EVERY_S`` scenario seconds)."""
+        ledger, now = self.ledger, self.now
+        if len(ledger.tokens) >= self._forget_at:
+            self._closed = [visit for visit in self._closed if not _dismantled(visit)]
+            unheld, sessions = self._unheld_refs, ledger.sessions
+
+            def held(token: Token) -> bool:
+                if sys.getrefcount(token) > unheld:
+                    return True
+                # a visit's end reads its session's newest access token (its exposure) until it expires
+                return token.expires_at_s > now and sessions[token.session].newest_access == token.id
+
+            server = self.server
+            gone = ledger.forget_unreachable(held, lambda token: server.looked_up_from(ledger, token))
+            # a session is read through its tokens, and by a visit (or a device remembering it)
+            # naming it, whose end reads it and whose forced login records it
+            named = {visit.session for visit in self._open_visits}
+            named.update(visit.session for visit in self._closed)
+            named.update(user.kept[2] for user in self._users if user.kept is not None)
+            self.rec.forget(gone, ledger.forget_sessions(named), now)
+            self._forget_at = max(2 * len(ledger.tokens), self.FORGET_MIN_TOKENS)
+        self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
     def resume(self, arg) -> None:
         task, value = arg
@@ -337,6 +444,13 @@ class Simulation:
             self.at(task.wake, self.resume, (task, None))
         return PENDING
 
+    def _delay(self, task, seconds):
+        task.timer = task.timer_grid = None
+        task.wake = self.now + seconds
+        if seconds != math.inf:
+            self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
         task.wake = (task.until if task.until > self.now else self.now) + effect.seconds
@@ -356,7 +470,9 @@ class Simulation:
                       for i in range(effect.n_tabs)]
         if user.kept is not None:
             visit.jar, shared.held, visit.session = user.kept
+            user.kept = None  # read here only: it would keep the visit's first tokens (and their successors)
         self.rec.counts.active(self.now, 1)
+        self._open_visits.add(visit)
         return visit
 
     def _close(self, task, effect):
@@ -366,11 +482,14 @@ class Simulation:
             shared = visit.tabs[0].store.held if self.client.storage == "shared" else None
             visit.user.kept = (visit.jar, shared, visit.session)
         self.rec.counts.active(now, -1)
+        self._open_visits.discard(visit)
+        self._closed.append(visit)
         self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
         if visit.session is not None:
             session = self.ledger.sessions[visit.session]
             if session.newest_access is not None:
-                self.rec.counts.exposure(now, max(0.0, self.ledger.tokens[session.newest_access].expires_at_s - now))
+                newest = self.ledger.tokens.get(session.newest_access)  # forgotten: it had expired
+                self.rec.counts.exposure(now, 0.0 if newest is None else max(0.0, newest.expires_at_s - now))
         return None
 
     def _spawn(self, task, effect):
@@ -378,6 +497,7 @@ class Simulation:
         child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
         # the sub-flow goes straight onto the child's stack: no extra generator layer
         if type(inner) is Request:
+            child.cookie = inner.cookie
             self._start_request(child)
             return child
         if type(inner) is Call:
@@ -407,6 +527,7 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
+        task.cookie = effect.cookie
         return self._start_request(task)
 
     def _views(self, task, effect):
@@ -429,7 +550,7 @@ class Simulation:
 
     def _request_flow(self, task, issued, sent):
         tab = task.tab
-        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent)
+        ok = yield from request_flow(self.client, tab.view, task.user.clock, sent, task.cookie)
         self._requested(task, issued, ok)
         return ok
 
@@ -536,7 +657,7 @@ class Simulation:
     # -- renewal ----------------------------------------------------------------------------
 
     def _renew(self, task, effect):
-        task.stack.append(renew_flow(self.client, effect.action, effect.basis, task.tab.view))
+        task.stack.append(renew_flow(self.client, effect.action, effect.basis, task.tab.view, effect.cookie))
         return None
 
     def _join(self, task, effect):
@@ -555,7 +676,7 @@ class Simulation:
             self.resume((wait.task, None))
 
     def _refresh(self, task, effect):
-        task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis))
+        task.stack.append(self._refresh_in_flight(task, task.tab, effect.basis, effect.cookie))
         return None
 
     def _clear(self, task, effect):
@@ -579,27 +700,28 @@ class Simulation:
         if token is not None and token.id not in visit.presented:
             self.rec.record(self.now, "stranded", user=visit.user.index, session=token.session, token=token.id)
 
-    def _refresh_in_flight(self, task: Task, tab: Tab, basis):
+    def _refresh_in_flight(self, task: Task, tab: Tab, basis, cookie=LIVE):
         """A refresh call, registered as the one in flight in the tab's single-flight scope when
         the policy is single-flight; returns its outcome. Those who joined it learn whether the
         tab then holds a new token."""
         flight, done = tab.flight, Signal()
         if self.client.single_flight:
             flight.inflight, flight.since, flight.owner = done, self.now, tab
-        outcome = yield from self._refresh_call(task, tab, basis)
+        outcome = yield from self._refresh_call(task, tab, basis, cookie)
         if self.client.releases_lock(outcome):
             if flight.inflight is done:
                 flight.inflight = None
             self._fire(done, outcome == RefreshOutcome.OK)
         return outcome
 
-    def _refresh_call(self, task: Task, tab: Tab, basis):
+    def _refresh_call(self, task: Task, tab: Tab, basis, cookie=LIVE):
         visit, rec = tab.visit, self.rec
         user = visit.user
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield from self._wait(visit.login)
             return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
-        token = visit.jar
+        stale = visit.stale(tab) if visit.written is not None and cookie is LIVE else None
+        token = (visit.jar if stale is None else stale[1]) if cookie is LIVE else cookie
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
@@ -609,24 +731,26 @@ class Simulation:
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
                    token=token.id, basis=basis)
-        yield Sleep(trip.request_leg_s)
+        yield trip.request_leg_s
         result = yield from self._auth_call(
             self.service.refresh_s(user.streams.service),
             lambda now: self.server.begin_refresh(self.ledger, token, basis, now, self.server_rng, sent_at),
             lambda pending, now: self.server.finish_refresh(self.ledger, pending, now),
         )
         if lost:
-            yield Sleep(max(self.timeout_s - (self.now - sent_at), 0.0))
+            yield max(self.timeout_s - (self.now - sent_at), 0.0)
             outcome = RefreshOutcome.LOST
         else:
-            yield Sleep(trip.answer_leg_s(isinstance(result, Rejection), self.now))
+            yield trip.answer_leg_s(isinstance(result, Rejection), self.now)
             if self.in_order and due_s > self.now:
-                yield Sleep(due_s - self.now)
+                yield due_s - self.now
             outcome = (result if isinstance(result, RefreshOutcome) else
                        RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
                    latency_ms=(self.now - sent_at) * 1000.0)
         if outcome is RefreshOutcome.OK:
+            if self.client.stale_read_s > 0 and self.client.storage == "shared":
+                visit.written = (self.now, tab, tab.store.held, visit.jar)
             tab.store.held = held(result.access)
             visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
             self._drop(visit, dropped)
@@ -656,15 +780,15 @@ class Simulation:
         self.rec.record(self.now, "login", cause, user.index, tab.index, visit.session)
         while True:
             trip = user.streams.auth_round_trip(self.now)
-            yield Sleep(trip.request_leg_s)
+            yield trip.request_leg_s
             grant = yield from self._auth_call(
                 self.service.login_s(user.streams.service), lambda now: None, lambda _, now: self.server.login(self.ledger, user.index, now)
             )
-            yield Sleep(trip.answer_leg_s(False, self.now))
+            yield trip.answer_leg_s(False, self.now)
             if grant is not UNAVAILABLE:
                 break
-            yield Sleep(LOGIN_RETRY_S)  # the login page shows an error; the user tries again
-        visit.session, visit.jar = grant.access.session, grant.refresh
+            yield LOGIN_RETRY_S  # the login page shows an error; the user tries again
+        visit.session, visit.jar, visit.written = grant.access.session, grant.refresh, None
         for filled in (visit.tabs if self.client.storage == "copied" else (tab,)):
             filled.store.held = held(grant.access)
         done, visit.login = visit.login, None
@@ -684,7 +808,7 @@ class Simulation:
             return UNAVAILABLE
         self.rec.busy.add(1, self.now)
         pending = begin(self.now)
-        yield Sleep(service_s)
+        yield float(service_s)
         result = finish(pending, self.now)
         self.rec.busy.add(-1, self.now)
         self._release()
@@ -759,9 +883,12 @@ class FastSimulation(Simulation):
     answer a plain ``ok`` when it arrives (:meth:`~sim.strategies.server.ServerPolicy.plain_at`):
     nothing it does can change any state, so its attempt and its record are counted at once, its
     round trip drawn from the same stream, and the task that waits for it resumes when it would
-    have ended. Everything else — renewals, logins, the auth tier, timers, lost or refused
-    requests — runs exactly as in :class:`Simulation`. With ``keep_events`` (per-record output)
-    nothing is skipped."""
+    have ended. A send inside a request's flow (the retry after a renewal) whose answer is sure
+    to be plain is one event, its answer, instead of two. A renewal timer whose ticks cannot act
+    (:meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING) while nothing else of
+    its user can happen sleeps through them to the first that may. Everything else — renewals,
+    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`.
+    With ``keep_events`` (per-record output) nothing is skipped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -770,6 +897,7 @@ class FastSimulation(Simulation):
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views
+            self.handlers[Send] = self._send_fast
         else:
             self.handlers[Views] = super()._views
 
@@ -836,12 +964,14 @@ class FastSimulation(Simulation):
             sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
         else:
             # the policies' pure answers, with a margin for the rounding of the engine's sums
-            sure_sends = _below(client.sends_until_s(view) - skew)
+            sure_sends = _below(min(client.sends_until_s(view), client.pages_until_s(view)) - skew)
             sure_arrives = _below(server.plain_until_s(ledger, token, leeway))
 
         def plain(t, rtts):
             clock = t + skew
             if client.before_send(view, clock) is not send or client.on_response(view, sent, _OK, 1, clock) is not done_:
+                return False
+            if client.before_page(view, clock) is not Action.NOTHING:
                 return False
             if loss_p and min(loss.peek(len(rtts))) < loss_p:
                 return False
@@ -896,16 +1026,68 @@ class FastSimulation(Simulation):
         a tick whose :meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING changes
         nothing, so page views need not stop for it while nothing else of the user happens.
         Returns ``limit`` when no tick before it may act."""
+        return min(self._timer_next(timer, limit), limit)
+
+    def _timer_next(self, timer: Task, limit: float) -> float:
+        """The first tick of the sleeping timer ``timer`` (from its wake on) that may act or
+        that is at ``limit`` or later (:meth:`_timer_acts`)."""
         client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
         w, nothing = timer.wake, Action.NOTHING
         for _ in range(10_000):
             if not w < limit:
-                return limit
+                return w
             clock = w + skew
             if client.on_timer(view, clock) is not nothing:
                 return w
             w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_grid) - clock, 0.0)
         return w
+
+    def _sleep(self, task, effect):
+        """A renewal timer sleeping until its next tick wakes at the first tick that may act
+        instead (:meth:`_timer_next`), when that comes before anything else of its user can
+        happen: every other task of the user sleeps until a known instant (none runs, waits for
+        a call or for another task), and other users touch nothing of its own, so the ticks in
+        between see what this one sees and do nothing, as they would event by event."""
+        if effect.timer_origin_s is None or effect.seconds == math.inf:
+            return super()._sleep(task, effect)
+        horizon = self.end_s
+        for other in task.user.tasks:
+            if other is not task and other.wake < horizon:
+                horizon = other.wake
+        task.timer = effect.timer_origin_s
+        task.timer_grid = effect.timer_grid
+        task.wake = self.now + effect.seconds
+        if task.wake < horizon:
+            task.wake = self._timer_next(task, horizon)
+        self.at(task.wake, self.resume, (task, None))
+        return PENDING
+
+    def _send_fast(self, task, effect):
+        """A send inside a request's flow (a retry after a renewal, most often): when the
+        answer is sure to be a plain ``ok`` (the same test as :meth:`_plain`), its attempt is
+        counted now and the flow resumes with it when it would have come, one event instead of
+        two; the policy reads the answer in the flow, as it would event by event."""
+        draws = task.tab.draws
+        rtt = draws.api_rtt.head()
+        loss_p = self.loss_p
+        if loss_p and draws.loss.head() < loss_p:
+            return self._send(task, effect)
+        now = self.now
+        arrive = now + rtt / 2
+        if not self.server.plain_at(self.ledger, self.ledger.tokens[effect.held.id], arrive, self.leeway_s):
+            return self._send(task, effect)
+        draws.api_rtt.skip(1)
+        if loss_p:
+            draws.loss.skip(1)
+        task.rtt = rtt
+        done = arrive + (rtt / 2 + self.api_verify_s)
+        if done < self.end_s:
+            self.rec.counts.count("attempt", "ok", now)
+        heapq.heappush(self.heap, (done, next(self._seq), self._answer_plain, (task, _OK)))
+        return PENDING
+
+    def _answer_plain(self, arg) -> None:
+        self.step(*arg)
 
     def _request_fast(self, task, effect):
         done = self._plain(task.tab)

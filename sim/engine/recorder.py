@@ -71,6 +71,18 @@ class Recorder(LedgerObserver):
     def on_revoke(self, session: Session, *, now: float) -> None:
         self.record(now, "revoke", session=session.id)
 
+    def forget(self, tokens: list[Token], sessions: list[int], now: float) -> None:
+        """Drop what only ``tokens`` and ``sessions`` (forgotten by the ledger at ``now``: no one
+        can present anything of theirs again) and expired access tokens kept alive here: nothing
+        counted later changes."""
+        self.divergence.forget((token.session, token.id) for token in tokens if token.kind == "refresh")
+        self.divergence.forget_sessions(sessions)
+        # an expiry at or before now is left out by every later mint's look (e > now)
+        self._valid = {session: valid for session, valid in self._valid.items() if max(valid) > now}
+
+    def on_displace(self, token: Token, *, now: float) -> None:
+        self.record(now, "displaced", session=token.session, token=token.id)
+
     def events(self) -> pd.DataFrame | None:
         if self.rows is None:
             return None

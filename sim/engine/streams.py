@@ -73,8 +73,15 @@ def stream_state(seed: int, *key: int) -> dict:
 _EMPTY = array("d")
 
 
-def _uniform(gen: np.random.Generator, n: int) -> np.ndarray:
-    return gen.random(n)
+class _Uniform:
+    """Uniform draws in [0, 1)."""
+
+    @staticmethod
+    def sample(gen: np.random.Generator, n: int) -> np.ndarray:
+        return gen.random(n)
+
+
+_UNIFORM = _Uniform()
 
 
 def _initial_state(key: tuple) -> bytes:
@@ -161,7 +168,8 @@ class Draws:
     def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
         # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
         # ``key`` is shared by the streams of a user or tab
-        self._sample = dist.sample if dist is not None else _uniform
+        # the distribution, not its bound ``sample`` (an object per stream: a million users have millions)
+        self._sample = dist if dist is not None else _UNIFORM
         self._key = key
         self._source = int(source)
         self._state: bytes | None = None  # packed PCG64 state (:class:`_Lender`), from the first draw on
@@ -176,7 +184,7 @@ class Draws:
             state = _initial_state((*self._key, self._source))
         lender = _lender()
         lender.put(state)
-        values = self._sample(lender.gen, self._batch)
+        values = self._sample.sample(lender.gen, self._batch)
         self._state = lender.take()
         if self._floor is not None:
             values = np.maximum(values, self._floor)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.model import Model
 from sim.units import Duration
@@ -109,9 +109,18 @@ class ClientPolicy(Model):
       its siblings: 0 for Web Locks (``navigator.locks``, atomic); a BroadcastChannel message
       or a localStorage flag (``storage`` event) arrives a moment later, and a sibling that
       decides inside that moment does not see it and refreshes too;
+    - ``stale_read``: (``storage = "shared"``) how long after a tab wrote the store (a renewal's
+      access and refresh tokens) its siblings may still read what it held before: localStorage
+      is copied into each renderer process and a write reaches the others' copies a moment
+      later, so a tab that takes a Web Locks lock right after its holder wrote (the lock's
+      hand-over does not wait for storage) reads the old tokens and presents a refresh token
+      already rotated. 0: every read sees the last write;
     - ``lock_timeout``: a need that waits for the refresh in flight in its single-flight scope
       (the tab, or every tab with ``cross_tab_lock``) waits at most this long, then refreshes on
       its own (auth0-spa-js's lock: 5 s); none: as long as it takes;
+    - ``on_lock_timeout``: what a need whose ``lock_timeout`` ran out does: ``refresh`` — it
+      refreshes on its own; ``fail`` — it gives up and the requests that needed the token fail
+      (auth0-spa-js 2.x throws a ``TimeoutError`` from ``getTokenSilently``);
     - ``lock_release``: ``always`` — a refresh releases its scope however it ended;
       ``not_on_lost`` — a refresh whose answer never came never releases it (a promise that
       never settles): the lock is orphaned, and every later need in that scope waits for it
@@ -125,6 +134,23 @@ class ClientPolicy(Model):
       a phase drawn per visit: the grid does not care when the user arrived), so hidden tabs
       whose ticks fall due within one grid step run them at the same instant. 0: no throttling.
       A visit's tabs are hidden but the last one opened, which is in front.
+
+    Where the requests are made:
+    - ``render``: ``browser`` — a page view's requests leave the browser, and a renewal presents
+      the refresh token the jar holds when its call leaves; ``server`` — a page view is one page
+      request rendered on the server (SSR, edge middleware), fanning out into the page view's
+      burst of server requests (the fan-out count is the workload's ``burst_size``). Each carries
+      the cookies of the page request — a snapshot of the jar when the page left the browser —
+      and renews per request with that snapshot, whatever the jar holds by then; its answer's
+      ``Set-Cookie`` reaches the browser's one jar (``jar_writes``). ``single_flight`` with
+      ``cross_tab_lock`` is then the middleware's single-flight per session (one refresh at a
+      time for every server request of the user); without them the server requests share
+      nothing. A server request cannot re-read the browser's jar, so ``recovery`` must be
+      ``none``;
+    - ``page_refresh``: (``render = "server"``) before a page request leaves, the browser renews
+      itself when the access token's remaining life is at most this (one renewal, presenting the
+      jar's refresh token then), so that the page's server requests carry fresh cookies and find
+      nothing to renew; none: it does not.
     """
 
     trigger: str
@@ -143,9 +169,39 @@ class ClientPolicy(Model):
     timer_jitter_s: Duration = Field(default="0s", alias="timer_jitter", ge=0)
     lock_visibility_s: Duration = Field(default="0s", alias="lock_visibility", ge=0)
     lock_timeout_s: Duration | None = Field(default=None, alias="lock_timeout", gt=0)
+    stale_read_s: Duration = Field(default="0s", alias="stale_read", ge=0)
+    on_lock_timeout: Literal["refresh", "fail"] = "refresh"
     lock_release: Literal["always", "not_on_lost"] = "always"
     wake_up_s: Duration = Field(default="0s", alias="wake_up", ge=0)
+    render: Literal["browser", "server"] = "browser"
+    page_refresh_s: Duration | None = Field(default=None, alias="page_refresh", gt=0)
     preset: str | None = None
+
+    @model_validator(mode="after")
+    def _server_render(self):
+        if self.render == "server" and self.recovery != "none":
+            raise ValueError("render = 'server' needs recovery = 'none' (a server request cannot re-read the browser's jar)")
+        if self.page_refresh_s is not None and self.render != "server":
+            raise ValueError("page_refresh needs render = 'server'")
+        return self
+
+    def before_page(self, tab: TabView, now: float) -> Action:
+        """(Server-rendered pages) a page request is about to leave the browser: REFRESH or WAIT
+        when ``page_refresh`` says the browser renews first, else NOTHING."""
+        if self.page_refresh_s is None or (tab.held is not None and not self.due(tab.held, now, self.page_refresh_s)):
+            return Action.NOTHING
+        return self.renew(tab)
+
+    def pages_until_s(self, tab: TabView) -> float:
+        """Until when, by the client's clock, :meth:`before_page` keeps answering NOTHING for what
+        ``tab`` holds (a pure answer, as :meth:`sends_until_s`)."""
+        if self.page_refresh_s is None:
+            return math.inf
+        if tab.held is None:
+            return -math.inf
+        if self.whole_seconds:
+            return math.floor(tab.held.expires_at_s) - self.page_refresh_s - 1.0
+        return tab.held.expires_at_s - self.page_refresh_s
 
     #: seconds between timer ticks; None means the policy has no timer
     @property
@@ -181,6 +237,12 @@ class ClientPolicy(Model):
         """Whether a tab sees the refresh in flight in its single-flight scope that started at
         ``started_s`` (``own``: it is the tab's own, or the scope is the tab)."""
         return own or now - started_s >= self.lock_visibility_s
+
+    def reads_stale(self, own: bool, written_s: float | None, now: float) -> bool:
+        """Whether a tab reading the shared store at ``now`` still gets what it held before the
+        store's last write, made at ``written_s`` (``own``: by this tab): within ``stale_read``
+        of another tab's write."""
+        return not own and written_s is not None and now - written_s < self.stale_read_s
 
     def releases_lock(self, outcome: str) -> bool:
         """Whether a refresh that ended with ``outcome`` (a ``refresh_end`` outcome) releases its

@@ -22,16 +22,21 @@ Effects, and what the driver sends back:
 - :class:`Views` — the driver may carry out the tab's next page views in bulk while they are
   plain (see :func:`plain_page_views`); send back True when it did (the flow then goes on at the
   next page view), False to have the flow do the next page view itself;
-- :class:`Request` — carry out one request (:func:`request_flow`) in the task's tab, recording it;
-  send back True when it succeeded;
+- :class:`Request` — carry out one request (:func:`request_flow`) in the task's tab, recording it,
+  with its ``cookie`` (see :class:`Cookies`); send back True when it succeeded;
 - :class:`Send` — send the request with ``held``; send back the :class:`Response`;
-- :class:`Renew` — carry out :func:`renew_flow` for ``action`` and ``basis``; send back True when
-  the tab then holds a token;
+- :class:`Renew` — carry out :func:`renew_flow` for ``action``, ``basis`` and ``cookie``; send back
+  True when the tab then holds a token;
 - :class:`Join` — wait for the refresh in flight in the tab's single-flight scope, at most
   ``timeout_s`` (None: as long as it takes); send back its result (True if it got a token), or
   None when the wait timed out;
 - :class:`Refresh` — make a refresh call about ``basis`` (registering it as the one in flight
-  when the policy is single-flight); send back its :class:`RefreshOutcome`;
+  when the policy is single-flight), presenting ``cookie``: the refresh token the jar holds when
+  the call leaves (:data:`LIVE`), or the one a server-rendered page's request carried (a
+  snapshot, which may be None: the jar was empty); send back its :class:`RefreshOutcome`;
+- :class:`Cookies` — (server-rendered pages, ``policy.render = "server"``) the browser sends a
+  page request: send back the refresh token the jar holds now (None when empty), the snapshot
+  every server request of that page presents;
 - :class:`Backoff` — the auth tier shed a refresh (503): wait ``policy.retry_delay_s`` of its
   ``Retry-After`` (the scenario's ``auth.retry_after`` in scenario seconds) and a uniform draw;
   send back nothing;
@@ -59,7 +64,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Callable, Generator, Protocol
+from typing import Any, Callable, Generator, Protocol, Sequence
 
 from sim.strategies.client import Action, ClientPolicy, Held, TabView
 
@@ -136,9 +141,30 @@ class Await:
     handles: tuple
 
 
+class _Live:
+    """The refresh token the jar holds when a refresh call leaves (not a snapshot)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LIVE"
+
+
+#: a :class:`Refresh` / :class:`Renew` / :class:`Request` cookie meaning "read the jar when the
+#: refresh call leaves" (a browser's own call), as opposed to a snapshot
+LIVE = _Live()
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    pass
+    #: the refresh cookie its renewals present: LIVE (a browser request) or the snapshot the
+    #: page request carried (a server-rendered page's request, see :class:`Cookies`)
+    cookie: Any = LIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Cookies:
+    """A server-rendered page request leaves the browser: send back the jar's refresh token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +185,7 @@ class Send:
 class Renew:
     action: Action
     basis: Any
+    cookie: Any = LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +196,7 @@ class Join:
 @dataclass(frozen=True, slots=True)
 class Refresh:
     basis: Any
+    cookie: Any = LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +276,7 @@ class TabDraws(Protocol):
 RENEW = (Action.REFRESH, Action.WAIT)
 _REQUEST = Request()
 _SPAWN_REQUEST = Spawn(_REQUEST)
+_COOKIES = Cookies()
 #: refresh outcomes that mean the session is gone, so the user must log in again; a 503 or an
 #: answer that never came only fails the requests that needed the token
 SESSION_LOST = frozenset({RefreshOutcome.EXPIRED, RefreshOutcome.REVOKED, RefreshOutcome.REUSE_DETECTED,
@@ -269,27 +298,28 @@ def basis_of(view: TabView) -> Any:
 
 
 def user_flow(policy: ClientPolicy, draws: UserDraws, tab_draws: list[TabDraws], arrival_s: float,
-              idle_probability: float, clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
+              idle_probability: float, clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
     """A user: arrives after ``arrival_s``, then visits (each visit as long as a ``visit_length``
     draw, forever when there is none), away for an ``away`` draw between visits; never returns
     when there is no ``away``. ``tab_draws``: one set of draws per tab (its length is the number
-    of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_gap_s``: see
+    of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_offsets_s``: see
     :func:`visit_flow`."""
     yield Sleep(arrival_s)
     while True:
         length = draws.visit_length() if draws.visit_length is not None else math.inf
-        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_gap_s))
+        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_offsets_s))
         if draws.away is None:
             return
         yield Sleep(draws.away())
 
 
 def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float, idle_probability: float,
-               clock: Callable[[], float], tab_gap_s: float = 0.0) -> Flow:
+               clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
     """One visit: open the tabs, log in from the first, run every tab (and its timer when the
     policy has one) until ``length_s`` after the visit began, then leave. Tab ``i`` starts
-    ``i * tab_gap_s`` after the first (its page views and its timer's phase); the last tab is in
-    front, the others are hidden (their timers run on the policy's wake-up grid)."""
+    ``tab_offsets_s[i]`` after the first (0 beyond the sequence): its page views and its
+    timer's phase; the last tab is in front, the others are hidden (their timers run on the
+    policy's wake-up grid)."""
     started = clock()
     visit = yield Open(len(tab_draws))
     first = visit.tabs[0]
@@ -307,8 +337,9 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
     if policy.timer_interval_s is not None and policy.wake_up_s > 0 and last > 0:
         grid = started + (yield WakePhase()) * policy.wake_up_s
     for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
-        delay = i * tab_gap_s
-        views = tab_flow(draws, idle_probability, visit)
+        delay = tab_offsets_s[i] if i < len(tab_offsets_s) else 0.0
+        views = tab_flow(draws, idle_probability, visit, policy.render == "server",
+                         page_renewal(policy, tab.view, clock) if policy.page_refresh_s is not None else None)
         yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
             timer = timer_flow(policy, tab.view, visit, clock, started + delay, grid if i != last else None)
@@ -324,18 +355,42 @@ def _after(delay_s: float, flow: Flow) -> Flow:
     return (yield Call(flow))
 
 
-def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle) -> Flow:
+def page_renewal(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float]) -> Callable:
+    """What the browser does before a server-rendered page leaves (``policy.page_refresh``): a
+    function returning the renewal flow to carry out first, or None when there is none."""
+    def before_page():
+        view = tab()
+        action = policy.before_page(view, clock())
+        return renew_flow(policy, action, basis_of(view), tab) if action in RENEW else None
+    return before_page
+
+
+def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, server_render: bool = False,
+             before_page: Callable[[], Flow | None] | None = None) -> Flow:
     """A tab: page views until the visit is over. A page view is a burst of parallel requests;
-    after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap."""
+    after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap.
+
+    ``server_render``: a page view is one page request rendered on the server (SSR, edge
+    middleware), which fans out into the burst's requests made by the server: each carries the
+    cookies the page request carried — the jar's refresh token when the page left the browser
+    (:class:`Cookies`) — and renews with that snapshot on its own, whatever the jar holds by then;
+    their answers' ``Set-Cookie`` reach the browser's one jar (``policy.jar_writes``).
+    ``before_page``: returns a renewal the browser carries out before the page leaves, or None
+    (:func:`page_renewal`)."""
     views = Views(draws, idle_probability)
     while not visit.over:
         if (yield views):
             continue
         n = int(draws.burst())
+        renewal = before_page() if before_page is not None else None
+        if renewal is not None:
+            yield Call(renewal)
+        request = Request((yield _COOKIES)) if server_render else _REQUEST
+        spawn = Spawn(request) if server_render else _SPAWN_REQUEST
         others = []
         for _ in range(n - 1):
-            others.append((yield _SPAWN_REQUEST))
-        yield _REQUEST
+            others.append((yield spawn))
+        yield request
         if others:
             yield Await(tuple(others))
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
@@ -443,7 +498,7 @@ def timer_flow(policy: ClientPolicy, tab: Callable[[], TabView], visit: VisitHan
 
 
 def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callable[[], float],
-                 sent: Held | None = None) -> Flow:
+                 sent: Held | None = None, cookie: Any = LIVE) -> Flow:
     """One request. ``tab()`` returns the tab's current view, ``clock()`` the client's clock.
     Returns True when the request succeeded, False when it failed.
 
@@ -454,7 +509,10 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
 
     ``sent``: the driver has already sent this token, because :func:`sends_at_once` said so when
     the request began; the flow then starts by yielding that :class:`Send` again (the driver
-    answers it with the response it got) and goes on from there."""
+    answers it with the response it got) and goes on from there.
+
+    ``cookie``: the refresh cookie its renewals present (:class:`Refresh`): LIVE, or a
+    server-rendered page's snapshot."""
     attempt, lapsed = 0, False
     if sent is None:
         view = tab()
@@ -462,7 +520,7 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
     while True:
         if sent is None:
             if action in RENEW:
-                if not (yield Renew(action, basis)):
+                if not (yield Renew(action, basis, cookie)):
                     return False
             elif action is Action.LOGIN:
                 yield Login(lapsed=lapsed)
@@ -505,8 +563,10 @@ def answer_is_done(policy: ClientPolicy, view: TabView, sent: Held, response: An
     return policy.on_response(view, sent, response, 1, now) is Action.DONE
 
 
-def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[], TabView]) -> Flow:
-    """Carry out REFRESH or WAIT. Returns True when the tab then holds a token to send.
+def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[], TabView],
+               cookie: Any = LIVE) -> Flow:
+    """Carry out REFRESH or WAIT. Returns True when the tab then holds a token to send. Its
+    refresh calls present ``cookie`` (:class:`Refresh`).
 
     A waiter whose store did not get a new token from the refresh it joined (a cross-tab lock
     with per-tab storage: the other tab's token is not its own) takes its own turn. A refused
@@ -514,7 +574,9 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     while action is Action.WAIT and tab().refreshing:
         before = tab().held
         joined = yield Join(policy.lock_timeout_s)
-        if joined is None:  # the lock was held too long: take an own turn
+        if joined is None:  # the lock was held too long: take an own turn, or give up
+            if policy.on_lock_timeout == "fail":
+                return False
             break
         if not joined:
             return False
@@ -522,12 +584,13 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
         if after.held is not None and after.held != before:
             return True
         action = Action.WAIT if after.refreshing else Action.REFRESH
-    outcome = yield Refresh(basis)
+    call = Refresh(basis, cookie)
+    outcome = yield call
     for _ in range(policy.unavailable_retries):
         if outcome != RefreshOutcome.UNAVAILABLE:
             break
         yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
-        outcome = yield Refresh(basis)
+        outcome = yield call
     if outcome in REFUSED and policy.recovery != "none":
         outcome = yield Call(recover_flow(policy, outcome, basis, tab))
     if outcome in REFUSED and policy.on_refused == "keep":

@@ -8,6 +8,11 @@ Pruning: a ledger made with ``retain_s`` forgets a token ``retain_s`` after it e
 session ``retain_s`` after the last of its tokens did (a forgotten token can no longer be
 presented: its ``exp`` has passed), so a long-running server's memory stays bounded. The running
 totals (``counters``) are never pruned.
+
+Forgetting the unreachable: a driver that knows which tokens its clients still hold (the
+simulator, whose clients hold token objects) calls :meth:`Ledger.forget_unreachable` to drop every
+token no one can present or look up again, however recently it expired, so that its memory
+follows the live tokens, not every token minted.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 TokenKind = Literal["access", "refresh"]
 
@@ -98,12 +103,16 @@ class LedgerObserver:
         """A session's refresh-token family was revoked (``session.access_revoked`` tells whether
         its access tokens were too)."""
 
+    def on_displace(self, token: Token, *, now: float) -> None:
+        """A session row's write replaced the refresh token ``token`` with another rotation's:
+        the server no longer honours ``token``, though nobody presented it."""
+
 
 class Ledger:
     """Tokens and sessions of one server, plus running totals (``counters``).
 
-    ``retain_s``: forget tokens and sessions this long after they expired (None: keep everything,
-    what the simulator does — it reads every token at the end of a run)."""
+    ``retain_s``: forget tokens and sessions this long after they expired (None: keep them, what
+    the simulator does — it forgets the tokens no one holds instead, :meth:`forget_unreachable`)."""
 
     #: mints between two pruning passes
     PRUNE_EVERY = 1024
@@ -186,6 +195,11 @@ class Ledger:
                        "resent_pair": "resent_pairs"}[outcome]] += 1
         self.observer.on_reuse(token, outcome=outcome, now=now)
 
+    def note_displaced(self, token: Token, now: float) -> None:
+        """A rotation's write replaced ``token`` in its session row (see
+        :meth:`LedgerObserver.on_displace`)."""
+        self.observer.on_displace(token, now=now)
+
     def revoke_session(self, session: Session, now: float, *, access: bool = False) -> None:
         """Revoke a whole refresh-token family; with ``access`` its access tokens too."""
         access_newly = access and not session.access_revoked
@@ -222,6 +236,44 @@ class Ledger:
             del self.sessions[key]
             self._bases.pop(key, None)
             gone += 1
+        return gone
+
+    def forget_unreachable(self, held: Callable[[Token], bool],
+                           reaches: Callable[[Token], Iterable[int]]) -> list[Token]:
+        """Forget the tokens that can no longer matter and return them: those ``held`` (the
+        driver's answer: does a client, a call in flight or the driver itself still hold this
+        token?) says no one holds, unless the server reaches them by id from a token kept
+        (``reaches``: the server policy's
+        :meth:`~sim.strategies.server.ServerPolicy.looked_up_from`). Nothing else is looked up by
+        id, so every answer and total stays what it would have been. The running totals stay.
+        ``held`` is called once per token, from a loop over :attr:`tokens`' values (a driver that
+        counts references counts the loop's own)."""
+        tokens = self.tokens
+        stack = [token for token in tokens.values() if held(token)]
+        keep: set[int] = set()
+        while stack:
+            token = stack.pop()
+            if token.id in keep:
+                continue
+            keep.add(token.id)
+            stack.extend(tokens[i] for i in reaches(token) if i in tokens and i not in keep)
+        if len(keep) == len(tokens):
+            return []
+        gone = [token for token in tokens.values() if token.id not in keep]
+        self.tokens = {i: token for i, token in tokens.items() if i in keep}
+        return gone
+
+    def forget_sessions(self, named: set) -> list[int]:
+        """Forget the sessions of which no token is kept (after :meth:`forget_unreachable`) and
+        that the driver does not name in ``named`` (a client that still knows its session id);
+        returns their ids. No one can present anything of theirs again."""
+        live = set(named)
+        live.update(token.session for token in self.tokens.values())
+        if len(live) >= len(self.sessions) and all(i in live for i in self.sessions):
+            return []
+        gone = [i for i in self.sessions if i not in live]
+        self.sessions = {i: session for i, session in self.sessions.items() if i in live}
+        self._bases = {i: bases for i, bases in self._bases.items() if i in live}
         return gone
 
     def totals(self) -> dict[str, int]:

@@ -83,10 +83,10 @@ CLIENT_PRESETS: dict[str, dict] = {
         "trigger": "timer", "timer_phase": "exp", "check_interval": "5s", "threshold": "60s", "storage": "per_tab",
         "single_flight": False,
     },
-    # cached token stale 60 s before expiry; lock across tabs
+    # cached token stale 60 s before expiry; lock across tabs (browser-tabs-lock), waited for 5 s
     "auth0-spa-js": {
         "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
-        "storage": "per_tab",
+        "storage": "per_tab", "lock_timeout": "5s",
     },
     # oidc-client-ts 3.5 as the browser lab runs it (loadtests/browser): the user in localStorage,
     # read when a page loads and kept in memory per tab; its Timer, armed when the tab loads a
@@ -101,10 +101,11 @@ CLIENT_PRESETS: dict[str, dict] = {
     # auth0-spa-js 2.27 as the browser lab runs it: cacheLocation localstorage (shared by every
     # tab, read on every getTokenSilently), stale 60 s before expiry, renewal under a Web Locks
     # lock (atomic) with the cache read again inside it; after invalid_grant the dead refresh
-    # token stays in the cache and every later call tries it again; no reactive renewal on a 401
+    # token stays in the cache and every later call tries it again; no reactive renewal on a 401;
+    # a tab that waits for the lock more than 5 s gets a TimeoutError (its page view fails)
     "auth0-spa-js-localstorage": {
         "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
-        "storage": "shared", "on_refused": "keep", "max_retries": 0,
+        "storage": "shared", "on_refused": "keep", "max_retries": 0, "lock_timeout": "5s", "on_lock_timeout": "fail",
     },
     # tokenRenewalOffsetSeconds 300; concurrent calls share one promise; per-tab sessionStorage
     "msal": {"trigger": "proactive", "threshold": "300s", "single_flight": True, "storage": "per_tab"},

@@ -143,6 +143,12 @@ class ServerPolicy(Model):
     def access_expiry(self, session: Session, now: float) -> float:
         return now + self.access_ttl_s
 
+    def looked_up_from(self, ledger: Ledger, token: Token) -> tuple:
+        """The ids of the tokens this server may look up when ``token`` is presented or used
+        (a driver that forgets tokens keeps these while it keeps ``token``,
+        :meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)."""
+        return ()
+
     def mints_per_refresh(self) -> int:
         """Signatures one successful refresh costs (access + rotated refresh token)."""
         return 1
@@ -355,13 +361,31 @@ class DualTokenServer(ServerPolicy):
             token.rotated_at_s = now
             token.successor = (access.id, refresh.id)
         if self.rotation_store == "session_row":
-            # the row is written with what this refresh read: a concurrent write is overwritten
+            # the row is written with what this refresh read: a concurrent write is overwritten,
+            # and the token it put there is no longer honoured (unless nothing is checked)
+            displaced = ledger.tokens.get(session.current_refresh) if session.current_refresh != token.id else None
+            if displaced is not None and self.reuse_detection != "none":
+                ledger.note_displaced(displaced, now)
             session.previous_refresh, session.current_refresh = token.id, refresh.id
             session.previous_until_s = now + self.grace_period_s
         return Grant(access, refresh)
 
     def mints_per_refresh(self):
         return 2 if self.rotation else 1
+
+    def looked_up_from(self, ledger, token):
+        # a rotated token's pair (re-sent to a reuse), a deferred-commit access token's pair
+        # (committed by its first use), the session's newest refresh token (replayed to its
+        # parent) and the one its row holds (displaced by a concurrent write)
+        ids = list(token.successor or ())
+        if token.pair is not None:
+            ids.append(token.pair)
+        session = ledger.sessions[token.session]
+        if self.parent_replay and session.newest_refresh is not None:
+            ids.append(session.newest_refresh)
+        if self.rotation_store == "session_row" and session.current_refresh is not None:
+            ids.append(session.current_refresh)
+        return ids
 
     def mints_per_login(self):
         return 2  # access and refresh token
