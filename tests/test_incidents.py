@@ -461,9 +461,10 @@ def test_a_lock_timeout_frees_the_waiters_of_an_orphaned_lock(make_scenario):
     assert row(result)["requests"] == 58
 
 
-def test_the_auth0_spa_js_preset_waits_for_its_lock_5_s(make_scenario):
+def test_the_auth0_spa_js_preset_waits_for_its_lock_5_s_then_fails(make_scenario):
     scenario = make_scenario(strategies=[{"name": "v", "client": {"preset": "auth0-spa-js"}, "server": {"preset": "auth0"}}])
-    assert scenario.strategies[0].client.lock_timeout_s == 5.0
+    client = scenario.strategies[0].client
+    assert (client.lock_timeout_s, client.on_lock_timeout) == (5.0, "fail")
 
 
 @pytest.mark.parametrize("client", [{**LOCKED, "lock_release": "not_on_lost", "lock_timeout": "5s"},

@@ -83,10 +83,11 @@ CLIENT_PRESETS: dict[str, dict] = {
         "trigger": "timer", "timer_phase": "exp", "check_interval": "5s", "threshold": "60s", "storage": "per_tab",
         "single_flight": False,
     },
-    # cached token stale 60 s before expiry; lock across tabs (browser-tabs-lock), waited for 5 s
+    # cached token stale 60 s before expiry; lock across tabs (browser-tabs-lock), waited for 5 s,
+    # then getTokenSilently throws a TimeoutError (no renewal without the lock)
     "auth0-spa-js": {
         "trigger": "proactive", "threshold": "60s", "single_flight": True, "cross_tab_lock": True,
-        "storage": "per_tab", "lock_timeout": "5s",
+        "storage": "per_tab", "lock_timeout": "5s", "on_lock_timeout": "fail",
     },
     # oidc-client-ts 3.5 as the browser lab runs it (loadtests/browser): the user in localStorage,
     # read when a page loads and kept in memory per tab; its Timer, armed when the tab loads a
