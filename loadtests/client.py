@@ -379,6 +379,8 @@ class UserDriver:
         self.jar_expiry: dict[str, float] = {}
         self.refused_sessions: set[str | None] = set()
         self.visits = itertools.count(1)
+        #: API calls sent and not yet answered (``network.in_order`` with ``inject_rtt``)
+        self.unanswered: set[AsyncResult] = set()
 
     # -- top level --------------------------------------------------------------------------
 
@@ -516,9 +518,15 @@ class UserDriver:
         its ``attempt`` outcome (``ok``, ``expired``, ``invalid`` or ``lost``)."""
         sent_at, started = self.clock.now_s(), time.perf_counter()
         tab_streams = self.streams.tab(tab.index)
-        half = self._network_out(lambda: tab_streams.api_round_trip(sent_at))
-        reply = self.transport.api(sent.raw)
-        self.clock.sleep(half)
+        answered = AsyncResult()
+        self.unanswered.add(answered)
+        try:
+            half = self._network_out(lambda: tab_streams.api_round_trip(sent_at))
+            reply = self.transport.api(sent.raw)
+            self.clock.sleep(half)
+        finally:
+            self.unanswered.discard(answered)
+            answered.set(True)
         rtt = time.perf_counter() - started
         if reply.status == 200:
             outcome = "ok"
@@ -588,11 +596,16 @@ class UserDriver:
         jar_id = token_id(jar)
         sink.record(sent_at, self.index, tab.index, visit.session, "refresh_start", jar_id, basis)
         sink.count("refresh_calls")
+        earlier = tuple(self.unanswered)
         trip = self._auth_out()
         reply = self.transport.refresh(jar, basis)
         refused = reply.status in self.classifier.spec.refresh_rejected_statuses
         if trip is not None:
             self.clock.sleep(trip.answer_leg_s(refused, clock.now_s()) * self.clock.time_scale)
+            if self.scenario.network.in_order:
+                # the injected network keeps the order a one-process server would (see the field)
+                for answered in earlier:
+                    answered.wait()
         latency_ms = (time.perf_counter() - started) * 1000.0
         if reply.status == 200 and reply.body and reply.body.get("access_token"):
             outcome = "ok"

@@ -189,6 +189,13 @@ class Network(Model):
     #: exp(−Δ / ``rtt_correlation_time``). ``validate`` measures both from its load test
     rtt_correlation: float = Field(default=0.0, ge=0, le=1)
     rtt_correlation_time_s: Duration = Field(default="1s", alias="rtt_correlation_time", gt=0)
+    #: a user's refresh answer never comes back before the answers to the API calls that user
+    #: sent earlier and is still waiting for (false: every round trip is drawn on its own, so a
+    #: refresh sent after a 401 can overtake a slower 401 of the same page view). One server
+    #: process answering in the order calls reached it does this (node-oidc-provider serves its
+    #: API and token endpoint from one event loop): the 401s of a page view then all come back
+    #: before the refresh the first of them started. A target profile's ``network_settings`` sets it
+    in_order: bool = False
     loss_probability: float = Field(default=0.0, ge=0, lt=1)
     #: how long a client waits for an answer that never comes
     timeout_s: Duration = Field(default="10s", alias="timeout", gt=0)

@@ -295,6 +295,71 @@ def test_calls_sent_together_share_a_network_moment(make_scenario):
     assert fast.summary.equals(exact.summary)
 
 
+def test_in_order_a_refresh_does_not_overtake_a_slower_401_of_its_page_view(make_scenario):
+    # a page view of two requests at 300.27 with the login's token (exp 300): the first 401 comes
+    # back at 300.28 (10 ms), the second at 300.33 (60 ms); the refresh the first starts takes 20 ms
+    def run(in_order, engine="exact"):
+        return sim.run(make_scenario(
+            network={"rtt": {"dist": "empirical", "values": ["10ms", "60ms"]}, "auth_rtt": "20ms",
+                     "in_order": in_order},
+            workload={"burst_size": 2}, run={"duration": "301s"},
+            strategies=[{"name": "x", "client": {"trigger": "reactive", "single_flight": False},
+                         "server": {"kind": "dual_token", "rotation": True, "reuse_detection": "family"}}]),
+            events=True, engine=engine)
+
+    def log(result):
+        ev = result.events[result.events["t_s"] > 299]
+        return [(round(r.t_s, 6), r.event, r.outcome) for r in ev.itertuples() if r.event != "request"]
+
+    assert log(run(False))[:10] == [
+        (300.27, "attempt", "expired"), (300.27, "attempt", "expired"),
+        (300.28, "refresh_start", ""), (300.29, "mint", "access_refresh"), (300.29, "mint", "refresh_refresh"),
+        # independent round trips: the refresh is back at 300.30, before the slower 401
+        (300.3, "refresh_end", "ok"), (300.3, "attempt", "ok"),
+        # which then refreshes the new refresh token for the same expired one: a duplicate
+        (300.33, "refresh_start", ""), (300.34, "mint", "access_refresh_duplicate"),
+        (300.34, "mint", "refresh_refresh")]
+    kept = run(True)
+    assert log(kept)[:13] == [
+        (300.27, "attempt", "expired"), (300.27, "attempt", "expired"),
+        (300.28, "refresh_start", ""), (300.29, "mint", "access_refresh"), (300.29, "mint", "refresh_refresh"),
+        # in order: the slower 401 comes back first (300.33) and refreshes the refresh token the
+        # jar still holds, already rotated; the first refresh's answer comes with it
+        (300.33, "refresh_start", ""), (300.33, "refresh_end", "ok"), (300.33, "attempt", "ok"),
+        (300.34, "reuse_detected", ""), (300.34, "revoke", ""), (300.34, "benign_revocation", ""),
+        (300.35, "refresh_end", "reuse_detected"), (300.35, "login", "forced")]
+    ends = kept.events[kept.events["event"] == "refresh_end"]
+    assert ends["latency_ms"].round(6).tolist()[:2] == [50.0, 20.0]
+    assert kept.replications.iloc[0]["duplicate_tokens"] == 0
+    # the fast engine carries it out event by event: the same tables
+    assert run(True, "fast").summary.equals(kept.summary)
+
+
+def test_validate_counts_refreshes_that_came_back_after_an_earlier_unanswered_call():
+    import pandas as pd
+
+    from loadtests.cli import answer_order
+
+    def records(overtaken: int, n: int = 20, time_scale: float = 1.0) -> pd.DataFrame:
+        rows = []
+        for i in range(n):
+            # a 401 sent at t (answered 10 ms later) and one sent with it, answered 60 ms later; a
+            # refresh sent at t + 15 ms, back at t + 40 ms (overtaking) or at t + 65 ms
+            t, back_ms = 10.0 * i, 25.0 if i < overtaken else 50.0
+            rows += [{"event": "attempt", "user": i % 3, "tab": 0, "t_s": t, "latency_ms": 10.0 / time_scale,
+                      "outcome": "expired"},
+                     {"event": "attempt", "user": i % 3, "tab": 0, "t_s": t, "latency_ms": 60.0 / time_scale,
+                      "outcome": "expired"},
+                     {"event": "refresh_end", "user": i % 3, "tab": 0, "t_s": t + (15 + back_ms) / 1000,
+                      "latency_ms": back_ms / time_scale, "outcome": "ok"}]
+        return pd.DataFrame(rows)
+
+    assert answer_order(records(3)) == (17, 20)
+    assert answer_order(records(0)) == (20, 20)
+    # scenario times at a time scale, wall round trips
+    assert answer_order(records(3, time_scale=40), time_scale=40) == (17, 20)
+
+
 def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were():
     import numpy as np
     import pandas as pd

@@ -10,6 +10,7 @@ number ``users``, written to run.json) are in those records too and are taken ou
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def validate(out: Path, url: str, profile: str):
 
 
 def check_exact_simplejwt(out: Path, server) -> None:
+    """Over the three variants (one server, one database): refresh calls against its request
+    log, refresh-token mints against OutstandingToken rows, revocations against BlacklistedToken
+    rows (the preflight's calls and user taken out)."""
     log = server.request_log()
     folders = sorted(out.glob("measured-*"))
     assert len(folders) == 3
@@ -141,6 +145,38 @@ def check_exact_simplejwt(out: Path, server) -> None:
     assert sum(run["client_counters"].get("rotated_tokens", 0) for run, _ in runs) == server.blacklisted(user)
 
 
+def check_exact_oidc_provider(out: Path, server) -> None:
+    """Per variant (the server's events split at each load test's start, the preflight's user
+    taken out): refresh calls against the token endpoint's refresh outcomes, refresh- and
+    access-token mints against its saves, revocations (grants revoked after a reuse) against
+    ``grant.revoked``, reuse detections against its "refresh token already used" errors."""
+    runs = sorted((measured(f) for f in out.glob("measured-*")), key=lambda r: r[0]["t0_unix_s"])
+    assert len(runs) == 3
+    records = server.records()
+    for run, events in runs:
+        preflight_user, start = f"user-{run['preflight_user']}", run["t0_unix_s"]
+        # up to the next variant's preflight (its forged refresh token names no account)
+        end = min((r["t"] for r in records if r["t"] > start and r.get("account") == preflight_user), default=math.inf)
+        mine = [r for r in records if start <= r["t"] < end and r.get("account") != preflight_user]
+        counters = run["client_counters"]
+        refresh_grants = [r for r in mine if r["event"] in ("grant.success", "grant.error")
+                          and r.get("grant_type") == "refresh_token"]
+        assert counters["refresh_calls"] == count(events, "refresh_start") == len(refresh_grants) > 0
+        assert counters["refresh_mints"] == sum(r["event"] == "refresh_token.saved" for r in mine)
+        assert counters["access_mints"] == sum(r["event"] == "access_token.saved" for r in mine)
+        assert counters.get("refused_sessions", 0) == len({r["grant"] for r in mine if r["event"] == "grant.revoked"})
+        assert count(events, "reuse_detected") == sum(
+            1 for r in mine if r["event"] == "grant.error" and r.get("detail") == "refresh token already used")
+
+
+def check_every_check_agrees(out: Path, title: str) -> None:
+    rows = pd.read_csv(out / "validation.csv")
+    print(f"\n{title}\n" + (out / "validation.md").read_text())
+    assert set(rows["strategy"]) == {"dual_token", "dual_token_single_flight", "silent_refresh"}
+    checks = rows.dropna(subset=["agree"])
+    assert checks["agree"].astype(bool).all(), checks[~checks["agree"].astype(bool)].to_string()
+
+
 @pytest.mark.fidelity
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize("rotate", [True, False], ids=["rotation+blacklist", "no-rotation"])
@@ -150,19 +186,15 @@ def test_validate_against_simplejwt(tmp_path, rotate):
         done = validate(tmp_path / "v", server.url, profile)
     assert done.returncode in (0, 1), done.stderr
     check_exact_simplejwt(tmp_path / "v", server)
-    rows = pd.read_csv(tmp_path / "v" / "validation.csv")
-    print(f"\n{profile}\n" + (tmp_path / "v" / "validation.md").read_text())
-    assert set(rows["strategy"]) == {"dual_token", "dual_token_single_flight", "silent_refresh"}
-    # the variants without races agree on every check
-    calm = rows[rows["strategy"] != "dual_token"].dropna(subset=["agree"])
-    assert calm["agree"].astype(bool).all(), calm.to_string()
+    check_every_check_agrees(tmp_path / "v", profile)
     if rotate:
         # racing refreshes: the server lets some concurrent replays through (duplicates) and catches
         # others (reuse); the measured race window reproduces both in the simulation
-        racy = rows[rows["strategy"] == "dual_token"].set_index("metric")
+        racy = pd.read_csv(tmp_path / "v" / "validation.csv").query("strategy == 'dual_token'").set_index("metric")
         for metric in ("reuse_detections", "duplicate_tokens"):
             assert racy.loc[metric, "simulated"] > 0 and racy.loc[metric, "measured"] > 0, racy.to_string()
         assert "race_window = " in (tmp_path / "v" / "race_window.toml").read_text()
+    assert done.returncode == 0
 
 
 @pytest.mark.fidelity
@@ -172,17 +204,8 @@ def test_validate_against_oidc_provider(tmp_path):
     with oidc_provider_server(tmp_path / "server", access_s=30, clock_tolerance_s=0) as server:
         done = validate(tmp_path / "v", server.url, "oidc-provider")
     assert done.returncode in (0, 1), done.stderr
-    runs = [measured(f) for f in sorted((tmp_path / "v").glob("measured-*"))]
-    records = server.records()
-    refresh_grants = [r for r in records if r["event"] in ("grant.success", "grant.error")
-                      and r.get("grant_type") == "refresh_token"]
-    assert sum(run["client_counters"]["refresh_calls"] for run, _ in runs) == \
-        len(refresh_grants) - sum(run["preflight_calls"]["refresh"] for run, _ in runs)
-    users = {f"user-{run['preflight_user']}" for run, _ in runs}
-    mine = [r for r in records if r.get("account") not in users]
-    assert sum(run["client_counters"]["refresh_mints"] for run, _ in runs) == \
-        sum(r["event"] == "refresh_token.saved" for r in mine)
-    print("\noidc-provider\n" + (tmp_path / "v" / "validation.md").read_text())
-    rows = pd.read_csv(tmp_path / "v" / "validation.csv")
-    calm = rows[rows["strategy"] != "dual_token"].dropna(subset=["agree"])
-    assert calm["agree"].astype(bool).all(), calm.to_string()
+    check_exact_oidc_provider(tmp_path / "v", server)
+    check_every_check_agrees(tmp_path / "v", "oidc-provider")
+    # one event loop answers in order: validate told the simulation so
+    assert "in_order = true" in (tmp_path / "v" / "simulated-dual_token" / "scenario.resolved.toml").read_text()
+    assert done.returncode == 0

@@ -226,6 +226,9 @@ class TargetProfile(Model):
     server_model: str | None = None
     #: fields of a scenario ``server`` table laid over ``server_model`` (e.g. a measured ``race_window``)
     server_settings: dict[str, Any] = Field(default_factory=dict)
+    #: fields of a scenario ``network`` table ``validate`` simulates this server with, over what
+    #: it measured (e.g. ``in_order`` for a server that answers from one event loop)
+    network_settings: dict[str, Any] = Field(default_factory=dict)
     #: the server keeps a ``/ledger`` (the reference server): mints and reuses come from it
     ledger: bool = False
     #: the server revokes a refresh token when it rotates it (counts revocations client-side)
@@ -246,6 +249,17 @@ class TargetProfile(Model):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
         return value.rstrip("/") if value else value
+
+    @field_validator("network_settings")
+    @classmethod
+    def _network(cls, value):
+        from sim.scenario import Network
+
+        known = {f.alias or name for name, f in Network.model_fields.items()}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown network field(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
+        return value
 
     @field_validator("server_model")
     @classmethod

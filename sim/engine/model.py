@@ -128,6 +128,8 @@ class User:
     #: what the device kept from its last visit ("remember me"): refresh token, shared access
     #: token, session
     kept: tuple | None = None
+    #: when the last answer to an API call the user has sent comes back (``network.in_order``)
+    answers_due_s: float = -math.inf
 
     def clock(self) -> float:
         """The user's own clock (client clock: server time plus skew)."""
@@ -306,6 +308,7 @@ class Simulation:
         self.timeout_s = scenario.network.timeout_s
         self.queue_timeout_s = auth.queue_timeout_s
         self.loss_p = scenario.network.loss_probability
+        self.in_order = scenario.network.in_order
         self.leeway_s = scenario.clocks.leeway_s
         self.handlers = {
             Sleep: self._sleep, Pause: self._pause, Call: self._call, Open: self._open, Close: self._close,
@@ -588,6 +591,9 @@ class Simulation:
         now = self.now
         rtt = draws.api_round_trip(now)
         lost = bool(self.loss_p) and draws.loss() < self.loss_p
+        if self.in_order and not lost:
+            user = task.tab.visit.user
+            user.answers_due_s = max(user.answers_due_s, now + rtt + self.api_verify_s)
         heapq.heappush(self.heap, (now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
         return rtt
 
@@ -721,6 +727,7 @@ class Simulation:
         task.presented = token.id
         visit.presented.add(token.id)
         sent_at, trip = self.now, user.streams.auth_round_trip(self.now)
+        due_s = user.answers_due_s  # the answers to calls sent before this one (network.in_order)
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
         rec.record(sent_at, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
                    token=token.id, basis=basis)
@@ -735,6 +742,8 @@ class Simulation:
             outcome = RefreshOutcome.LOST
         else:
             yield trip.answer_leg_s(isinstance(result, Rejection), self.now)
+            if self.in_order and due_s > self.now:
+                yield due_s - self.now
             outcome = (result if isinstance(result, RefreshOutcome) else
                        RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
@@ -884,7 +893,7 @@ class FastSimulation(Simulation):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # correlated round trips depend on what else of the user's is in flight: event by event
-        if not self.events and not self.scenario.network.rtt_correlation:
+        if not self.events and not self.scenario.network.rtt_correlation and not self.scenario.network.in_order:
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views

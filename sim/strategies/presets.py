@@ -44,6 +44,8 @@ SERVER_PRESETS: dict[str, dict] = {
     # against it (tests/test_peers.py), concurrent refreshes never both succeed, so atomic. A reuse
     # revokes the grant with everything issued under it, access tokens included
     # (lib/helpers/revoke.js: AccessToken.revokeByGrantId): the API then refuses them as invalid
+    # One event loop serves its API and token endpoint and answers them in order: its target
+    # profile sets network.in_order for validate (a refresh never overtakes a slower 401)
     "oidc-provider": {
         "kind": "dual_token", "refresh_ttl": "1d", "rotation": True, "reuse_detection": "family",
         "revoke_access_on_reuse": True,
