@@ -25,15 +25,15 @@ def assert_identical(exact, fast):
 def test_fast_engine_equals_exact_on_every_bundled_scenario(path):
     scenario = sim.load_scenario(path)
     # smaller, so that the test stays quick; everything else as bundled
-    users = min(scenario.population.users, 40)
-    run = {"replications": 1, "duration_s": min(scenario.run.duration_s, 1800.0)}
+    users = min(scenario.population.users, 24)
+    run = {"replications": 1, "duration_s": min(scenario.run.duration_s, 1200.0)}
     scenario = scenario.replace(population={"users": users}, run=run)
     exact, fast = both(scenario)
     assert exact.summary["requests"].iloc[0] > 0
     assert_identical(exact, fast)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_fast_engine_equals_exact_on_generated_scenarios(scenario):
     assert_identical(*both(scenario))

@@ -27,7 +27,8 @@ def sweep_cmd(scenario, out, *extra):
     return [sys.executable, "-m", "sim.cli", "sweep", str(scenario), *SWEEP_ARGS, *extra, "--out", str(out)]
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_a_sweep_killed_mid_way_resumes_with_every_point_once(cli, tmp_path, how):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, stdout=subprocess.PIPE,
