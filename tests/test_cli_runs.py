@@ -59,8 +59,10 @@ def test_run_writes_a_complete_folder_and_strict_json(cli, tmp_path):
 
 
 def test_gates_fail_the_command_name_the_variant_and_write_gates_json(cli, tmp_path):
+    # the smoke scenario, smaller: sliding still fails requests, with a wide CI
+    small = write(tmp_path, GOOD.replace("users = 50", "users = 25").replace('duration = "20m"', 'duration = "15m"'))
     out = tmp_path / "cmp"
-    code, stdout, err = cli("compare", SCENARIOS / "smoke.toml", "--out", out, "--no-report",
+    code, stdout, err = cli("compare", small, "--out", out, "--no-report",
                             "--fail-on", "failed_requests > 0", "--fail-on", "duplicate_per_1k_refresh > 10000")
     assert code == 1, err
     assert "gate failed: sliding (failed_requests > 0)" in err and "dual_token (" not in err
@@ -76,10 +78,10 @@ def test_gates_fail_the_command_name_the_variant_and_write_gates_json(cli, tmp_p
     sliding = summary.set_index("strategy").loc["sliding"]
     between = sliding["failed_requests"] + sliding["failed_requests_ci95"] / 2
     gate = f"failed_requests > {between}"
-    code, stdout, _ = cli("compare", SCENARIOS / "smoke.toml", "--out", tmp_path / "mean", "--no-report", "--json",
+    code, stdout, _ = cli("compare", small, "--out", tmp_path / "mean", "--no-report", "--json",
                           "--fail-on", gate)
     assert code == 0 and strict_json(stdout)["gates"]["passed"] is True
-    code, stdout, err = cli("compare", SCENARIOS / "smoke.toml", "--out", tmp_path / "ci", "--no-report", "--json",
+    code, stdout, err = cli("compare", small, "--out", tmp_path / "ci", "--no-report", "--json",
                             "--fail-on", gate, "--gate-on", "ci")
     doc = strict_json(stdout)
     assert code == 1 and doc["gates"]["passed"] is False and "sliding" in err

@@ -40,7 +40,7 @@ def test_fast_engine_equals_exact_on_generated_scenarios(scenario):
 
 
 @pytest.mark.slow  # the same, many more examples (in .ci/run's second pass)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_fast_engine_equals_exact_on_many_more_generated_scenarios(scenario):
     assert_identical(*both(scenario))

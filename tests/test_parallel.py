@@ -43,6 +43,7 @@ def test_small_runs_stay_in_process_and_big_ones_use_every_core(small):
         assert isinstance(runner, Processes) and runner.slots == 2
 
 
+@pytest.mark.slow  # starts a LocalCluster's scheduler and worker process
 def test_dask_local_cluster_gives_the_answer_of_one_process(small, cli, tmp_path):
     distributed = pytest.importorskip("distributed")
     local = sim.run(small, processes=1).save(tmp_path / "local")

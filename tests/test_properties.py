@@ -81,7 +81,7 @@ def scenarios(draw):
 
 #: examples per run of the property tests: a few in the default run, many more in the slow pass
 #: (.ci/run runs both), whose real-time load tests leave the cores room for them
-FEW, MANY = 6, 60
+FEW, MANY = 6, 40
 
 
 def check_invariants(scenario):
