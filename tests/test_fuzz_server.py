@@ -43,8 +43,9 @@ def fuzz(url: str, examples: int, folder: Path, *selection: str) -> str:
     return summary
 
 
-#: the default run fuzzes each operation lightly; ``pytest -m slow`` (run by .ci/run) goes deeper
-@pytest.mark.parametrize("examples", [10, pytest.param(40, marks=pytest.mark.slow)])
+#: a slow check (run by .ci/run): it starts a server and fuzzes every operation
+@pytest.mark.slow
+@pytest.mark.parametrize("examples", [40])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, examples):
     # on a test clock: the access token the fuzzer is handed never expires on its own (the fuzzer
     # may still expire it through POST /test/clock, tests only, or revoke it through /logout)

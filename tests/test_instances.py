@@ -60,6 +60,7 @@ def test_instance_jobs_in_parallel_give_the_tables_of_one_process(smoke):
     assert (one.replications["users"] == 30).all()
 
 
+@pytest.mark.slow
 def test_a_split_without_queueing_changes_no_count(smoke):
     # with workers to spare nothing couples users; every user draws from streams of its own, so
     # spreading them over instances changes no count, latency or series; only sums of busy time
@@ -78,6 +79,7 @@ def test_a_split_without_queueing_changes_no_count(smoke):
     assert whole.replications["auth_queue_wait_ms_p99"].eq(0).all()
 
 
+@pytest.mark.slow
 def test_instances_are_queues_of_their_own(smoke):
     # one slow worker for everybody queues far more than one worker per instance
     whole = sim.run(smoke, processes=1).aggregate

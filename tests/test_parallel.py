@@ -93,6 +93,7 @@ def assert_nothing_left(tmp_path, everything):
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_the_run_promptly_and_leaves_nothing_running(tmp_path):
     proc, everything, workers = start_long_run(tmp_path)
     try:
@@ -109,6 +110,7 @@ def test_a_killed_worker_fails_the_run_promptly_and_leaves_nothing_running(tmp_p
     assert_nothing_left(tmp_path, everything)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_workers_too(tmp_path):
     proc, everything, _ = start_long_run(tmp_path)
     try:
