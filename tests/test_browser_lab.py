@@ -18,6 +18,7 @@ import pytest
 from loadtests.browser_lab import LabRun, LabSettings, lab_ready, lab_result, lab_scenario, merge, schedule
 from sim.results import load_run
 from sim.scenario import load_scenario
+from tests.conftest import poll_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tests" / "data" / "browser-smoke.toml"
@@ -269,7 +270,6 @@ def test_a_renewal_in_flight_at_the_end_is_waited_for_and_counted(tmp_path):
 @needs_lab
 def test_a_provider_that_dies_mid_run_marks_the_run_partial(tmp_path):
     import signal
-    import time
 
     out = tmp_path / "run"
     exe = Path(sys.executable).with_name("refreshlab")
@@ -278,10 +278,11 @@ def test_a_provider_that_dies_mid_run_marks_the_run_partial(tmp_path):
     work = tmp_path / f".run.lab-{cli.pid}"
     try:
         # the page views have begun (the lab's own progress line): the provider goes away
-        deadline = time.monotonic() + 150
-        while "lab: running" not in ((work / "lab.log").read_text() if (work / "lab.log").is_file() else ""):
-            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
-            time.sleep(0.2)
+        def running() -> bool:
+            assert cli.poll() is None, cli.communicate()
+            return (work / "lab.log").is_file() and "lab: running" in (work / "lab.log").read_text()
+
+        poll_until(running, 150, "the lab's page views")
         os.kill(int((work / "provider.pid").read_text()), signal.SIGKILL)
         stdout, stderr = cli.communicate(timeout=60)
     finally:
