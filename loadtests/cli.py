@@ -272,6 +272,10 @@ def _judge(measured, max_error_share: float, alive: bool) -> str | None:
     task_errors = int(counters.get("task_errors", 0))
     if task_errors:
         return f"{task_errors} user tasks crashed; see locust.log"
+    unsettled = int(counters.get("unsettled_calls", 0))
+    if unsettled:
+        return (f"{unsettled} calls still unanswered when the test ended (after waiting for them): the client's "
+                "records and the server's may not cover the same calls")
     return None
 
 

@@ -21,12 +21,13 @@ import math
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
 from sim.engine.streams import AuthRoundTrip, UserStreams, arrival_times, user_traits
@@ -203,8 +204,47 @@ COUNTERS = (
     "requests", "failed_requests", "attempts", "expiry_failures", "refresh_calls", "refresh_failures",
     "reuse_detected", "logins", "forced_logins", "access_mints", "renewal_mints", "duplicate_tokens",
     "refresh_mints", "resent_pairs", "rotated_tokens", "inferred_classifications", "task_errors", "login_failures",
-    "refused_sessions", "retried_refreshes", "login_unavailable", "stranded",
+    "refused_sessions", "retried_refreshes", "login_unavailable", "stranded", "unsettled_calls",
 )
+
+
+class Calls:
+    """The calls (API, refresh, login) a load-test process's users have under way, and the end of
+    a run: after :meth:`close` no call starts (the flow that would start one ends there), and
+    :meth:`close` waits, bounded, until those under way are answered and recorded. A call counts
+    from its first record to its last: the client's records and the server's log then cover the
+    same calls (a call cut off as Locust kills its users may or may not have reached the server)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.closed = False
+        self._idle = Event()
+        self._idle.set()
+
+    @contextmanager
+    def call(self):
+        """One call under way; ends the calling flow (:class:`_Ended`) once the run is closing."""
+        if self.closed:
+            raise _Ended
+        self.open += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.open -= 1
+            if self.open == 0:
+                self._idle.set()
+
+    def close(self, bound_s: float) -> int:
+        """Start no call any more and wait up to ``bound_s`` wall seconds for those under way;
+        returns how many are still under way then."""
+        self.closed = True
+        self._idle.wait(timeout=bound_s)
+        return self.open
+
+    def reopen(self) -> None:
+        """Calls may start again (a new test in the same process)."""
+        self.closed = False
 
 
 class Population:
@@ -354,8 +394,10 @@ class UserDriver:
 
     def __init__(self, scenario: Scenario, variant: Variant, index: int, transport: Transport,
                  clock: ScenarioClock, sink: RecordSink, population: Population | None = None,
-                 profile: TargetProfile | None = None, inject_rtt: bool = False) -> None:
+                 profile: TargetProfile | None = None, inject_rtt: bool = False, calls: Calls | None = None) -> None:
         self.scenario = scenario
+        #: the process's calls under way (shared by its users: the end of a run drains them)
+        self.calls = calls or Calls()
         self.policy = variant.client
         self.index = index
         self.profile = profile or reference_profile()
@@ -516,6 +558,10 @@ class UserDriver:
     def attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float, str]:
         """One HTTP send of a request with ``sent``; returns the reply, its wall round trip and
         its ``attempt`` outcome (``ok``, ``expired``, ``invalid`` or ``lost``)."""
+        with self.calls.call():
+            return self._attempt(tab, sent)
+
+    def _attempt(self, tab: Tab, sent: Token) -> tuple[Reply, float, str]:
         sent_at, started = self.clock.now_s(), time.perf_counter()
         tab_streams = self.streams.tab(tab.index)
         answered = AsyncResult()
@@ -581,7 +627,7 @@ class UserDriver:
         """One refresh call with the jar's refresh token (``cookie``: LIVE, or a server-rendered
         page's snapshot of it); on success the tab's store gets the access token. Returns
         ``"ok"`` or the ``refresh_end`` outcome."""
-        clock, visit, sink = self.clock, tab.visit, self.sink
+        visit = tab.visit
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
             return "ok" if tab.store.token is not None else "no_token"
@@ -589,6 +635,12 @@ class UserDriver:
         jar = (visit.jar if stale is None else stale[1]) if cookie is LIVE else cookie
         if jar is None:
             return "signed_out"
+        with self.calls.call():
+            return self._refresh(tab, jar, basis, trace)
+
+    def _refresh(self, tab: Tab, jar: str, basis: str | None, trace: "_Trace | None") -> str:
+        """:meth:`refresh`'s call: present ``jar``, record and count what came back."""
+        clock, visit, sink = self.clock, tab.visit, self.sink
         if trace is not None:
             trace.presented = jar
         visit.presented.add(jar)
@@ -656,10 +708,15 @@ class UserDriver:
         """Log the user in (again, when ``forced``); one login at a time per user. The tab that
         logs in gets the access token (every tab, with ``copied`` storage); the jar gets the
         refresh token."""
-        clock, visit, sink = self.clock, tab.visit, self.sink
+        visit = tab.visit
         if visit.login is not None:
             visit.login.get()
             return
+        with self.calls.call():
+            self._login(tab, forced, lapsed)
+
+    def _login(self, tab: Tab, forced: bool, lapsed: bool) -> None:
+        clock, visit, sink = self.clock, tab.visit, self.sink
         visit.login = AsyncResult()
         try:
             sink.record(clock.now_s(), self.index, tab.index, visit.session, "login",
@@ -674,7 +731,7 @@ class UserDriver:
                     break
                 # a 503 is the auth tier shedding load (the protocol working), anything else a failure
                 sink.count("login_unavailable" if reply.status == 503 else "login_failures")
-                if not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
+                if self.calls.closed or not self._sleep_until(clock.now_s() + LOGIN_RETRY_S):
                     return
             body = reply.body
             token = self._read(body["access_token"], reply, body.get("expires_in"))

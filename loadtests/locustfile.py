@@ -26,7 +26,7 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.client import COUNTERS, LOCUST_COLUMNS, Population, RecordSink, ScenarioClock, UserDriver
+from loadtests.client import COUNTERS, LOCUST_COLUMNS, Calls, Population, RecordSink, ScenarioClock, UserDriver
 from loadtests.targets.profile import ApiPath, TargetProfile, load_profile, reference_profile
 from loadtests.targets.transport import LocustHttp, ProfileTransport
 from sim.scenario import ScenarioError, load_scenario
@@ -34,6 +34,9 @@ from sim.scenario import ScenarioError, load_scenario
 log = logging.getLogger("refreshlab")
 
 T0_MESSAGE = "refreshlab_t0"
+#: at the end of a test, the longest wait (wall seconds) for the calls under way: their own
+#: timeouts end them sooner, unless a call waits on an earlier one (``network.in_order``)
+DRAIN_CAP_S = 20.0
 
 
 class _State:
@@ -44,6 +47,9 @@ class _State:
     population: Population | None = None
     clock: ScenarioClock | None = None
     sink = RecordSink()
+    #: the calls under way in this process's users (drained at the end of the test)
+    calls = Calls()
+    drain_bound_s = DRAIN_CAP_S
     profile: TargetProfile | None = None
     inject_rtt = False
     locust_rows: list[tuple] = []
@@ -109,6 +115,8 @@ def _init(environment, **kwargs):
         runner.register_message(T0_MESSAGE, _on_t0)
     timeout_s = scenario.network.timeout_s / options.time_scale
     PolicyUser.network_timeout = PolicyUser.connection_timeout = timeout_s
+    # a refresh may wait for an earlier API call before its own answer counts: two timeouts
+    state.drain_bound_s = min(2 * timeout_s + 5.0, DRAIN_CAP_S)
 
 
 def _profile(spec: str, api_path: str) -> TargetProfile:
@@ -133,6 +141,7 @@ def _on_t0(environment, msg, **kwargs):
 def _test_start(environment, **kwargs):
     if state.clock is None:
         return
+    state.calls.reopen()
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         return  # t0 comes from the master
@@ -141,6 +150,19 @@ def _test_start(environment, **kwargs):
     if isinstance(runner, MasterRunner):
         state.master_counters.clear()
         runner.send_message(T0_MESSAGE, {"t0": state.clock.t0_unix_s, "workers": runner.worker_count})
+
+
+@events.test_stopping.add_listener
+def _test_stopping(environment, **kwargs):
+    """Before Locust kills its users: no call starts any more, and those under way are answered
+    and recorded (bounded), so the records cover the calls the server saw; a call still under
+    way at the bound is counted (``unsettled_calls``: the run then does not count)."""
+    if state.clock is None:
+        return
+    left = state.calls.close(state.drain_bound_s)
+    if left:
+        log.warning("refreshlab: %d calls still under way %g s after the end of the test", left, state.drain_bound_s)
+        state.sink.count("unsettled_calls", left)
 
 
 @events.request.add_listener
@@ -207,7 +229,8 @@ class PolicyUser(FastHttpUser):
         state.users_started += 1
         transport = ProfileTransport(state.profile, LocustHttp(self.client), self.host)
         self.driver = UserDriver(state.scenario, state.variant, index, transport,
-                                 state.clock, state.sink, state.population, state.profile, state.inject_rtt)
+                                 state.clock, state.sink, state.population, state.profile, state.inject_rtt,
+                                 state.calls)
 
     @task
     def live(self):
