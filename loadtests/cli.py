@@ -712,6 +712,10 @@ def validate(
                                                  "cross-tab lock (see refreshlab browser).")] = False,
     lab_run: Annotated[Optional[Path], typer.Option("--lab-run", help="(--browser, one variant) compare this lab run "
                                                     "folder (refreshlab browser --out) instead of running the lab.")] = None,
+    race_window: Annotated[str, typer.Option(
+        "--race-window", help="A check-then-write server (a profile with a race_window): simulate each variant with "
+        "the window its own load test met (run: the window moves with the host's load) or the profile's "
+        "calibrated one (profile).")] = "run",
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -730,6 +734,8 @@ def validate(
         _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run,
                           users)
         return
+    if race_window not in ("run", "profile"):
+        raise fail(f"--race-window: expected run or profile, got {race_window!r}")
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
     external = profile.name != "reference" or bool(target or profile.base_url)
@@ -755,7 +761,10 @@ def validate(
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = None if measured_rtt else simulate(
+    # the window of a check-then-write server moves with the host's load: the run's own, when asked
+    race_from_run = (race_window == "run" and external and not profile.ledger
+                     and profile.server_settings.get("race_window") is not None)
+    simulated = None if measured_rtt or race_from_run else simulate(
         scenario.replace(network=profile.network_settings) if external and profile.network_settings else scenario,
         None, None, False, engine=engine.value)
     tests: dict[str, LoadTest] = {}
@@ -774,10 +783,19 @@ def validate(
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
+    windows = run_race_windows(tests, time_scale) if race_from_run else {}
+
+    def simulated_for(name: str, test: LoadTest) -> Scenario:
+        told = with_race_window(scenario, name, windows[name][0]) if name in windows else scenario
+        if measured_rtt:
+            return told.replace(network={**round_trips(test), **(profile.network_settings if external else {})})
+        return told.replace(network=profile.network_settings) if external and profile.network_settings else told
+
+    for name in tests if race_from_run else ():
+        whose = windows[name][1] if name in windows else "the profile's race window (no token was presented twice)"
+        err_console.print(f"{name}: simulated with {whose}", highlight=False)
     sims = {n: simulated for n in tests} if simulated is not None else {
-        n: simulate(scenario.replace(network={**round_trips(t), **(profile.network_settings if external else {})}),
-                    None, None, False, engine=engine.value)
-        for n, t in tests.items()}
+        n: simulate(simulated_for(n, t), None, None, False, engine=engine.value) for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
@@ -985,6 +1003,49 @@ def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[floa
     c, lag = 1.0 - far[0] / far[2] / 2.0, far[1] / far[2]
     tau = lag / math.log(rho / c) if 0 < c < rho else (60.0 if c >= rho else lag / 5)
     return round(rho, 3), round(min(max(tau, 0.001), 60.0), 3)
+
+
+#: later presentations of a refresh token (within the window's reach) a variant's load test must
+#: have met for validate to simulate that variant with its own window; fewer: the window all the
+#: variants met together
+MIN_RACE_PRESENTATIONS = 30
+
+
+def run_race_windows(tests: dict[str, "LoadTest"], time_scale: float) -> dict[str, tuple[dict, str]]:
+    """Per variant, the race window its load test met (:func:`loadtests.targets.race.window_from_records`),
+    as a scenario distribution, and a phrase saying whose: the variant's own when it met at least
+    ``MIN_RACE_PRESENTATIONS`` later presentations, else the window of all the variants' load
+    tests together; a variant is left out when no refresh token was presented twice at all."""
+    from loadtests.targets.race import window_from_records
+
+    def window(events: pd.DataFrame):
+        events = events.copy()
+        events["token"] = events["token"].astype(str) + "@" + events["strategy"].astype(str)
+        return window_from_records(events, time_scale=time_scale)
+
+    pooled = window(pd.concat([t.result.events for t in tests.values()], ignore_index=True))
+    out = {}
+    for name, test in tests.items():
+        own = window(test.result.events)
+        if own is not None and sum(own.counted) >= MIN_RACE_PRESENTATIONS:
+            out[name] = (own.window(), f"the race window its own load test met ({sum(own.counted)} later "
+                                       f"presentations, {sum(own.passed)} passed)")
+        elif pooled is not None:
+            out[name] = (pooled.window(), f"the race window the load tests met together ({sum(pooled.counted)} later "
+                                          f"presentations, {sum(pooled.passed)} passed)")
+    return out
+
+
+def with_race_window(scenario: Scenario, name: str, window: dict) -> Scenario:
+    """``scenario`` with variant ``name``'s server given the race window ``window`` (a scenario
+    distribution table, or ``{"dist": "constant", "value": ...}``)."""
+    index = [v.name for v in scenario.strategies].index(name)
+    value = window["value"] if window.get("dist") == "constant" else window
+    try:
+        return scenario.with_settings({f"strategies[{index}].server.race_window": value},
+                                      source=f"race window measured for {name}")
+    except ScenarioError as exc:
+        raise fail(exc.render()) from None
 
 
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:

@@ -1,6 +1,8 @@
 """Measuring a server's race window: the probe's estimate, the estimate from a load test's
 records, and the profile lines both print (see sim.strategies.server.DualTokenServer.race_window)."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from loadtests.targets.race import RaceProbe, window_from_records
@@ -137,3 +139,45 @@ def test_a_family_revoking_server_detected_one_reuse_per_rotated_token():
     ])
     fixed = one_reuse_per_rotated_token(client, 1.0)
     assert fixed["outcome"].tolist() == ["ok", "reuse_detected", "revoked", "ok", "reuse_detected", "revoked", "revoked"]
+
+
+def test_validate_simulates_each_variant_with_the_race_window_its_own_load_test_met():
+    import types
+
+    from loadtests.cli import MIN_RACE_PRESENTATIONS, run_race_windows, with_race_window, with_server_model
+    from loadtests.targets.profile import load_profile
+    from sim.scenario import load_scenario
+
+    def racing(strategy: str, pairs: int, passed_within_ms: float) -> pd.DataFrame:
+        # each token presented twice, the second 7 ms after the first: passed when inside the window
+        rows = []
+        for k in range(pairs):
+            t = 10.0 + k
+            rows.append({"t_s": t + 0.05, "event": "refresh_end", "token": k, "outcome": "ok", "latency_ms": 50.0})
+            rows.append({"t_s": t + 0.057, "event": "refresh_end", "token": k, "latency_ms": 50.0,
+                         "outcome": "ok" if passed_within_ms > 7 else "reuse_detected"})
+        return pd.DataFrame(rows).assign(strategy=strategy, user=0, tab=0)
+
+    def test(events):
+        return types.SimpleNamespace(result=types.SimpleNamespace(events=events))
+
+    tests = {"wide": test(racing("wide", MIN_RACE_PRESENTATIONS, 10)),
+             "narrow": test(racing("narrow", MIN_RACE_PRESENTATIONS, 1)),
+             "few": test(racing("few", 2, 10)),
+             "none": test(pd.DataFrame(columns=["t_s", "event", "token", "outcome", "latency_ms", "strategy"]))}
+    windows = run_race_windows(tests, 1.0)
+    # its own: every second presentation 7 ms after the first passed (wide: past the last offset
+    # measured, 100 ms, the window reaches twice it) or was refused (narrow: none passed from 5 ms on)
+    assert windows["wide"][0]["dist"] == "constant" and windows["wide"][0]["value"] == "200ms"
+    assert windows["narrow"][0] == {"dist": "constant", "value": "5ms"}
+    assert "own load test" in windows["wide"][1]
+    # too few of its own: the window of every variant's presentations together
+    assert windows["few"][0]["dist"] == "empirical" and "together" in windows["few"][1]
+    assert "none" in windows  # the pooled window still applies
+    path = Path(__file__).parents[1] / "scenarios" / "peers.toml"
+    profile = load_profile("simplejwt-blacklist")
+    scenario = with_server_model(load_scenario(path), profile.server_model, path, profile.server_settings)
+    told = with_race_window(scenario, "dual_token", windows["narrow"][0])
+    assert told.variant("dual_token").server.race_window.value == 0.005
+    assert told.variant("silent_refresh").server.race_window == scenario.variant("silent_refresh").server.race_window
+    assert told.variant("dual_token").server.race_window_scope == "claim"
