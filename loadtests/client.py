@@ -45,6 +45,10 @@ from loadtests.targets.tokens import expires_unix, held_of, token_id
 RECORD_COLUMNS = ["t_s", "user", "tab", "session", "event", "token", "basis", "outcome", "latency_ms", "expires_s"]
 #: columns of the Locust request rows a process writes (``events.request``; ``t_s`` in scenario time)
 LOCUST_COLUMNS = ["t_s", "request_type", "name", "response_time_ms", "response_length", "exception"]
+#: columns of the control rows a process writes: the added latency (wall ms) of every request that
+#: made one attempt and waited for nothing (no renewal, no retry), which the model puts at exactly 0:
+#: what the host alone adds to a request in that run (``direct-*.parquet``)
+DIRECT_COLUMNS = ["t_s", "added_ms"]
 
 
 class ScenarioClock:
@@ -146,6 +150,8 @@ class RecordSink:
         self.folder = Path(folder) if folder else None
         self.chunk_rows = chunk_rows
         self.rows: list[tuple] = []
+        #: (t_s, added wall ms) of requests that made one attempt and waited for nothing
+        self.direct: list[tuple] = []
         self.counters: Counter[str] = Counter()
         self._unsent: Counter[str] = Counter()
         self._chunks = itertools.count()
@@ -173,6 +179,8 @@ class RecordSink:
     def flush(self) -> Path | None:
         """Write the kept rows as one parquet chunk; returns its path (None when nothing to write)."""
         rows, self.rows = self.rows, []
+        direct, self.direct = self.direct, []
+        self.write_chunk("direct", DIRECT_COLUMNS, direct)
         return self.write_chunk("client", RECORD_COLUMNS, rows, strings=("session", "token", "basis"))
 
     def write_chunk(self, prefix: str, columns: list[str], rows: list[tuple], strings: tuple[str, ...] = ()) -> Path | None:
@@ -328,6 +336,9 @@ class _Trace:
     seconds) and the token a sliding server re-issued with its answer."""
 
     rtt_s: float = 0.0
+    #: attempts sent, and whether the request waited for anything else (a renewal, a backoff)
+    sends: int = 0
+    waited: bool = False
     reissued: Token | None = None
     #: the refresh token (string) the flow's last refresh call presented
     presented: str | None = None
@@ -463,9 +474,19 @@ class UserDriver:
         clock, visit = self.clock, tab.visit
         issued, issued_wall, session, trace = clock.now_s(), time.perf_counter(), visit.session, _Trace()
         flow = request_flow(self.policy, tab.view, self.client_clock, cookie=cookie)
-        ok = drive(flow, lambda effect: self.carry_out(tab, effect, trace))
+
+        def step(effect):
+            if type(effect) is Send:
+                trace.sends += 1
+            elif type(effect) not in (Adopt, Cookies):
+                trace.waited = True
+            return self.carry_out(tab, effect, trace)
+
+        ok = drive(flow, step)
         added_ms = max((time.perf_counter() - issued_wall - trace.rtt_s) * 1000.0, 0.0) if ok else math.nan
         self._request_done(issued, tab, session, added_ms)
+        if ok and trace.sends == 1 and not trace.waited and self.sink.folder is not None:
+            self.sink.direct.append((issued, added_ms))
 
     def carry_out(self, tab: Tab | None, effect: Any, trace: "_Trace", pace: _Pace | None = None) -> Any:
         """Carry out one effect of :mod:`sim.strategies.flow` with gevent and HTTP; returns its

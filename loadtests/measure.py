@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from loadtests.client import LOCUST_COLUMNS, RECORD_COLUMNS
+from loadtests.client import DIRECT_COLUMNS, LOCUST_COLUMNS, RECORD_COLUMNS
 from loadtests.server import protocol as p
 from sim.engine.recorder import max_valid_per_session
 from sim.metrics import EVENT_COLUMNS, Tally, summarize, summary_table
@@ -68,6 +68,8 @@ class Records:
         self.metas = list(metas.values())
         self.client = self._read(folder, "client", RECORD_COLUMNS, metas)
         self.locust = self._read(folder, "locust", LOCUST_COLUMNS, metas)
+        #: the control: added latency of requests that made one attempt and waited for nothing
+        self.direct = self._read(folder, "direct", DIRECT_COLUMNS, metas)
         counters_file = folder / "counters.json"
         self.counters = json.loads(counters_file.read_text()) if counters_file.is_file() else None
 

@@ -181,3 +181,33 @@ def test_validate_simulates_each_variant_with_the_race_window_its_own_load_test_
     assert told.variant("dual_token").server.race_window.value == 0.005
     assert told.variant("silent_refresh").server.race_window == scenario.variant("silent_refresh").server.race_window
     assert told.variant("dual_token").server.race_window_scope == "claim"
+
+
+def test_added_latency_agrees_within_the_hosts_own_floor_measured_in_the_run(make_scenario):
+    import types
+
+    from loadtests.cli import compare, latency_floor_ms
+
+    scenario = make_scenario(run={"warmup": "10s", "duration": "20s"})
+    # requests that waited for nothing: one early (warm-up, left out), 98 quick, two stalled by the host
+    direct = pd.DataFrame({"t_s": [1.0] + [15.0] * 98 + [16.0] * 2, "added_ms": [50.0] + [0.2] * 98 + [6.0] * 2})
+    floor = latency_floor_ms(direct, scenario)
+    assert floor == 6.0
+    assert latency_floor_ms(direct[direct["t_s"] < 10], scenario) is None
+
+    def result(p99, meta=None):
+        name = scenario.names[0]
+        row = {"added_latency_ms_p99": p99, "requests": 100.0, "expiry_failures": 0.0, "failed_requests": 0.0,
+               "duplicate_tokens": 0.0}
+        table = pd.DataFrame([row], index=[name])
+        per = pd.DataFrame([{**row, "strategy": name, "replication": 0}])
+        return types.SimpleNamespace(aggregate=table, replications=per, scenario=scenario, meta=meta or {})
+
+    metrics = [("added_latency_ms_p99", "added latency p99 ms", "rate", 0.2, 1.0)]
+    name = scenario.names[0]
+    inside = compare(result(0.0), result(floor, {"latency_floor_ms": floor}), name, metrics)
+    assert bool(inside["agree"].iloc[0]) and "host floor" in inside["title"].iloc[0]
+    # without the control, only the fixed 1 ms floor
+    assert not bool(compare(result(0.0), result(floor), name, metrics)["agree"].iloc[0])
+    # a real renewal's latency stands far above the floor
+    assert not bool(compare(result(0.0), result(80.0, {"latency_floor_ms": floor}), name, metrics)["agree"].iloc[0])
