@@ -1032,17 +1032,10 @@ def run_race_windows(tests: dict[str, "LoadTest"], time_scale: float) -> dict[st
     as a scenario distribution, and a phrase saying whose: the variant's own when it met at least
     ``MIN_RACE_PRESENTATIONS`` later presentations, else the window of all the variants' load
     tests together; a variant is left out when no refresh token was presented twice at all."""
-    from loadtests.targets.race import window_from_records
-
-    def window(events: pd.DataFrame):
-        events = events.copy()
-        events["token"] = events["token"].astype(str) + "@" + events["strategy"].astype(str)
-        return window_from_records(events, time_scale=time_scale)
-
-    pooled = window(pd.concat([t.result.events for t in tests.values()], ignore_index=True))
+    pooled = _met_window(pd.concat([t.result.events for t in tests.values()], ignore_index=True), time_scale)
     out = {}
     for name, test in tests.items():
-        own = window(test.result.events)
+        own = _met_window(test.result.events, time_scale)
         if own is not None and sum(own.counted) >= MIN_RACE_PRESENTATIONS:
             out[name] = (own.window(), f"the race window its own load test met ({sum(own.counted)} later "
                                        f"presentations, {sum(own.passed)} passed)")
@@ -1050,6 +1043,16 @@ def run_race_windows(tests: dict[str, "LoadTest"], time_scale: float) -> dict[st
             out[name] = (pooled.window(), f"the race window the load tests met together ({sum(pooled.counted)} later "
                                           f"presentations, {sum(pooled.passed)} passed)")
     return out
+
+
+def _met_window(events: pd.DataFrame, time_scale: float):
+    """The race window met in ``events`` (one or more variants' records: a token is the same
+    only within its variant), or None."""
+    from loadtests.targets.race import window_from_records
+
+    events = events.copy()
+    events["token"] = events["token"].astype(str) + "@" + events["strategy"].astype(str)
+    return window_from_records(events, time_scale=time_scale)
 
 
 def with_race_window(scenario: Scenario, name: str, window: dict) -> Scenario:
@@ -1067,11 +1070,7 @@ def with_race_window(scenario: Scenario, name: str, window: dict) -> Scenario:
 def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:
     """Print and return the race window the load tests met (the profile lines that set it), or
     None when no refresh token was presented twice."""
-    from loadtests.targets.race import window_from_records
-
-    events = pd.concat([t.result.events for t in tests.values()], ignore_index=True)
-    events["token"] = events["token"].astype(str) + "@" + events["strategy"].astype(str)
-    probe = window_from_records(events, time_scale=time_scale)
+    probe = _met_window(pd.concat([t.result.events for t in tests.values()], ignore_index=True), time_scale)
     if probe is None:
         return None
     shares = ", ".join(f"{format_duration(o)}: {p}/{c}" for o, p, c in zip(probe.offsets_s, probe.passed, probe.counted) if c)
