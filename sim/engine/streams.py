@@ -71,6 +71,7 @@ def stream_state(seed: int, *key: int) -> dict:
 
 
 _EMPTY = array("d")
+_FLOAT = np.dtype(np.float64)
 
 
 class _Uniform:
@@ -86,8 +87,14 @@ _UNIFORM = _Uniform()
 
 def _initial_state(key: tuple) -> bytes:
     """:func:`stream_state` of ``key`` as a packed state (see :class:`_Lender`)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=32, person=b"refreshlab").digest()
+    # a copy of a keyed hasher costs a tenth of making one (a million users make millions of streams)
+    hasher = _HASHER.copy()
+    hasher.update(repr(key).encode())
+    digest = hasher.digest()
     return digest[:16] + bytes((digest[16] | 1,)) + digest[17:] + _NO_UINT32
+
+
+_HASHER = hashlib.blake2b(digest_size=32, person=b"refreshlab")
 
 
 _NO_UINT32 = bytes(8)
@@ -186,10 +193,11 @@ class Draws:
         lender.put(state)
         values = self._sample.sample(lender.gen, self._batch)
         self._state = lender.take()
+        if values.dtype != _FLOAT:
+            values = values.astype(_FLOAT)
         if self._floor is not None:
-            values = np.maximum(values, self._floor)
-        fresh = array("d")
-        fresh.frombytes(values.astype(np.float64, copy=False).tobytes())
+            np.maximum(values, self._floor, out=values)
+        fresh = array("d", values.tobytes())
         self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
         self._i = 0
 
