@@ -53,6 +53,7 @@ _VERDICT = {o.value: o for o in AttemptOutcome}
 
 _GC_LOCK = threading.Lock()
 _GC_HOLDERS = [0]
+_GC_RUNS = [0]  # simulations started in this process
 
 
 @contextlib.contextmanager
@@ -69,10 +70,13 @@ def _no_cyclic_gc():
     with _GC_LOCK:
         if _GC_HOLDERS[0] == 0:
             _GC_HOLDERS.append(gc.isenabled())
-            if gc.isenabled():
+            if gc.isenabled() and _GC_RUNS[0]:
                 # a finished run's state is mostly cycles (users and their tasks): collect it
-                # now, or it would stay through this run, twice the memory of a worker process
+                # now, or it would stay through this run, twice the memory of a worker process.
+                # Not before a process's first run: there is none to collect, and a full
+                # collection would walk every object the imports made (a tenth of a second)
                 gc.collect()
+            _GC_RUNS[0] += 1
             gc.disable()
         _GC_HOLDERS[0] += 1
     try:
