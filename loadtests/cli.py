@@ -780,9 +780,16 @@ def validate(
     # the window of a check-then-write server moves with the host's load: the run's own, when asked
     race_from_run = (race_window == "run" and external and not profile.ledger
                      and profile.server_settings.get("race_window") is not None)
-    simulated = None if measured_rtt or race_from_run else simulate(
-        scenario.replace(network=profile.network_settings) if external and profile.network_settings else scenario,
-        None, None, False, engine=engine.value)
+
+    def simulation(told: Scenario | None = None, **network) -> RunResult:
+        # the network the simulation sees: the given round trips, and a third-party target's own
+        # traits (its profile's network settings, e.g. one event loop answering in order)
+        told = told or scenario
+        settings = {**network, **(profile.network_settings if external else {})}
+        return simulate(told.replace(network=settings) if settings else told, None, None, False,
+                        engine=engine.value)
+
+    planned = None if measured_rtt or race_from_run else simulation()
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
@@ -800,18 +807,15 @@ def validate(
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
     windows = run_race_windows(tests, time_scale) if race_from_run else {}
-
-    def simulated_for(name: str, test: LoadTest) -> Scenario:
-        told = with_race_window(scenario, name, windows[name][0]) if name in windows else scenario
-        if measured_rtt:
-            return told.replace(network={**round_trips(test), **(profile.network_settings if external else {})})
-        return told.replace(network=profile.network_settings) if external and profile.network_settings else told
-
     for name in tests if race_from_run else ():
         whose = windows[name][1] if name in windows else "the profile's race window (no token was presented twice)"
         err_console.print(f"{name}: simulated with {whose}", highlight=False)
-    sims = {n: simulated for n in tests} if simulated is not None else {
-        n: simulate(simulated_for(n, t), None, None, False, engine=engine.value) for n, t in tests.items()}
+
+    def told(name: str) -> Scenario:
+        return with_race_window(scenario, name, windows[name][0]) if name in windows else scenario
+
+    sims = {n: planned if planned is not None else simulation(told(n), **(round_trips(t) if measured_rtt else {}))
+            for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
@@ -827,11 +831,11 @@ def validate(
                               f"{'on' if sims[name].scenario.network.in_order else 'off'} in the simulation)",
                               highlight=False)
     with atomic_dir(out) as tmp:
-        if simulated is not None:
+        if planned is not None:
             (tmp / "simulated").mkdir()
-            simulated.write_into(tmp / "simulated")
+            planned.write_into(tmp / "simulated")
         for name, test in tests.items():
-            if simulated is None:
+            if planned is None:
                 (tmp / f"simulated-{name}").mkdir()
                 sims[name].write_into(tmp / f"simulated-{name}")
             (tmp / f"measured-{name}").mkdir()

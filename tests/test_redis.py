@@ -3,7 +3,9 @@ sharing it, and refresh races that are (atomic) or are not (check-then-write) de
 
 from __future__ import annotations
 
+import itertools
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -27,16 +29,32 @@ def login(client: httpx.Client) -> dict:
     return answer.json()
 
 
+def connections_to_both_workers(base_url: str, n: int, attempts: int = 300) -> list[tuple[httpx.Client, int]]:
+    """``n`` open connections, each with the pid of the worker that accepted it, spread over the
+    two workers as evenly as the kernel's choice of accepting worker allows (at least one each)."""
+    by_pid: dict[int, list[tuple[httpx.Client, int]]] = {}
+    for _ in range(attempts):
+        client = httpx.Client(base_url=base_url, timeout=60)
+        pid = client.get(p.HEALTH_PATH).json()["pid"]
+        by_pid.setdefault(pid, []).append((client, pid))
+        if len(by_pid) == 2 and sum(map(len, by_pid.values())) >= n:
+            break
+    alternating = [pair for group in itertools.zip_longest(*by_pid.values()) for pair in group if pair]
+    for client, _ in alternating[n:]:
+        client.close()
+    assert len(by_pid) == 2, f"{attempts} connections all reached one worker"
+    return alternating[:n]
+
+
 def race(base_url: str, refresh_token: str, basis: str, n: int) -> tuple[list[httpx.Response], set[int]]:
-    """``n`` refreshes of one token released together from ``n`` connections; the answers and the
-    worker pids that served the connections."""
+    """``n`` refreshes of one token released together from ``n`` connections spread over both
+    workers; the answers and the worker pids that served them."""
+    connections = connections_to_both_workers(base_url, n)
     barrier = threading.Barrier(n)
     answers: list[httpx.Response | None] = [None] * n
-    pids: set[int] = set()
 
     def send(i: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            pids.add(client.get(p.HEALTH_PATH).json()["pid"])  # connected (to one worker) before the barrier
+        with closing(connections[i][0]) as client:
             barrier.wait()
             answers[i] = client.post(p.TOKEN_PATH, data={
                 p.GRANT_TYPE_FIELD: p.REFRESH_GRANT, p.REFRESH_TOKEN_FIELD: refresh_token, p.BASIS_FIELD: basis})
@@ -46,7 +64,7 @@ def race(base_url: str, refresh_token: str, basis: str, n: int) -> tuple[list[ht
         thread.start()
     for thread in threads:
         thread.join(60)
-    return answers, pids
+    return answers, {pid for _, pid in connections}
 
 
 @pytest.mark.slow
@@ -138,13 +156,9 @@ def test_auth_tier_statistics_are_the_whole_servers_whichever_worker_answers(red
         statuses = [a.status_code for a in answers]
         assert set(statuses) == {200, 503}, statuses
         seen: dict[int, dict] = {}
-        for _ in range(50):  # new connections until both workers have answered /ledger
-            with httpx.Client(base_url=base_url, timeout=30) as own:
-                pid = own.get(p.HEALTH_PATH).json()["pid"]
+        for own, pid in connections_to_both_workers(base_url, 2):
+            with closing(own):
                 seen[pid] = own.get(p.LEDGER_PATH, params={"records": 1}).json()["auth"]
-            if len(seen) == 2:
-                break
-    assert len(seen) == 2, f"only worker(s) {sorted(seen)} answered /ledger"
     first, second = seen.values()
     assert first == second
     auth = first

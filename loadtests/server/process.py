@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,10 @@ from typing import Iterator
 
 from loadtests.server import lifecycle
 from loadtests.server import protocol as p
+
+
+#: what each uvicorn worker logs (at level info) once it accepts connections
+UVICORN_STARTED = "Application startup complete."
 
 
 class ServerStartError(RuntimeError):
@@ -44,11 +49,36 @@ def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float) -> 
     raise ServerStartError(f"server did not answer {p.HEALTH_PATH} within {timeout_s:g}s")
 
 
+def _written(log) -> str:
+    """What the child has written to ``log`` so far; read without moving the offset the child
+    writes at (parent and child share one open file)."""
+    return os.pread(log.fileno(), os.fstat(log.fileno()).st_size, 0).decode(errors="replace")
+
+
+def _worker_count(args: list[str]) -> int:
+    return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+
+
+def wait_workers_started(log, process: subprocess.Popen, workers: int, deadline: float) -> None:
+    """With several uvicorn workers, ``/healthz`` answers as soon as one of them accepts: wait
+    until each has logged its start-up, so that connections can reach every worker."""
+    if workers <= 1:
+        return
+    while time.monotonic() < deadline:
+        if _written(log).count(UVICORN_STARTED) >= workers:
+            return
+        if process.poll() is not None:
+            raise ServerStartError(f"server exited with status {process.returncode}")
+        time.sleep(0.05)
+    raise ServerStartError(f"fewer than {workers} workers logged {UVICORN_STARTED!r} in time")
+
+
 @contextmanager
 def run_uvicorn_process(args: list[str], port: int, *, host: str = "127.0.0.1",
                         startup_timeout_s: float = 30.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``python <args>`` (a process that serves HTTP on ``host:port``), wait for
-    ``/healthz``, yield (base URL, process), and stop the process on exit (SIGTERM, then SIGKILL).
+    ``/healthz`` (and, with ``--workers N`` in ``args``, for all N uvicorn workers to report their
+    start-up), yield (base URL, process), and stop the process on exit (SIGTERM, then SIGKILL).
 
     The child's output goes to a temporary file, quoted in :class:`ServerStartError` when it
     fails to start."""
@@ -61,10 +91,11 @@ def run_uvicorn_process(args: list[str], port: int, *, host: str = "127.0.0.1",
         lifecycle.adopt(process.pid)
         try:
             try:
+                deadline = time.monotonic() + startup_timeout_s
                 wait_healthy(base_url, process, startup_timeout_s)
+                wait_workers_started(log, process, _worker_count(args), deadline)
             except ServerStartError as exc:
-                log.seek(0)
-                raise ServerStartError(f"{exc}; {' '.join(args)}\n{log.read()}") from None
+                raise ServerStartError(f"{exc}; {' '.join(args)}\n{_written(log)}") from None
             yield base_url, process
         finally:
             process.terminate()

@@ -198,6 +198,7 @@ class Processes(Runner):
         # Python 3.11's executor has no terminate_workers(): on an interruption or an error the
         # jobs under way must stop now, not after they finish
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        manager = getattr(self._pool, "_executor_manager_thread", None)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             if p.is_alive():
@@ -207,6 +208,10 @@ class Processes(Runner):
             if p.is_alive():
                 p.kill()
                 p.join()
+        # the executor's own thread closes its wake-up pipe as it ends; if the interpreter exits
+        # first, 3.11's exit hook can write to that pipe while it closes and print a traceback
+        if manager is not None:
+            manager.join(timeout=30)
         self._futures.clear()
 
 
