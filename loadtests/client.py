@@ -644,7 +644,7 @@ class UserDriver:
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
             return "ok" if tab.store.token is not None else "no_token"
-        stale = self.policy.unseen(visit.written, tab, clock.now_s()) if cookie is LIVE else None
+        stale = self.policy.unseen(visit.written, tab, self.clock.now_s()) if cookie is LIVE else None
         jar = (visit.jar if stale is None else stale.refresh_before) if cookie is LIVE else cookie
         if jar is None:
             return "signed_out"
