@@ -39,7 +39,7 @@ Memory per user, after a tab's streams let go of draws already taken at the end 
 rarely used streams are made on first use, the busiest tab streams draw in batches half as big
 and the race bookkeeping keeps (session, token) pairs instead of a set per session (outputs
 byte-identical): traced with tracemalloc in one process (4,000 users, ``dual_token``), the peak
-went from about 12.0 to 10.0 KB per user; the draw buffers from 4.3 to 2.1 KB. The 100,000-user
+went from about 12.0 to 10.0 KB per user; the draw buffers and states from 4.3 to 2.6 KB. The 100,000-user
 compare itself (``refreshlab compare`` of this scaled scenario, 40 workers, default 2 processes,
 under ``/usr/bin/time -v``, before the pairs change), load average 5.6-7.0, with another 20,000-user
 run sharing the cores: wall 32 min 49 s (the command got 51% of one core on average), 1,021 CPU
