@@ -26,6 +26,12 @@ from run to run):
     + timers sleep through ticks that cannot act, a retry whose    0.93x   3.18x   0.66x   2.52x
       answer is sure to be plain is one event, the collector does
       not walk a run's objects when it comes back
+    + cheaper random-number refills (whole numbers drawn       0.90x   2.99x   0.56x   2.29x
+      over raw draws, a stream's first state from a copied
+      hasher), no full collection before a process's first run
+      (same command just before on the code without them, load
+      8-10: 0.92x 2.25x 0.68x 2.20x; fast-engine CPU 5.21 s ->
+      3.29 s on baseline, 3.43 -> 2.90 s on poisson)
 
 The baseline-like workload has no timer, so what helps the bundled baseline's silent-refresh
 variant (about a quarter less CPU) does not show here. Where its fast-engine time goes (py-spy):

@@ -33,7 +33,9 @@ before the fast engine's timers slept through ticks that cannot act (and the res
 memory of the process tree 1.04 GB in both. Memory, in one command at load 3.5-8.6, before and
 after the simulated ledger forgot unreachable tokens (and the engine's per-user objects took
 slots): peak 1,037 -> 954 MB, 15.0 -> 12.8 KB per user per worker process (1M users: about
-14.3 -> 12.2 GB per worker process).
+14.3 -> 12.2 GB per worker process). Before and after cheaper random-number refills (see
+``bench_engine.py``), one after the other at load 7-8: 2.10 -> 1.95 ms of CPU per user and
+variant (1M x 1.08 h x 4 variants: 8,394 -> 7,783 CPU s, about 70 -> 65 min on two idle cores).
 
 Memory per user, after a tab's streams let go of draws already taken at the end of its visit,
 rarely used streams are made on first use, the busiest tab streams draw in batches half as big

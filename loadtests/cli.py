@@ -751,9 +751,14 @@ def validate(
     out = out or default_out(scenario_path, "validate")
     from sim.cli import simulate
 
-    simulated = None if measured_rtt else simulate(
-        scenario.replace(network=profile.network_settings) if external and profile.network_settings else scenario,
-        None, None, False, engine=engine.value)
+    def simulation(**network) -> RunResult:
+        # the network the simulation sees: the given round trips, and a third-party target's own
+        # traits (its profile's network settings, e.g. one event loop answering in order)
+        settings = {**network, **(profile.network_settings if external else {})}
+        return simulate(scenario.replace(network=settings) if settings else scenario, None, None, False,
+                        engine=engine.value)
+
+    planned = None if measured_rtt else simulation()
     tests: dict[str, LoadTest] = {}
     interrupted = False
     for name in names:
@@ -770,10 +775,7 @@ def validate(
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
-    sims = {n: simulated for n in tests} if simulated is not None else {
-        n: simulate(scenario.replace(network={**round_trips(t), **(profile.network_settings if external else {})}),
-                    None, None, False, engine=engine.value)
-        for n, t in tests.items()}
+    sims = {n: planned if planned is not None else simulation(**round_trips(t)) for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
@@ -789,11 +791,11 @@ def validate(
                               f"{'on' if sims[name].scenario.network.in_order else 'off'} in the simulation)",
                               highlight=False)
     with atomic_dir(out) as tmp:
-        if simulated is not None:
+        if planned is not None:
             (tmp / "simulated").mkdir()
-            simulated.write_into(tmp / "simulated")
+            planned.write_into(tmp / "simulated")
         for name, test in tests.items():
-            if simulated is None:
+            if planned is None:
                 (tmp / f"simulated-{name}").mkdir()
                 sims[name].write_into(tmp / f"simulated-{name}")
             (tmp / f"measured-{name}").mkdir()

@@ -31,7 +31,7 @@ from gevent.pool import Group
 
 from sim.engine.streams import AuthRoundTrip, UserStreams, arrival_times, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies.client import Held, Response, TabView
+from sim.strategies.client import Held, Response, StoreWrite, TabView
 from sim.strategies.flow import (
     LIVE, LOGIN_RETRY_S, Adopt, Await, Backoff, Clear, Close, Cookies, Jitter, Join, Login, Open, Pause, Refresh, Renew,
     Request, Reread, Send, Sleep, WakePhase, Spawn, drive, jar_write, renew_flow, request_flow, user_flow,
@@ -269,17 +269,8 @@ class Visit:
     retry_after_wall_s: float | None = None
     #: the refresh tokens (strings) this visit's tabs presented
     presented: set = field(default_factory=set)
-    #: (client ``stale_read``) the shared store's last write by a renewal: (when, scenario s; the
-    #: tab that wrote; the access token and the refresh token it held before)
-    written: tuple | None = None
-
-    def stale(self, tab: "Tab") -> tuple | None:
-        """What ``tab`` reads of the shared store instead of its last write, when inside the
-        stale-read window of another tab's write: (access token, refresh token); else None."""
-        w = self.written
-        if w is None or tab.policy is None or not tab.policy.reads_stale(w[1] is tab, w[0], tab.now()):
-            return None
-        return w[2], w[3]
+    #: the shared store's last write by a renewal (client ``stale_read``; scenario seconds)
+    written: StoreWrite | None = None
 
 
 @dataclass(eq=False)
@@ -308,8 +299,9 @@ class Tab:
 
     def view(self) -> TabView:
         token, flight = self.store.token, self.flight
-        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
-            token = stale[0]
+        if self.visit.written is not None and self.policy is not None and (
+                stale := self.policy.unseen(self.visit.written, self, self.now())):
+            token = stale.access_before
         refreshing = flight.inflight is not None
         if refreshing and flight.owner is not self and self.policy is not None:
             refreshing = self.policy.sees_refresh(False, flight.since, self.now())
@@ -585,8 +577,8 @@ class UserDriver:
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             visit.login.get()
             return "ok" if tab.store.token is not None else "no_token"
-        stale = visit.stale(tab) if visit.written is not None and cookie is LIVE else None
-        jar = (visit.jar if stale is None else stale[1]) if cookie is LIVE else cookie
+        stale = self.policy.unseen(visit.written, tab, clock.now_s()) if cookie is LIVE else None
+        jar = (visit.jar if stale is None else stale.refresh_before) if cookie is LIVE else cookie
         if jar is None:
             return "signed_out"
         if trace is not None:
@@ -631,8 +623,7 @@ class UserDriver:
                 sink.count("resent_pairs")
             else:
                 self._minted(token, "access_refresh", basis, visit)
-            if self.policy.stale_read_s > 0 and self.policy.storage == "shared":
-                visit.written = (clock.now_s(), tab, tab.store.token, visit.jar)
+            visit.written = self.policy.store_write(clock.now_s(), tab, tab.store.token, visit.jar)
             tab.store.token = token
             if new_jar and new_jar != jar:
                 if jar_id not in self.rotated:

@@ -112,6 +112,28 @@ def test_streams_lend_their_state_the_same_way_by_memory_or_by_numpys_property(m
     assert seen["direct"][0] == [max(float(v), 1.0) for v in scenario.workload.burst_size.sample(gen, 20)]
 
 
+@settings(max_examples=60, deadline=None)
+@given(key=st.integers(0, 2**32), waiting=st.booleans(), word=st.integers(0, 2**32 - 1), low=st.integers(0, 1000),
+       span=st.one_of(st.integers(1, 64), st.integers(1, 2**32 - 2)), n=st.integers(1, 130))
+def test_whole_numbers_drawn_over_the_batch_are_numpys_with_its_state_after(key, waiting, word, low, span, n):
+    """The lender's own bounded integers (Lemire's method over a batch of raw draws) are numpy's
+    ``integers`` from the same packed state, and leave the same state (a 32-bit half waiting or
+    not); where it cannot say (a draw numpy would redo) it says None."""
+    from sim.engine import streams
+
+    lender = streams._Lender()
+    state = streams._initial_state((key,))[:32] + int(waiting).to_bytes(4, "little") + word.to_bytes(4, "little")
+    got = lender.integers(state, low, low + span, n)
+    lender.put(state)
+    expected = lender.gen.integers(low, low + span + 1, n, dtype=np.int64)
+    after = lender.take()
+    if got is not None:
+        assert got[0].dtype == expected.dtype and got[0].tolist() == expected.tolist()
+        assert got[1] == after
+    else:
+        assert (0xFFFFFFFF - span) % (span + 1) > 0  # only for a range where numpy may redraw
+
+
 def test_window_from_bins_equals_the_window_counted_one_by_one():
     rng = np.random.default_rng(3)
     counted, binned = Counts(300.0, 3600.0), Counts(300.0, 3600.0, window_from_bins=True)

@@ -21,7 +21,8 @@ REFRESHLAB = Path(sys.executable).with_name("refreshlab")
 ARGS = ("--time-scale", "60", "--users", "12", "--duration", "9m")
 
 
-def measure(tmp_path: Path, incident: str, *strategies: str, edit: tuple[str, str] | None = None) -> list[pd.Series]:
+def measure(tmp_path: Path, incident: str, *strategies: str, edit: tuple[str, str] | None = None,
+            args: tuple = ARGS) -> list[pd.Series]:
     """Load-test the variants side by side (one reference server and one Locust each); returns
     their summary rows. ``edit``: (old, new) text replaced in the scenario file first."""
     path = SCENARIOS / "incidents" / f"{incident}.toml"
@@ -30,7 +31,7 @@ def measure(tmp_path: Path, incident: str, *strategies: str, edit: tuple[str, st
         assert edit[0] in text
         path = tmp_path / path.name
         path.write_text(text.replace(*edit))
-    return measure_file(tmp_path, path, *strategies)
+    return measure_file(tmp_path, path, *strategies, args=args)
 
 
 def measure_file(tmp_path: Path, path: Path, *strategies: str, args: tuple = ARGS) -> list[pd.Series]:
@@ -77,11 +78,13 @@ def test_measured_synchronised_timers(tmp_path):
     assert fixed["forced_logins"] == fixed["benign_revocations"] == fixed["spurious_logouts"] == 0
 
 
-# failed once of two: 17 of the broken variant's 40 logins failed at --time-scale 60 on a busy host
-@pytest.mark.unstable
 def test_measured_ssr_fanout(tmp_path):
+    # a page view here is a burst of 3 to 5 server requests: 12 users at 60x are about 240 calls
+    # a wall second per variant, three variants side by side more than two cores serve (calls
+    # then wait seconds and time out). 6 users keep each variant near the other incidents' rate.
     broken, single_flight, replay = measure(tmp_path, "ssr_fanout", "broken_single_use", "fix_middleware_single_flight",
-                                            "fix_successor_replay")
+                                            "fix_successor_replay", args=("--time-scale", "60", "--users", "6",
+                                                                          "--duration", "9m"))
     # the server requests of a page present the page's refresh cookie each: all but one refused,
     # the user sent to the login page with the session still valid
     assert broken["spurious_logouts"] > 0 and broken["reuse_detections"] > 0 and broken["benign_revocations"] == 0
@@ -142,6 +145,9 @@ tabs = 2
 think_time = { dist = "exponential", mean = "30s" }
 [network]
 rtt = "80ms"
+# a call's loopback and server time is bounded by the timeout scaled (167 ms of wall clock at 60x
+# for 10 s), which a busy host's scheduling alone exceeds; as generous as the queue timeout
+timeout = "1m"
 [auth]
 queue_timeout = "1m"
 [tokens]
@@ -162,8 +168,6 @@ server = { preset = "supertokens", access_ttl = "5m", refresh_ttl = "1d" }
 """
 
 
-# failed once of three: one reuse detection (and its forced login) in the last-write-wins variant
-@pytest.mark.unstable
 def test_measured_unauthenticated_grace_and_deferred_commit(tmp_path):
     path = tmp_path / "server_mechanisms.toml"
     path.write_text(SERVER_MECHANISMS)
@@ -176,4 +180,14 @@ def test_measured_unauthenticated_grace_and_deferred_commit(tmp_path):
     # deferred commit: every concurrent refresh succeeds; a jar that keeps the first answer while
     # the store keeps the last commits one child and presents the other: theft detection
     assert split["benign_revocations"] > 0 and split["spurious_logouts"] == 0
-    assert lww["forced_logins"] == lww["reuse_detections"] == 0 and lww["refresh_calls"] > 0
+    # a jar that keeps the last answer as the store does presents the child it uses, except when
+    # a page view uses the first answer's access token before the second answer lands (that
+    # commits the first child; the jar then presents the second). The scenario's round trips
+    # leave no such gap, but a busy host delays one answer by tens of ms of wall clock, seconds
+    # of scenario time at 60x (measured once: answers 125 and 217 ms after the pair left, a page
+    # view between them). Simulated with 1 s (or 3 s) of spread in the round trips: 0.15
+    # detections a run (at most 1 in 20 replications, each at most two tabs' logins), against
+    # 12 of 12 races with the split jar.
+    # At most 2 (a Poisson mean of 0.15 goes past 2 once in 2,000 runs):
+    assert lww["reuse_detections"] <= 2 and lww["forced_logins"] <= 2 * lww["reuse_detections"]
+    assert lww["refresh_calls"] > 0 and split["reuse_detections"] > lww["reuse_detections"]

@@ -33,7 +33,7 @@ import numpy as np
 from sim.engine.recorder import Recorder
 from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies.client import Action, Held, Response, TabView
+from sim.strategies.client import Action, Held, Response, StoreWrite, TabView
 from sim.strategies.flow import (
     LIVE, LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Cookies, Jitter, Join, Login,
     LoginCause, Open,
@@ -53,6 +53,7 @@ _VERDICT = {o.value: o for o in AttemptOutcome}
 
 _GC_LOCK = threading.Lock()
 _GC_HOLDERS = [0]
+_GC_RUNS = [0]  # simulations started in this process
 
 
 @contextlib.contextmanager
@@ -69,10 +70,13 @@ def _no_cyclic_gc():
     with _GC_LOCK:
         if _GC_HOLDERS[0] == 0:
             _GC_HOLDERS.append(gc.isenabled())
-            if gc.isenabled():
+            if gc.isenabled() and _GC_RUNS[0]:
                 # a finished run's state is mostly cycles (users and their tasks): collect it
-                # now, or it would stay through this run, twice the memory of a worker process
+                # now, or it would stay through this run, twice the memory of a worker process.
+                # Not before a process's first run: there is none to collect, and a full
+                # collection would walk every object the imports made (a tenth of a second)
                 gc.collect()
+            _GC_RUNS[0] += 1
             gc.disable()
         _GC_HOLDERS[0] += 1
     try:
@@ -149,17 +153,8 @@ class Visit:
     flight: Flight = field(default_factory=Flight)
     #: ids of the refresh tokens this visit's tabs presented
     presented: set = field(default_factory=set)
-    #: (client ``stale_read``) the shared store's last write by a renewal: (when, the tab that
-    #: wrote, the access token and the refresh token it held before)
-    written: tuple | None = None
-
-    def stale(self, tab: "Tab") -> tuple | None:
-        """What ``tab`` reads of the shared store instead of its last write, when inside the
-        stale-read window of another tab's write: (access token, refresh token); else None."""
-        w = self.written
-        if w is None or not self.user.sim.client.reads_stale(w[1] is tab, w[0], self.user.sim.now):
-            return None
-        return w[2], w[3]
+    #: the shared store's last write by a renewal (client ``stale_read``)
+    written: StoreWrite | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -176,8 +171,9 @@ class Tab:
         # a view is asked for several times per request and rarely changes: reuse it
         flight = self.flight
         v, held, refreshing = self._view, self.store.held, flight.inflight is not None
-        if self.visit.written is not None and (stale := self.visit.stale(self)) is not None:
-            held = stale[0]
+        if self.visit.written is not None and (
+                stale := self.visit.user.sim.client.unseen(self.visit.written, self, self.visit.user.sim.now)):
+            held = stale.access_before
         if refreshing and flight.owner is not self:
             sim = self.visit.user.sim
             refreshing = sim.client.sees_refresh(False, flight.since, sim.now)
@@ -723,8 +719,8 @@ class Simulation:
         if visit.login is not None:  # a login is replacing the session: its tokens will do
             yield from self._wait(visit.login)
             return RefreshOutcome.OK if tab.store.held is not None else RefreshOutcome.NO_TOKEN
-        stale = visit.stale(tab) if visit.written is not None and cookie is LIVE else None
-        token = (visit.jar if stale is None else stale[1]) if cookie is LIVE else cookie
+        stale = self.client.unseen(visit.written, tab, self.now) if cookie is LIVE else None
+        token = (visit.jar if stale is None else stale.refresh_before) if cookie is LIVE else cookie
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
@@ -752,8 +748,7 @@ class Simulation:
         rec.record(self.now, "refresh_end", outcome, user.index, tab.index, visit.session, token.id, basis,
                    latency_ms=(self.now - sent_at) * 1000.0)
         if outcome is RefreshOutcome.OK:
-            if self.client.stale_read_s > 0 and self.client.storage == "shared":
-                visit.written = (self.now, tab, tab.store.held, visit.jar)
+            visit.written = self.client.store_write(self.now, tab, tab.store.held, visit.jar)
             tab.store.held = held(result.access)
             visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
             self._drop(visit, dropped)

@@ -18,6 +18,7 @@ from enum import IntEnum
 import numpy as np
 from scipy.special import ndtr
 
+from sim.distributions import CountUniform
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
 
@@ -71,6 +72,7 @@ def stream_state(seed: int, *key: int) -> dict:
 
 
 _EMPTY = array("d")
+_FLOAT = np.dtype(np.float64)
 
 
 class _Uniform:
@@ -86,8 +88,14 @@ _UNIFORM = _Uniform()
 
 def _initial_state(key: tuple) -> bytes:
     """:func:`stream_state` of ``key`` as a packed state (see :class:`_Lender`)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=32, person=b"refreshlab").digest()
+    # a copy of a keyed hasher costs a tenth of making one (a million users make millions of streams)
+    hasher = _HASHER.copy()
+    hasher.update(repr(key).encode())
+    digest = hasher.digest()
     return digest[:16] + bytes((digest[16] | 1,)) + digest[17:] + _NO_UINT32
+
+
+_HASHER = hashlib.blake2b(digest_size=32, person=b"refreshlab")
 
 
 _NO_UINT32 = bytes(8)
@@ -130,6 +138,39 @@ class _Lender:
 
     def _take_direct(self) -> bytes:
         return bytes(self._core) + bytes(self._extra)
+
+    def integers(self, state: bytes, low: int, high: int, n: int):
+        """``Generator.integers(low, high + 1, n, dtype=np.int64)`` drawn from the packed
+        ``state``, and the state after; None when only numpy's call can say (its fixed cost is
+        ten times a batch's own work: a tab draws a burst size per page view).
+
+        numpy draws each number with Lemire's method on a 32-bit draw when the range fits in 32
+        bits: the 32-bit draws are the halves of the 64-bit ones, low half first (the high one
+        waits in ``uinteger`` with ``has_uint32`` set), the number is ``low`` plus the high word
+        of draw × (range + 1), and a draw whose low word falls under ``(2**32 - range - 1) %
+        (range + 1)`` is drawn again. Done here over the whole batch from the raw 64-bit draws;
+        None (numpy's call) when a draw would be drawn again (about one batch in a hundred
+        million for small ranges) or the range does not fit."""
+        span = high - low
+        if self._core is None or not 0 < span < 0xFFFFFFFF or n < 1:
+            return None
+        waiting = state[32:36] != _NO_UINT32[:4]
+        self.put(state)
+        fresh = n - waiting
+        raw = self.bits.random_raw((fresh + 1) // 2) if fresh > 0 else np.empty(0, np.uint64)
+        words = raw.view(np.uint32)
+        if waiting:
+            words = np.concatenate((np.frombuffer(state[36:], np.uint32), words))
+        product = words[:n].astype(np.uint64) * np.uint64(span + 1)
+        if (product & np.uint64(0xFFFFFFFF)).min() < (0xFFFFFFFF - span) % (span + 1):
+            return None
+        core = bytes(self._core)
+        if fresh <= 0:
+            after = core + _NO_UINT32[:4] + state[36:]
+        else:
+            # the high half of the last 64-bit draw waits when it was not taken
+            after = core + (1 if fresh % 2 else 0).to_bytes(4, "little") + raw[-1:].view(np.uint32)[1:].tobytes()
+        return (product >> np.uint64(32)).astype(np.int64) + low, after
 
     def _put_slow(self, state: bytes) -> None:
         self.bits.state = {"bit_generator": "PCG64",
@@ -183,13 +224,20 @@ class Draws:
         if state is None:
             state = _initial_state((*self._key, self._source))
         lender = _lender()
-        lender.put(state)
-        values = self._sample.sample(lender.gen, self._batch)
-        self._state = lender.take()
+        sample = self._sample
+        drawn = (lender.integers(state, sample.low, sample.high, self._batch) if type(sample) is CountUniform
+                 else None)
+        if drawn is None:
+            lender.put(state)
+            values = sample.sample(lender.gen, self._batch)
+            self._state = lender.take()
+        else:
+            values, self._state = drawn
+        if values.dtype != _FLOAT:
+            values = values.astype(_FLOAT)
         if self._floor is not None:
-            values = np.maximum(values, self._floor)
-        fresh = array("d")
-        fresh.frombytes(values.astype(np.float64, copy=False).tobytes())
+            np.maximum(values, self._floor, out=values)
+        fresh = array("d", values.tobytes())
         self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
         self._i = 0
 

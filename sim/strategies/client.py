@@ -66,6 +66,17 @@ class Response:
     expired: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class StoreWrite:
+    """A renewal's write to a shared store as a driver remembers it (client ``stale_read``): when
+    (the client's clock), by which tab, and the access and refresh tokens held before it."""
+
+    at_s: float
+    writer: Any
+    access_before: Any
+    refresh_before: Any
+
+
 class ClientPolicy(Model):
     """Base of client behaviours: sends what it holds, and on a 401 refreshes then retries.
 
@@ -243,6 +254,20 @@ class ClientPolicy(Model):
         store's last write, made at ``written_s`` (``own``: by this tab): within ``stale_read``
         of another tab's write."""
         return not own and written_s is not None and now - written_s < self.stale_read_s
+
+    def store_write(self, now: float, writer: Any, access_before: Any, refresh_before: Any) -> StoreWrite | None:
+        """What a driver remembers of a renewal's write to the tokens' store at ``now``: only what
+        a stale read can still return (``stale_read`` on a shared store), else None."""
+        if self.stale_read_s > 0 and self.storage == "shared":
+            return StoreWrite(now, writer, access_before, refresh_before)
+        return None
+
+    def unseen(self, write: StoreWrite | None, tab: Any, now: float) -> StoreWrite | None:
+        """``write`` when ``tab``, reading the store at ``now``, does not see it yet (so reads
+        what was held before it); else None."""
+        if write is not None and self.reads_stale(write.writer is tab, write.at_s, now):
+            return write
+        return None
 
     def releases_lock(self, outcome: str) -> bool:
         """Whether a refresh that ended with ``outcome`` (a ``refresh_end`` outcome) releases its
