@@ -36,6 +36,20 @@ slots): peak 1,037 -> 954 MB, 15.0 -> 12.8 KB per user per worker process (1M us
 14.3 -> 12.2 GB per worker process). Before and after cheaper random-number refills (see
 ``bench_engine.py``), one after the other at load 7-8: 2.10 -> 1.95 ms of CPU per user and
 variant (1M x 1.08 h x 4 variants: 8,394 -> 7,783 CPU s, about 70 -> 65 min on two idle cores).
+
+Memory per user, after a tab's streams let go of draws already taken at the end of its visit,
+rarely used streams are made on first use, the busiest tab streams draw in batches half as big
+and the race bookkeeping keeps (session, token) pairs instead of a set per session (outputs
+byte-identical): traced with tracemalloc in one process (4,000 users, ``dual_token``), the peak
+went from about 12.0 to 10.0 KB per user; the draw buffers and states from 4.3 to 2.6 KB. The 100,000-user
+compare itself (``refreshlab compare`` of this scaled scenario, 40 workers, default 2 processes,
+under ``/usr/bin/time -v``, before the pairs change), load average 5.6-7.0, with another 20,000-user
+run sharing the cores: wall 32 min 49 s (the command got 51% of one core on average), 1,021 CPU
+s (2.55 ms per user and variant), largest process 1.36 GB, process tree at most 2.68 GB. Neither
+goal (60 s, 2 GB) is met: the tree holds two worker processes of about 1.25 GB (the population's
+objects, about 11 KB per user resident) plus about 0.3 GB of interpreters. 1M users x 1 h x 4
+variants, projected from it: about 10,000 CPU s (85 min on two idle cores) and about 11.5 GB
+per worker process, which two at once would not fit in this machine's 24 GB.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sim.scenario import Scenario
 
 #: bytes per simulated user (flows, draw streams, tabs, ledger entries), measured on the baseline
-USER_BYTES = 12_000
+USER_BYTES = 11_000
 #: bytes per record held in memory (events kept for the tables of a run)
 RECORD_BYTES = 300
 #: records a request leaves (request, attempt, and a share of renewals)

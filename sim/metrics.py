@@ -191,8 +191,10 @@ class Divergence:
     __slots__ = ("presented", "granted", "races", "revoked", "reuse_at", "logged_out", "displaced")
 
     def __init__(self) -> None:
-        self.presented: dict = defaultdict(set)
-        self.granted: dict = defaultdict(set)  # refresh tokens a refresh call of the session got ok for
+        # (session, token) pairs, not a set per session: most sessions hold one or two tokens,
+        # and an empty set alone is 216 bytes (a million users have a session each)
+        self.presented: set = set()
+        self.granted: set = set()  # refresh tokens a refresh call of the session got ok for
         self.races: dict = {}  # the session's latest two races: ((t_s, token), (t_s, token) | None)
         self.revoked: set = set()
         self.reuse_at: dict = {}
@@ -201,15 +203,16 @@ class Divergence:
 
     def feed(self, t_s: float, event: str, outcome: str, session, token) -> tuple:
         if event == "refresh_start":
-            seen = self.presented[session]
-            if token in seen:
+            key = (session, token)
+            if key in self.presented:
                 latest = self.races.get(session)
                 if latest is None or latest[0][1] != token:
                     self.races[session] = ((t_s, token), latest[0] if latest is not None else None)
-            seen.add(token)
+            else:
+                self.presented.add(key)
         elif event == "refresh_end":
             if outcome == "ok":
-                self.granted[session].add(token)
+                self.granted.add((session, token))
         elif event == "reuse_detected":
             self.reuse_at[session] = t_s
         elif event == "revoke":
@@ -224,7 +227,7 @@ class Divergence:
             if races is None:
                 return out
             (t_race, raced), before = races
-            if raced not in self.granted[session] and before is not None:
+            if (session, raced) not in self.granted and before is not None:
                 t_race = before[0]
             return out + (("race_logout", t_s - t_race),)
         elif event == "displaced":
@@ -240,26 +243,22 @@ class Divergence:
         presented, granted, races = self.presented, self.granted, self.races
         for session, token in tokens:
             self.displaced.discard(token)  # no later ``stranded`` row can name it
-            for sets in (presented, granted):
-                seen = sets.get(session)
-                if seen is None or token not in seen:
-                    continue
+            key = (session, token)
+            presented.discard(key)
+            if key in granted:
                 latest = races.get(session)
-                if sets is granted and latest is not None and latest[0][1] == token:
-                    continue
-                seen.discard(token)
-                if not seen:
-                    del sets[session]  # a defaultdict: an absent session reads as an empty set
+                if latest is None or latest[0][1] != token:
+                    granted.discard(key)
 
     def forget_sessions(self, sessions) -> None:
         """Drop everything of ``sessions``, which no later row can name."""
         if not sessions:
             return
         gone = set(sessions)
-        for name in ("presented", "granted", "races", "reuse_at"):
-            table = getattr(self, name)
-            kept = {s: v for s, v in table.items() if s not in gone}
-            setattr(self, name, defaultdict(set, kept) if isinstance(table, defaultdict) else kept)
+        for name in ("presented", "granted"):
+            setattr(self, name, {key for key in getattr(self, name) if key[0] not in gone})
+        for name in ("races", "reuse_at"):
+            setattr(self, name, {s: v for s, v in getattr(self, name).items() if s not in gone})
         self.revoked -= gone
         self.logged_out -= gone
 

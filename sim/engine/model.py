@@ -478,6 +478,9 @@ class Simulation:
             shared = visit.tabs[0].store.held if self.client.storage == "shared" else None
             visit.user.kept = (visit.jar, shared, visit.session)
         self.rec.counts.active(now, -1)
+        for tab in visit.tabs:
+            # until the user's next visit, keep only the draws still to come
+            tab.draws.trim()
         self._open_visits.discard(visit)
         self._closed.append(visit)
         self.rec.record(now, "logout", user=visit.user.index, session=visit.session)
@@ -951,7 +954,7 @@ class FastSimulation(Simulation):
         token = ledger.tokens[sent.id]
         skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
         draws = tab.draws
-        loss = draws.loss
+        loss = draws.loss if loss_p else None
         counts = self.rec.counts
         send = Action.SEND
         done_ = Action.DONE

@@ -241,6 +241,14 @@ class Draws:
         self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
         self._i = 0
 
+    def trim(self) -> None:
+        """Let go of the draws already taken: the buffer keeps only those still to come (for a
+        stream that will not be drawn from for a while, such as a tab's while its user is away;
+        the draws to come are the same)."""
+        if self._i:
+            self._buf = self._buf[self._i:] if self._i < len(self._buf) else _EMPTY
+            self._i = 0
+
     def __call__(self):
         i = self._i
         if i >= len(self._buf):
@@ -283,26 +291,43 @@ class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
     round trips (and losses) of its API requests."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss", "moments", "_rtt")
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss", "moments", "_rtt", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
 
         key = (seed, replication, 2, user, tab)
         # a batch costs about as much to set up as a hundred draws, and waits in memory until
-        # taken: the busiest streams take batches of about half an hour of a busy tab
-        self.think = Draws(work.think_time, key, Source.THINK, batch=64)
-        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=64)
-        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=64)
+        # taken (with a million users, a whole batch of every tab's streams is most of the
+        # engine's memory): the busiest streams take batches of about a quarter of an hour of
+        # a busy tab
+        self.think = Draws(work.think_time, key, Source.THINK, batch=32)
+        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=32)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=32)
         self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
-        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=128)
-        self.loss = Draws(None, key, Source.LOSS, floor=None, batch=128)
+        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=64)
+        # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
+        self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
         #: ``api_rtt`` then draws each call's own standard normal factor
         self.moments: HostState | None = None
         self._rtt = net.rtt
         if net.rtt_correlation > 0:
-            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=128)
+            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=64)
+
+    def __getattr__(self, name: str):
+        # called only for a slot not yet set: a stream that is rarely drawn from costs nothing
+        # until its first use (with a million users, an unused stream object is 100 MB)
+        if name == "loss":
+            self.loss = draws = Draws(None, self._key, Source.LOSS, floor=None, batch=128)
+            return draws
+        raise AttributeError(name)
+
+    def trim(self) -> None:
+        """Let go of the draws already taken (:meth:`Draws.trim`): for a tab whose visit ended,
+        whose streams wait unused until the user's next visit."""
+        for draws in (self.think, self.burst, self.idle_coin, self.idle_gap, self.api_rtt):
+            draws.trim()
 
     def api_round_trip(self, now: float) -> float:
         """The round trip of an API call sent at ``now`` (scenario seconds)."""
@@ -458,8 +483,7 @@ class UserStreams:
         self._answer_legs = (None if net.auth_legs == "one_draw" else
                              Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
                                    floor=None, batch=8))
-        self.auth_loss = Draws(None, key, Source.AUTH_LOSS, floor=None, batch=8)
-        self.backoff = Draws(None, key, Source.BACKOFF, floor=None, batch=8)
+        # ``auth_loss`` and ``backoff`` are made when first asked for (:meth:`__getattr__`)
         self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
         self.away = Draws(pop.away, key, Source.AWAY, batch=8) if pop.away else None
         self._tabs: list[TabStreams] = []
@@ -467,6 +491,16 @@ class UserStreams:
         self._service: dict | None = None
         self._jitter: Draws | None = None
         self._wake: Draws | None = None
+
+    def __getattr__(self, name: str):
+        # called only for a slot not yet set (see :meth:`TabStreams.__getattr__`)
+        source = {"auth_loss": Source.AUTH_LOSS, "backoff": Source.BACKOFF}.get(name)
+        if source is None:
+            raise AttributeError(name)
+        _, seed, replication, user = self._key
+        draws = Draws(None, (seed, replication, 1, user), source, floor=None, batch=8)
+        setattr(self, name, draws)
+        return draws
 
     def wake_phase(self) -> float:
         """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
