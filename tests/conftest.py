@@ -1,5 +1,7 @@
 import os
 import pathlib
+import signal
+import threading
 
 import pytest
 from hypothesis import settings
@@ -9,6 +11,11 @@ from hypothesis import settings
 settings.register_profile("shared", deadline=None)
 settings.register_profile("ci", parent=settings.get_profile("shared"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "shared")
+
+# a shell without job control starts a background command (`pytest &`) with Ctrl-C ignored, and
+# every process a test starts would inherit that: the checks of what Ctrl-C does need the default
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
