@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,6 +37,13 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 RUN_TIME_MARGIN_S = 2.0
 #: the scale ``validate`` uses unless told: a 30-minute scenario in 45 s, see docs/loadtests.md
 VALIDATE_TIME_SCALE = 40.0
+class RaceWindow(str, Enum):
+    """Which race window validate simulates a check-then-write server with."""
+
+    run = "run"
+    profile = "profile"
+
+
 #: the relative difference under which a measured metric agrees with the simulated one
 AGREEMENT = 0.10
 
@@ -728,10 +736,10 @@ def validate(
                                                  "cross-tab lock (see refreshlab browser).")] = False,
     lab_run: Annotated[Optional[Path], typer.Option("--lab-run", help="(--browser, one variant) compare this lab run "
                                                     "folder (refreshlab browser --out) instead of running the lab.")] = None,
-    race_window: Annotated[str, typer.Option(
+    race_window: Annotated[RaceWindow, typer.Option(
         "--race-window", help="A check-then-write server (a profile with a race_window): simulate each variant with "
         "the window its own load test met (run: the window moves with the host's load) or the profile's "
-        "calibrated one (profile).")] = "run",
+        "calibrated one (profile).")] = RaceWindow.run,
 ):
     """Simulate a scenario and load-test it over real HTTP; print and write how far they agree.
 
@@ -750,8 +758,6 @@ def validate(
         _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_opening, out, cross_tab_lock, lab_run,
                           users)
         return
-    if race_window not in ("run", "profile"):
-        raise fail(f"--race-window: expected run or profile, got {race_window!r}")
     names = strategy or scenario.names
     profile = resolve_profile(scenario_path, scenario, target_profile)
     external = profile.name != "reference" or bool(target or profile.base_url)
@@ -778,7 +784,7 @@ def validate(
     from sim.cli import simulate
 
     # the window of a check-then-write server moves with the host's load: the run's own, when asked
-    race_from_run = (race_window == "run" and external and not profile.ledger
+    race_from_run = (race_window is RaceWindow.run and external and not profile.ledger
                      and profile.server_settings.get("race_window") is not None)
 
     def simulation(told: Scenario | None = None, **network) -> RunResult:
