@@ -337,14 +337,15 @@ def simulate_into_folder(scenario_path: Path, out: Path | None, *, seed, replica
     """What ``run`` and ``compare`` share: read the scenario and its gates, simulate, and write the
     run folder (with ``report.html`` if asked, and ``gates.json``) atomically. Returns (scenario,
     result, gate outcome); ``result.path`` is the folder written."""
-    from sim.results import atomic_dir
-
     scenario = read_scenario(scenario_path, strict=strict)
     gates = read_gates(scenario, fail_on, gate_on)
     out = out or default_out(scenario_path)
     with interruptible(out):
         result = simulate(scenario, seed, replications, events, quiet=quiet, processes=processes, cluster=cluster,
                           force=force, engine=engine.value)
+        # only now: tables (pandas) are not needed while the simulations run
+        from sim.results import atomic_dir
+
         with atomic_dir(out) as tmp:
             result.write_into(tmp)
             if report:
@@ -563,9 +564,10 @@ def _escape_help(command: click.Command) -> None:
         _escape_help(sub)
 
 
-def build_command() -> click.Command:
-    """The console script as a click command: plugins registered, help texts escaped."""
-    if not getattr(app, "_plugins_registered", False):
+def build_command(plugins: bool = True) -> click.Command:
+    """The console script as a click command: plugins registered (unless ``plugins`` is false),
+    help texts escaped."""
+    if plugins and not getattr(app, "_plugins_registered", False):
         _register_plugins()
         app._plugins_registered = True
     command = typer.main.get_command(app)
@@ -573,8 +575,17 @@ def build_command() -> click.Command:
     return command
 
 
+def _names_a_plugin(args: list[str]) -> bool:
+    """Whether the command line may run a plugin's command or list the commands: its first word
+    that is not an option is not one of this module's commands. A built-in command runs without
+    importing the plugins (the load-testing half pulls in pandas and more, about 0.1 GB that the
+    parent of a long simulation would hold beside its worker processes for nothing)."""
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first is None or first not in typer.main.get_command(app).commands
+
+
 def main() -> None:
-    build_command()(prog_name="refreshlab")
+    build_command(plugins=_names_a_plugin(sys.argv[1:]))(prog_name="refreshlab")
 
 
 if __name__ == "__main__":

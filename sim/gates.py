@@ -15,11 +15,12 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from sim.metrics import METRIC_COLUMNS
+
+if TYPE_CHECKING:  # a scenario's gates are parsed where no table is made (simulation workers)
+    import pandas as pd
 
 GateOn = Literal["mean", "ci"]
 GATE_ON = ("mean", "ci")
@@ -89,6 +90,8 @@ def evaluate(gates: list[Gate], aggregate: pd.DataFrame, label: str = "") -> pd.
     """One row per gate and variant of ``aggregate`` (aggregated summary rows indexed by
     strategy): ``run`` (``label``), ``gate``, ``on``, ``strategy``, ``mean``, ``ci95``,
     ``compared``, ``passed`` (False: the gate fails; None: the metric is missing, which fails too)."""
+    import pandas as pd
+
     rows = []
     for gate in gates:
         for strategy, row in aggregate.iterrows():

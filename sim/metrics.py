@@ -42,7 +42,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 SUMMARY_COLUMNS = [
     "strategy", "replication", "users", "window_s", "requests", "attempts", "refresh_calls",
@@ -266,6 +265,8 @@ class Divergence:
     def rows(cls, events: pd.DataFrame) -> pd.DataFrame:
         """The derived rows of an events table (EVENT_COLUMNS, sorted by time), as events rows
         (``latency_ms`` of a ``race_logout``: the race-to-logout time in milliseconds)."""
+        import pandas as pd
+
         tracker, out = cls(), []
         relevant = events[events["event"].isin(WATCHED_EVENTS)]
         for row in relevant.itertuples(index=False):
@@ -511,6 +512,8 @@ class Tally:
     def from_events(cls, events: pd.DataFrame) -> "Tally":
         """Build a tally from an events table (EVENT_COLUMNS) of one variant and replication,
         sorted by time; the :class:`Divergence` rows are derived unless the table has them."""
+        import pandas as pd
+
         tally = cls()
         if not events["event"].isin(DIVERGENCE_EVENTS).any():
             events = pd.concat([events, Divergence.rows(events)], ignore_index=True)
@@ -548,6 +551,8 @@ def summarize(
 
     Percentiles are exact where per-request values were kept (records of a load test, a run
     with ``events``), else read off :class:`LogSketch` es within :data:`SKETCH_RELATIVE_ERROR`."""
+    import pandas as pd
+
     counts = tally if isinstance(tally, Counts) else Counts.from_tally(tally, warmup_s, duration_s)
     if (counts.lo, counts.hi) != (warmup_s, warmup_s + duration_s):
         raise ValueError("the counts were taken for another window")
@@ -655,6 +660,7 @@ def _fit(values: np.ndarray | None, n: int) -> np.ndarray:
 def aggregate(per_replication: pd.DataFrame) -> pd.DataFrame:
     """Aggregated rows: per strategy, the mean of every metric over replications and its 95%
     confidence half-width (Student's t) in ``<metric>_ci95``; ``replication`` is ``"mean"``."""
+    import pandas as pd
     from scipy import stats  # 0.6 s to import: only when aggregating
 
     rows = []
@@ -674,6 +680,8 @@ def aggregate(per_replication: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(per_replication: pd.DataFrame) -> pd.DataFrame:
     """Per-replication rows followed by the aggregated rows, columns in METRICS.md order."""
+    import pandas as pd
+
     per = per_replication[SUMMARY_COLUMNS].copy()
     per["replication"] = per["replication"].astype(str)
     agg = aggregate(per_replication)

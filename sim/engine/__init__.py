@@ -4,17 +4,21 @@ several; the tables of all of them make one RunResult."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
-import pandas as pd
 
 from sim.engine.model import FastSimulation, Simulation
 from sim.engine.streams import generator
 from sim.metrics import summarize, summary_table
-from sim.results import RunResult
 from sim.scenario import Scenario
 
+if TYPE_CHECKING:
+    from sim.results import RunResult
+
+# pandas is imported only where tables are built (in the process that assembles a run, once its
+# simulations are done): a worker process that only simulates is spared its memory (about 75 MB
+# a process, as much as several thousand simulated users)
 
 #: the engines: ``exact`` simulates every request; ``fast`` carries plain requests out in one
 #: step and gives identical results (see :class:`~sim.engine.model.FastSimulation`)
@@ -43,24 +47,28 @@ def instance_users(scenario: Scenario, seed: int, replication: int, instance: in
     return np.flatnonzero(where == instance)
 
 
-def simulate_instance(scenario: Scenario, name: str, replication: int, seed: int, events: bool, instance: int,
+def simulate_instance(scenario: Scenario, name: str, replication: int, seed: int, events: bool, instance: int | None,
                       engine: str = DEFAULT_ENGINE):
-    """The users of one auth-tier instance (:func:`instance_users`), one variant, one
-    replication: (:class:`~sim.metrics.Counts`, events or None), merged by :func:`assemble`.
+    """The users of one auth-tier instance (:func:`instance_users`; every user for ``instance``
+    None), one variant, one replication: (:class:`~sim.metrics.Counts`, events or None), made
+    into tables by :func:`assemble` (merged with the other instances' first).
 
     Exact, not an approximation: users of different instances share nothing (each instance has
     its own workers and queue, sessions belong to one user, and every draw a user takes comes
     from streams keyed by that user), so one instance's users do in this job exactly what they
     do beside the others."""
     variant = scenario.variant(name)
-    users = instance_users(scenario, seed, replication, instance)
+    users = None if instance is None else instance_users(scenario, seed, replication, instance)
     rec = ENGINES[engine](scenario, variant, replication, seed, events, users=users).run()
     return rec.counts, rec.events()
 
 
 def _merge_instances(scenario: Scenario, name: str, replication: int, parts: list):
     """The output of :func:`simulate_one` for the whole population, from every instance's
-    :func:`simulate_instance` output (in instance order, so that the sums are always the same)."""
+    :func:`simulate_instance` output (in instance order, so that the sums are always the same;
+    one part: the whole population's)."""
+    import pandas as pd
+
     counts = parts[0][0]
     for other, _ in parts[1:]:
         counts.merge(other)
@@ -71,7 +79,9 @@ def _merge_instances(scenario: Scenario, name: str, replication: int, parts: lis
     )
     tables = [events for _, events in parts]
     events = None
-    if all(t is not None for t in tables):
+    if len(tables) == 1:
+        events = tables[0]
+    elif all(t is not None for t in tables):
         # every instance's ledger numbers its sessions and tokens from the start: shift each
         # instance's numbers past the ones before, so that they stay unique in the run
         shifted, offset = [], 0
@@ -99,14 +109,19 @@ def jobs_of(scenario: Scenario, names: Iterable[str], tag=None, events: bool = F
 
 
 def assemble(scenario: Scenario, names: list[str], outputs: dict) -> RunResult:
-    """A :class:`RunResult` from the outputs of :func:`jobs_of`'s jobs, keyed by each job's
-    :attr:`~sim.engine.dispatch.Job.key` (``(name, replication)``, or ``(name, replication,
-    instance)`` for the jobs of one auth-tier instance: merged here, in instance order)."""
+    """A :class:`RunResult` from the outputs of :func:`jobs_of`'s jobs (each a
+    :func:`simulate_instance` output), keyed by each job's :attr:`~sim.engine.dispatch.Job.key`
+    (``(name, replication)``, or ``(name, replication, instance)`` for the jobs of one auth-tier
+    instance: merged here, in instance order)."""
+    import pandas as pd
+
+    from sim.results import RunResult
+
     k = scenario.auth.instances
-    if k > 1:
-        outputs = {(name, r): _merge_instances(scenario, name, r, [outputs[name, r, i] for i in range(k)])
-                   for r in range(scenario.run.replications) for name in names}
-    ordered = [outputs[name, r] for r in range(scenario.run.replications) for name in names]
+    parts = {(name, r): [outputs[name, r]] if k == 1 else [outputs[name, r, i] for i in range(k)]
+             for r in range(scenario.run.replications) for name in names}
+    ordered = [_merge_instances(scenario, name, r, parts[name, r])
+               for r in range(scenario.run.replications) for name in names]
     per_replication = pd.DataFrame([r[0] for r in ordered])
     event_tables = [r[3] for r in ordered if r[3] is not None]
     return RunResult(

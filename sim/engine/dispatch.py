@@ -57,15 +57,14 @@ class Job:
 
 
 def execute(job: Job):
-    """Run one job (in whichever process it landed): the output of :func:`sim.engine.simulate_one`,
-    or of :func:`sim.engine.simulate_instance` for one instance's users."""
-    from sim.engine import simulate_instance, simulate_one
+    """Run one job (in whichever process it landed): the output of
+    :func:`sim.engine.simulate_instance` (its counts, not yet tables: see
+    :func:`sim.engine.assemble`), for every user or one instance's."""
+    from sim.engine import simulate_instance
 
     options = {"engine": job.engine} if job.engine is not None else {}
-    if job.instance is not None:
-        return simulate_instance(job.scenario, job.strategy, job.replication, job.seed, job.events, job.instance,
-                                 **options)
-    return simulate_one(job.scenario, job.strategy, job.replication, job.seed, job.events, **options)
+    return simulate_instance(job.scenario, job.strategy, job.replication, job.seed, job.events, job.instance,
+                             **options)
 
 
 def _execute_in_worker(job: Job):

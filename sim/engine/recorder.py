@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-
 from sim.metrics import EVENT_COLUMNS, WATCHED_EVENTS, Counts, Divergence, Level
 from sim.strategies.ledger import LedgerObserver, Session, Token
 
@@ -86,6 +84,8 @@ class Recorder(LedgerObserver):
     def events(self) -> pd.DataFrame | None:
         if self.rows is None:
             return None
+        import pandas as pd
+
         df = pd.DataFrame(self.rows, columns=_ROW)
         df["strategy"] = self.strategy
         df["replication"] = self.replication

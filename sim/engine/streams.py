@@ -16,7 +16,6 @@ from array import array
 from enum import IntEnum
 
 import numpy as np
-from scipy.special import ndtr
 
 from sim.distributions import CountUniform
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
@@ -369,6 +368,11 @@ class HostState:
         self._gen = generator(seed, replication, 3, int(Source.MOMENT))
         self._w = np.empty(0)
         self._lock = threading.Lock()
+        # scipy only where round trips are correlated: a process that simulates none is spared
+        # its memory (about 25 MB)
+        from scipy.special import ndtr
+
+        self._ndtr = ndtr
 
     def w(self, t_s: float) -> float:
         """``W`` at scenario time ``t_s`` (at least 0)."""
@@ -394,7 +398,7 @@ class HostState:
     def quantiles(self, t_s: float, z: float, dists: tuple) -> list[float]:
         """The round trips (seconds, at least 0) of a call sent at ``t_s`` with its own factor
         ``z``: one per distribution in ``dists``, all at the same quantile."""
-        u = float(ndtr(self.shared * self.w(t_s) + self.own * z))
+        u = float(self._ndtr(self.shared * self.w(t_s) + self.own * z))
         return [max(float(d.quantile(np.array([u]))[0]), 0.0) for d in dists]
 
 
