@@ -151,8 +151,9 @@ class Visit:
     over: bool = False
     login: Signal | None = None
     flight: Flight = field(default_factory=Flight)
-    #: ids of the refresh tokens this visit's tabs presented
-    presented: set = field(default_factory=set)
+    #: ids of the refresh tokens this visit's tabs presented: a list while they are a few (a
+    #: quarter of a set's memory), a set beyond
+    presented: list | set = field(default_factory=list)
     #: the shared store's last write by a renewal (client ``stale_read``)
     written: StoreWrite | None = None
 
@@ -318,6 +319,10 @@ class Simulation:
             # to sleep: no effect object to build for each of their three waits
             float: self._delay,
         }
+        # the callbacks the heap holds, bound once: a bound method made per event is 48 bytes
+        # for as long as the event waits (a few per user at any time)
+        self.resume, self._arrive, self._answered = self.resume, self._arrive, self._answered
+        self._join_timeout, self._queue_timeout = self._join_timeout, self._queue_timeout
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -724,7 +729,13 @@ class Simulation:
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
-        visit.presented.add(token.id)
+        presented = visit.presented
+        if type(presented) is set:
+            presented.add(token.id)
+        elif token.id not in presented:
+            presented.append(token.id)
+            if len(presented) > 8:
+                visit.presented = set(presented)
         sent_at, trip = self.now, user.streams.auth_round_trip(self.now)
         due_s = user.answers_due_s  # the answers to calls sent before this one (network.in_order)
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
@@ -890,6 +901,7 @@ class FastSimulation(Simulation):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._answer_plain = self._answer_plain  # bound once (see Simulation.__init__)
         # correlated round trips depend on what else of the user's is in flight: event by event
         if not self.events and not self.scenario.network.rtt_correlation and not self.scenario.network.in_order:
             self.handlers[Request] = self._request_fast

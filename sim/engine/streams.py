@@ -195,6 +195,21 @@ def _lender() -> _Lender:
     return lender
 
 
+_KINDS: dict[tuple, tuple] = {}
+
+
+def _kind(sample, source: int, floor: float | None, batch: int) -> tuple:
+    """(sample, source, floor, batch): one tuple for every stream with these (the distribution
+    told apart by identity; a kind holds it, so its identity is not reused while cached)."""
+    key = (id(sample), source, floor, batch)
+    kind = _KINDS.get(key)
+    if kind is None:
+        if len(_KINDS) >= 4096:  # scenarios come and go in a long process (a sweep, the tests)
+            _KINDS.clear()
+        kind = _KINDS[key] = (sample, source, floor, batch)
+    return kind
+
+
 class Draws:
     """Scalar draws from a distribution on one keyed stream, taken from numpy in batches (a
     scalar numpy call costs more than the simulation step that uses it). :meth:`peek` and
@@ -203,20 +218,24 @@ class Draws:
     the next). A batch waits as packed doubles (8 bytes a draw, not a Python float's 32): with
     a million users, the draws not yet taken are most of the engine's memory."""
 
-    __slots__ = ("_sample", "_key", "_source", "_state", "_buf", "_i", "_batch", "_floor")
+    __slots__ = ("_kind", "_key", "_state", "_buf", "_i")
 
     def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
         # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
-        # ``key`` is shared by the streams of a user or tab
-        # the distribution, not its bound ``sample`` (an object per stream: a million users have millions)
-        self._sample = dist if dist is not None else _UNIFORM
+        # ``key`` is shared by the streams of a user or tab, and what every user's stream of one
+        # source has in common (distribution, source, floor, batch size) by all of them: an
+        # object holds only what is its own (a million users have millions of streams)
+        self._kind = _kind(dist if dist is not None else _UNIFORM, int(source), floor, batch)
         self._key = key
-        self._source = int(source)
         self._state: bytes | None = None  # packed PCG64 state (:class:`_Lender`), from the first draw on
         self._buf = _EMPTY
         self._i = 0
-        self._batch = batch
-        self._floor = floor
+
+    # what the stream shares with every stream of its kind (read when a batch is drawn)
+    _sample = property(lambda self: self._kind[0])
+    _source = property(lambda self: self._kind[1])
+    _floor = property(lambda self: self._kind[2])
+    _batch = property(lambda self: self._kind[3])
 
     def _refill(self) -> None:
         state = self._state
@@ -296,15 +315,15 @@ class TabStreams:
         pop, work, net = scenario.population, scenario.workload, scenario.network
 
         key = (seed, replication, 2, user, tab)
-        # a batch costs about as much to set up as a hundred draws, and waits in memory until
+        # a batch costs about as much to set up as twenty draws, and waits in memory until
         # taken (with a million users, a whole batch of every tab's streams is most of the
-        # engine's memory): the busiest streams take batches of about a quarter of an hour of
-        # a busy tab
-        self.think = Draws(work.think_time, key, Source.THINK, batch=32)
-        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=32)
-        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=32)
-        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=8)
-        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=64)
+        # engine's memory): the busiest streams take batches of about eight minutes of a busy
+        # tab (a 4 µs refill every 16 page views), a rare one a few at a time
+        self.think = Draws(work.think_time, key, Source.THINK, batch=16)
+        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=16)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=16)
+        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
+        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=32)
         # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
         self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
@@ -312,7 +331,7 @@ class TabStreams:
         self.moments: HostState | None = None
         self._rtt = net.rtt
         if net.rtt_correlation > 0:
-            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=64)
+            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=32)
 
     def __getattr__(self, name: str):
         # called only for a slot not yet set: a stream that is rarely drawn from costs nothing
@@ -450,6 +469,12 @@ class _AtQuantile:
     def __init__(self, dist) -> None:
         self.dist = dist
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(dist) -> "_AtQuantile":
+        """The one ``_AtQuantile`` of ``dist`` (every user's stream shares its kind)."""
+        return _AtQuantile(dist)
+
     def sample(self, gen: np.random.Generator, n: int) -> np.ndarray:
         return self.dist.quantile(gen.random(n))
 
@@ -462,14 +487,13 @@ class UserStreams:
     its auth-tier instance)."""
 
     __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
-                 "_service", "_jitter", "moments", "_rtts", "_wake", "_answer_legs")
+                 "_scenario", "_service", "_jitter", "moments", "_wake", "_answer_legs")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
         pop, net = scenario.population, scenario.network
 
         key = (seed, replication, 1, user)
         granted = net.auth_rtt or net.rtt
-        self._rtts = (granted, net.auth_rtt_refused or granted)
         self.moments = (host_state(net.rtt_correlation, net.rtt_correlation_time_s, seed, replication)
                         if net.rtt_correlation > 0 else None)
         if self.moments is not None:
@@ -481,17 +505,19 @@ class UserStreams:
         else:
             # two views of one stream of uniforms, taken in step (see auth_round_trips): the n-th
             # call's granted and refused round trips are both its draw's quantile
-            self.auth_rtt = Draws(_AtQuantile(granted), key, Source.AUTH_LATENCY, batch=8)
-            self.auth_rtt_refused = Draws(_AtQuantile(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt = Draws(_AtQuantile.of(granted), key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt_refused = Draws(_AtQuantile.of(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8)
         # an answer leg of its own: a uniform (or, correlated, a normal factor) per call
         self._answer_legs = (None if net.auth_legs == "one_draw" else
                              Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
                                    floor=None, batch=8))
         # ``auth_loss`` and ``backoff`` are made when first asked for (:meth:`__getattr__`)
-        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=8) if pop.session_length else None
-        self.away = Draws(pop.away, key, Source.AWAY, batch=8) if pop.away else None
+        # one draw a visit: a few at a time
+        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
+        self.away = Draws(pop.away, key, Source.AWAY, batch=4) if pop.away else None
         self._tabs: list[TabStreams] = []
-        self._key = (scenario, seed, replication, user)
+        self._key = key  # shared with its streams
+        self._scenario = scenario
         self._service: dict | None = None
         self._jitter: Draws | None = None
         self._wake: Draws | None = None
@@ -501,16 +527,21 @@ class UserStreams:
         source = {"auth_loss": Source.AUTH_LOSS, "backoff": Source.BACKOFF}.get(name)
         if source is None:
             raise AttributeError(name)
-        _, seed, replication, user = self._key
-        draws = Draws(None, (seed, replication, 1, user), source, floor=None, batch=8)
+        draws = Draws(None, self._key, source, floor=None, batch=8)
         setattr(self, name, draws)
         return draws
+
+    @property
+    def _rtts(self) -> tuple:
+        """The distributions of a call's granted and refused round trips (see :class:`AuthRoundTrip`)."""
+        net = self._scenario.network
+        granted = net.auth_rtt or net.rtt
+        return granted, net.auth_rtt_refused or granted
 
     def wake_phase(self) -> float:
         """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
         if self._wake is None:
-            _, seed, replication, user = self._key
-            self._wake = Draws(None, (seed, replication, 1, user), Source.WAKE, floor=None, batch=8)
+            self._wake = Draws(None, self._key, Source.WAKE, floor=None, batch=8)
         return self._wake()
 
     def auth_round_trip(self, now: float) -> "AuthRoundTrip":
@@ -538,8 +569,7 @@ class UserStreams:
     def jitter(self) -> float:
         """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""
         if self._jitter is None:
-            _, seed, replication, user = self._key
-            self._jitter = Draws(None, (seed, replication, 1, user), Source.JITTER, floor=None, batch=8)
+            self._jitter = Draws(None, self._key, Source.JITTER, floor=None, batch=8)
         return self._jitter()
 
     def service(self, part: str) -> float:
@@ -550,15 +580,15 @@ class UserStreams:
             streams = self._service = {}
         draws = streams.get(part)
         if draws is None:
-            scenario, seed, replication, user = self._key
-            draws = streams[part] = Draws(getattr(scenario.auth, part), (seed, replication, 1, user),
+            draws = streams[part] = Draws(getattr(self._scenario.auth, part), self._key,
                                           SERVICE_SOURCES[part], batch=8)
         return draws()
 
     def tab(self, i: int) -> TabStreams:
         """Tab ``i``'s draws (the same object every time it is asked for)."""
         while len(self._tabs) <= i:
-            tab = TabStreams(*self._key, len(self._tabs))
+            seed, replication, _, user = self._key
+            tab = TabStreams(self._scenario, seed, replication, user, len(self._tabs))
             tab.moments = self.moments
             self._tabs.append(tab)
         return self._tabs[i]

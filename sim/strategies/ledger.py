@@ -123,7 +123,9 @@ class Ledger:
         self.sessions: dict[int, Session] = {}
         self.counters: Counter[str] = Counter()
         self.retain_s = retain_s
-        self._bases: dict[int, set[int]] = {}
+        # per session, the bases its access tokens were minted from: the only one, or a set of
+        # them once there are two (most sessions have one at a time: a set each is 200 bytes)
+        self._bases: dict[int, int | set[int]] = {}
         self._ids = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._expiries: list[tuple[float, int, int]] = []  # (expires_at_s, 0 token / 1 session, id)
@@ -182,7 +184,16 @@ class Ledger:
 
     def _first_basis(self, session_id: int, basis: int) -> bool:
         """Note that (session, basis) got an access token; True if it is the first."""
-        seen = self._bases.setdefault(session_id, set())
+        bases = self._bases
+        seen = bases.get(session_id)
+        if seen is None:
+            bases[session_id] = basis
+            return True
+        if type(seen) is not set:
+            if seen == basis:
+                return False
+            bases[session_id] = {seen, basis}
+            return True
         if basis in seen:
             return False
         seen.add(basis)
