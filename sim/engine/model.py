@@ -264,6 +264,10 @@ class Simulation:
     FORGET_EVERY_S: float | None = 60.0
     #: the fewest tokens kept at which the ledger forgets the unreachable ones
     FORGET_MIN_TOKENS = 4096
+    #: how much the tokens kept grow between two passes: a pass walks every token kept, so its
+    #: cost per mint is about ``growth / (growth - 1)`` looks; the ledger holds up to ``growth``
+    #: times the live tokens (2: two looks per mint, half of the ledger's memory dead tokens)
+    FORGET_GROWTH = 1.5
 
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
                  users=None):
@@ -368,8 +372,8 @@ class Simulation:
         the server reaches them by no id (:meth:`~sim.strategies.ledger.Ledger.forget_unreachable`)
         — and then the sessions left with no token that no visit or device names, so that memory
         follows the live tokens and sessions, not every one minted. Every answer and count stays
-        the same. A pass costs a walk over the tokens kept: it runs when they have doubled
-        since the last one (checked every ``FORGET_EVERY_S`` scenario seconds)."""
+        the same. A pass costs a walk over the tokens kept: it runs when they have grown by
+        ``FORGET_GROWTH`` since the last one (checked every ``FORGET_EVERY_S`` scenario seconds)."""
         ledger, now = self.ledger, self.now
         if len(ledger.tokens) >= self._forget_at:
             self._closed = [visit for visit in self._closed if not _dismantled(visit)]
@@ -389,7 +393,7 @@ class Simulation:
             named.update(visit.session for visit in self._closed)
             named.update(user.kept[2] for user in self._users if user.kept is not None)
             self.rec.forget(gone, ledger.forget_sessions(named), now)
-            self._forget_at = max(2 * len(ledger.tokens), self.FORGET_MIN_TOKENS)
+            self._forget_at = max(int(self.FORGET_GROWTH * len(ledger.tokens)), self.FORGET_MIN_TOKENS)
         self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
     def resume(self, arg) -> None:

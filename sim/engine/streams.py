@@ -210,15 +210,24 @@ def _kind(sample, source: int, floor: float | None, batch: int) -> tuple:
     return kind
 
 
+#: words (8 bytes each) at the start of a stream's buffer that hold its packed state (40 bytes,
+#: :class:`_Lender`), before the draws: one object a stream instead of two
+_HEAD = 5
+
+
 class Draws:
     """Scalar draws from a distribution on one keyed stream, taken from numpy in batches (a
     scalar numpy call costs more than the simulation step that uses it). :meth:`peek` and
     :meth:`skip` see and take several at once; the values are the same whichever way they are
     taken, and whatever the batch size (numpy's generators carry their state from one batch to
     the next). A batch waits as packed doubles (8 bytes a draw, not a Python float's 32): with
-    a million users, the draws not yet taken are most of the engine's memory."""
+    a million users, the draws not yet taken are most of the engine's memory.
 
-    __slots__ = ("_kind", "_key", "_state", "_buf", "_i")
+    The buffer starts with the stream's packed state (:data:`_HEAD` words, copied as bytes,
+    never read as numbers), then the draws; the next draw is at index ``_i``, never before the
+    state. Before the first draw the buffer is empty."""
+
+    __slots__ = ("_kind", "_key", "_buf", "_i")
 
     def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
         # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
@@ -227,7 +236,6 @@ class Draws:
         # object holds only what is its own (a million users have millions of streams)
         self._kind = _kind(dist if dist is not None else _UNIFORM, int(source), floor, batch)
         self._key = key
-        self._state: bytes | None = None  # packed PCG64 state (:class:`_Lender`), from the first draw on
         self._buf = _EMPTY
         self._i = 0
 
@@ -237,10 +245,14 @@ class Draws:
     _floor = property(lambda self: self._kind[2])
     _batch = property(lambda self: self._kind[3])
 
+    @property
+    def _state(self) -> bytes | None:
+        """The packed PCG64 state after the draws in the buffer (None before the first draw)."""
+        return self._buf[:_HEAD].tobytes() if len(self._buf) else None
+
     def _refill(self) -> None:
-        state = self._state
-        if state is None:
-            state = _initial_state((*self._key, self._source))
+        buf, i = self._buf, self._i
+        state = buf[:_HEAD].tobytes() if len(buf) else _initial_state((*self._key, self._source))
         lender = _lender()
         sample = self._sample
         drawn = (lender.integers(state, sample.low, sample.high, self._batch) if type(sample) is CountUniform
@@ -248,30 +260,32 @@ class Draws:
         if drawn is None:
             lender.put(state)
             values = sample.sample(lender.gen, self._batch)
-            self._state = lender.take()
+            after = lender.take()
         else:
-            values, self._state = drawn
+            values, after = drawn
         if values.dtype != _FLOAT:
             values = values.astype(_FLOAT)
         if self._floor is not None:
             np.maximum(values, self._floor, out=values)
-        fresh = array("d", values.tobytes())
-        self._buf = self._buf[self._i:] + fresh if self._i < len(self._buf) else fresh
-        self._i = 0
+        # the new state, the draws not taken yet, the new ones
+        self._buf = array("d", after + buf[i:].tobytes() + values.tobytes() if i < len(buf)
+                          else after + values.tobytes())
+        self._i = _HEAD
 
     def trim(self) -> None:
         """Let go of the draws already taken: the buffer keeps only those still to come (for a
         stream that will not be drawn from for a while, such as a tab's while its user is away;
         the draws to come are the same)."""
-        if self._i:
-            self._buf = self._buf[self._i:] if self._i < len(self._buf) else _EMPTY
-            self._i = 0
+        if self._i > _HEAD:
+            buf = self._buf
+            self._buf = buf[:_HEAD] + buf[self._i:]
+            self._i = _HEAD
 
     def __call__(self):
         i = self._i
         if i >= len(self._buf):
             self._refill()
-            i = 0
+            i = _HEAD
         self._i = i + 1
         return self._buf[i]
 
