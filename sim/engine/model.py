@@ -342,11 +342,15 @@ class Simulation:
         arrivals = arrival_times(scenario, self.seed, self.replication)
         tabs, skews = user_traits(scenario, self.seed, self.replication)
         p_idle = scenario.population.idle_probability
+        offsets = {}  # one tuple per number of tabs, shared by the users that open that many
         for u in range(scenario.population.users) if self.users is None else map(int, self.users):
             streams = UserStreams(scenario, self.seed, self.replication, u)
             user = User(u, streams, float(skews[u]), self)
-            flow = user_flow(self.client, streams, [streams.tab(i) for i in range(int(tabs[u]))],
-                             float(arrivals[u]), p_idle, user.clock, scenario.population.tab_offsets_s(int(tabs[u])))
+            n_tabs = int(tabs[u])
+            if n_tabs not in offsets:
+                offsets[n_tabs] = scenario.population.tab_offsets_s(n_tabs)
+            flow = user_flow(self.client, streams, [streams.tab(i) for i in range(n_tabs)],
+                             float(arrivals[u]), p_idle, user.clock, offsets[n_tabs])
             self.step(Task(flow, None, user), None)
             self._users.append(user)
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now

@@ -123,9 +123,9 @@ class Ledger:
         self.sessions: dict[int, Session] = {}
         self.counters: Counter[str] = Counter()
         self.retain_s = retain_s
-        # per session, the bases its access tokens were minted from: the only one, or a set of
-        # them once there are two (most sessions have one at a time: a set each is 200 bytes)
-        self._bases: dict[int, int | set[int]] = {}
+        # per session, the bases its access tokens were minted from: the only one, a tuple of a
+        # few, a set of many (a set is 200 bytes, a tuple of two 56)
+        self._bases: dict[int, int | tuple[int, ...] | set[int]] = {}
         self._ids = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._expiries: list[tuple[float, int, int]] = []  # (expires_at_s, 0 token / 1 session, id)
@@ -189,14 +189,18 @@ class Ledger:
         if seen is None:
             bases[session_id] = basis
             return True
-        if type(seen) is not set:
+        kind = type(seen)
+        if kind is int:
             if seen == basis:
                 return False
-            bases[session_id] = {seen, basis}
+            bases[session_id] = (seen, basis)
             return True
         if basis in seen:
             return False
-        seen.add(basis)
+        if kind is set:
+            seen.add(basis)
+        else:
+            bases[session_id] = seen + (basis,) if len(seen) < 8 else {*seen, basis}
         return True
 
     def note_reuse(self, token: Token, outcome: str, now: float) -> None:
