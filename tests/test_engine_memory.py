@@ -67,3 +67,18 @@ def test_trimming_at_the_end_of_visits_changes_no_output(monkeypatch):
     assert trimmed.summary["refresh_calls"].sum() > 0
     for table in ("summary", "timeseries", "latency"):
         pd.testing.assert_frame_equal(getattr(trimmed, table), getattr(kept, table), check_exact=True)
+
+
+def test_a_ledger_counts_a_basis_seen_before_as_a_duplicate_however_it_keeps_the_bases():
+    # a session's bases are kept as one number, then a tuple of a few, then a set
+    from sim.strategies.ledger import Ledger
+
+    ledger = Ledger()
+    session, other = ledger.new_session(0, 0.0), ledger.new_session(1, 0.0)
+    bases = [5, 5, 6, 5, 7, 8, 9, 10, 11, 12, 13, 14, 6, 15, 16, 14, 16]
+    for basis in bases:
+        ledger.mint("access", session, 1.0, 2.0, cause="refresh", basis=basis)
+    duplicates = sum(basis in bases[:i] for i, basis in enumerate(bases))
+    assert duplicates == 5 and ledger.counters["duplicate_tokens"] == duplicates
+    ledger.mint("access", other, 1.0, 2.0, cause="refresh", basis=5)  # another session's basis 5
+    assert ledger.counters["duplicate_tokens"] == duplicates

@@ -265,9 +265,9 @@ class Simulation:
     #: the fewest tokens kept at which the ledger forgets the unreachable ones
     FORGET_MIN_TOKENS = 4096
     #: how much the tokens kept grow between two passes: a pass walks every token kept, so its
-    #: cost per mint is about ``growth / (growth - 1)`` looks; the ledger holds up to ``growth``
-    #: times the live tokens (2: two looks per mint, half of the ledger's memory dead tokens)
-    FORGET_GROWTH = 1.5
+    #: cost per mint is about ``growth / (growth - 1)`` looks (a microsecond or two each); the
+    #: ledger holds up to ``growth`` times the live tokens (2: half of its memory dead tokens)
+    FORGET_GROWTH = 1.25
 
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
                  users=None):
@@ -474,8 +474,10 @@ class Simulation:
         user, client = task.user, self.client
         visit = Visit(user)
         shared = Store()
-        visit.tabs = [Tab(i, visit, shared if client.storage == "shared" else Store(),
-                          visit.flight if client.cross_tab_lock else Flight(), user.streams.tab(i))
+        # the first tab takes the visit's store and single-flight scope even where each tab has
+        # its own (no one else uses them then): two objects fewer a visit
+        visit.tabs = [Tab(i, visit, shared if client.storage == "shared" or i == 0 else Store(),
+                          visit.flight if client.cross_tab_lock or i == 0 else Flight(), user.streams.tab(i))
                       for i in range(effect.n_tabs)]
         if user.kept is not None:
             visit.jar, shared.held, visit.session = user.kept

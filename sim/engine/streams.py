@@ -331,13 +331,13 @@ class TabStreams:
         key = (seed, replication, 2, user, tab)
         # a batch costs about as much to set up as twenty draws, and waits in memory until
         # taken (with a million users, a whole batch of every tab's streams is most of the
-        # engine's memory): the busiest streams take batches of about eight minutes of a busy
-        # tab (a 4 µs refill every 16 page views), a rare one a few at a time
-        self.think = Draws(work.think_time, key, Source.THINK, batch=16)
-        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=16)
-        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=16)
+        # engine's memory): the busiest streams take batches of about four minutes of a busy
+        # tab (a refill of a few µs every 8 page views), a rare one a few at a time
+        self.think = Draws(work.think_time, key, Source.THINK, batch=8)
+        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=8)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8)
         self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
-        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=32)
+        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=16)
         # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
         self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
@@ -345,7 +345,7 @@ class TabStreams:
         self.moments: HostState | None = None
         self._rtt = net.rtt
         if net.rtt_correlation > 0:
-            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=32)
+            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=16)
 
     def __getattr__(self, name: str):
         # called only for a slot not yet set: a stream that is rarely drawn from costs nothing
