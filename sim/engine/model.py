@@ -442,9 +442,9 @@ class Simulation:
 
     def _delay(self, task, seconds):
         task.timer = task.timer_grid = None
-        task.wake = self.now + seconds
+        task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            self.at(task.wake, self.resume, (task, None))
+            heapq.heappush(self.heap, (wake, next(self._seq), self.resume, (task, None)))
         return PENDING
 
     def _pause(self, task, effect):

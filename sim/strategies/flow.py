@@ -418,16 +418,19 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
     bb, bi = burst.cursor()
     rb, ri = rtt_draws.cursor()
     tb, ti = think.cursor()
-    cb, ci = idle_coin.cursor() if idle_probability else (None, 0)
+    cb, ci = idle_coin.cursor() if idle_probability else ((), 0)
+    bl, rl, tl, cl = len(bb), len(rb), len(tb), len(cb)  # the buffers' lengths, read again at each refill
     t, views = start_s, 0
     while True:
-        if bi >= len(bb):
+        if bi >= bl:
             burst.seek(bi)
             bb, bi = burst.cursor()
+            bl = len(bb)
         n = int(bb[bi])
-        if ri + n > len(rb):
+        if ri + n > rl:
             rtt_draws.seek(ri)
             rb, ri = rtt_draws.cursor(n)
+            rl = len(rb)
         rtts = rb[ri:ri + n]
         if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
             break
@@ -436,22 +439,23 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
         done = view_done(t, rtts)
         pause = 0.0
         if idle_probability:
-            if ci >= len(cb):
+            if ci >= cl:
                 idle_coin.seek(ci)
                 cb, ci = idle_coin.cursor()
+                cl = len(cb)
             ci += 1
             if cb[ci - 1] < idle_probability:
                 pause = idle_gap()
-        if ti >= len(tb):
+        if ti >= tl:
             think.seek(ti)
             tb, ti = think.cursor()
+            tl = len(tb)
         ti += 1
         t_next = done + (pause + tb[ti - 1])
         views += 1
-        if not (t_next < horizon_s and t_next < end_s):
-            t = t_next
-            break
         t = t_next
+        if not (t_next < horizon_s and t_next < end_s):
+            break
     burst.seek(bi)
     rtt_draws.seek(ri)
     think.seek(ti)
