@@ -32,13 +32,25 @@ from run to run):
       (same command just before on the code without them, load
       8-10: 0.92x 2.25x 0.68x 2.20x; fast-engine CPU 5.21 s ->
       3.29 s on baseline, 3.43 -> 2.90 s on poisson)
+    + a batch's whole numbers computed in Python over its raw  0.73x   2.67x   0.67x   2.52x
+      draws (numpy's calls on 32 numbers cost more), lognormal
+      parameters computed once, no floor for draws that cannot
+      be negative; page views in bulk find the slowest round
+      trip once, and a view whose requests all end before
+      2**16 s is counted into the bins in one step
+      (same command just before on the code without them,
+      load 2-4: 0.91x 2.91x 0.79x 2.38x; fast-engine CPU 4.47
+      -> 3.76 s on baseline, 4.06 -> 3.70 s on poisson; the
+      naive model's own CPU moved 10-13 s between the runs)
 
 The baseline-like workload has no timer, so what helps the bundled baseline's silent-refresh
-variant (about a quarter less CPU) does not show here. Where its fast-engine time goes (py-spy):
-renewals on a 401 in full detail, about 55% (some 90 us per refresh: the 401, the call through
-the auth tier, the retry); page views in bulk, about 30% (some 7 us per page view, random-number
-refills included); the event heap and the rest, about 15%. The goal (fast >= 10x, aim 50x) is not
-met: it needs the renewal path compiled or advanced over arrays of users.
+variant (about a quarter less CPU) does not show here. Where its fast-engine time went before the
+last row (py-spy, share of the simulation): page views in bulk 37% (random-number refills 13%),
+the renewal path on a 401 about 35% (the 401's two events, the refresh call's three through the
+auth tier with its mint, the retry's answer and the flow resuming), other resumes 13%, the event
+loop 6%, logins 3%. The goal (fast >= 10x, aim 50x) is not met: at about 2 ms per user-hour and
+some 60 events per user-hour, each event's Python work (tens of microseconds) is what remains;
+it needs the renewal path compiled or advanced over arrays of users.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ slots): peak 1,037 -> 954 MB, 15.0 -> 12.8 KB per user per worker process (1M us
 14.3 -> 12.2 GB per worker process). Before and after cheaper random-number refills (see
 ``bench_engine.py``), one after the other at load 7-8: 2.10 -> 1.95 ms of CPU per user and
 variant (1M x 1.08 h x 4 variants: 8,394 -> 7,783 CPU s, about 70 -> 65 min on two idle cores).
+Before and after the cheaper whole-number draws and page views counted in one step (see
+``bench_engine.py``), the two commands at once, load 2.6-6.4: 2.47 -> 2.26 ms of CPU per user and
+variant (1M x 1.08 h x 4 variants: 9,883 -> 9,049 CPU s, about 82 -> 75 min on two idle cores);
+peak memory of the tree 896 and 894 MB.
 
 Memory per user, after a tab's streams let go of draws already taken at the end of its visit,
 rarely used streams are made on first use, the busiest tab streams draw in batches half as big

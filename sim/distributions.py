@@ -8,6 +8,7 @@ Every distribution samples from a ``numpy.random.Generator`` it is handed; none 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -19,6 +20,10 @@ from sim.units import Duration, SignedDuration
 
 
 class _Dist(Model):
+    #: every draw is a number at least +0.0 (never negative, -0.0 or NaN), whatever the
+    #: parameters: a caller flooring draws at 0 may skip it
+    never_negative: ClassVar[bool] = False
+
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """Return ``size`` draws as a float array (seconds for durations)."""
         raise NotImplementedError
@@ -57,6 +62,7 @@ class Exponential(_Dist):
 
     dist: Literal["exponential"] = "exponential"
     mean_: Duration = Field(alias="mean")
+    never_negative: ClassVar[bool] = True  # a non-negative mean times a standard exponential
 
     def sample(self, rng, size):
         return rng.exponential(self.mean_, size)
@@ -121,6 +127,7 @@ class Lognormal(_Dist):
     dist: Literal["lognormal"] = "lognormal"
     mean_: Duration = Field(alias="mean")
     sd: Duration
+    never_negative: ClassVar[bool] = True  # exp() of a normal draw
 
     @model_validator(mode="after")
     def _positive(self):
@@ -129,9 +136,8 @@ class Lognormal(_Dist):
         return self
 
     def sample(self, rng, size):
-        sigma2 = math.log1p((self.sd / self.mean_) ** 2)
-        mu = math.log(self.mean_) - sigma2 / 2
-        return rng.lognormal(mu, math.sqrt(sigma2), size)
+        # a stream draws a batch at a time: the parameters' arithmetic cost as much as the draws
+        return rng.lognormal(*_lognormal_parameters(self.mean_, self.sd), size)
 
     def quantile(self, u):
         from scipy.special import ndtri
@@ -143,6 +149,13 @@ class Lognormal(_Dist):
     @property
     def mean(self):
         return self.mean_
+
+
+@functools.lru_cache(maxsize=64)
+def _lognormal_parameters(mean: float, sd: float) -> tuple[float, float]:
+    """numpy's (mean, sigma) of the logarithm, for a lognormal of ``mean`` and ``sd``."""
+    sigma2 = math.log1p((sd / mean) ** 2)
+    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
 
 
 class _Weighted(_Dist):

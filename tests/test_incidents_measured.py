@@ -21,16 +21,18 @@ REFRESHLAB = Path(sys.executable).with_name("refreshlab")
 ARGS = ("--time-scale", "60", "--users", "12", "--duration", "9m")
 
 
-def measure(tmp_path: Path, incident: str, *strategies: str, edit: tuple[str, str] | None = None,
+def measure(tmp_path: Path, incident: str, *strategies: str, edits: tuple[tuple[str, str], ...] = (),
             args: tuple = ARGS) -> list[pd.Series]:
     """Load-test the variants side by side (one reference server and one Locust each); returns
-    their summary rows. ``edit``: (old, new) text replaced in the scenario file first."""
+    their summary rows. ``edits``: (old, new) texts replaced in the scenario file first."""
     path = SCENARIOS / "incidents" / f"{incident}.toml"
-    if edit is not None:
+    if edits:
         text = path.read_text()
-        assert edit[0] in text
+        for old, new in edits:
+            assert old in text, old
+            text = text.replace(old, new)
         path = tmp_path / path.name
-        path.write_text(text.replace(*edit))
+        path.write_text(text)
     return measure_file(tmp_path, path, *strategies, args=args)
 
 
@@ -51,8 +53,22 @@ def measure_file(tmp_path: Path, path: Path, *strategies: str, args: tuple = ARG
     return rows
 
 
+#: The race needs two calls to pass the check before either writes. The reference server's
+#: check-to-write window is the scenario's service time divided by the time scale (6.2 ms is
+#: 0.1 ms at 60x, about 1 ms with the event loop's timer), while injected round trips are slept
+#: unscaled, so sibling calls spread about 2.5 ms apart: at 60x on a quiet host they rarely meet
+#: in the window, and a run can show no race at all. With 30 s tokens at 3x the window is 2 ms of
+#: wall time against calls spread about 1 ms apart (round trips of 80 +- 10 ms); 16 users for
+#: 65 s give two renewal rounds, the first race's logout inside the run, and a simulated mean of
+#: about 5 benign revocations, none in 0 of 100 replications.
+COOKIE_JAR_EDITS = (('access_ttl = "5m"', 'access_ttl = "30s"'), ('threshold = "60s"', 'threshold = "6s"'),
+                    ('check_interval = "5s"', 'check_interval = "1s"'), ('over = "4m"', 'over = "10s"'),
+                    ('sd = "25ms"', 'sd = "10ms"'))
+
+
 def test_measured_cookie_jar_race(tmp_path):
-    broken, fixed = measure(tmp_path, "cookie_jar_race", "broken_no_cas", "fix_cas_successor")
+    broken, fixed = measure(tmp_path, "cookie_jar_race", "broken_no_cas", "fix_cas_successor",
+                            edits=COOKIE_JAR_EDITS, args=("--time-scale", "3", "--users", "16", "--duration", "65s"))
     # concurrent refreshes both succeed; the jar and the session row keep different tokens
     assert broken["stranded_tokens"] > 0 and broken["benign_revocations"] > 0
     assert broken["forced_logins"] > 0 and broken["race_to_logout_s_mean"] > 0
@@ -64,7 +80,7 @@ def test_measured_loser_deletes_cookies(tmp_path):
     # the recovery's 500 ms is a wall-clock wait in the browser (the sibling's answer is on its
     # way over a real network): at 60x, 30 s of scenario time is those 500 ms of wall time
     broken, fixed = measure(tmp_path, "loser_deletes_cookies", "broken_loser_deletes", "fix_adopt_sibling",
-                            edit=('recovery_delay = "500ms"', 'recovery_delay = "30s"'))
+                            edits=(('recovery_delay = "500ms"', 'recovery_delay = "30s"'),))
     assert broken["spurious_logouts"] > 0 and broken["stranded_tokens"] > 0
     assert broken["benign_revocations"] == 0  # nothing was revoked: every one of these logouts is spurious
     assert fixed["reuse_detections"] > 0  # the races still happen; the client recovers from them

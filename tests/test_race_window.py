@@ -4,6 +4,7 @@ records, and the profile lines both print (see sim.strategies.server.DualTokenSe
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from loadtests.targets.race import RaceProbe, window_from_records
 from sim.scenario import parse_scenario
@@ -211,3 +212,40 @@ def test_added_latency_agrees_within_the_hosts_own_floor_measured_in_the_run(mak
     assert not bool(compare(result(0.0), result(floor), name, metrics)["agree"].iloc[0])
     # a real renewal's latency stands far above the floor
     assert not bool(compare(result(0.0), result(80.0, {"latency_floor_ms": floor}), name, metrics)["agree"].iloc[0])
+
+
+def test_added_latency_agrees_inside_where_one_more_simulated_run_would_fall(make_scenario):
+    import types
+
+    from loadtests.cli import LATENCY_AGREEMENT, LATENCY_FLOOR_MS, _cells, compare, one_more_run
+
+    scenario = make_scenario()
+    name = scenario.names[0]
+    metrics = [("added_latency_ms_p99", "added latency p99 ms", "rate", LATENCY_AGREEMENT, LATENCY_FLOOR_MS)]
+    counts = {"requests": 7600.0, "expiry_failures": 350.0, "failed_requests": 0.0, "duplicate_tokens": 230.0}
+
+    def simulated(p99s, ci95):
+        mean = sum(p99s) / len(p99s)
+        table = pd.DataFrame([{**counts, "added_latency_ms_p99": mean, "added_latency_ms_p99_ci95": ci95}],
+                             index=[name])
+        per = pd.DataFrame([{**counts, "strategy": name, "replication": i, "added_latency_ms_p99": v}
+                            for i, v in enumerate(p99s)])
+        return types.SimpleNamespace(aggregate=table, replications=per, scenario=scenario, meta={})
+
+    def measured(p99):
+        return types.SimpleNamespace(aggregate=pd.DataFrame([{**counts, "added_latency_ms_p99": p99}], index=[name]),
+                                     meta={"latency_floor_ms": 8.0})
+
+    # the 95% prediction interval for one more run: t·sd·sqrt(1 + 1/n) = ci95·sqrt(n + 1)
+    assert one_more_run(50.0, 5) == pytest.approx(50.0 * 6 ** 0.5) and one_more_run(50.0, 1) != one_more_run(50.0, 1)
+    # a busy host: the replications' p99 spread 276 ±50; the same users' replication drew a quick
+    # host (223), the measurement a slow one (299): +34% from replication 0, inside one more run
+    busy = simulated([223.0, 331.0, 262.0, 300.0, 264.0], 50.0)
+    row = compare(busy, measured(299.0), name, metrics).iloc[0]
+    assert bool(row["agree"]) and row["agreed_by"] == "in PI" and _cells(row)[-1] == "in PI"
+    # the earlier model error (round trips drawn independently: 285 ±30 simulated, 157 measured)
+    # stays outside it; within 20% of replication 0 agrees as before, without the interval
+    wrong = simulated([280.0, 300.0, 270.0, 295.0, 280.0], 30.0)
+    assert not bool(compare(wrong, measured(157.0), name, metrics)["agree"].iloc[0])
+    row = compare(wrong, measured(300.0), name, metrics).iloc[0]
+    assert bool(row["agree"]) and row["agreed_by"] == "" and _cells(row)[-1] == "yes"

@@ -140,7 +140,7 @@ class _Lender:
 
     def integers(self, state: bytes, low: int, high: int, n: int):
         """``Generator.integers(low, high + 1, n, dtype=np.int64)`` drawn from the packed
-        ``state``, and the state after; None when only numpy's call can say (its fixed cost is
+        ``state`` (as a list of Python integers), and the state after; None when only numpy's call can say (its fixed cost is
         ten times a batch's own work: a tab draws a burst size per page view).
 
         numpy draws each number with Lemire's method on a 32-bit draw when the range fits in 32
@@ -156,20 +156,24 @@ class _Lender:
         waiting = state[32:36] != _NO_UINT32[:4]
         self.put(state)
         fresh = n - waiting
+        # a batch is a few dozen numbers: Python's integers do the arithmetic in a tenth of the
+        # time numpy's calls on so small arrays take
         raw = self.bits.random_raw((fresh + 1) // 2) if fresh > 0 else np.empty(0, np.uint64)
-        words = raw.view(np.uint32)
+        words = raw.view(np.uint32).tolist()  # the 32-bit halves, low one first
         if waiting:
-            words = np.concatenate((np.frombuffer(state[36:], np.uint32), words))
-        product = words[:n].astype(np.uint64) * np.uint64(span + 1)
-        if (product & np.uint64(0xFFFFFFFF)).min() < (0xFFFFFFFF - span) % (span + 1):
+            words.insert(0, int.from_bytes(state[36:], "little"))
+        m, threshold = span + 1, (0xFFFFFFFF - span) % (span + 1)
+        products = [w * m for w in words[:n]]
+        if threshold and min([p & 0xFFFFFFFF for p in products]) < threshold:
             return None
+        values = [(p >> 32) + low for p in products]
         core = bytes(self._core)
         if fresh <= 0:
             after = core + _NO_UINT32[:4] + state[36:]
         else:
             # the high half of the last 64-bit draw waits when it was not taken
-            after = core + (1 if fresh % 2 else 0).to_bytes(4, "little") + raw[-1:].view(np.uint32)[1:].tobytes()
-        return (product >> np.uint64(32)).astype(np.int64) + low, after
+            after = core + (1 if fresh % 2 else 0).to_bytes(4, "little") + words[-1].to_bytes(4, "little")
+        return values, after
 
     def _put_slow(self, state: bytes) -> None:
         self.bits.state = {"bit_generator": "PCG64",
@@ -254,22 +258,29 @@ class Draws:
         buf, i = self._buf, self._i
         state = buf[:_HEAD].tobytes() if len(buf) else _initial_state((*self._key, self._source))
         lender = _lender()
-        sample = self._sample
+        sample, floor = self._sample, self._floor
         drawn = (lender.integers(state, sample.low, sample.high, self._batch) if type(sample) is CountUniform
                  else None)
         if drawn is None:
             lender.put(state)
             values = sample.sample(lender.gen, self._batch)
             after = lender.take()
+            if values.dtype != _FLOAT:
+                values = values.astype(_FLOAT)
+            if floor is not None and not (floor == 0.0 and getattr(sample, "never_negative", False)):
+                np.maximum(values, floor, out=values)
         else:
             values, after = drawn
-        if values.dtype != _FLOAT:
-            values = values.astype(_FLOAT)
-        if self._floor is not None:
-            np.maximum(values, self._floor, out=values)
-        # the new state, the draws not taken yet, the new ones
-        self._buf = array("d", after + buf[i:].tobytes() + values.tobytes() if i < len(buf)
-                          else after + values.tobytes())
+            if floor is not None:
+                values = [v if v > floor else floor for v in values]
+        # the new state, the draws not taken yet, the new ones; an array grown in place keeps
+        # room for more (up to 7 words, a sixteenth beyond), a slice of it is its exact size
+        fresh = array("d", after + buf[i:].tobytes() if i < len(buf) else after)
+        if type(values) is list:
+            fresh.extend(values)
+        else:
+            fresh.frombytes(values.tobytes())
+        self._buf = fresh[:]
         self._i = _HEAD
 
     def trim(self) -> None:

@@ -398,16 +398,16 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
 
 
 def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
-                     plain: Callable[[float, list], bool], view_done: Callable[[float, list], float],
+                     plain: Callable[[float, Any, float], bool], view_done: Callable[[float, Any, float], float],
                      sure_sends_before_s: float = -math.inf, sure_arrives_before_s: float = -math.inf,
                      ) -> tuple[int, float]:
     """:func:`tab_flow`'s page views in bulk, for a driver that knows nothing else happens to
     the tab before ``horizon_s``: from ``start_s``, each page view whose requests are all plain
-    — ``plain(t, rtts)`` says so for a view starting at ``t`` whose requests would draw round
-    trips ``rtts``; a view starting before ``sure_sends_before_s`` whose requests all arrive
+    — ``plain(t, rtts, top)`` says so for a view starting at ``t`` whose requests would draw
+    round trips ``rtts``, the slowest ``top``; a view starting before ``sure_sends_before_s`` whose requests all arrive
     before ``sure_arrives_before_s`` is plain without asking (the policies' pure
     ``sends_until_s`` / ``plain_until_s``) — is carried out at once with the same draws from the
-    same streams (``draws``' streams support ``cursor``/``seek``): ``view_done(t, rtts)`` carries
+    same streams (``draws``' streams support ``cursor``/``seek``): ``view_done(t, rtts, top)`` carries
     its requests out and returns when the last one ends; then the pause. Views go on while the
     next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
     view starts); (0, ``start_s``) when the first one is not plain.
@@ -418,40 +418,45 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
     bb, bi = burst.cursor()
     rb, ri = rtt_draws.cursor()
     tb, ti = think.cursor()
-    cb, ci = idle_coin.cursor() if idle_probability else (None, 0)
+    cb, ci = idle_coin.cursor() if idle_probability else ((), 0)
+    bl, rl, tl, cl = len(bb), len(rb), len(tb), len(cb)  # the buffers' lengths, read again at each refill
     t, views = start_s, 0
     while True:
-        if bi >= len(bb):
+        if bi >= bl:
             burst.seek(bi)
             bb, bi = burst.cursor()
+            bl = len(bb)
         n = int(bb[bi])
-        if ri + n > len(rb):
+        if ri + n > rl:
             rtt_draws.seek(ri)
             rb, ri = rtt_draws.cursor(n)
+            rl = len(rb)
         rtts = rb[ri:ri + n]
-        if not (t < sure_sends_before_s and t + max(rtts) / 2 < sure_arrives_before_s) and not plain(t, rtts):
+        top = max(rtts)
+        if not (t < sure_sends_before_s and t + top / 2 < sure_arrives_before_s) and not plain(t, rtts, top):
             break
         bi += 1
         ri += n
-        done = view_done(t, rtts)
+        done = view_done(t, rtts, top)
         pause = 0.0
         if idle_probability:
-            if ci >= len(cb):
+            if ci >= cl:
                 idle_coin.seek(ci)
                 cb, ci = idle_coin.cursor()
+                cl = len(cb)
             ci += 1
             if cb[ci - 1] < idle_probability:
                 pause = idle_gap()
-        if ti >= len(tb):
+        if ti >= tl:
             think.seek(ti)
             tb, ti = think.cursor()
+            tl = len(tb)
         ti += 1
         t_next = done + (pause + tb[ti - 1])
         views += 1
-        if not (t_next < horizon_s and t_next < end_s):
-            t = t_next
-            break
         t = t_next
+        if not (t_next < horizon_s and t_next < end_s):
+            break
     burst.seek(bi)
     rtt_draws.seek(ri)
     think.seek(ti)
