@@ -485,6 +485,9 @@ class AuthRoundTrip:
         return granted / 2
 
 
+_AT_QUANTILE: dict[int, "_AtQuantile"] = {}
+
+
 class _AtQuantile:
     """Draws of ``dist`` made as its quantiles at uniform draws, so that two of them on one
     stream give coupled values."""
@@ -495,10 +498,15 @@ class _AtQuantile:
         self.dist = dist
 
     @staticmethod
-    @functools.lru_cache(maxsize=64)
     def of(dist) -> "_AtQuantile":
-        """The one ``_AtQuantile`` of ``dist`` (every user's stream shares its kind)."""
-        return _AtQuantile(dist)
+        """The one ``_AtQuantile`` of ``dist`` (every user's stream shares its kind; told apart
+        by identity, as some distributions cannot be hashed)."""
+        at = _AT_QUANTILE.get(id(dist))
+        if at is None or at.dist is not dist:
+            if len(_AT_QUANTILE) >= 256:
+                _AT_QUANTILE.clear()
+            at = _AT_QUANTILE[id(dist)] = _AtQuantile(dist)
+        return at
 
     def sample(self, gen: np.random.Generator, n: int) -> np.ndarray:
         return self.dist.quantile(gen.random(n))
