@@ -2,7 +2,7 @@
 and the memory they need — so that a scenario no machine can run is refused with the numbers,
 instead of failing after minutes with a MemoryError (or the OOM killer).
 
-The per-item costs are measured orders of magnitude of the engine (about ten kilobytes per
+The per-item costs are measured orders of magnitude of the engine (about nine kilobytes per
 simulated user; a few hundred bytes per record, held only when every record is asked for — the
 counts of a run are kept online); the estimate is meant to catch scenarios that are off by factors
 of ten or more, not to budget the last megabyte.
@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from sim.scenario import Scenario
 
 #: bytes per simulated user (flows, draw streams, tabs, ledger entries), measured on the baseline
-USER_BYTES = 11_000
+#: (resident memory of a worker process at 20,000 and 100,000 users: 8.0 to 8.5 kB)
+USER_BYTES = 9_000
 #: bytes per record held in memory (events kept for the tables of a run)
 RECORD_BYTES = 300
 #: records a request leaves (request, attempt, and a share of renewals)
 RECORDS_PER_REQUEST = 2.5
-#: bytes of a replication however small (interpreter, numpy, pandas tables)
-BASE_BYTES = 200_000_000
+#: bytes of a replication however small (a worker process's interpreter, numpy and the engine,
+#: about 50 MB, and a share of the parent's)
+BASE_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
