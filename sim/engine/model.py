@@ -834,6 +834,8 @@ class Simulation:
                 self.step(entry[0], False)
 
     def _release(self) -> None:
+        # a queued refresh call of the fast engine (a _RefreshCall, queued only by
+        # FastSimulation) goes on by its callback; a task, by resuming it
         queue = self.auth_queue
         while self.auth_queue_head < len(queue):
             entry = queue[self.auth_queue_head]
@@ -902,8 +904,9 @@ class FastSimulation(Simulation):
     to be plain is one event, its answer, instead of two. A renewal timer whose ticks cannot act
     (:meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING) while nothing else of
     its user can happen sleeps through them to the first that may. Everything else — renewals,
-    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`.
-    With ``keep_events`` (per-record output) nothing is skipped."""
+    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`;
+    a refresh call's steps are callbacks at the same events instead of generator layers resumed
+    at each. With ``keep_events`` (per-record output) nothing is skipped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
