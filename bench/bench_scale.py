@@ -59,9 +59,8 @@ Before and after a refresh call of the fast engine carried by callbacks instead 
 layers (see ``bench_engine.py``), ``--users 20000 --workers 8``, one after the other (load 4.9
 before, 4.4 -> 10.6 during the second): 2.14 -> 2.13 ms of CPU per user and variant (183 -> 181
 CPU s in all; 1M x 1.08 h x 4 variants: 8,554 -> 8,523 CPU s, about 71 min on two idle cores);
-peak memory of the tree 893 and 888 MB. Over the bundled baseline's four variants the change is
-within this host's noise: about 12% of the fast engine's CPU on a reactive-refresh workload is
-less than a tenth of this run's.
+peak memory of the tree 893 and 888 MB: the 12% less CPU measured on the reactive-refresh
+workload of ``bench_engine.py`` does not show over these four variants at this host's noise.
 """
 
 from __future__ import annotations
