@@ -112,6 +112,20 @@ def test_lab_result_counts_like_a_run_folder():
     assert result.meta["server_agreement"]["exact"] and result.meta["browser"]["same_token_races"] == 1
 
 
+def test_two_lab_runs_differ_in_what_they_ran_not_in_their_measured_windows():
+    from sim.report.sweep import varied_fields
+
+    scenario, _ = lab_scenario(load_scenario(SCENARIO), "oidc-client-ts", 1, 2, "60s", "browser.toml")
+    plain, locked = _race_run(), _race_run()
+    locked.settings.lock = True
+    locked.records = [{**r, "t": r["t"] + 0.5} if r.get("kind") == "end" else r for r in locked.records]
+    results = [lab_result(run, scenario, "oidc-client-ts")[0] for run in (plain, locked)]
+    assert results[0].scenario.run.duration_s != results[1].scenario.run.duration_s
+    client = results[1].scenario.variant("oidc-client-ts").client
+    assert client.cross_tab_lock and client.single_flight and client.storage == "shared"
+    assert {k.rsplit(".", 1)[-1] for k in varied_fields(results)} == {"single_flight", "cross_tab_lock", "storage"}
+
+
 def test_a_server_record_missing_from_the_log_fails_the_run():
     run = _race_run()
     run.server = [e for e in run.server if e.get("presented") != "R2"]
@@ -339,6 +353,13 @@ def test_browser_checks_refresh_calls_within_10_percent_and_whether_races_and_lo
     assert not off.loc["tabs_logged_out", "agrees"]
     # one user is too few to refute a probability of 1/3 (exact interval 2.5%-100%), not 0
     assert raced.loc["users_logged_out", "agrees"] and not off.loc["users_logged_out", "agrees"]
+    # a renewal due in the run's last second: 5 calls in 6 replications of 20, 4 in the rest; a
+    # lab run with 5 (25% from replication 0 and from the mean 4.3 ±0.22) is one more draw
+    edge = pd.DataFrame({"refresh_calls": [4] * 14 + [5] * 6, "same_token_races": 0, "tabs_logged_out": 0,
+                         "refused_refreshes": 0, "users_logged_out": 0})
+    lab = {"same_token_races": 0, "tabs_logged_out": 0, "refused_refreshes": 0, "users_logged_out": 0, "users": 1}
+    assert compare_browser(edge, {**lab, "refresh_calls": 5}).set_index("metric").loc["refresh_calls", "agrees"]
+    assert not compare_browser(edge, {**lab, "refresh_calls": 6}).set_index("metric").loc["refresh_calls", "agrees"]
 
 
 def test_the_share_of_users_logged_out_against_the_simulated_probability_with_an_exact_interval():

@@ -34,12 +34,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def varied_fields(results: list[RunResult]) -> dict[str, list[Any]]:
     """Scenario fields (file spelling, dotted paths) whose values differ between the runs, each
-    with its value per run (None where a run lacks the field); descriptions are ignored."""
+    with its value per run (None where a run lacks the field); descriptions are ignored, and so
+    is the window of runs that measured it (``meta["window_measured"]``: a browser lab's window
+    runs from its login to its end, an outcome of the run, not a setting)."""
     flat = [flatten(r.scenario.to_file_dict()) for r in results]
     keys = list(dict.fromkeys(k for f in flat for k in f))
+    measured_windows = all(r.meta.get("window_measured") for r in results)
     varied = {}
     for key in keys:
-        if key.split(".")[-1] == "description":
+        if key.split(".")[-1] == "description" or (measured_windows and key in ("run.warmup", "run.duration")):
             continue
         values = [f.get(key) for f in flat]
         if any(v != values[0] for v in values[1:]):
