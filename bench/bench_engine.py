@@ -42,13 +42,28 @@ from run to run):
       load 2-4: 0.91x 2.91x 0.79x 2.38x; fast-engine CPU 4.47
       -> 3.76 s on baseline, 4.06 -> 3.70 s on poisson; the
       naive model's own CPU moved 10-13 s between the runs)
+    + a refresh call carried by callbacks on a small per-call  0.79x   2.55x   0.77x   3.70x
+      state (the same events, pushed in the same order), the
+      flow resumed only at its answer (same command just
+      before on the code without it, load 5.0-6.2: 1.07x
+      2.92x 0.63x 1.98x; the fast engine alone, --engines
+      fast, four runs of each alternated, load 5.0-5.1: CPU
+      3.49-4.63 s, mean 3.95 -> 3.17-3.82 s, mean 3.48 on
+      baseline, about 12% less; 2.51-3.78 -> 2.92-3.69 s on
+      poisson, whose few renewals leave it unchanged; one
+      run's ratios move by a fifth or more at this load, the
+      alternated runs are the comparison)
 
 The baseline-like workload has no timer, so what helps the bundled baseline's silent-refresh
 variant (about a quarter less CPU) does not show here. Where its fast-engine time went before the
-last row (py-spy, share of the simulation): page views in bulk 37% (random-number refills 13%),
+last two rows (py-spy, share of the simulation): page views in bulk 37% (random-number refills 13%),
 the renewal path on a 401 about 35% (the 401's two events, the refresh call's three through the
 auth tier with its mint, the retry's answer and the flow resuming), other resumes 13%, the event
-loop 6%, logins 3%. The goal (fast >= 10x, aim 50x) is not met: at about 2 ms per user-hour and
+loop 6%, logins 3%. A refresh call whose worker is free already took its worker at once (no
+event to acquire or release one): booking the auth tier ahead saves events only for calls that
+queue, which this workload hardly has; what the last row removed is the call's three generator
+layers at each of its events (cProfile: 5.22 -> 4.87 million Python calls per run). The goal
+(fast >= 10x, aim 50x) is not met: at about 2 ms per user-hour and
 some 60 events per user-hour, each event's Python work (tens of microseconds) is what remains;
 it needs the renewal path compiled or advanced over arrays of users.
 """

@@ -37,6 +37,13 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 RUN_TIME_MARGIN_S = 2.0
 #: the scale ``validate`` uses unless told: a 30-minute scenario in 45 s, see docs/loadtests.md
 VALIDATE_TIME_SCALE = 40.0
+class RttClock(str, Enum):
+    """Which clock validate tells the simulation a load test's round trips on (see ``validate``)."""
+
+    wall = "wall"
+    scenario = "scenario"
+
+
 class RaceWindow(str, Enum):
     """Which race window validate simulates a check-then-write server with."""
 
@@ -507,7 +514,8 @@ def _derived(row: pd.Series) -> dict[str, tuple[float, float]]:
     return out
 
 
-def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=None) -> pd.DataFrame:
+def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=None,
+            latency_scale: float = 1.0) -> pd.DataFrame:
     """The validation rows of one variant: metric, simulated mean and 95% CI over replications,
     simulated replication 0, measured, relative difference and whether they agree.
 
@@ -515,7 +523,11 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
     difference and the verdict pair the measurement with that replication: what remains is the
     model's error, not one sample's luck. The mean and CI show how much replications vary.
     An added-latency percentile also agrees inside the prediction interval of one more run
-    (:func:`one_more_run`; ``agreed_by`` is ``"in PI"``): its host is not replayed."""
+    (:func:`one_more_run`; ``agreed_by`` is ``"in PI"``): its host is not replayed.
+
+    ``latency_scale``: scenario milliseconds per measured (wall) millisecond of an added latency,
+    when the simulation was told the round trips in scenario time (``--rtt-clock scenario``):
+    the measured latencies and the host's floor are compared times that."""
     sim_mean = _derived(simulated.aggregate.loc[strategy])
     per = simulated.replications
     n_reps = int((per["strategy"] == strategy).sum())
@@ -528,6 +540,8 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
         floor = rest[1] if len(rest) > 1 else 0.0
         by = ""
         (mean, ci), (s, _), (m, _) = sim_mean[metric], same_users[metric], meas_row[metric]
+        if metric.startswith("added_latency_ms"):
+            m, floor = m * latency_scale, floor * latency_scale
         if kind == "occurs":
             rel, agree = math.nan, bool((s > 0) == (m > 0))
         elif kind == "spread":
@@ -550,8 +564,8 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
                 # the host's own share of a request's time, measured in the same run on requests
                 # that waited for nothing: a difference inside it is the host's, not the model's
                 host = measured.meta.get("latency_floor_ms")
-                if host is not None and host > floor:
-                    floor = float(host)
+                if host is not None and host * latency_scale > floor:
+                    floor = float(host) * latency_scale
                     title = f"{title} (host floor {format_number(floor)})"
             rel = (m - s) / s if s else (0.0 if m == 0 else math.inf)
             agree = bool(abs(rel) <= tolerance or abs(m - s) <= floor) if kind in ("rate", "count") else None
@@ -746,6 +760,11 @@ def validate(
         "(real wall time, unscaled: on loopback the scenario's, slept for real, plus the calls' own time), or "
         "with the scenario's network as written [default: measured, unless the auth tier sheds].",
         show_default=False)] = None,
+    rtt_clock: Annotated[RttClock, typer.Option(
+        "--rtt-clock", help="(--measured-rtt) Tell the simulation the measured round trips as wall time (wall: "
+        "the load test paces page views with them unscaled) or as the scenario time they span (scenario: wall × "
+        "time scale; for races of a round trip against a scenario-time clock, e.g. sibling tabs' timers). "
+        "With scenario, added latencies are compared in scenario milliseconds.")] = RttClock.wall,
     as_json: JsonOpt = False,
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
@@ -848,14 +867,21 @@ def validate(
     def told(name: str) -> Scenario:
         return with_race_window(scenario, name, windows[name][0]) if name in windows else scenario
 
-    sims = {n: planned if planned is not None else simulation(told(n), **(round_trips(t) if measured_rtt else {}))
+    # at time scale s a round trip slept for real spans s times its length in scenario time: a race
+    # between it and a scenario-time clock (a sibling tab's timer) is s times wider measured
+    clock_scale = time_scale if measured_rtt and rtt_clock is RttClock.scenario else 1.0
+    sims = {n: planned if planned is not None
+            else simulation(told(n), **(round_trips(t, clock_scale) if measured_rtt else {}))
             for n, t in tests.items()}
-    rows = pd.concat([compare(sims[n], t.result, n, metrics) for n, t in tests.items()], ignore_index=True)
+    rows = pd.concat([compare(sims[n], t.result, n, metrics, clock_scale) for n, t in tests.items()],
+                     ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
     title = (f"{scenario_path.name}: simulated (mean of {scenario.run.replications} replications{model}) "
              f"vs measured ({profile.name if external else 'reference server'}, time scale {time_scale:g})")
     if measured_rtt:
         title += ", simulated with the measured round trips"
+        if clock_scale != 1.0:
+            title += f" in scenario time (× {time_scale:g}; added latency in scenario ms)"
     race = _race_window(tests, time_scale) if external and not profile.ledger else None
     for name, test in tests.items():
         kept, could = answer_order(test.result.events, time_scale)
@@ -934,23 +960,25 @@ def _validate_browser(scenario_path, scenario, strategy, tabs, throttling, tab_o
         raise typer.Exit(1)
 
 
-def round_trips(test: LoadTest) -> dict:
+def round_trips(test: LoadTest, clock_scale: float = 1.0) -> dict:
     """The round trips a load test met, as ``[network]`` fields (scenario distributions of
     ``RTT_QUANTILES`` quantiles weighted equally): ``rtt`` from its API attempts, ``auth_rtt``
     from its refresh calls less the scenario's refresh service time (which the simulation adds),
     and, when at least ``MIN_REFUSED`` refresh calls were refused, ``auth_rtt`` from the granted
     ones and ``auth_rtt_refused`` from the refused ones (a server that refuses before it writes
-    answers sooner). Latencies are real wall time, counted unscaled like every real round trip."""
+    answers sooner). Latencies are real wall time, counted unscaled like every real round trip,
+    or times ``clock_scale`` (the time scale: the scenario time they spanned, ``--rtt-clock
+    scenario``), and so is the correlation time."""
     events = test.result.events
 
     def quantiles(event: str, less_s: float = 0.0, outcomes=None) -> dict | None:
         rows = events[events["event"] == event]
         if outcomes is not None:
             rows = rows[rows["outcome"].astype(str).isin(outcomes)]
-        wall_s = rows["latency_ms"].dropna().to_numpy(float) / 1000.0
-        if not len(wall_s):
+        spans_s = rows["latency_ms"].dropna().to_numpy(float) / 1000.0 * clock_scale
+        if not len(spans_s):
             return None
-        q = np.quantile(wall_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
+        q = np.quantile(spans_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
         return {"dist": "empirical", "values": [max(float(v) - less_s, 0.0) for v in q]}
 
     rtt = quantiles("attempt")
@@ -963,7 +991,7 @@ def round_trips(test: LoadTest) -> dict:
     correlated = rtt_correlation(events, getattr(test, "time_scale", 1.0))
     if correlated is not None:
         network["rtt_correlation"], tau_s = correlated
-        network["rtt_correlation_time"] = f"{tau_s * 1000:g}ms"
+        network["rtt_correlation_time"] = f"{tau_s * clock_scale * 1000:g}ms"
     refreshes = events[events["event"] == "refresh_end"]
     refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
     if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():

@@ -66,3 +66,22 @@ def test_fast_engine_equals_exact_past_the_instant_where_page_views_are_counted_
                              api={"verify_time": "200us"}, tokens={"access_ttl": "1h"})
     assert scenario.run.end_s > 2 ** 16
     assert_identical(*both(scenario))
+
+
+@pytest.mark.slow  # about 1.5 s
+def test_fast_engine_equals_exact_when_refresh_calls_queue_time_out_and_are_shed(make_scenario):
+    """Refresh calls (carried by callbacks in the fast engine) queue behind each other and the
+    logins on one worker, time out in the queue and find it full: every user's token expires at
+    the same instant."""
+    scenario = make_scenario(
+        run={"duration": "2m"},
+        population={"users": 40, "arrival": {"pattern": "all_at_once"}},
+        workload={"think_time": "2s", "burst_size": 1},
+        network={"rtt": {"dist": "exponential", "mean": "20ms"}},
+        auth={"login_time": "5ms", "refresh_time": {"dist": "exponential", "mean": "60ms"},
+              "workers": 1, "queue_limit": 2, "queue_timeout": "60ms"},
+        tokens={"access_ttl": "1m"},
+    )
+    exact, fast = both(scenario)
+    assert exact.summary["unavailable_refreshes"].iloc[0] > 0
+    assert_identical(exact, fast)

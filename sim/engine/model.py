@@ -849,9 +849,14 @@ class Simulation:
             entry[2] = False
             self.auth_waiting -= 1
             self.rec.queued.add(-1, self.now)
-            self.step(entry[0], False)
+            if type(entry[0]) is _RefreshCall:
+                self._call_acquired((entry[0], False))
+            else:
+                self.step(entry[0], False)
 
     def _release(self) -> None:
+        # a queued refresh call of the fast engine (a _RefreshCall, queued only by
+        # FastSimulation) goes on by its callback; a task, by resuming it
         queue = self.auth_queue
         while self.auth_queue_head < len(queue):
             entry = queue[self.auth_queue_head]
@@ -860,13 +865,22 @@ class Simulation:
                 entry[2] = False
                 self.auth_waiting -= 1
                 self.rec.queued.add(-1, self.now)
-                self.at(self.now, self.resume, (entry[0], True))
+                waiter = entry[0]
+                self.at(self.now, self._call_acquired if type(waiter) is _RefreshCall else self.resume, (waiter, True))
                 break
         else:
             self.workers_free += 1
         if self.auth_queue_head > 1024 and self.auth_queue_head * 2 > len(queue):
             del queue[:self.auth_queue_head]
             self.auth_queue_head = 0
+
+
+class _RefreshCall:
+    """A refresh call of the fast engine carried by callbacks: what :meth:`Simulation._refresh_in_flight`
+    and :meth:`Simulation._refresh_call` keep in their frames between the call's events."""
+
+    # ``stale`` too: the ledger forgets what no one holds, and the exact engine's frame holds it
+    __slots__ = ("task", "tab", "token", "stale", "basis", "done", "sent_at", "trip", "due_s", "lost", "asked", "pending")
 
 
 class _TimedWait:
@@ -911,8 +925,9 @@ class FastSimulation(Simulation):
     to be plain is one event, its answer, instead of two. A renewal timer whose ticks cannot act
     (:meth:`~sim.strategies.client.ClientPolicy.on_timer` says NOTHING) while nothing else of
     its user can happen sleeps through them to the first that may. Everything else — renewals,
-    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`.
-    With ``keep_events`` (per-record output) nothing is skipped."""
+    logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`;
+    a refresh call's steps are callbacks at the same events instead of generator layers resumed
+    at each. With ``keep_events`` (per-record output) nothing is skipped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -925,6 +940,7 @@ class FastSimulation(Simulation):
             self.handlers[Send] = self._send_fast
         else:
             self.handlers[Views] = super()._views
+        self.handlers[Refresh] = self._refresh_fast
 
     def _plain(self, tab: Tab) -> float | None:
         """Carry out a plain request of ``tab`` now, returning when it ends; None (nothing
@@ -1129,6 +1145,128 @@ class FastSimulation(Simulation):
             self.rec.counts.count("attempt", "ok", now)
         heapq.heappush(self.heap, (done, next(self._seq), self._answer_plain, (task, _OK)))
         return PENDING
+
+
+    # -- a refresh call by callbacks --------------------------------------------------------
+    # The same steps as Simulation._refresh_in_flight, _refresh_call and _auth_call, at the same
+    # events pushed in the same order (so ties between equal instants break the same way), with
+    # the task resumed only at the answer instead of through three generator layers at each.
+
+    def _refresh_fast(self, task, effect):
+        tab = task.tab
+        visit = tab.visit
+        cookie = effect.cookie
+        stale = self.client.unseen(visit.written, tab, self.now) if cookie is LIVE else None
+        token = (visit.jar if stale is None else stale.refresh_before) if cookie is LIVE else cookie
+        if visit.login is not None or token is None:  # waits for a login, or signed out: as the exact engine
+            return self._refresh(task, effect)
+        call = _RefreshCall()
+        call.task, call.tab, call.token, call.stale, call.basis = task, tab, token, stale, effect.basis
+        call.done = done = Signal()
+        now = self.now
+        if self.client.single_flight:
+            flight = tab.flight
+            flight.inflight, flight.since, flight.owner = done, now, tab
+        user = visit.user
+        task.presented = token.id
+        visit.presented.add(token.id)
+        call.trip = trip = user.streams.auth_round_trip(now)
+        call.sent_at = now
+        call.due_s = user.answers_due_s
+        call.lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
+        self.rec.record(now, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
+                        token=token.id, basis=effect.basis)
+        self._call_wait(call, trip.request_leg_s, self._call_arrive)
+        return PENDING
+
+    def _call_wait(self, call: _RefreshCall, seconds: float, then) -> None:
+        task = call.task
+        task.timer = task.timer_grid = None
+        task.wake = wake = self.now + seconds
+        if seconds != math.inf:
+            heapq.heappush(self.heap, (wake, next(self._seq), then, call))
+
+    def _call_arrive(self, call: _RefreshCall) -> None:
+        call.task.wake = -math.inf
+        call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
+        call.asked = now = self.now
+        if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
+            self._call_answer(call, UNAVAILABLE)  # the queue is full: shed at once
+        elif self.workers_free:
+            self.workers_free -= 1
+            self._call_acquired((call, True))
+        else:
+            entry = [call, now, True]
+            self.auth_queue.append(entry)
+            self.auth_waiting += 1
+            self.rec.queued.add(1, now)
+            self.at(now + self.queue_timeout_s, self._queue_timeout, entry)
+
+    def _call_acquired(self, arg) -> None:
+        call, served = arg
+        if served:
+            call.task.wake = -math.inf
+        now = self.now
+        self.rec.counts.queue_waited(call.asked, (now - call.asked) * 1000.0)
+        if not served:
+            self._call_answer(call, UNAVAILABLE)
+            return
+        self.rec.busy.add(1, now)
+        service_s = call.pending
+        call.pending = self.server.begin_refresh(self.ledger, call.token, call.basis, now, self.server_rng, call.sent_at)
+        self._call_wait(call, float(service_s), self._call_served)
+
+    def _call_served(self, call: _RefreshCall) -> None:
+        call.task.wake = -math.inf
+        result = self.server.finish_refresh(self.ledger, call.pending, self.now)
+        self.rec.busy.add(-1, self.now)
+        self._release()
+        self._call_answer(call, result)
+
+    def _call_answer(self, call: _RefreshCall, result) -> None:
+        call.pending = result
+        if call.lost:
+            self._call_wait(call, max(self.timeout_s - (self.now - call.sent_at), 0.0), self._call_lost)
+        else:
+            self._call_wait(call, call.trip.answer_leg_s(isinstance(result, Rejection), self.now), self._call_answered)
+
+    def _call_lost(self, call: _RefreshCall) -> None:
+        call.task.wake = -math.inf
+        self._call_end(call, RefreshOutcome.LOST)
+
+    def _call_answered(self, call: _RefreshCall) -> None:
+        call.task.wake = -math.inf
+        if self.in_order and call.due_s > self.now:
+            self._call_wait(call, call.due_s - self.now, self._call_in_order)
+            return
+        self._call_outcome(call)
+
+    def _call_in_order(self, call: _RefreshCall) -> None:
+        call.task.wake = -math.inf
+        self._call_outcome(call)
+
+    def _call_outcome(self, call: _RefreshCall) -> None:
+        result = call.pending
+        self._call_end(call, result if isinstance(result, RefreshOutcome) else
+                       RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
+
+    def _call_end(self, call: _RefreshCall, outcome) -> None:
+        tab, token, now = call.tab, call.token, self.now
+        visit = tab.visit
+        self.rec.record(now, "refresh_end", outcome, visit.user.index, tab.index, visit.session, token.id, call.basis,
+                        latency_ms=(now - call.sent_at) * 1000.0)
+        if outcome is RefreshOutcome.OK:
+            result = call.pending
+            visit.written = self.client.store_write(now, tab, tab.store.held, visit.jar)
+            tab.store.held = held(result.access)
+            visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
+            self._drop(visit, dropped)
+        if self.client.releases_lock(outcome):
+            flight, done = tab.flight, call.done
+            if flight.inflight is done:
+                flight.inflight = None
+            self._fire(done, outcome == RefreshOutcome.OK)
+        self.step(call.task, outcome)
 
     def _answer_plain(self, arg) -> None:
         self.step(*arg)
