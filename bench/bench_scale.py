@@ -72,7 +72,12 @@ byte-identical): ``--users 20000 --workers 8``, before and after one after the o
 4.3-7.2: peak of the process tree 888 -> 503 MB; CPU 2.40 -> 2.72 ms per user and variant (the
 smaller batches refill more often; the two runs met different loads). A worker process holds
 49 MB (131 MB before) before its first user and about 8-8.5 KB per user (resident), the parent
-about 55 MB while the simulations run.
+about 55 MB while the simulations run. The 100,000-user compare (this command with
+``--users 100000 --workers 40``, under ``/usr/bin/time -v``, load average 2.5-7 with other runs
+sharing the cores): peak of the process tree 1,768 MB (goal 2048 MB: met; 2.68 GB before),
+largest process 909 MB, two workers of about 0.85-0.9 GB; wall 1,563 s (the command got about
+three quarters of one core), 1,153 CPU s (2.85 ms per user and variant; 2.55 before: the price of
+the smaller batches, mostly). 1M users would need about 8.6 GB per worker process.
 """
 
 from __future__ import annotations

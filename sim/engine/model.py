@@ -228,6 +228,18 @@ def _references_of_unheld() -> int:
     return seen[0]
 
 
+def _presented(visit: Visit, token_id: int) -> None:
+    """Note that a tab of ``visit`` presented the refresh token ``token_id`` (a list of a few, a
+    set beyond: see :attr:`Visit.presented`)."""
+    presented = visit.presented
+    if type(presented) is set:
+        presented.add(token_id)
+    elif token_id not in presented:
+        presented.append(token_id)
+        if len(presented) > 8:
+            visit.presented = set(presented)
+
+
 def _dismantled(visit: Visit) -> bool:
     """Let go of what an ended visit holds once none of its tabs' tasks runs any more (False
     while one does): its tokens, and the cycles between it, its tabs and their single-flight
@@ -739,13 +751,7 @@ class Simulation:
         if token is None:
             return RefreshOutcome.SIGNED_OUT
         task.presented = token.id
-        presented = visit.presented
-        if type(presented) is set:
-            presented.add(token.id)
-        elif token.id not in presented:
-            presented.append(token.id)
-            if len(presented) > 8:
-                visit.presented = set(presented)
+        _presented(visit, token.id)
         sent_at, trip = self.now, user.streams.auth_round_trip(self.now)
         due_s = user.answers_due_s  # the answers to calls sent before this one (network.in_order)
         lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
@@ -1169,7 +1175,7 @@ class FastSimulation(Simulation):
             flight.inflight, flight.since, flight.owner = done, now, tab
         user = visit.user
         task.presented = token.id
-        visit.presented.add(token.id)
+        _presented(visit, token.id)
         call.trip = trip = user.streams.auth_round_trip(now)
         call.sent_at = now
         call.due_s = user.answers_due_s
