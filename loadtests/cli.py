@@ -37,6 +37,8 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 RUN_TIME_MARGIN_S = 2.0
 #: the scale ``validate`` uses unless told: a 30-minute scenario in 45 s, see docs/loadtests.md
 VALIDATE_TIME_SCALE = 40.0
+
+
 class RttClock(str, Enum):
     """Which clock validate tells the simulation a load test's round trips on (see ``validate``)."""
 
@@ -540,7 +542,8 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
         floor = rest[1] if len(rest) > 1 else 0.0
         by = ""
         (mean, ci), (s, _), (m, _) = sim_mean[metric], same_users[metric], meas_row[metric]
-        if metric.startswith("added_latency_ms"):
+        latency = metric.startswith("added_latency_ms")
+        if latency:
             m, floor = m * latency_scale, floor * latency_scale
         if kind == "occurs":
             rel, agree = math.nan, bool((s > 0) == (m > 0))
@@ -560,7 +563,7 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
             rel = (m - s) / s if s else (0.0 if m == 0 else math.inf)
             agree = bool(s <= bound * (1 + 1e-9) and m == m and m <= bound + slack)
         else:
-            if metric.startswith("added_latency_ms") and kind == "rate":
+            if latency and kind == "rate":
                 # the host's own share of a request's time, measured in the same run on requests
                 # that waited for nothing: a difference inside it is the host's, not the model's
                 host = measured.meta.get("latency_floor_ms")
@@ -572,7 +575,7 @@ def compare(simulated: RunResult, measured: RunResult, strategy: str, metrics=No
             if kind == "count" and not agree and ci == ci:
                 # a count the replications themselves spread wider than 10%: inside their CI agrees
                 agree = bool(abs(m - mean) <= ci)
-            elif metric.startswith("added_latency_ms") and kind == "rate" and not agree:
+            elif latency and kind == "rate" and not agree:
                 # not paired with replication 0 (see one_more_run): inside where one more
                 # simulated run would fall agrees
                 interval = one_more_run(ci, n_reps)
@@ -859,7 +862,8 @@ def validate(
             break
     if not tests:
         raise fail("interrupted before anything was measured: no folder was written", code=130)
-    windows = run_race_windows(tests, time_scale) if race_from_run else {}
+    pooled = pooled_window(tests, time_scale) if external and not profile.ledger else None
+    windows = run_race_windows(tests, time_scale, pooled) if race_from_run else {}
     for name in tests if race_from_run else ():
         whose = windows[name][1] if name in windows else "the profile's race window (no token was presented twice)"
         err_console.print(f"{name}: simulated with {whose}", highlight=False)
@@ -882,7 +886,7 @@ def validate(
         title += ", simulated with the measured round trips"
         if clock_scale != 1.0:
             title += f" in scenario time (× {time_scale:g}; added latency in scenario ms)"
-    race = _race_window(tests, time_scale) if external and not profile.ledger else None
+    race = _race_window(pooled)
     for name, test in tests.items():
         kept, could = answer_order(test.result.events, time_scale)
         if could:
@@ -1093,12 +1097,18 @@ def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[floa
 MIN_RACE_PRESENTATIONS = 30
 
 
-def run_race_windows(tests: dict[str, "LoadTest"], time_scale: float) -> dict[str, tuple[dict, str]]:
+def pooled_window(tests: dict[str, "LoadTest"], time_scale: float):
+    """The race window all the variants' load tests met together, or None when no refresh token
+    was presented twice."""
+    return _met_window(pd.concat([t.result.events for t in tests.values()], ignore_index=True), time_scale)
+
+
+def run_race_windows(tests: dict[str, "LoadTest"], time_scale: float, pooled) -> dict[str, tuple[dict, str]]:
     """Per variant, the race window its load test met (:func:`loadtests.targets.race.window_from_records`),
     as a scenario distribution, and a phrase saying whose: the variant's own when it met at least
-    ``MIN_RACE_PRESENTATIONS`` later presentations, else the window of all the variants' load
-    tests together; a variant is left out when no refresh token was presented twice at all."""
-    pooled = _met_window(pd.concat([t.result.events for t in tests.values()], ignore_index=True), time_scale)
+    ``MIN_RACE_PRESENTATIONS`` later presentations, else ``pooled``, the window of all the
+    variants' load tests together (:func:`pooled_window`); a variant is left out when no refresh
+    token was presented twice at all."""
     out = {}
     for name, test in tests.items():
         own = _met_window(test.result.events, time_scale)
@@ -1133,10 +1143,9 @@ def with_race_window(scenario: Scenario, name: str, window: dict) -> Scenario:
         raise fail(exc.render()) from None
 
 
-def _race_window(tests: dict[str, LoadTest], time_scale: float) -> str | None:
-    """Print and return the race window the load tests met (the profile lines that set it), or
-    None when no refresh token was presented twice."""
-    probe = _met_window(pd.concat([t.result.events for t in tests.values()], ignore_index=True), time_scale)
+def _race_window(probe) -> str | None:
+    """Print and return the race window the load tests met together (:func:`pooled_window`; the
+    profile lines that set it), or None when no refresh token was presented twice."""
     if probe is None:
         return None
     shares = ", ".join(f"{format_duration(o)}: {p}/{c}" for o, p, c in zip(probe.offsets_s, probe.passed, probe.counted) if c)

@@ -155,7 +155,7 @@ def test_a_family_revoking_server_detected_one_reuse_per_rotated_token():
 def test_validate_simulates_each_variant_with_the_race_window_its_own_load_test_met():
     import types
 
-    from loadtests.cli import MIN_RACE_PRESENTATIONS, run_race_windows, with_race_window, with_server_model
+    from loadtests.cli import MIN_RACE_PRESENTATIONS, pooled_window, run_race_windows, with_race_window, with_server_model
     from loadtests.targets.profile import load_profile
     from sim.scenario import load_scenario
 
@@ -176,7 +176,7 @@ def test_validate_simulates_each_variant_with_the_race_window_its_own_load_test_
              "narrow": test(racing("narrow", MIN_RACE_PRESENTATIONS, 1)),
              "few": test(racing("few", 2, 10)),
              "none": test(pd.DataFrame(columns=["t_s", "event", "token", "outcome", "latency_ms", "strategy"]))}
-    windows = run_race_windows(tests, 1.0)
+    windows = run_race_windows(tests, 1.0, pooled_window(tests, 1.0))
     # its own: every second presentation 7 ms after the first passed (wide: past the last offset
     # measured, 100 ms, the window reaches twice it) or was refused (narrow: none passed from 5 ms on)
     assert windows["wide"][0]["dist"] == "constant" and windows["wide"][0]["value"] == "200ms"
