@@ -843,12 +843,17 @@ class Simulation:
         if self.workers_free:
             self.workers_free -= 1
             return True
-        entry = [task, self.now, True]
+        self._enqueue(task)
+        return PENDING
+
+    def _enqueue(self, waiter) -> None:
+        """Queue ``waiter`` (a task, or a fast engine's :class:`_RefreshCall`) for an auth worker,
+        with its queue timeout."""
+        entry = [waiter, self.now, True]
         self.auth_queue.append(entry)
         self.auth_waiting += 1
         self.rec.queued.add(1, self.now)
         self.at(self.now + self.queue_timeout_s, self._queue_timeout, entry)
-        return PENDING
 
     def _queue_timeout(self, entry) -> None:
         if entry[2]:
@@ -1195,18 +1200,14 @@ class FastSimulation(Simulation):
     def _call_arrive(self, call: _RefreshCall) -> None:
         call.task.wake = -math.inf
         call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
-        call.asked = now = self.now
+        call.asked = self.now
         if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
             self._call_answer(call, UNAVAILABLE)  # the queue is full: shed at once
         elif self.workers_free:
             self.workers_free -= 1
             self._call_acquired((call, True))
         else:
-            entry = [call, now, True]
-            self.auth_queue.append(entry)
-            self.auth_waiting += 1
-            self.rec.queued.add(1, now)
-            self.at(now + self.queue_timeout_s, self._queue_timeout, entry)
+            self._enqueue(call)
 
     def _call_acquired(self, arg) -> None:
         call, served = arg
