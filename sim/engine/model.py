@@ -825,7 +825,7 @@ class Simulation:
         """Queue for an auth worker (giving up after the queue timeout), then serve: ``begin``
         when the worker picks the call up, ``finish`` after the service time."""
         asked = self.now
-        if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
+        if self._queue_full():
             return UNAVAILABLE  # the queue is full: shed at once (503 with Retry-After)
         served = yield _ACQUIRE
         self.rec.counts.queue_waited(asked, (self.now - asked) * 1000.0)
@@ -845,6 +845,10 @@ class Simulation:
             return True
         self._enqueue(task)
         return PENDING
+
+    def _queue_full(self) -> bool:
+        """No worker free and ``auth.queue_limit`` calls already waiting: a call is shed at once."""
+        return self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit
 
     def _enqueue(self, waiter) -> None:
         """Queue ``waiter`` (a task, or a fast engine's :class:`_RefreshCall`) for an auth worker,
@@ -1201,7 +1205,7 @@ class FastSimulation(Simulation):
         call.task.wake = -math.inf
         call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
         call.asked = self.now
-        if self.queue_limit is not None and not self.workers_free and self.auth_waiting >= self.queue_limit:
+        if self._queue_full():
             self._call_answer(call, UNAVAILABLE)  # the queue is full: shed at once
         elif self.workers_free:
             self.workers_free -= 1
