@@ -140,8 +140,9 @@ class _Lender:
 
     def integers(self, state: bytes, low: int, high: int, n: int):
         """``Generator.integers(low, high + 1, n, dtype=np.int64)`` drawn from the packed
-        ``state`` (as a list of Python integers), and the state after; None when only numpy's call can say (its fixed cost is
-        ten times a batch's own work: a tab draws a burst size per page view).
+        ``state`` (as a list of Python integers), and the state after; None when only numpy's
+        call can say (its fixed cost is ten times a batch's own work: a tab draws a burst size
+        per page view).
 
         numpy draws each number with Lemire's method on a 32-bit draw when the range fits in 32
         bits: the 32-bit draws are the halves of the 64-bit ones, low half first (the high one
