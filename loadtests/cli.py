@@ -874,9 +874,15 @@ def validate(
     # at time scale s a round trip slept for real spans s times its length in scenario time: a race
     # between it and a scenario-time clock (a sibling tab's timer) is s times wider measured
     clock_scale = time_scale if measured_rtt and rtt_clock is RttClock.scenario else 1.0
-    sims = {n: planned if planned is not None
-            else simulation(told(n), **(round_trips(t, clock_scale) if measured_rtt else {}))
-            for n, t in tests.items()}
+
+    def replay(name: str, test: LoadTest) -> RunResult:
+        if not measured_rtt:
+            return simulation(told(name))
+        network = round_trips(test, clock_scale)
+        login = told_login_time(test, network, clock_scale) if clock_scale != 1.0 else None
+        return simulation(told(name).replace(auth={"login_time": login}) if login else told(name), **network)
+
+    sims = {n: planned if planned is not None else replay(n, t) for n, t in tests.items()}
     rows = pd.concat([compare(sims[n], t.result, n, metrics, clock_scale) for n, t in tests.items()],
                      ignore_index=True)
     model = f", server model {profile.server_model}" if external and profile.server_model else ""
@@ -980,10 +986,7 @@ def round_trips(test: LoadTest, clock_scale: float = 1.0) -> dict:
         if outcomes is not None:
             rows = rows[rows["outcome"].astype(str).isin(outcomes)]
         spans_s = rows["latency_ms"].dropna().to_numpy(float) / 1000.0 * clock_scale
-        if not len(spans_s):
-            return None
-        q = np.quantile(spans_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
-        return {"dist": "empirical", "values": [max(float(v) - less_s, 0.0) for v in q]}
+        return empirical(spans_s, less_s) if len(spans_s) else None
 
     rtt = quantiles("attempt")
     if rtt is None:
@@ -997,17 +1000,79 @@ def round_trips(test: LoadTest, clock_scale: float = 1.0) -> dict:
         network["rtt_correlation"], tau_s = correlated
         network["rtt_correlation_time"] = f"{tau_s * clock_scale * 1000:g}ms"
     refreshes = events[events["event"] == "refresh_end"]
-    refused = int(refreshes["outcome"].astype(str).isin(REFUSED_OUTCOMES).sum())
-    if refused >= MIN_REFUSED and (refreshes["outcome"].astype(str) == "ok").any():
-        return {**network, "auth_rtt": quantiles("refresh_end", service_s, ("ok",)),
-                "auth_rtt_refused": quantiles("refresh_end", service_s, REFUSED_OUTCOMES)}
+    outcomes = refreshes["outcome"].astype(str)
+    refused = outcomes.isin(REFUSED_OUTCOMES)
+    if int(refused.sum()) >= MIN_REFUSED and (outcomes == "ok").any():
+        refusals = quantiles("refresh_end", service_s, REFUSED_OUTCOMES)
+        if clock_scale != 1.0:
+            # a refusal sent together with a sibling's call lost that race by its round trip: the
+            # burst's slowest calls, a selection the simulation's own race makes again; the
+            # server's refusals themselves are those sent alone (see refusals_sent_alone)
+            alone = refusals_sent_alone(events, getattr(test, "time_scale", 1.0))
+            if len(alone) >= MIN_REFUSED:
+                refusals = empirical(alone / 1000.0 * clock_scale, service_s)
+        return {**network, "auth_rtt": quantiles("refresh_end", service_s, ("ok",)), "auth_rtt_refused": refusals}
     return {**network, "auth_rtt": quantiles("refresh_end", service_s) or rtt}
+
+
+def empirical(spans_s: np.ndarray, less_s: float = 0.0) -> dict:
+    """A scenario distribution of ``RTT_QUANTILES`` quantiles of ``spans_s`` (seconds), each less
+    ``less_s`` and at least 0, weighted equally."""
+    q = np.quantile(spans_s, (np.arange(RTT_QUANTILES) + 0.5) / RTT_QUANTILES)
+    return {"dist": "empirical", "values": [max(float(v) - less_s, 0.0) for v in q]}
+
+
+def refusals_sent_alone(events: pd.DataFrame, time_scale: float = 1.0) -> np.ndarray:
+    """The wall round trips (ms) of refused refresh calls that no other refresh call of the same
+    user was sent within ``TOGETHER_S`` wall seconds of. A refusal sent together with siblings
+    (a page opening in several tabs, each renewing) was refused because a sibling reached the
+    server first: it is the slower part of its burst, and a simulation told it draws that
+    slowness for every refusal, also for the lone late presentation of a multi-tab race. Send
+    times are answer times less the wall round trip (× ``time_scale``)."""
+    calls = events.loc[(events["event"] == "refresh_end") & events["latency_ms"].notna(),
+                       ["user", "t_s", "latency_ms", "outcome"]]
+    sent_s = (calls["t_s"] - calls["latency_ms"] * (time_scale / 1000.0)).to_numpy(float)
+    order = np.lexsort((sent_s, calls["user"].to_numpy()))
+    users, sent = calls["user"].to_numpy()[order], sent_s[order]
+    near_s = TOGETHER_S * time_scale
+    same_before = np.r_[False, users[1:] == users[:-1]]
+    same_after = np.r_[users[1:] == users[:-1], False]
+    gap_before = np.r_[np.inf, np.diff(sent)]
+    gap_after = np.r_[np.diff(sent), np.inf]
+    together = (same_before & (gap_before < near_s)) | (same_after & (gap_after < near_s))
+    refused = calls["outcome"].astype(str).to_numpy()[order]
+    lone = ~together & np.isin(refused, REFUSED_OUTCOMES)
+    return calls["latency_ms"].to_numpy(float)[order][lone]
+
+
+def told_login_time(test: LoadTest, network: dict, clock_scale: float = 1.0) -> dict | None:
+    """The ``auth.login_time`` that makes the simulation's login as long as the load test's
+    (``--rtt-clock scenario``), or None when fewer than ``MIN_LOGINS`` logins were timed. The
+    simulation's login is one auth round trip (``network``'s ``auth_rtt``, else ``rtt``) and the
+    login's service; a load test's login, timed until its tokens are stored, also takes the
+    host's work on a login and on its answer, which the time scale multiplies (about 7 wall ms
+    here, 70 scenario ms at time scale 10: a forced login that ends later sees fewer sibling
+    refusals come back after it). The constant told is the median measured login less the median
+    told round trip and the signatures a login makes (at least 0)."""
+    events = test.result.events
+    logins = events.loc[(events["event"] == "login") & events["latency_ms"].notna(), "latency_ms"]
+    if len(logins) < MIN_LOGINS:
+        return None
+    from sim.strategies.service import ServiceTimes
+
+    auth = test.scenario.auth
+    signs_s = auth.sign_time_s * ServiceTimes(auth, test.scenario.variant(test.strategy).server).login_mints
+    told = network.get("auth_rtt") or network["rtt"]
+    extra_s = float(np.median(logins.to_numpy(float))) / 1000.0 * clock_scale - float(np.median(told["values"])) - signs_s
+    return {"dist": "constant", "value": f"{max(extra_s, 0.0) * 1000.0:.3f}ms"}
 
 
 #: refresh outcomes of a call the server refused (``invalid_grant``)
 REFUSED_OUTCOMES = ("reuse_detected", "revoked", "expired")
 #: refused refresh calls a load test needs before validate tells the simulation their round trips apart
 MIN_REFUSED = 20
+#: timed logins a load test needs before validate tells the simulation how long a login took
+MIN_LOGINS = 20
 #: API attempts sent within this many wall seconds of each other were sent together
 TOGETHER_S = 0.005
 #: wall lags (seconds) over which validate sees how fast the host's state changes

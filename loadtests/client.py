@@ -730,9 +730,12 @@ class UserDriver:
     def _login(self, tab: Tab, forced: bool, lapsed: bool) -> None:
         clock, visit, sink = self.clock, tab.visit, self.sink
         visit.login = AsyncResult()
+        # the row is kept when the login ends, at the instant it began and with the session it
+        # leaves: its latency is the wall ms until the tokens were stored (a login's own length,
+        # which validate tells the simulation, see loadtests.cli.told_login_time)
+        began_s, left, started = clock.now_s(), visit.session, time.perf_counter()
+        done_ms = math.nan
         try:
-            sink.record(clock.now_s(), self.index, tab.index, visit.session, "login",
-                        outcome="lapsed" if lapsed else "forced" if forced else "visit")
             sink.count("forced_logins" if forced else "logins")
             while True:
                 trip = self._auth_out()
@@ -756,7 +759,10 @@ class UserDriver:
                 self._minted(self._read_jar(visit.jar, reply), "refresh_login", None, visit)
             for filled in (visit.tabs if self.policy.storage == "copied" else (tab,)):
                 filled.store.token = token
+            done_ms = (time.perf_counter() - started) * 1000.0
         finally:
+            sink.record(began_s, self.index, tab.index, left, "login",
+                        outcome="lapsed" if lapsed else "forced" if forced else "visit", latency_ms=done_ms)
             done, visit.login = visit.login, None
             done.set(True)
 

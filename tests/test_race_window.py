@@ -107,6 +107,73 @@ def test_validate_tells_refusals_round_trips_apart_from_grants(make_scenario):
     assert "auth_rtt_refused" not in pooled and (min(values), max(values)) == (0.06, 0.15)
 
 
+def test_on_the_scenario_clock_validate_tells_refusals_from_calls_sent_alone(make_scenario):
+    """A page opening in several tabs sends their renewals together; the server grants the first to
+    arrive and refuses the rest, so the refusals sent together are their burst's slowest calls. A
+    simulation told those draws them for every refusal — also for the lone late presentation of a
+    multi-tab race, whose refusal then comes back after the sibling's forced login has finished (a
+    spurious logout the load test seldom shows). On the scenario clock validate tells the
+    refusals of calls sent alone (no other refresh call of the user within ``TOGETHER_S`` wall
+    seconds); on the wall clock, as before, every refusal."""
+    import types
+
+    from loadtests.cli import MIN_REFUSED, TOGETHER_S, refusals_sent_alone, round_trips
+
+    scenario = make_scenario(auth={"refresh_time": "0s"})
+    rows = [{"event": "attempt", "user": 0, "tab": 0, "t_s": float(i), "latency_ms": 5.0, "outcome": "ok"}
+            for i in range(10)]
+    for burst in range(MIN_REFUSED):  # bursts of 4 sent 1 wall ms apart: one grant, three slow refusals
+        sent = 100.0 * burst
+        rows += [{"event": "refresh_end", "user": 1, "tab": k, "t_s": sent + 0.01 * k + (0.6 if k else 0.5),
+                  "latency_ms": 60.0 if k else 50.0, "outcome": "revoked" if k else "ok"} for k in range(4)]
+    # lone refusals (a tab presenting a token its sibling has rotated): quicker than the bursts'
+    rows += [{"event": "refresh_end", "user": 2, "tab": 0, "t_s": 5000.0 + 10.0 * i, "latency_ms": 30.0,
+              "outcome": "reuse_detected"} for i in range(MIN_REFUSED)]
+    events = pd.DataFrame(rows)
+    lone = refusals_sent_alone(events, 10.0)
+    assert len(lone) == MIN_REFUSED and set(lone) == {30.0}
+    # a call TOGETHER_S wall seconds or more from any other of its user's is alone
+    apart = pd.DataFrame([{"event": "refresh_end", "user": 3, "tab": 0, "t_s": 1.0 + TOGETHER_S * 10 * 1.01 * i,
+                           "latency_ms": 0.0, "outcome": "revoked"} for i in range(3)])
+    assert len(refusals_sent_alone(apart, 10.0)) == 3
+    test = types.SimpleNamespace(result=types.SimpleNamespace(events=events), scenario=scenario,
+                                 strategy="reactive", time_scale=10.0)
+    wall, spans = round_trips(test), round_trips(test, 10.0)
+    assert spans["auth_rtt_refused"]["values"] == pytest.approx([0.3] * len(spans["auth_rtt_refused"]["values"]))
+    values = wall["auth_rtt_refused"]["values"]
+    assert (min(values), max(values)) == (0.03, 0.06)
+    assert spans["auth_rtt"]["values"] == pytest.approx([0.5] * len(spans["auth_rtt"]["values"]))
+
+
+def test_on_the_scenario_clock_validate_tells_the_simulation_a_login_as_long_as_measured(make_scenario):
+    """The simulation's login is one auth round trip and the login's service; the load test's, timed
+    until its tokens are stored, also holds the host's own work on the call and its answer, which
+    the time scale multiplies. A forced login that ends sooner in the simulation lets more sibling
+    refusals come back after it (spurious logouts). Validate tells ``auth.login_time``: the median
+    measured login less the median told round trip and the login's signatures."""
+    import types
+
+    from loadtests.cli import MIN_LOGINS, told_login_time
+
+    scenario = make_scenario(auth={"login_time": "50ms", "sign_time": "1ms"})
+    rows = [{"event": "login", "user": i, "tab": 0, "t_s": float(i), "latency_ms": 100.0 + (i % 3),
+             "outcome": "forced"} for i in range(MIN_LOGINS)]
+    network = {"rtt": {"dist": "empirical", "values": [0.5]}, "auth_rtt": {"dist": "empirical", "values": [0.8, 0.9]}}
+
+    def told(rows):
+        test = types.SimpleNamespace(result=types.SimpleNamespace(events=pd.DataFrame(rows)), scenario=scenario,
+                                     strategy="reactive", time_scale=10.0)
+        return told_login_time(test, network, 10.0)
+
+    mints = scenario.variant("reactive").server.mints_per_login()
+    login = told(rows)  # 1.01 s measured, 0.85 s of round trip, the signatures
+    assert login["dist"] == "constant"
+    assert float(login["value"][:-2]) == pytest.approx(1010.0 - 850.0 - mints * 1.0, abs=1e-3)
+    assert told(rows[:-1]) is None  # too few logins timed: the scenario's own
+    quick = [{**row, "latency_ms": 50.0} for row in rows]
+    assert float(told(quick)["value"][:-2]) == 0.0  # never below nothing
+
+
 def test_a_measured_session_counts_as_revoked_at_its_first_refusal_that_says_so():
     from loadtests.measure import build_events
     from sim.metrics import Divergence
