@@ -767,7 +767,8 @@ def validate(
         "--rtt-clock", help="(--measured-rtt) Tell the simulation the measured round trips as wall time (wall: "
         "the load test paces page views with them unscaled) or as the scenario time they span (scenario: wall × "
         "time scale; for races of a round trip against a scenario-time clock, e.g. sibling tabs' timers). "
-        "With scenario, added latencies are compared in scenario milliseconds.")] = RttClock.wall,
+        "With scenario, added latencies are compared in scenario milliseconds, refused calls' round trips are told "
+        "from those sent alone and the login lasts as long as measured.")] = RttClock.wall,
     as_json: JsonOpt = False,
     fail_on: FailOnOpt = None,
     gate_on: GateOnOpt = None,
