@@ -977,9 +977,10 @@ def round_trips(test: LoadTest, clock_scale: float = 1.0) -> dict:
     from its refresh calls less the scenario's refresh service time (which the simulation adds),
     and, when at least ``MIN_REFUSED`` refresh calls were refused, ``auth_rtt`` from the granted
     ones and ``auth_rtt_refused`` from the refused ones (a server that refuses before it writes
-    answers sooner). Latencies are real wall time, counted unscaled like every real round trip,
-    or times ``clock_scale`` (the time scale: the scenario time they spanned, ``--rtt-clock
-    scenario``), and so is the correlation time."""
+    answers sooner) — on the scenario clock from those sent alone when ``MIN_REFUSED`` were
+    (:func:`refusals_sent_alone`). Latencies are real wall time, counted unscaled like every real
+    round trip, or times ``clock_scale`` (the time scale: the scenario time they spanned,
+    ``--rtt-clock scenario``), and so is the correlation time."""
     events = test.result.events
 
     def quantiles(event: str, less_s: float = 0.0, outcomes=None) -> dict | None:
@@ -1033,8 +1034,9 @@ def refusals_sent_alone(events: pd.DataFrame, time_scale: float = 1.0) -> np.nda
     calls = events.loc[(events["event"] == "refresh_end") & events["latency_ms"].notna(),
                        ["user", "t_s", "latency_ms", "outcome"]]
     sent_s = (calls["t_s"] - calls["latency_ms"] * (time_scale / 1000.0)).to_numpy(float)
-    order = np.lexsort((sent_s, calls["user"].to_numpy()))
-    users, sent = calls["user"].to_numpy()[order], sent_s[order]
+    users = pd.factorize(calls["user"])[0]
+    order = np.lexsort((sent_s, users))
+    users, sent = users[order], sent_s[order]
     near_s = TOGETHER_S * time_scale
     same_before = np.r_[False, users[1:] == users[:-1]]
     same_after = np.r_[users[1:] == users[:-1], False]
