@@ -49,6 +49,9 @@ PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
 _OK, _UNAUTHORIZED, _EXPIRED, _LOST = Response(200), Response(401), Response(401, expired=True), Response(0)
 _VERDICT = {o.value: o for o in AttemptOutcome}
+# enum members as module names where the engine asks per request (see sim.strategies.client)
+_ATTEMPT_OK, _ATTEMPT_EXPIRED, _SEND = AttemptOutcome.OK, AttemptOutcome.EXPIRED, Action.SEND
+_NEVER = -math.inf  # a task's wake while it runs or waits on others
 
 
 _GC_LOCK = threading.Lock()
@@ -335,6 +338,9 @@ class Simulation:
             # to sleep: no effect object to build for each of their three waits
             float: self._delay,
         }
+        #: whether the flows offer page views in bulk (:class:`~sim.strategies.flow.Views`): only
+        #: an engine whose handler may carry them out asks for them
+        self.bulk_views = False
         # the callbacks the heap holds, bound once: a bound method made per event is 48 bytes
         # for as long as the event waits (a few per user at any time)
         self.resume, self._arrive, self._answered = self.resume, self._arrive, self._answered
@@ -362,7 +368,7 @@ class Simulation:
             if n_tabs not in offsets:
                 offsets[n_tabs] = scenario.population.tab_offsets_s(n_tabs)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(n_tabs)],
-                             float(arrivals[u]), p_idle, user.clock, offsets[n_tabs])
+                             float(arrivals[u]), p_idle, user.clock, offsets[n_tabs], self.bulk_views)
             self.step(Task(flow, None, user), None)
             self._users.append(user)
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
@@ -414,7 +420,7 @@ class Simulation:
 
     def resume(self, arg) -> None:
         task, value = arg
-        task.wake = -math.inf
+        task.wake = _NEVER
         self.step(task, value)
 
     def step(self, task: Task, value) -> None:
@@ -474,8 +480,9 @@ class Simulation:
 
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
-        task.wake = (task.until if task.until > self.now else self.now) + effect.seconds
-        self.at(task.wake, self.resume, (task, None))
+        now = self.now
+        task.wake = wake = (task.until if task.until > now else now) + effect.seconds
+        heapq.heappush(self.heap, (wake, next(self._seq), self.resume, (task, None)))
         return PENDING
 
     def _call(self, task, effect):
@@ -583,7 +590,6 @@ class Simulation:
     def _requested(self, task, issued, ok, plain=False) -> None:
         """Record a request issued at ``issued``; ``plain``: it was sent once and answered ok,
         and its attempt is counted here too (unless every record is kept)."""
-        visit, tab = task.tab.visit, task.tab
         if plain and not self.events:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
             i = int(issued)
@@ -597,6 +603,7 @@ class Simulation:
                     counts.latency.zeros += 1
                 return
             self.rec.counts.count("attempt", "ok", issued)
+        visit, tab = task.tab.visit, task.tab
         if ok:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
             if added_ms < 4e-7 and not self.events:  # rounds to 0 (the common case: no delay)
@@ -615,7 +622,7 @@ class Simulation:
         request was sent by :meth:`_start_request`, with no flow running for it yet."""
         draws = task.tab.draws
         now = self.now
-        rtt = draws.api_round_trip(now)
+        rtt = draws.api_round_trip(now) if draws.moments is not None else draws.api_rtt()
         lost = bool(self.loss_p) and draws.loss() < self.loss_p
         if self.in_order and not lost:
             user = task.tab.visit.user
@@ -625,8 +632,8 @@ class Simulation:
 
     def _arrive(self, arg) -> None:
         task, sent, sent_at, rtt, lost, started = arg
-        now = self.now
-        verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], now, self.leeway_s)
+        now, ledger = self.now, self.ledger
+        verdict = self.server.authorize(ledger, ledger.tokens[sent.id], now, self.leeway_s)
         if lost:
             done = now + max(self.timeout_s - rtt / 2, 0.0)
             outcome, response = AttemptOutcome.LOST, _LOST
@@ -634,21 +641,33 @@ class Simulation:
             done = now + (rtt / 2 + self.api_verify_s)
             outcome = _VERDICT[verdict.status]
             if verdict.reissued:
-                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued),
-                                    outcome is AttemptOutcome.EXPIRED)
+                response = Response(200 if outcome is _ATTEMPT_OK else 401, held(verdict.reissued),
+                                    outcome is _ATTEMPT_EXPIRED)
             else:
-                response = (_OK if outcome is AttemptOutcome.OK else
-                            _EXPIRED if outcome is AttemptOutcome.EXPIRED else _UNAUTHORIZED)
+                response = (_OK if outcome is _ATTEMPT_OK else
+                            _EXPIRED if outcome is _ATTEMPT_EXPIRED else _UNAUTHORIZED)
         heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
         task, sent, sent_at, outcome, response, started = arg
         tab = task.tab
+        if started and response is _OK and not self.events:
+            # the common case first: a request the engine sent itself, answered a plain 200
+            if answer_is_done(self.client, tab.view(), sent, response, self.now + tab.visit.user.skew_s):
+                self._requested(task, sent_at, True, True)
+                if task.stack:
+                    self.step(task, True)  # the tab's own request: its flow goes on
+                else:
+                    self._finish(task)
+                return
+            self.rec.counts.count("attempt", outcome, sent_at)
+            self._request_takes_over(task, sent_at, sent, response)
+            return
         visit = tab.visit
         if self.events:
             self.rec.record(sent_at, "attempt", outcome, visit.user.index, tab.index, visit.session, sent.id,
                             latency_ms=(self.now - sent_at) * 1000.0)
-        elif not (started and outcome is AttemptOutcome.OK):  # else counted with its request
+        elif not (started and outcome is _ATTEMPT_OK):  # else counted with its request
             self.rec.counts.count("attempt", outcome, sent_at)
         if not started:
             self.step(task, response)
@@ -660,9 +679,12 @@ class Simulation:
             else:
                 self._finish(task)
             return
-        # not a plain success: the request's flow takes over from its first answer
-        if outcome is AttemptOutcome.OK and not self.events:
+        if outcome is _ATTEMPT_OK and not self.events:
             self.rec.counts.count("attempt", outcome, sent_at)
+        self._request_takes_over(task, sent_at, sent, response)
+
+    def _request_takes_over(self, task, sent_at, sent, response) -> None:
+        """Not a plain success: the request's flow takes over from its first answer."""
         flow = self._request_flow(task, sent_at, sent)
         flow.send(None)  # up to the Send already carried out
         task.stack.append(flow)
@@ -952,6 +974,7 @@ class FastSimulation(Simulation):
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views
+            self.bulk_views = True
             self.handlers[Send] = self._send_fast
         else:
             self.handlers[Views] = super()._views
@@ -1202,7 +1225,7 @@ class FastSimulation(Simulation):
             heapq.heappush(self.heap, (wake, next(self._seq), then, call))
 
     def _call_arrive(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
         call.asked = self.now
         if self._queue_full():
@@ -1216,7 +1239,7 @@ class FastSimulation(Simulation):
     def _call_acquired(self, arg) -> None:
         call, served = arg
         if served:
-            call.task.wake = -math.inf
+            call.task.wake = _NEVER
         now = self.now
         self.rec.counts.queue_waited(call.asked, (now - call.asked) * 1000.0)
         if not served:
@@ -1228,7 +1251,7 @@ class FastSimulation(Simulation):
         self._call_wait(call, float(service_s), self._call_served)
 
     def _call_served(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         result = self.server.finish_refresh(self.ledger, call.pending, self.now)
         self.rec.busy.add(-1, self.now)
         self._release()
@@ -1242,18 +1265,18 @@ class FastSimulation(Simulation):
             self._call_wait(call, call.trip.answer_leg_s(isinstance(result, Rejection), self.now), self._call_answered)
 
     def _call_lost(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         self._call_end(call, RefreshOutcome.LOST)
 
     def _call_answered(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         if self.in_order and call.due_s > self.now:
             self._call_wait(call, call.due_s - self.now, self._call_in_order)
             return
         self._call_outcome(call)
 
     def _call_in_order(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         self._call_outcome(call)
 
     def _call_outcome(self, call: _RefreshCall) -> None:

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from sim.distributions import CountUniform
+from sim.distributions import Constant, CountConstant, CountUniform
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
 
@@ -331,6 +331,62 @@ class Draws:
         self._i = i
 
 
+class _Fixed:
+    """The draws of a constant distribution: the same value every time, drawn from no generator
+    (numpy's ``full`` takes nothing from it), so one object serves every stream of that value
+    and kind, with no state, buffer or batch of its own. The value is what :class:`Draws` would
+    give (its floor applied the same way); the interface is :class:`Draws`'s."""
+
+    __slots__ = ("value", "_buf")
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self._buf = array("d", [value] * 64)
+
+    def __call__(self) -> float:
+        return self.value
+
+    def head(self) -> float:
+        return self.value
+
+    def peek(self, n: int):
+        return self.cursor(n)[0][:n]
+
+    def skip(self, n: int) -> None:
+        pass
+
+    def cursor(self, n: int = 1) -> tuple:
+        if len(self._buf) < n:
+            self._buf = array("d", [self.value] * n)
+        return self._buf, 0
+
+    def seek(self, i: int) -> None:
+        pass
+
+    def trim(self) -> None:
+        pass
+
+
+_FIXED: dict[tuple, _Fixed] = {}
+
+
+def stream(dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+    """A keyed stream of ``dist`` (:class:`Draws`), or for a constant distribution the shared
+    :class:`_Fixed` stream of its value: the same draws, without a batch to refill every few."""
+    if type(dist) in (Constant, CountConstant):
+        values = dist.sample(None, 1)
+        if values.dtype != _FLOAT:
+            values = values.astype(_FLOAT)
+        if floor is not None:
+            np.maximum(values, floor, out=values)
+        value = array("d", values.tobytes())[0]
+        fixed = _FIXED.get((value, math.copysign(1.0, value)))
+        if fixed is None:
+            fixed = _FIXED[value, math.copysign(1.0, value)] = _Fixed(value)
+        return fixed
+    return Draws(dist, key, source, floor=floor, batch=batch)
+
+
 class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
     round trips (and losses) of its API requests."""
@@ -345,11 +401,11 @@ class TabStreams:
         # taken (with a million users, a whole batch of every tab's streams is most of the
         # engine's memory): the busiest streams take batches of about four minutes of a busy
         # tab (a refill of a few µs every 8 page views), a rare one a few at a time
-        self.think = Draws(work.think_time, key, Source.THINK, batch=8)
-        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=8)
+        self.think = stream(work.think_time, key, Source.THINK, batch=8)
+        self.burst = stream(work.burst_size, key, Source.BURST, floor=1, batch=8)
         self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8)
-        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
-        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=16)
+        self.idle_gap = stream(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
+        self.api_rtt = stream(net.rtt, key, Source.API_LATENCY, batch=16)
         # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
         self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
@@ -534,7 +590,7 @@ class UserStreams:
             self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8)
             self.auth_rtt_refused = None
         elif net.auth_rtt_refused is None:
-            self.auth_rtt = Draws(granted, key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt = stream(granted, key, Source.AUTH_LATENCY, batch=8)
             self.auth_rtt_refused = None
         else:
             # two views of one stream of uniforms, taken in step (see auth_round_trips): the n-th
@@ -547,8 +603,8 @@ class UserStreams:
                                    floor=None, batch=8))
         # ``auth_loss`` and ``backoff`` are made when first asked for (:meth:`__getattr__`)
         # one draw a visit: a few at a time
-        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
-        self.away = Draws(pop.away, key, Source.AWAY, batch=4) if pop.away else None
+        self.visit_length = stream(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
+        self.away = stream(pop.away, key, Source.AWAY, batch=4) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = key  # shared with its streams
         self._scenario = scenario
@@ -614,7 +670,7 @@ class UserStreams:
             streams = self._service = {}
         draws = streams.get(part)
         if draws is None:
-            draws = streams[part] = Draws(getattr(self._scenario.auth, part), self._key,
+            draws = streams[part] = stream(getattr(self._scenario.auth, part), self._key,
                                           SERVICE_SOURCES[part], batch=8)
         return draws()
 
