@@ -530,8 +530,7 @@ class Simulation:
         child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
         # the sub-flow goes straight onto the child's stack: no extra generator layer
         if type(inner) is Request:
-            child.cookie = inner.cookie
-            self._start_request(child)
+            self._request(child, inner)
             return child
         if type(inner) is Call:
             child.stack.append(inner.flow)
@@ -560,26 +559,24 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
+        """Begin a request in ``task``'s tab, presenting the effect's cookie. When the policy
+        sends the token it holds at once (:func:`~sim.strategies.flow.sends_at_once`), the engine
+        sends it itself and runs :func:`~sim.strategies.flow.request_flow` only if the answer is
+        not a plain success, so most requests cost their two network events and no generator;
+        else the flow runs now."""
         task.cookie = effect.cookie
-        return self._start_request(task)
-
-    def _views(self, task, effect):
-        return False  # every page view event by event
-
-    def _start_request(self, task):
-        """Begin a request in ``task``'s tab. When the policy sends the token it holds at once
-        (:func:`~sim.strategies.flow.sends_at_once`), the engine sends it itself and runs
-        :func:`~sim.strategies.flow.request_flow` only if the answer is not a plain success, so
-        most requests cost their two network events and no generator; else the flow runs now."""
-        tab = task.tab
-        sent = sends_at_once(self.client, tab.view(), self.now + tab.visit.user.skew_s)
+        tab, now = task.tab, self.now
+        sent = sends_at_once(self.client, tab.view(), now + tab.visit.user.skew_s)
         if sent is None:
-            task.stack.append(self._request_flow(task, self.now, None))
+            task.stack.append(self._request_flow(task, now, None))
             if len(task.stack) == 1:  # a spawned request: its own task
                 self.step(task, None)
             return None
         task.rtt = self._transmit(task, sent, True)
         return PENDING
+
+    def _views(self, task, effect):
+        return False  # every page view event by event
 
     def _request_flow(self, task, issued, sent):
         tab = task.tab
@@ -619,7 +616,7 @@ class Simulation:
 
     def _transmit(self, task, sent, started: bool) -> float:
         """Send ``sent`` to the API: its arrival and its answer are events. ``started``: the
-        request was sent by :meth:`_start_request`, with no flow running for it yet."""
+        request was sent by :meth:`_request`, with no flow running for it yet."""
         draws = task.tab.draws
         now = self.now
         rtt = draws.api_round_trip(now) if draws.moments is not None else draws.api_rtt()

@@ -367,31 +367,35 @@ class _Fixed:
         pass
 
 
-_FIXED: dict[tuple, _Fixed] = {}
+#: (id of a constant distribution, floor) -> (the distribution, its fixed stream): the
+#: distribution held, so that its identity is not reused while cached
+_FIXED: dict[tuple, tuple] = {}
 
 
 def stream(dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
     """A keyed stream of ``dist`` (:class:`Draws`), or for a constant distribution the shared
     :class:`_Fixed` stream of its value: the same draws, without a batch to refill every few."""
-    if type(dist) in (Constant, CountConstant):
+    if type(dist) not in (Constant, CountConstant):
+        return Draws(dist, key, source, floor=floor, batch=batch)
+    cached = _FIXED.get((id(dist), floor))
+    if cached is None or cached[0] is not dist:
+        # the value as a batch of Draws would hold it: numpy's, floored the same way
         values = dist.sample(None, 1)
         if values.dtype != _FLOAT:
             values = values.astype(_FLOAT)
         if floor is not None:
             np.maximum(values, floor, out=values)
-        value = array("d", values.tobytes())[0]
-        fixed = _FIXED.get((value, math.copysign(1.0, value)))
-        if fixed is None:
-            fixed = _FIXED[value, math.copysign(1.0, value)] = _Fixed(value)
-        return fixed
-    return Draws(dist, key, source, floor=floor, batch=batch)
+        if len(_FIXED) >= 256:  # scenarios come and go in a long process
+            _FIXED.clear()
+        cached = _FIXED[id(dist), floor] = (dist, _Fixed(array("d", values.tobytes())[0]))
+    return cached[1]
 
 
 class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
     round trips (and losses) of its API requests."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss", "moments", "_rtt", "_key")
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "_loss", "moments", "_rtt", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
@@ -406,7 +410,8 @@ class TabStreams:
         self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8)
         self.idle_gap = stream(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
         self.api_rtt = stream(net.rtt, key, Source.API_LATENCY, batch=16)
-        # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
+        # ``loss`` is made when first asked for: most runs lose nothing
+        self._loss: Draws | None = None
         self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
         #: ``api_rtt`` then draws each call's own standard normal factor
@@ -415,13 +420,15 @@ class TabStreams:
         if net.rtt_correlation > 0:
             self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=16)
 
-    def __getattr__(self, name: str):
-        # called only for a slot not yet set: a stream that is rarely drawn from costs nothing
-        # until its first use (with a million users, an unused stream object is 100 MB)
-        if name == "loss":
-            self.loss = draws = Draws(None, self._key, Source.LOSS, floor=None, batch=128)
-            return draws
-        raise AttributeError(name)
+    # made at its first use: a stream that is rarely drawn from costs nothing until then (with
+    # a million users, an unused stream object is 100 MB). A property, not ``__getattr__``: a
+    # class with ``__getattr__`` pays its hook on every attribute read, the busy streams' too
+    @property
+    def loss(self) -> Draws:
+        draws = self._loss
+        if draws is None:
+            draws = self._loss = Draws(None, self._key, Source.LOSS, floor=None, batch=128)
+        return draws
 
     def trim(self) -> None:
         """Let go of the draws already taken (:meth:`Draws.trim`): for a tab whose visit ended,
@@ -576,7 +583,7 @@ class UserStreams:
     the user's index, so a user draws the same numbers whichever other users share its run (or
     its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "_auth_loss", "_backoff", "_tabs", "_key",
                  "_scenario", "_service", "_jitter", "moments", "_wake", "_answer_legs")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
@@ -601,7 +608,9 @@ class UserStreams:
         self._answer_legs = (None if net.auth_legs == "one_draw" else
                              Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
                                    floor=None, batch=8))
-        # ``auth_loss`` and ``backoff`` are made when first asked for (:meth:`__getattr__`)
+        # ``auth_loss`` and ``backoff`` are made when first asked for (see TabStreams.loss)
+        self._auth_loss: Draws | None = None
+        self._backoff: Draws | None = None
         # one draw a visit: a few at a time
         self.visit_length = stream(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
         self.away = stream(pop.away, key, Source.AWAY, batch=4) if pop.away else None
@@ -612,13 +621,18 @@ class UserStreams:
         self._jitter: Draws | None = None
         self._wake: Draws | None = None
 
-    def __getattr__(self, name: str):
-        # called only for a slot not yet set (see :meth:`TabStreams.__getattr__`)
-        source = {"auth_loss": Source.AUTH_LOSS, "backoff": Source.BACKOFF}.get(name)
-        if source is None:
-            raise AttributeError(name)
-        draws = Draws(None, self._key, source, floor=None, batch=8)
-        setattr(self, name, draws)
+    @property
+    def auth_loss(self) -> Draws:
+        draws = self._auth_loss
+        if draws is None:
+            draws = self._auth_loss = Draws(None, self._key, Source.AUTH_LOSS, floor=None, batch=8)
+        return draws
+
+    @property
+    def backoff(self) -> Draws:
+        draws = self._backoff
+        if draws is None:
+            draws = self._backoff = Draws(None, self._key, Source.BACKOFF, floor=None, batch=8)
         return draws
 
     @property
