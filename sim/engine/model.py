@@ -343,7 +343,7 @@ class Simulation:
         self.bulk_views = False
         # the callbacks the heap holds, bound once: a bound method made per event is 48 bytes
         # for as long as the event waits (a few per user at any time)
-        self.resume, self._arrive, self._answered = self.resume, self._arrive, self._answered
+        self.resume, self.step, self._arrive, self._answered = self.resume, self.step, self._arrive, self._answered
         self._join_timeout, self._queue_timeout = self._join_timeout, self._queue_timeout
 
     # -- the loop ---------------------------------------------------------------------------
@@ -375,8 +375,11 @@ class Simulation:
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s
-        while heap and heap[0][0] < end:
-            t, _, fn, arg = pop(heap)
+        while heap:
+            t, _, fn, arg = entry = pop(heap)
+            if t >= end:
+                heapq.heappush(heap, entry)  # what is left stays as it was
+                break
             self.now = t
             fn(arg)
         self.now = end
@@ -419,12 +422,13 @@ class Simulation:
         self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
     def resume(self, arg) -> None:
-        task, value = arg
-        task.wake = _NEVER
-        self.step(task, value)
+        self.step(*arg)
 
-    def step(self, task: Task, value) -> None:
-        """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends."""
+    def step(self, task: Task, value=None) -> None:
+        """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends.
+        A task woken with nothing to send is pushed as ``(..., self.step, task)``: one call
+        fewer than through :meth:`resume`."""
+        task.wake = _NEVER  # it runs
         stack, handlers = task.stack, self.handlers
         while True:
             try:
@@ -448,7 +452,7 @@ class Simulation:
                 waiter.awaiting -= 1
                 if not waiter.awaiting:
                     if waiter.until > self.now:
-                        self.at(waiter.until, self.resume, (waiter, None))
+                        self.at(waiter.until, self.step, waiter)
                     else:
                         self.step(waiter, None)
 
@@ -468,21 +472,21 @@ class Simulation:
         task.timer_grid = effect.timer_grid
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
-            self.at(task.wake, self.resume, (task, None))
+            self.at(task.wake, self.step, task)
         return PENDING
 
     def _delay(self, task, seconds):
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            heapq.heappush(self.heap, (wake, next(self._seq), self.resume, (task, None)))
+            heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
         return PENDING
 
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
         now = self.now
         task.wake = wake = (task.until if task.until > now else now) + effect.seconds
-        heapq.heappush(self.heap, (wake, next(self._seq), self.resume, (task, None)))
+        heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
         return PENDING
 
     def _call(self, task, effect):
@@ -584,28 +588,15 @@ class Simulation:
         self._requested(task, issued, ok)
         return ok
 
-    def _requested(self, task, issued, ok, plain=False) -> None:
-        """Record a request issued at ``issued``; ``plain``: it was sent once and answered ok,
-        and its attempt is counted here too (unless every record is kept)."""
-        if plain and not self.events:
-            added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
-            i = int(issued)
-            if self._attempts_ok is not None and added_ms < 4e-7 and 0 <= i:
-                # the common case, straight into the bins: no added latency (it rounds to 0)
-                self._attempts_ok[i] += 1
-                self._requests_ok[i] += 1
-                counts = self.rec.counts
-                if counts.lo <= issued < counts.hi:
-                    counts.latency.n += 1
-                    counts.latency.zeros += 1
-                return
-            self.rec.counts.count("attempt", "ok", issued)
-        visit, tab = task.tab.visit, task.tab
+    def _requested(self, task, issued, ok) -> None:
+        """Record a request issued at ``issued`` (``ok``: it succeeded)."""
         if ok:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
             if added_ms < 4e-7 and not self.events:  # rounds to 0 (the common case: no delay)
                 self.rec.counts.requests_without_delay(issued, 1)
                 return
+        visit, tab = task.tab.visit, task.tab
+        if ok:
             self.rec.request(issued, max(round(added_ms, 6), 0.0), visit.user.index, tab.index, visit.session)
         else:
             self.rec.request(issued, None, visit.user.index, tab.index, visit.session)
@@ -650,8 +641,24 @@ class Simulation:
         tab = task.tab
         if started and response is _OK and not self.events:
             # the common case first: a request the engine sent itself, answered a plain 200
-            if answer_is_done(self.client, tab.view(), sent, response, self.now + tab.visit.user.skew_s):
-                self._requested(task, sent_at, True, True)
+            now = self.now
+            if answer_is_done(self.client, tab.view(), sent, response, now + tab.visit.user.skew_s):
+                # its attempt and the request counted together: straight into the bins when it
+                # added no latency (it rounds to 0), the common case
+                attempts_ok = self._attempts_ok
+                if (attempts_ok is not None and (now - sent_at - task.rtt - self.api_verify_s) * 1000.0 < 4e-7
+                        and sent_at > -1.0):  # int(sent_at) >= 0
+                    i = int(sent_at)
+                    attempts_ok[i] += 1
+                    self._requests_ok[i] += 1
+                    counts = self.rec.counts
+                    if counts.lo <= sent_at < counts.hi:
+                        latency = counts.latency
+                        latency.n += 1
+                        latency.zeros += 1
+                else:
+                    self.rec.counts.count("attempt", "ok", sent_at)
+                    self._requested(task, sent_at, True)
                 if task.stack:
                     self.step(task, True)  # the tab's own request: its flow goes on
                 else:
@@ -670,7 +677,7 @@ class Simulation:
             self.step(task, response)
             return
         if response is _OK and answer_is_done(self.client, tab.view(), sent, response, self.now + visit.user.skew_s):
-            self._requested(task, sent_at, True, True)
+            self._requested(task, sent_at, True)  # (every record kept: its attempt is recorded above)
             if task.stack:
                 self.step(task, True)  # the tab's own request: its flow goes on
             else:
@@ -1154,7 +1161,7 @@ class FastSimulation(Simulation):
         task.wake = self.now + effect.seconds
         if task.wake < horizon:
             task.wake = self._timer_next(task, horizon)
-        self.at(task.wake, self.resume, (task, None))
+        self.at(task.wake, self.step, task)
         return PENDING
 
     def _send_fast(self, task, effect):

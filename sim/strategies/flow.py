@@ -382,21 +382,26 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
     (:func:`page_renewal`). ``bulk``: offer the driver the page views in bulk (:class:`Views`);
     a driver that never carries them out that way passes False and is not asked."""
     views = Views(draws, idle_probability) if bulk else None
+    request, spawn = _REQUEST, _SPAWN_REQUEST
     while not visit.over:
         if views is not None and (yield views):
             continue
         n = int(draws.burst())
-        renewal = before_page() if before_page is not None else None
-        if renewal is not None:
-            yield Call(renewal)
-        request = Request((yield _COOKIES)) if server_render else _REQUEST
-        spawn = Spawn(request) if server_render else _SPAWN_REQUEST
-        others = []
-        for _ in range(n - 1):
-            others.append((yield spawn))
-        yield request
-        if others:
+        if before_page is not None:
+            renewal = before_page()
+            if renewal is not None:
+                yield Call(renewal)
+        if server_render:
+            request = Request((yield _COOKIES))
+            spawn = Spawn(request)
+        if n > 1:
+            others = []
+            for _ in range(n - 1):
+                others.append((yield spawn))
+            yield request
             yield Await(tuple(others))
+        else:
+            yield request
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
         yield Pause(pause + draws.think())
 

@@ -263,7 +263,7 @@ class DualTokenServer(ServerPolicy):
 
     def authorize(self, ledger, token, now, leeway_s=0.0):
         verdict = ServerPolicy.authorize(self, ledger, token, now, leeway_s)  # super(), without its cost per request
-        if verdict is OK and self._commits(ledger, token):
+        if token.pair is not None and verdict is OK and self._commits(ledger, token):
             ledger.session_of(token).current_refresh = token.pair  # its pair's first use
         return verdict
 
