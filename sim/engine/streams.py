@@ -331,20 +331,18 @@ class Draws:
         self._i = i
 
 
-class _Fixed:
+class _Fixed(functools.partial):
     """The draws of a constant distribution: the same value every time, drawn from no generator
     (numpy's ``full`` takes nothing from it), so one object serves every stream of that value
     and kind, with no state, buffer or batch of its own. The value is what :class:`Draws` would
-    give (its floor applied the same way); the interface is :class:`Draws`'s."""
+    give (its floor applied the same way); the interface is :class:`Draws`'s. A draw is a call
+    of ``float(value)`` (the value itself) made by ``functools.partial`` in C: no Python frame."""
 
-    __slots__ = ("value", "_buf")
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-        self._buf = array("d", [value] * 64)
-
-    def __call__(self) -> float:
-        return self.value
+    def __new__(cls, value: float):
+        fixed = super().__new__(cls, float, value)
+        fixed.value = value
+        fixed._buf = array("d", [value] * 64)
+        return fixed
 
     def head(self) -> float:
         return self.value
