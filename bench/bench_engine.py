@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -162,12 +163,19 @@ def naive(scenario) -> int:
 def _measure(args):
     kind, name, users, hours = args
     scenario, variant = workload(name, users, hours)
+    # the libraries each model uses are imported before the clock starts, for every model alike:
+    # a process pays them once (about half a second for pandas, which the engines' summary
+    # tables need), however many user-hours it simulates
+    if kind == "naive":
+        import simpy  # noqa: F401
+    else:
+        import pandas  # noqa: F401
+
+        from sim.engine import simulate_one
     started, cpu = time.perf_counter(), time.process_time()
     if kind == "naive":
         requests = naive(scenario)
     else:
-        from sim.engine import simulate_one
-
         requests = int(simulate_one(scenario, variant, 0, scenario.run.seed, False, kind)[0]["requests"])
     return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "requests": requests}
@@ -184,19 +192,28 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--workloads", default="baseline,poisson")
     parser.add_argument("--engines", default="naive,exact,fast")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the models in turn (naive, exact, fast, naive, ...) per workload")
     args = parser.parse_args()
     user_hours = args.users * args.hours
-    print(f"{args.users:,} users x {args.hours:g} h = {user_hours:,.0f} simulated user-hours per run "
-          f"(CPU seconds: the machine is shared)")
+    print(f"{args.users:,} users x {args.hours:g} h = {user_hours:,.0f} simulated user-hours per run, "
+          f"{args.rounds} rounds of the models in turn (CPU seconds: the machine is shared)")
+    kinds = args.engines.split(",")
     for name in args.workloads.split(","):
-        results = {kind: measure(kind, name, args.users, args.hours) for kind in args.engines.split(",")}
-        base = results.get("naive")
-        print(f"\n{name}:")
-        print(f"  {'model':<6} {'requests':>11} {'cpu s':>8} {'wall s':>8} {'user-h/cpu-s':>13} {'x naive':>8} {'peak RSS MB':>12}")
-        for kind, r in results.items():
-            ratio = base["cpu_s"] / r["cpu_s"] if base else float("nan")
-            print(f"  {kind:<6} {r['requests']:>11,} {r['cpu_s']:>8.2f} {r['wall_s']:>8.2f} "
-                  f"{user_hours / r['cpu_s']:>13,.0f} {ratio:>8.2f} {r['peak_mb']:>12,.0f}")
+        runs = {kind: [] for kind in kinds}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                runs[kind].append(measure(kind, name, args.users, args.hours))
+        base = runs.get("naive")
+        print(f"\n{name}: medians over the rounds; x naive is the median of each round's ratio, [min-max]")
+        print(f"  {'model':<6} {'requests':>11} {'cpu s':>8} {'wall s':>8} {'user-h/cpu-s':>13} {'x naive':>8} "
+              f"{'range':>13} {'peak RSS MB':>12}")
+        for kind, rs in runs.items():
+            ratios = [b["cpu_s"] / r["cpu_s"] for b, r in zip(base, rs)] if base else [float("nan")]
+            cpu_s = statistics.median(r["cpu_s"] for r in rs)
+            print(f"  {kind:<6} {rs[0]['requests']:>11,} {cpu_s:>8.2f} {statistics.median(r['wall_s'] for r in rs):>8.2f} "
+                  f"{user_hours / cpu_s:>13,.0f} {statistics.median(ratios):>8.2f} "
+                  f"{f'[{min(ratios):.2f}-{max(ratios):.2f}]':>13} {max(r['peak_mb'] for r in rs):>12,.0f}")
 
 
 if __name__ == "__main__":
