@@ -632,7 +632,9 @@ class Simulation:
     def _arrive(self, arg) -> None:
         task, sent, sent_at, rtt, lost, started = arg
         now, ledger = self.now, self.ledger
-        verdict = self.server.authorize(ledger, ledger.tokens[sent.id], now, self.leeway_s)
+        # the token itself, which the ledger keeps while held (``ledger.tokens[sent.id]``): one
+        # lookup in a large table fewer a request
+        verdict = self.server.authorize(ledger, sent.token, now, self.leeway_s)
         if lost:
             done = now + max(self.timeout_s - rtt / 2, 0.0)
             outcome, response = AttemptOutcome.LOST, _LOST
