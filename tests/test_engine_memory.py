@@ -40,13 +40,16 @@ def test_rarely_used_streams_are_made_on_first_use_with_their_own_draws():
 
 
 def _made(streams) -> set:
+    """The streams ``streams`` holds (a stream made on first use sits in a slot of its name with
+    a leading underscore, None until then)."""
     made = set()
     for name in type(streams).__slots__:
         try:
-            object.__getattribute__(streams, name)
+            value = object.__getattribute__(streams, name)
         except AttributeError:
             continue
-        made.add(name)
+        if value is not None:
+            made.add(name.lstrip("_"))
     return made
 
 

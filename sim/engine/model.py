@@ -49,6 +49,9 @@ PENDING = object()
 UNAVAILABLE = RefreshOutcome.UNAVAILABLE  # the auth tier's queue timed out (HTTP 503)
 _OK, _UNAUTHORIZED, _EXPIRED, _LOST = Response(200), Response(401), Response(401, expired=True), Response(0)
 _VERDICT = {o.value: o for o in AttemptOutcome}
+# enum members as module names where the engine asks per request (see sim.strategies.client)
+_ATTEMPT_OK, _ATTEMPT_EXPIRED, _SEND = AttemptOutcome.OK, AttemptOutcome.EXPIRED, Action.SEND
+_NEVER = -math.inf  # a task's wake while it runs or waits on others
 
 
 _GC_LOCK = threading.Lock()
@@ -167,6 +170,10 @@ class Tab:
     draws: TabStreams
 
     _view: TabView | None = None
+    #: a view and, by the client's clock, until when the policy sends what it holds at once and
+    #: takes a plain 200 as done (``sends_until_s``, less a margin for rounding): asked once a view
+    _sure_view: TabView | None = None
+    _sure_until: float = -math.inf
 
     def view(self) -> TabView:
         # a view is asked for several times per request and rarely changes: reuse it
@@ -180,6 +187,7 @@ class Tab:
             refreshing = sim.client.sees_refresh(False, flight.since, sim.now)
         if v is None or v.held is not held or v.refreshing is not refreshing:
             v = self._view = TabView(held, refreshing)
+            self._sure_view = None  # (it holds no view but the current one: nor its token)
         return v
 
 
@@ -249,7 +257,7 @@ def _dismantled(visit: Visit) -> bool:
     for tab in visit.tabs:
         tab.store.held = None
         tab.flight.inflight = tab.flight.owner = None
-        tab._view = None
+        tab._view = tab._sure_view = None
     visit.jar = visit.login = None
     visit.flight.inflight = visit.flight.owner = None
     visit.tabs = []
@@ -335,9 +343,12 @@ class Simulation:
             # to sleep: no effect object to build for each of their three waits
             float: self._delay,
         }
+        #: whether the flows offer page views in bulk (:class:`~sim.strategies.flow.Views`): only
+        #: an engine whose handler may carry them out asks for them
+        self.bulk_views = False
         # the callbacks the heap holds, bound once: a bound method made per event is 48 bytes
         # for as long as the event waits (a few per user at any time)
-        self.resume, self._arrive, self._answered = self.resume, self._arrive, self._answered
+        self.resume, self.step, self._arrive, self._answered = self.resume, self.step, self._arrive, self._answered
         self._join_timeout, self._queue_timeout = self._join_timeout, self._queue_timeout
 
     # -- the loop ---------------------------------------------------------------------------
@@ -362,15 +373,18 @@ class Simulation:
             if n_tabs not in offsets:
                 offsets[n_tabs] = scenario.population.tab_offsets_s(n_tabs)
             flow = user_flow(self.client, streams, [streams.tab(i) for i in range(n_tabs)],
-                             float(arrivals[u]), p_idle, user.clock, offsets[n_tabs])
+                             float(arrivals[u]), p_idle, user.clock, offsets[n_tabs], self.bulk_views)
             self.step(Task(flow, None, user), None)
             self._users.append(user)
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
         heap, pop, end = self.heap, heapq.heappop, self.end_s
-        while heap and heap[0][0] < end:
-            t, _, fn, arg = pop(heap)
+        while heap:
+            t, _, fn, arg = entry = pop(heap)
+            if t >= end:
+                heapq.heappush(heap, entry)  # what is left stays as it was
+                break
             self.now = t
             fn(arg)
         self.now = end
@@ -413,12 +427,13 @@ class Simulation:
         self.at(now + self.FORGET_EVERY_S, self._forget, None)
 
     def resume(self, arg) -> None:
-        task, value = arg
-        task.wake = -math.inf
-        self.step(task, value)
+        self.step(*arg)
 
-    def step(self, task: Task, value) -> None:
-        """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends."""
+    def step(self, task: Task, value=None) -> None:
+        """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends.
+        A task woken with nothing to send is pushed as ``(..., self.step, task)``: one call
+        fewer than through :meth:`resume`."""
+        task.wake = _NEVER  # it runs
         stack, handlers = task.stack, self.handlers
         while True:
             try:
@@ -442,7 +457,7 @@ class Simulation:
                 waiter.awaiting -= 1
                 if not waiter.awaiting:
                     if waiter.until > self.now:
-                        self.at(waiter.until, self.resume, (waiter, None))
+                        self.at(waiter.until, self.step, waiter)
                     else:
                         self.step(waiter, None)
 
@@ -462,20 +477,21 @@ class Simulation:
         task.timer_grid = effect.timer_grid
         task.wake = self.now + effect.seconds
         if effect.seconds != math.inf:
-            self.at(task.wake, self.resume, (task, None))
+            self.at(task.wake, self.step, task)
         return PENDING
 
     def _delay(self, task, seconds):
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            heapq.heappush(self.heap, (wake, next(self._seq), self.resume, (task, None)))
+            heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
         return PENDING
 
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
-        task.wake = (task.until if task.until > self.now else self.now) + effect.seconds
-        self.at(task.wake, self.resume, (task, None))
+        now = self.now
+        task.wake = wake = (task.until if task.until > now else now) + effect.seconds
+        heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
         return PENDING
 
     def _call(self, task, effect):
@@ -523,8 +539,7 @@ class Simulation:
         child = Task(None, effect.tab if effect.tab is not None else task.tab, task.user)
         # the sub-flow goes straight onto the child's stack: no extra generator layer
         if type(inner) is Request:
-            child.cookie = inner.cookie
-            self._start_request(child)
+            self._request(child, inner)
             return child
         if type(inner) is Call:
             child.stack.append(inner.flow)
@@ -553,26 +568,30 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, task, effect):
+        """Begin a request in ``task``'s tab, presenting the effect's cookie. When the policy
+        sends the token it holds at once (:func:`~sim.strategies.flow.sends_at_once`), the engine
+        sends it itself and runs :func:`~sim.strategies.flow.request_flow` only if the answer is
+        not a plain success, so most requests cost their two network events and no generator;
+        else the flow runs now."""
         task.cookie = effect.cookie
-        return self._start_request(task)
-
-    def _views(self, task, effect):
-        return False  # every page view event by event
-
-    def _start_request(self, task):
-        """Begin a request in ``task``'s tab. When the policy sends the token it holds at once
-        (:func:`~sim.strategies.flow.sends_at_once`), the engine sends it itself and runs
-        :func:`~sim.strategies.flow.request_flow` only if the answer is not a plain success, so
-        most requests cost their two network events and no generator; else the flow runs now."""
-        tab = task.tab
-        sent = sends_at_once(self.client, tab.view(), self.now + tab.visit.user.skew_s)
+        tab, now = task.tab, self.now
+        view, clock = tab.view(), now + tab.visit.user.skew_s
+        if view is not tab._sure_view:
+            tab._sure_view, tab._sure_until = view, _below(self.client.sends_until_s(view))
+        if clock < tab._sure_until and view.held is not None:
+            sent = view.held  # what sends_at_once answers, by the policy's pure answer
+        else:
+            sent = sends_at_once(self.client, view, clock)
         if sent is None:
-            task.stack.append(self._request_flow(task, self.now, None))
+            task.stack.append(self._request_flow(task, now, None))
             if len(task.stack) == 1:  # a spawned request: its own task
                 self.step(task, None)
             return None
         task.rtt = self._transmit(task, sent, True)
         return PENDING
+
+    def _views(self, task, effect):
+        return False  # every page view event by event
 
     def _request_flow(self, task, issued, sent):
         tab = task.tab
@@ -580,28 +599,15 @@ class Simulation:
         self._requested(task, issued, ok)
         return ok
 
-    def _requested(self, task, issued, ok, plain=False) -> None:
-        """Record a request issued at ``issued``; ``plain``: it was sent once and answered ok,
-        and its attempt is counted here too (unless every record is kept)."""
-        visit, tab = task.tab.visit, task.tab
-        if plain and not self.events:
-            added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
-            i = int(issued)
-            if self._attempts_ok is not None and added_ms < 4e-7 and 0 <= i:
-                # the common case, straight into the bins: no added latency (it rounds to 0)
-                self._attempts_ok[i] += 1
-                self._requests_ok[i] += 1
-                counts = self.rec.counts
-                if counts.lo <= issued < counts.hi:
-                    counts.latency.n += 1
-                    counts.latency.zeros += 1
-                return
-            self.rec.counts.count("attempt", "ok", issued)
+    def _requested(self, task, issued, ok) -> None:
+        """Record a request issued at ``issued`` (``ok``: it succeeded)."""
         if ok:
             added_ms = (self.now - issued - task.rtt - self.api_verify_s) * 1000.0
             if added_ms < 4e-7 and not self.events:  # rounds to 0 (the common case: no delay)
                 self.rec.counts.requests_without_delay(issued, 1)
                 return
+        visit, tab = task.tab.visit, task.tab
+        if ok:
             self.rec.request(issued, max(round(added_ms, 6), 0.0), visit.user.index, tab.index, visit.session)
         else:
             self.rec.request(issued, None, visit.user.index, tab.index, visit.session)
@@ -612,10 +618,10 @@ class Simulation:
 
     def _transmit(self, task, sent, started: bool) -> float:
         """Send ``sent`` to the API: its arrival and its answer are events. ``started``: the
-        request was sent by :meth:`_start_request`, with no flow running for it yet."""
+        request was sent by :meth:`_request`, with no flow running for it yet."""
         draws = task.tab.draws
         now = self.now
-        rtt = draws.api_round_trip(now)
+        rtt = draws.api_round_trip(now) if draws.moments is not None else draws.api_rtt()
         lost = bool(self.loss_p) and draws.loss() < self.loss_p
         if self.in_order and not lost:
             user = task.tab.visit.user
@@ -625,8 +631,10 @@ class Simulation:
 
     def _arrive(self, arg) -> None:
         task, sent, sent_at, rtt, lost, started = arg
-        now = self.now
-        verdict = self.server.authorize(self.ledger, self.ledger.tokens[sent.id], now, self.leeway_s)
+        now, ledger = self.now, self.ledger
+        # the token itself, which the ledger keeps while held (``ledger.tokens[sent.id]``): one
+        # lookup in a large table fewer a request
+        verdict = self.server.authorize(ledger, sent.token, now, self.leeway_s)
         if lost:
             done = now + max(self.timeout_s - rtt / 2, 0.0)
             outcome, response = AttemptOutcome.LOST, _LOST
@@ -634,35 +642,68 @@ class Simulation:
             done = now + (rtt / 2 + self.api_verify_s)
             outcome = _VERDICT[verdict.status]
             if verdict.reissued:
-                response = Response(200 if outcome is AttemptOutcome.OK else 401, held(verdict.reissued),
-                                    outcome is AttemptOutcome.EXPIRED)
+                response = Response(200 if outcome is _ATTEMPT_OK else 401, held(verdict.reissued),
+                                    outcome is _ATTEMPT_EXPIRED)
             else:
-                response = (_OK if outcome is AttemptOutcome.OK else
-                            _EXPIRED if outcome is AttemptOutcome.EXPIRED else _UNAUTHORIZED)
+                response = (_OK if outcome is _ATTEMPT_OK else
+                            _EXPIRED if outcome is _ATTEMPT_EXPIRED else _UNAUTHORIZED)
         heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
         task, sent, sent_at, outcome, response, started = arg
         tab = task.tab
+        if started and response is _OK and not self.events:
+            # the common case first: a request the engine sent itself, answered a plain 200
+            now, view = self.now, tab.view()
+            clock = now + tab.visit.user.skew_s
+            if ((view is tab._sure_view and clock < tab._sure_until and sent is view.held)  # the policy's pure answer
+                    or answer_is_done(self.client, view, sent, response, clock)):
+                # its attempt and the request counted together: straight into the bins when it
+                # added no latency (it rounds to 0), the common case
+                attempts_ok = self._attempts_ok
+                if (attempts_ok is not None and (now - sent_at - task.rtt - self.api_verify_s) * 1000.0 < 4e-7
+                        and sent_at > -1.0):  # int(sent_at) >= 0
+                    i = int(sent_at)
+                    attempts_ok[i] += 1
+                    self._requests_ok[i] += 1
+                    counts = self.rec.counts
+                    if counts.lo <= sent_at < counts.hi:
+                        latency = counts.latency
+                        latency.n += 1
+                        latency.zeros += 1
+                else:
+                    self.rec.counts.count("attempt", "ok", sent_at)
+                    self._requested(task, sent_at, True)
+                if task.stack:
+                    self.step(task, True)  # the tab's own request: its flow goes on
+                else:
+                    self._finish(task)
+                return
+            self.rec.counts.count("attempt", outcome, sent_at)
+            self._request_takes_over(task, sent_at, sent, response)
+            return
         visit = tab.visit
         if self.events:
             self.rec.record(sent_at, "attempt", outcome, visit.user.index, tab.index, visit.session, sent.id,
                             latency_ms=(self.now - sent_at) * 1000.0)
-        elif not (started and outcome is AttemptOutcome.OK):  # else counted with its request
+        elif not (started and outcome is _ATTEMPT_OK):  # else counted with its request
             self.rec.counts.count("attempt", outcome, sent_at)
         if not started:
             self.step(task, response)
             return
         if response is _OK and answer_is_done(self.client, tab.view(), sent, response, self.now + visit.user.skew_s):
-            self._requested(task, sent_at, True, True)
+            self._requested(task, sent_at, True)  # (every record kept: its attempt is recorded above)
             if task.stack:
                 self.step(task, True)  # the tab's own request: its flow goes on
             else:
                 self._finish(task)
             return
-        # not a plain success: the request's flow takes over from its first answer
-        if outcome is AttemptOutcome.OK and not self.events:
+        if outcome is _ATTEMPT_OK and not self.events:
             self.rec.counts.count("attempt", outcome, sent_at)
+        self._request_takes_over(task, sent_at, sent, response)
+
+    def _request_takes_over(self, task, sent_at, sent, response) -> None:
+        """Not a plain success: the request's flow takes over from its first answer."""
         flow = self._request_flow(task, sent_at, sent)
         flow.send(None)  # up to the Send already carried out
         task.stack.append(flow)
@@ -952,6 +993,7 @@ class FastSimulation(Simulation):
             self.handlers[Request] = self._request_fast
             self.handlers[Spawn] = self._spawn_fast
             self.handlers[Views] = self._views
+            self.bulk_views = True
             self.handlers[Send] = self._send_fast
         else:
             self.handlers[Views] = super()._views
@@ -1134,7 +1176,7 @@ class FastSimulation(Simulation):
         task.wake = self.now + effect.seconds
         if task.wake < horizon:
             task.wake = self._timer_next(task, horizon)
-        self.at(task.wake, self.resume, (task, None))
+        self.at(task.wake, self.step, task)
         return PENDING
 
     def _send_fast(self, task, effect):
@@ -1202,7 +1244,7 @@ class FastSimulation(Simulation):
             heapq.heappush(self.heap, (wake, next(self._seq), then, call))
 
     def _call_arrive(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
         call.asked = self.now
         if self._queue_full():
@@ -1216,7 +1258,7 @@ class FastSimulation(Simulation):
     def _call_acquired(self, arg) -> None:
         call, served = arg
         if served:
-            call.task.wake = -math.inf
+            call.task.wake = _NEVER
         now = self.now
         self.rec.counts.queue_waited(call.asked, (now - call.asked) * 1000.0)
         if not served:
@@ -1228,7 +1270,7 @@ class FastSimulation(Simulation):
         self._call_wait(call, float(service_s), self._call_served)
 
     def _call_served(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         result = self.server.finish_refresh(self.ledger, call.pending, self.now)
         self.rec.busy.add(-1, self.now)
         self._release()
@@ -1242,18 +1284,18 @@ class FastSimulation(Simulation):
             self._call_wait(call, call.trip.answer_leg_s(isinstance(result, Rejection), self.now), self._call_answered)
 
     def _call_lost(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         self._call_end(call, RefreshOutcome.LOST)
 
     def _call_answered(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         if self.in_order and call.due_s > self.now:
             self._call_wait(call, call.due_s - self.now, self._call_in_order)
             return
         self._call_outcome(call)
 
     def _call_in_order(self, call: _RefreshCall) -> None:
-        call.task.wake = -math.inf
+        call.task.wake = _NEVER
         self._call_outcome(call)
 
     def _call_outcome(self, call: _RefreshCall) -> None:

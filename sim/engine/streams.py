@@ -17,7 +17,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from sim.distributions import CountUniform
+from sim.distributions import Constant, CountConstant, CountUniform
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
 
@@ -331,11 +331,69 @@ class Draws:
         self._i = i
 
 
+class _Fixed(functools.partial):
+    """The draws of a constant distribution: the same value every time, drawn from no generator
+    (numpy's ``full`` takes nothing from it), so one object serves every stream of that value
+    and kind, with no state, buffer or batch of its own. The value is what :class:`Draws` would
+    give (its floor applied the same way); the interface is :class:`Draws`'s. A draw is a call
+    of ``float(value)`` (the value itself) made by ``functools.partial`` in C: no Python frame."""
+
+    def __new__(cls, value: float):
+        fixed = super().__new__(cls, float, value)
+        fixed.value = value
+        fixed._buf = array("d", [value] * 64)
+        return fixed
+
+    def head(self) -> float:
+        return self.value
+
+    def peek(self, n: int):
+        return self.cursor(n)[0][:n]
+
+    def skip(self, n: int) -> None:
+        pass
+
+    def cursor(self, n: int = 1) -> tuple:
+        if len(self._buf) < n:
+            self._buf = array("d", [self.value] * n)
+        return self._buf, 0
+
+    def seek(self, i: int) -> None:
+        pass
+
+    def trim(self) -> None:
+        pass
+
+
+#: (id of a constant distribution, floor) -> (the distribution, its fixed stream): the
+#: distribution held, so that its identity is not reused while cached
+_FIXED: dict[tuple, tuple] = {}
+
+
+def stream(dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+    """A keyed stream of ``dist`` (:class:`Draws`), or for a constant distribution the shared
+    :class:`_Fixed` stream of its value: the same draws, without a batch to refill every few."""
+    if type(dist) not in (Constant, CountConstant):
+        return Draws(dist, key, source, floor=floor, batch=batch)
+    cached = _FIXED.get((id(dist), floor))
+    if cached is None or cached[0] is not dist:
+        # the value as a batch of Draws would hold it: numpy's, floored the same way
+        values = dist.sample(None, 1)
+        if values.dtype != _FLOAT:
+            values = values.astype(_FLOAT)
+        if floor is not None:
+            np.maximum(values, floor, out=values)
+        if len(_FIXED) >= 256:  # scenarios come and go in a long process
+            _FIXED.clear()
+        cached = _FIXED[id(dist), floor] = (dist, _Fixed(array("d", values.tobytes())[0]))
+    return cached[1]
+
+
 class TabStreams:
     """The draws one tab takes, each from its own stream: what the user does in it and the
     round trips (and losses) of its API requests."""
 
-    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "loss", "moments", "_rtt", "_key")
+    __slots__ = ("think", "burst", "idle_coin", "idle_gap", "api_rtt", "_loss", "moments", "_rtt", "_key")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int, tab: int):
         pop, work, net = scenario.population, scenario.workload, scenario.network
@@ -345,12 +403,13 @@ class TabStreams:
         # taken (with a million users, a whole batch of every tab's streams is most of the
         # engine's memory): the busiest streams take batches of about four minutes of a busy
         # tab (a refill of a few µs every 8 page views), a rare one a few at a time
-        self.think = Draws(work.think_time, key, Source.THINK, batch=8)
-        self.burst = Draws(work.burst_size, key, Source.BURST, floor=1, batch=8)
+        self.think = stream(work.think_time, key, Source.THINK, batch=8)
+        self.burst = stream(work.burst_size, key, Source.BURST, floor=1, batch=8)
         self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8)
-        self.idle_gap = Draws(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
-        self.api_rtt = Draws(net.rtt, key, Source.API_LATENCY, batch=16)
-        # ``loss`` is made when first asked for (:meth:`__getattr__`): most runs lose nothing
+        self.idle_gap = stream(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
+        self.api_rtt = stream(net.rtt, key, Source.API_LATENCY, batch=16)
+        # ``loss`` is made when first asked for: most runs lose nothing
+        self._loss: Draws | None = None
         self._key = key
         #: the run's :class:`HostState` when round trips are correlated (set by its UserStreams);
         #: ``api_rtt`` then draws each call's own standard normal factor
@@ -359,13 +418,15 @@ class TabStreams:
         if net.rtt_correlation > 0:
             self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=16)
 
-    def __getattr__(self, name: str):
-        # called only for a slot not yet set: a stream that is rarely drawn from costs nothing
-        # until its first use (with a million users, an unused stream object is 100 MB)
-        if name == "loss":
-            self.loss = draws = Draws(None, self._key, Source.LOSS, floor=None, batch=128)
-            return draws
-        raise AttributeError(name)
+    # made at its first use: a stream that is rarely drawn from costs nothing until then (with
+    # a million users, an unused stream object is 100 MB). A property, not ``__getattr__``: a
+    # class with ``__getattr__`` pays its hook on every attribute read, the busy streams' too
+    @property
+    def loss(self) -> Draws:
+        draws = self._loss
+        if draws is None:
+            draws = self._loss = Draws(None, self._key, Source.LOSS, floor=None, batch=128)
+        return draws
 
     def trim(self) -> None:
         """Let go of the draws already taken (:meth:`Draws.trim`): for a tab whose visit ended,
@@ -520,7 +581,7 @@ class UserStreams:
     the user's index, so a user draws the same numbers whichever other users share its run (or
     its auth-tier instance)."""
 
-    __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "auth_loss", "backoff", "_tabs", "_key",
+    __slots__ = ("visit_length", "away", "auth_rtt", "auth_rtt_refused", "_auth_loss", "_backoff", "_tabs", "_key",
                  "_scenario", "_service", "_jitter", "moments", "_wake", "_answer_legs")
 
     def __init__(self, scenario: Scenario, seed: int, replication: int, user: int):
@@ -534,7 +595,7 @@ class UserStreams:
             self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8)
             self.auth_rtt_refused = None
         elif net.auth_rtt_refused is None:
-            self.auth_rtt = Draws(granted, key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt = stream(granted, key, Source.AUTH_LATENCY, batch=8)
             self.auth_rtt_refused = None
         else:
             # two views of one stream of uniforms, taken in step (see auth_round_trips): the n-th
@@ -545,10 +606,12 @@ class UserStreams:
         self._answer_legs = (None if net.auth_legs == "one_draw" else
                              Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
                                    floor=None, batch=8))
-        # ``auth_loss`` and ``backoff`` are made when first asked for (:meth:`__getattr__`)
+        # ``auth_loss`` and ``backoff`` are made when first asked for (see TabStreams.loss)
+        self._auth_loss: Draws | None = None
+        self._backoff: Draws | None = None
         # one draw a visit: a few at a time
-        self.visit_length = Draws(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
-        self.away = Draws(pop.away, key, Source.AWAY, batch=4) if pop.away else None
+        self.visit_length = stream(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
+        self.away = stream(pop.away, key, Source.AWAY, batch=4) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = key  # shared with its streams
         self._scenario = scenario
@@ -556,13 +619,18 @@ class UserStreams:
         self._jitter: Draws | None = None
         self._wake: Draws | None = None
 
-    def __getattr__(self, name: str):
-        # called only for a slot not yet set (see :meth:`TabStreams.__getattr__`)
-        source = {"auth_loss": Source.AUTH_LOSS, "backoff": Source.BACKOFF}.get(name)
-        if source is None:
-            raise AttributeError(name)
-        draws = Draws(None, self._key, source, floor=None, batch=8)
-        setattr(self, name, draws)
+    @property
+    def auth_loss(self) -> Draws:
+        draws = self._auth_loss
+        if draws is None:
+            draws = self._auth_loss = Draws(None, self._key, Source.AUTH_LOSS, floor=None, batch=8)
+        return draws
+
+    @property
+    def backoff(self) -> Draws:
+        draws = self._backoff
+        if draws is None:
+            draws = self._backoff = Draws(None, self._key, Source.BACKOFF, floor=None, batch=8)
         return draws
 
     @property
@@ -614,7 +682,7 @@ class UserStreams:
             streams = self._service = {}
         draws = streams.get(part)
         if draws is None:
-            draws = streams[part] = Draws(getattr(self._scenario.auth, part), self._key,
+            draws = streams[part] = stream(getattr(self._scenario.auth, part), self._key,
                                           SERVICE_SOURCES[part], batch=8)
         return draws()
 

@@ -36,6 +36,12 @@ class Action(StrEnum):
     NOTHING = "nothing"  # (timer) no renewal needed
 
 
+# members bound to module names for the hooks below, which run for every request: in Python 3.11
+# an attribute of an Enum class is found through ``EnumType.__getattr__``'s hook, ten times
+# slower than a global
+_SEND, _DONE, _NOTHING, _REFRESH, _WAIT = Action.SEND, Action.DONE, Action.NOTHING, Action.REFRESH, Action.WAIT
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """What a client knows of the access token it holds: an opaque id and the ``exp`` claim
@@ -200,7 +206,7 @@ class ClientPolicy(Model):
         """(Server-rendered pages) a page request is about to leave the browser: REFRESH or WAIT
         when ``page_refresh`` says the browser renews first, else NOTHING."""
         if self.page_refresh_s is None or (tab.held is not None and not self.due(tab.held, now, self.page_refresh_s)):
-            return Action.NOTHING
+            return _NOTHING
         return self.renew(tab)
 
     def pages_until_s(self, tab: TabView) -> float:
@@ -276,7 +282,7 @@ class ClientPolicy(Model):
 
     def before_send(self, tab: TabView, now: float) -> Action:
         """About to send a request. ``now`` is the client's clock. Returns SEND, REFRESH or WAIT."""
-        return self.renew(tab) if tab.held is None else Action.SEND
+        return self.renew(tab) if tab.held is None else _SEND
 
     def sends_until_s(self, tab: TabView) -> float:
         """Until when, by the client's clock, :meth:`before_send` keeps answering SEND and
@@ -290,7 +296,7 @@ class ClientPolicy(Model):
         """An attempt (1 = first send) with token ``sent`` got ``response``. Returns DONE or ADOPT
         on success; REFRESH, WAIT or RETRY to resend; LOGIN or FAIL to give up."""
         if response.status == 200:
-            return Action.DONE
+            return _DONE
         if attempt > self.max_retries:
             return Action.FAIL
         if response.status != 401:
@@ -307,11 +313,11 @@ class ClientPolicy(Model):
 
     def on_timer(self, tab: TabView, now: float) -> Action:
         """A timer tick (only when :attr:`timer_interval_s` is set). Returns NOTHING, REFRESH or WAIT."""
-        return Action.NOTHING
+        return _NOTHING
 
     def renew(self, tab: TabView) -> Action:
         """A renewal is needed: join the one in flight if single-flight allows, else start one."""
-        return Action.WAIT if self.single_flight and tab.refreshing else Action.REFRESH
+        return _WAIT if self.single_flight and tab.refreshing else _REFRESH
 
     def remaining_s(self, held: Held, now: float) -> float:
         """Seconds of validity left by the client's own clock (whole seconds when
@@ -346,7 +352,7 @@ class ProactiveClient(ClientPolicy):
     def before_send(self, tab, now):
         if tab.held is None or self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
-        return Action.SEND
+        return _SEND
 
     def sends_until_s(self, tab):
         if tab.held is None:
@@ -408,7 +414,7 @@ class TimerClient(ClientPolicy):
     def on_timer(self, tab, now):
         if tab.held is not None and self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
-        return Action.NOTHING
+        return _NOTHING
 
     def sends_until_s(self, tab):
         return math.inf if tab.held is not None else -math.inf
@@ -423,14 +429,14 @@ class SlidingClient(ClientPolicy):
     trigger: Literal["sliding"] = "sliding"
 
     def before_send(self, tab, now):
-        return Action.SEND if tab.held is not None else Action.LOGIN
+        return _SEND if tab.held is not None else Action.LOGIN
 
     def sends_until_s(self, tab):
         return math.inf if tab.held is not None else -math.inf
 
     def on_response(self, tab, sent, response, attempt, now):
         if response.status == 200:
-            return Action.ADOPT if response.reissued is not None else Action.DONE
+            return Action.ADOPT if response.reissued is not None else _DONE
         if response.status == 401:
             return Action.LOGIN
         return Action.RETRY if attempt <= self.max_retries else Action.FAIL

@@ -115,7 +115,7 @@ class Sleep:
     timer_grid: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a tab yields one per page view, and a frozen one costs twice as much to make
 class Pause:
     seconds: float
 
@@ -274,6 +274,8 @@ class TabDraws(Protocol):
 
 
 RENEW = (Action.REFRESH, Action.WAIT)
+# members bound to module names where a flow or helper asks per request (see sim.strategies.client)
+_SEND, _DONE, _ADOPT = Action.SEND, Action.DONE, Action.ADOPT
 _REQUEST = Request()
 _SPAWN_REQUEST = Spawn(_REQUEST)
 _COOKIES = Cookies()
@@ -298,28 +300,29 @@ def basis_of(view: TabView) -> Any:
 
 
 def user_flow(policy: ClientPolicy, draws: UserDraws, tab_draws: list[TabDraws], arrival_s: float,
-              idle_probability: float, clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
+              idle_probability: float, clock: Callable[[], float], tab_offsets_s: Sequence[float] = (),
+              bulk: bool = True) -> Flow:
     """A user: arrives after ``arrival_s``, then visits (each visit as long as a ``visit_length``
     draw, forever when there is none), away for an ``away`` draw between visits; never returns
     when there is no ``away``. ``tab_draws``: one set of draws per tab (its length is the number
     of tabs). ``clock()`` is the driver's clock (scenario seconds); ``tab_offsets_s``: see
-    :func:`visit_flow`."""
+    :func:`visit_flow`; ``bulk``: see :func:`tab_flow`."""
     yield Sleep(arrival_s)
     while True:
         length = draws.visit_length() if draws.visit_length is not None else math.inf
-        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_offsets_s))
+        yield Call(visit_flow(policy, tab_draws, length, idle_probability, clock, tab_offsets_s, bulk))
         if draws.away is None:
             return
         yield Sleep(draws.away())
 
 
 def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float, idle_probability: float,
-               clock: Callable[[], float], tab_offsets_s: Sequence[float] = ()) -> Flow:
+               clock: Callable[[], float], tab_offsets_s: Sequence[float] = (), bulk: bool = True) -> Flow:
     """One visit: open the tabs, log in from the first, run every tab (and its timer when the
     policy has one) until ``length_s`` after the visit began, then leave. Tab ``i`` starts
     ``tab_offsets_s[i]`` after the first (0 beyond the sequence): its page views and its
     timer's phase; the last tab is in front, the others are hidden (their timers run on the
-    policy's wake-up grid)."""
+    policy's wake-up grid). ``bulk``: see :func:`tab_flow`."""
     started = clock()
     visit = yield Open(len(tab_draws))
     first = visit.tabs[0]
@@ -339,7 +342,7 @@ def visit_flow(policy: ClientPolicy, tab_draws: list[TabDraws], length_s: float,
     for i, (tab, draws) in enumerate(zip(visit.tabs, tab_draws)):
         delay = tab_offsets_s[i] if i < len(tab_offsets_s) else 0.0
         views = tab_flow(draws, idle_probability, visit, policy.render == "server",
-                         page_renewal(policy, tab.view, clock) if policy.page_refresh_s is not None else None)
+                         page_renewal(policy, tab.view, clock) if policy.page_refresh_s is not None else None, bulk)
         yield Spawn(Call(_after(delay, views) if delay > 0 else views), tab)
         if policy.timer_interval_s is not None:
             timer = timer_flow(policy, tab.view, visit, clock, started + delay, grid if i != last else None)
@@ -366,7 +369,7 @@ def page_renewal(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
 
 
 def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, server_render: bool = False,
-             before_page: Callable[[], Flow | None] | None = None) -> Flow:
+             before_page: Callable[[], Flow | None] | None = None, bulk: bool = True) -> Flow:
     """A tab: page views until the visit is over. A page view is a burst of parallel requests;
     after it the user thinks, and now and then (``idle_probability``) first stops for an idle gap.
 
@@ -376,23 +379,29 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
     (:class:`Cookies`) — and renews with that snapshot on its own, whatever the jar holds by then;
     their answers' ``Set-Cookie`` reach the browser's one jar (``policy.jar_writes``).
     ``before_page``: returns a renewal the browser carries out before the page leaves, or None
-    (:func:`page_renewal`)."""
-    views = Views(draws, idle_probability)
+    (:func:`page_renewal`). ``bulk``: offer the driver the page views in bulk (:class:`Views`);
+    a driver that never carries them out that way passes False and is not asked."""
+    views = Views(draws, idle_probability) if bulk else None
+    request, spawn = _REQUEST, _SPAWN_REQUEST
     while not visit.over:
-        if (yield views):
+        if views is not None and (yield views):
             continue
         n = int(draws.burst())
-        renewal = before_page() if before_page is not None else None
-        if renewal is not None:
-            yield Call(renewal)
-        request = Request((yield _COOKIES)) if server_render else _REQUEST
-        spawn = Spawn(request) if server_render else _SPAWN_REQUEST
-        others = []
-        for _ in range(n - 1):
-            others.append((yield spawn))
-        yield request
-        if others:
+        if before_page is not None:
+            renewal = before_page()
+            if renewal is not None:
+                yield Call(renewal)
+        if server_render:
+            request = Request((yield _COOKIES))
+            spawn = Spawn(request)
+        if n > 1:
+            others = []
+            for _ in range(n - 1):
+                others.append((yield spawn))
+            yield request
             yield Await(tuple(others))
+        else:
+            yield request
         pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
         yield Pause(pause + draws.think())
 
@@ -544,9 +553,9 @@ def request_flow(policy: ClientPolicy, tab: Callable[[], TabView], clock: Callab
         action = policy.on_response(tab(), sent, response, attempt, clock())
         basis = sent.id  # a renewal after an answer is about the token that drew it
         lapsed = response.status == 401 and response.expired
-        if action is Action.ADOPT:
+        if action is _ADOPT:
             yield Adopt(response.reissued)
-        if action in (Action.DONE, Action.ADOPT):
+        if action is _DONE or action is _ADOPT:
             return True
         sent = None
 
@@ -556,7 +565,7 @@ def sends_at_once(policy: ClientPolicy, view: TabView, now: float) -> Held | Non
     first when the policy says SEND), or None when the request must first renew, wait or give up.
     A driver that sends it itself hands it to :func:`request_flow` as ``sent`` if the answer
     needs the flow."""
-    if view.held is None or policy.before_send(view, now) is not Action.SEND:
+    if view.held is None or policy.before_send(view, now) is not _SEND:
         return None
     return view.held
 
@@ -565,7 +574,7 @@ def answer_is_done(policy: ClientPolicy, view: TabView, sent: Held, response: An
     """Whether the first answer ``response`` to ``sent`` ends the request with nothing more to
     do (the policy says DONE): a driver may then count it a success without running
     :func:`request_flow`."""
-    return policy.on_response(view, sent, response, 1, now) is Action.DONE
+    return policy.on_response(view, sent, response, 1, now) is _DONE
 
 
 def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[], TabView],

@@ -92,12 +92,20 @@ class ServerPolicy(Model):
         """Check an access token at the moment the API processes the request.
 
         Invalid when its session's access tokens were revoked (a logout, or a reuse revocation
-        that covers access tokens); expired means ``now > exp + leeway`` (PyJWT's rule)."""
+        that covers access tokens); expired means ``now > exp + leeway`` (PyJWT's rule). An
+        accepted token minted with a pair (:attr:`~sim.strategies.ledger.Token.pair`) goes to
+        :meth:`_accepted`."""
         if token.revoked or ledger.sessions[token.session].access_revoked:
             return INVALID
         if now > token.expires_at_s + leeway_s:
             return EXPIRED
+        if token.pair is not None:
+            self._accepted(ledger, token)
         return OK
+
+    def _accepted(self, ledger: Ledger, token: Token) -> None:
+        """:meth:`authorize` accepted ``token``, an access token minted with a pair (a
+        deferred-commit server's: it commits here)."""
 
     def logout(self, ledger: Ledger, token: Token, now: float) -> None:
         """The user logged out with ``token`` (any of the session's tokens): the session is
@@ -261,11 +269,9 @@ class DualTokenServer(ServerPolicy):
         session.current_refresh = refresh.id
         return Grant(access, refresh)
 
-    def authorize(self, ledger, token, now, leeway_s=0.0):
-        verdict = super().authorize(ledger, token, now, leeway_s)
-        if verdict is OK and self._commits(ledger, token):
+    def _accepted(self, ledger, token):
+        if self._commits(ledger, token):
             ledger.session_of(token).current_refresh = token.pair  # its pair's first use
-        return verdict
 
     def _commits(self, ledger: Ledger, token: Token) -> bool:
         """Whether accepting ``token`` (an access token) commits the refresh token minted with
