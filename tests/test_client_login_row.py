@@ -23,10 +23,10 @@ class HeldLogin:
 
     def __init__(self) -> None:
         self.release = Event()
-        self.logins = 0
+        self.asked = Event()  # set when a login reaches the transport
 
     def login(self, index: int) -> Reply:
-        self.logins += 1
+        self.asked.set()
         self.release.wait()
         return Reply(200, {"access_token": "a1", "refresh_token": "r1", "expires_in": 10}, received_unix_s=time.time())
 
@@ -41,8 +41,7 @@ def test_a_login_row_keeps_its_start_the_session_it_leaves_and_its_length(tmp_pa
     tab = visit.tabs[0]
     began_s = clock.now_s()
     login = gevent.spawn(driver.login, tab, forced=True)
-    while transport.logins == 0:  # the login is under way: its row is not kept yet
-        gevent.sleep(0)
+    assert transport.asked.wait(timeout=5)  # the login is under way: its row is not kept yet
     seen_s = clock.now_s()
     assert not [row for row in sink.rows if row[4] == "login"]
     held = time.perf_counter()
