@@ -115,7 +115,7 @@ class Sleep:
     timer_grid: float | None = None
 
 
-@dataclass(slots=True)  # not frozen: a tab yields one per page view, and a frozen one costs twice as much to make
+@dataclass(slots=True)  # not frozen: a tab yields the same one after every page view, its length set anew
 class Pause:
     seconds: float
 
@@ -383,6 +383,7 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
     a driver that never carries them out that way passes False and is not asked."""
     views = Views(draws, idle_probability) if bulk else None
     request, spawn = _REQUEST, _SPAWN_REQUEST
+    pause = Pause(0.0)  # one a tab, read by the driver as it is yielded: none to make per page view
     while not visit.over:
         if views is not None and (yield views):
             continue
@@ -402,8 +403,9 @@ def tab_flow(draws: TabDraws, idle_probability: float, visit: VisitHandle, serve
             yield Await(tuple(others))
         else:
             yield request
-        pause = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
-        yield Pause(pause + draws.think())
+        idle_s = draws.idle_gap() if idle_probability and draws.idle_coin() < idle_probability else 0.0
+        pause.seconds = idle_s + draws.think()
+        yield pause
 
 
 def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizon_s: float, end_s: float,
