@@ -111,7 +111,9 @@ same script, the same load):
       policy call for a stale read with no write (load
       1.7-1.9)
 
-    fast engine CPU (median) 3.44 -> 2.91 s on baseline. Counted instructions (valgrind, 200
+    (both lines of this row measured on the code before the streams row above, which came in
+    at the same time: each row's before is its own). Fast engine CPU (median) 3.44 -> 2.91 s
+    on baseline. Counted instructions (valgrind, 200
     users, the whole process, run as is less run with 2-hour access tokens, which renew nothing,
     over its 1,639 refresh calls): 331,000 -> 303,000 per refresh call (-8%; at 200 users the
     ledger never holds enough tokens for a forget pass, whose cheaper walk the 2,000-user CPU
