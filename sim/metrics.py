@@ -476,7 +476,8 @@ class Level:
             edge = min(i + 1.0, now)
             self.bins[i] += self.level * (edge - t)
             t = edge
-        self._t = max(self._t, now)
+        if now > self._t:  # (what max() keeps)
+            self._t = now
         self.level += delta
 
 

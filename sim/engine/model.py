@@ -20,6 +20,7 @@ numbers from the same streams and records the same counts, so its results are id
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import heapq
 import itertools
@@ -415,8 +416,7 @@ class Simulation:
                 # a visit's end reads its session's newest access token (its exposure) until it expires
                 return token.expires_at_s > now and sessions[token.session].newest_access == token.id
 
-            server = self.server
-            gone = ledger.forget_unreachable(held, lambda token: server.looked_up_from(ledger, token))
+            gone = ledger.forget_unreachable(held, functools.partial(self.server.looked_up_from, ledger))
             # a session is read through its tokens, and by a visit (or a device remembering it)
             # naming it, whose end reads it and whose forced login records it
             named = {visit.session for visit in self._open_visits}
@@ -987,7 +987,10 @@ class FastSimulation(Simulation):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._answer_plain = self._answer_plain  # bound once (see Simulation.__init__)
+        # bound once (see Simulation.__init__)
+        self._answer_plain, self._call_arrive, self._call_served = self._answer_plain, self._call_arrive, self._call_served
+        self._call_answered, self._call_lost, self._call_in_order = self._call_answered, self._call_lost, self._call_in_order
+        self._call_acquired = self._call_acquired
         # correlated round trips depend on what else of the user's is in flight: event by event
         if not self.events and not self.scenario.network.rtt_correlation and not self.scenario.network.in_order:
             self.handlers[Request] = self._request_fast
@@ -1213,7 +1216,8 @@ class FastSimulation(Simulation):
         tab = task.tab
         visit = tab.visit
         cookie = effect.cookie
-        stale = self.client.unseen(visit.written, tab, self.now) if cookie is LIVE else None
+        # (no stale read to ask the policy about without a write: unseen(None, ...) is None)
+        stale = self.client.unseen(visit.written, tab, self.now) if cookie is LIVE and visit.written is not None else None
         token = (visit.jar if stale is None else stale.refresh_before) if cookie is LIVE else cookie
         if visit.login is not None or token is None:  # waits for a login, or signed out: as the exact engine
             return self._refresh(task, effect)
@@ -1231,8 +1235,7 @@ class FastSimulation(Simulation):
         call.sent_at = now
         call.due_s = user.answers_due_s
         call.lost = bool(self.loss_p) and user.streams.auth_loss() < self.loss_p
-        self.rec.record(now, "refresh_start", user=user.index, tab=tab.index, session=visit.session,
-                        token=token.id, basis=effect.basis)
+        self.rec.record(now, "refresh_start", "", user.index, tab.index, visit.session, token.id, effect.basis)
         self._call_wait(call, trip.request_leg_s, self._call_arrive)
         return PENDING
 
@@ -1247,7 +1250,7 @@ class FastSimulation(Simulation):
         call.task.wake = _NEVER
         call.pending = self.service.refresh_s(call.task.user.streams.service)  # the service time, until served
         call.asked = self.now
-        if self._queue_full():
+        if self.queue_limit is not None and self._queue_full():
             self._call_answer(call, UNAVAILABLE)  # the queue is full: shed at once
         elif self.workers_free:
             self.workers_free -= 1
@@ -1313,12 +1316,14 @@ class FastSimulation(Simulation):
             visit.written = self.client.store_write(now, tab, tab.store.held, visit.jar)
             tab.store.held = held(result.access)
             visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
-            self._drop(visit, dropped)
+            if dropped is not None:
+                self._drop(visit, dropped)
         if self.client.releases_lock(outcome):
             flight, done = tab.flight, call.done
             if flight.inflight is done:
                 flight.inflight = None
-            self._fire(done, outcome == RefreshOutcome.OK)
+            if done.waiters:
+                self._fire(done, outcome == RefreshOutcome.OK)
         self.step(call.task, outcome)
 
     def _answer_plain(self, arg) -> None:

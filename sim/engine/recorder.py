@@ -10,6 +10,8 @@ from sim.metrics import EVENT_COLUMNS, WATCHED_EVENTS, Counts, Divergence, Level
 from sim.strategies.ledger import LedgerObserver, Session, Token
 
 _WATCHED = WATCHED_EVENTS
+#: a mint's outcome by (kind, cause, duplicate): made once, not per mint
+_MINT_OUTCOMES: dict[tuple, str] = {}
 _ROW = ["t_s", "event", "outcome", "user", "tab", "session", "token", "basis", "latency_ms"]
 
 
@@ -53,15 +55,22 @@ class Recorder(LedgerObserver):
                               math.nan if added_ms is None else added_ms))
 
     def on_mint(self, token: Token, *, cause: str, duplicate: bool, now: float) -> None:
-        outcome = f"{token.kind}_{cause}" + ("_duplicate" if duplicate else "")
-        self.record(now, "mint", outcome, session=token.session, token=token.id, basis=token.basis)
+        key = (token.kind, cause, duplicate)
+        outcome = _MINT_OUTCOMES.get(key)
+        if outcome is None:
+            outcome = _MINT_OUTCOMES[key] = f"{token.kind}_{cause}" + ("_duplicate" if duplicate else "")
+        if self.rows is None:
+            self.counts.count("mint", outcome, now)  # all record() does with a mint when no rows are kept
+        else:
+            self.record(now, "mint", outcome, session=token.session, token=token.id, basis=token.basis)
         if token.kind == "access":
             # valid from issue to expiry (cut at the run's end); one expiring as another is
             # issued does not overlap it
             valid = [e for e in self._valid.get(token.session, ()) if e > now]
             valid.append(min(token.expires_at_s, self.end_s))
             self._valid[token.session] = valid
-            self.valid_max = max(self.valid_max, len(valid))
+            if len(valid) > self.valid_max:
+                self.valid_max = len(valid)
 
     def on_reuse(self, token: Token, *, outcome: str, now: float) -> None:
         self.record(now, outcome, session=token.session, token=token.id)

@@ -99,6 +99,9 @@ _HASHER = hashlib.blake2b(digest_size=32, person=b"refreshlab")
 
 _NO_UINT32 = bytes(8)
 
+#: the longest batch of whole numbers the lender draws itself (:meth:`_Lender.integers`)
+_LEMIRE_MOST = 24
+
 
 class _Lender:
     """One PCG64 bit generator that keyed streams borrow to draw a batch: a stream's state goes
@@ -150,9 +153,12 @@ class _Lender:
         of draw × (range + 1), and a draw whose low word falls under ``(2**32 - range - 1) %
         (range + 1)`` is drawn again. Done here over the whole batch from the raw 64-bit draws;
         None (numpy's call) when a draw would be drawn again (about one batch in a hundred
-        million for small ranges) or the range does not fit."""
+        million for small ranges), the range does not fit, or the batch is longer than
+        :data:`_LEMIRE_MOST` (Python's arithmetic costs a third of a microsecond a number,
+        numpy's call about nine microseconds whatever the batch: measured, it is the faster from
+        about thirty numbers on)."""
         span = high - low
-        if self._core is None or not 0 < span < 0xFFFFFFFF or n < 1:
+        if self._core is None or not 0 < span < 0xFFFFFFFF or not 0 < n <= _LEMIRE_MOST:
             return None
         waiting = state[32:36] != _NO_UINT32[:4]
         self.put(state)
@@ -203,21 +209,92 @@ def _lender() -> _Lender:
 _KINDS: dict[tuple, tuple] = {}
 
 
-def _kind(sample, source: int, floor: float | None, batch: int) -> tuple:
-    """(sample, source, floor, batch): one tuple for every stream with these (the distribution
-    told apart by identity; a kind holds it, so its identity is not reused while cached)."""
-    key = (id(sample), source, floor, batch)
+def _kind(sample, source: int, floor: float | None, batch: int, cap: int) -> tuple:
+    """(sample, source, floor, batch, cap, fill): one tuple for every stream with these (the
+    distribution told apart by identity; a kind holds it, so its identity is not reused while
+    cached), with its :func:`_filler` decided once."""
+    key = (id(sample), source, floor, batch, cap)
     kind = _KINDS.get(key)
     if kind is None:
         if len(_KINDS) >= 4096:  # scenarios come and go in a long process (a sweep, the tests)
             _KINDS.clear()
-        kind = _KINDS[key] = (sample, source, floor, batch)
+        kind = _KINDS[key] = (sample, source, floor, batch, max(cap, batch), _filler(sample, floor))
     return kind
+
+
+def _filler(sample, floor: float | None):
+    """``fill(lender, state, n)``: ``n`` draws of ``sample`` from the packed ``state``, floored at
+    ``floor``, and the state after — the draws as a list of numbers or as packed doubles. What
+    can be decided once for every stream of a kind is decided here, not at each batch."""
+    numpy_fill = _numpy_filler(sample, floor)
+    if type(sample) is not CountUniform or sample.high == sample.low:
+        return numpy_fill
+    low, high = sample.low, sample.high
+    # whole numbers at least ``low`` need no floor at or under it
+    below = floor is not None and floor > low
+
+    def fill(lender: _Lender, state: bytes, n: int):
+        drawn = lender.integers(state, low, high, n)
+        if drawn is None:
+            return numpy_fill(lender, state, n)
+        values, after = drawn
+        return after, ([v if v > floor else floor for v in values] if below else values)
+
+    return fill
+
+
+def _numpy_filler(sample, floor: float | None):
+    """:func:`_filler` by numpy's own call."""
+    # a draw that cannot be negative needs no floor at 0
+    clip = floor is not None and not (floor == 0.0 and getattr(sample, "never_negative", False))
+    draw = sample.sample
+
+    def fill(lender: _Lender, state: bytes, n: int):
+        lender.put(state)
+        values = draw(lender.gen, n)
+        after = lender.take()
+        if values.dtype != _FLOAT:
+            values = values.astype(_FLOAT)
+        if clip:
+            np.maximum(values, floor, out=values)
+        return after, values.tobytes()
+
+    return fill
+
+
+#: the bytes a run's streams may hold in draws, taken or not (a stream's whole last batch stays
+#: in its buffer until the next): with every stream at its cap, they hold about this much. A
+#: run of 100,000 users of the baseline holds about 40 MB of draws in batches of 4 to 16, and its
+#: comparison (two processes) peaks near 1.8 GB of its 2 GB: this leaves room for the rest
+PENDING_BUDGET_BYTES = 96 * 2**20
+#: the longest batch: its fixed cost (a few microseconds) is then under the draws' own
+_MOST_BATCH = 256
+# the streams a run keeps per tab (think times, burst sizes, idle coins and gaps, round trips)
+# and per user (visit lengths, time away, the auth tier's round trips, their answer legs or a
+# timer's offsets; constant distributions have no stream, a lossy network one more per tab)
+_STREAMS_PER_TAB, _STREAMS_PER_USER = 5, 4
+
+
+def batch_cap(scenario: Scenario) -> int:
+    """The longest batch a stream of a run of ``scenario`` takes: :data:`PENDING_BUDGET_BYTES`
+    shared by its streams, at most :data:`_MOST_BATCH` (a stream's first batch is never cut:
+    a million users keep today's small ones)."""
+    pop = scenario.population
+    return _batch_cap(pop.users, pop.tabs.mean)
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_cap(users: int, tabs: float) -> int:
+    streams = users * (_STREAMS_PER_TAB * max(tabs, 1.0) + _STREAMS_PER_USER)
+    return min(int(PENDING_BUDGET_BYTES / (8 * max(streams, 1))), _MOST_BATCH)
 
 
 #: words (8 bytes each) at the start of a stream's buffer that hold its packed state (40 bytes,
 #: :class:`_Lender`), before the draws: one object a stream instead of two
 _HEAD = 5
+
+#: a batch is this many times what the stream's buffer held before it (up to the stream's cap)
+_GROWTH = 4
 
 
 class Draws:
@@ -228,27 +305,30 @@ class Draws:
     the next). A batch waits as packed doubles (8 bytes a draw, not a Python float's 32): with
     a million users, the draws not yet taken are most of the engine's memory.
 
+    A batch costs about as much to set up as a few dozen draws, so a stream that is drawn from
+    often should take large ones; one that is drawn from a few times an hour should not hold
+    hundreds of draws it never takes. So the first batch is ``batch`` draws, and each next one
+    four times what the buffer held (:data:`_GROWTH`), up to ``cap`` (:func:`batch_cap` sets it from
+    the run's population, so that the draws waiting in a run fit a memory budget): a busy
+    stream soon refills once every ``cap`` draws, a rare one holds a few. A stream trimmed
+    (:meth:`trim`) grows again from what it still holds.
+
     The buffer starts with the stream's packed state (:data:`_HEAD` words, copied as bytes,
     never read as numbers), then the draws; the next draw is at index ``_i``, never before the
     state. Before the first draw the buffer is empty."""
 
     __slots__ = ("_kind", "_key", "_buf", "_i")
 
-    def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+    def __init__(self, dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64,
+                 cap: int = 0):
         # the stream is (seed, *key, source) (:func:`stream_state`), made at the first draw;
         # ``key`` is shared by the streams of a user or tab, and what every user's stream of one
-        # source has in common (distribution, source, floor, batch size) by all of them: an
+        # source has in common (distribution, source, floor, batch sizes) by all of them: an
         # object holds only what is its own (a million users have millions of streams)
-        self._kind = _kind(dist if dist is not None else _UNIFORM, int(source), floor, batch)
+        self._kind = _kind(dist if dist is not None else _UNIFORM, int(source), floor, batch, cap)
         self._key = key
         self._buf = _EMPTY
         self._i = 0
-
-    # what the stream shares with every stream of its kind (read when a batch is drawn)
-    _sample = property(lambda self: self._kind[0])
-    _source = property(lambda self: self._kind[1])
-    _floor = property(lambda self: self._kind[2])
-    _batch = property(lambda self: self._kind[3])
 
     @property
     def _state(self) -> bytes | None:
@@ -256,31 +336,21 @@ class Draws:
         return self._buf[:_HEAD].tobytes() if len(self._buf) else None
 
     def _refill(self) -> None:
+        _, source, _, batch, cap, fill = self._kind
         buf, i = self._buf, self._i
-        state = buf[:_HEAD].tobytes() if len(buf) else _initial_state((*self._key, self._source))
-        lender = _lender()
-        sample, floor = self._sample, self._floor
-        drawn = (lender.integers(state, sample.low, sample.high, self._batch) if type(sample) is CountUniform
-                 else None)
-        if drawn is None:
-            lender.put(state)
-            values = sample.sample(lender.gen, self._batch)
-            after = lender.take()
-            if values.dtype != _FLOAT:
-                values = values.astype(_FLOAT)
-            if floor is not None and not (floor == 0.0 and getattr(sample, "never_negative", False)):
-                np.maximum(values, floor, out=values)
+        if len(buf):
+            state = buf[:_HEAD].tobytes()
+            batch = min(max(batch, _GROWTH * (len(buf) - _HEAD)), cap)
         else:
-            values, after = drawn
-            if floor is not None:
-                values = [v if v > floor else floor for v in values]
+            state = _initial_state((*self._key, source))
+        after, values = fill(_lender(), state, batch)
         # the new state, the draws not taken yet, the new ones; an array grown in place keeps
         # room for more (up to 7 words, a sixteenth beyond), a slice of it is its exact size
         fresh = array("d", after + buf[i:].tobytes() if i < len(buf) else after)
         if type(values) is list:
             fresh.extend(values)
         else:
-            fresh.frombytes(values.tobytes())
+            fresh.frombytes(values)
         self._buf = fresh[:]
         self._i = _HEAD
 
@@ -370,11 +440,11 @@ class _Fixed(functools.partial):
 _FIXED: dict[tuple, tuple] = {}
 
 
-def stream(dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64):
+def stream(dist, key: tuple, source: int, *, floor: float | None = 0.0, batch: int = 64, cap: int = 0):
     """A keyed stream of ``dist`` (:class:`Draws`), or for a constant distribution the shared
     :class:`_Fixed` stream of its value: the same draws, without a batch to refill every few."""
     if type(dist) not in (Constant, CountConstant):
-        return Draws(dist, key, source, floor=floor, batch=batch)
+        return Draws(dist, key, source, floor=floor, batch=batch, cap=cap)
     cached = _FIXED.get((id(dist), floor))
     if cached is None or cached[0] is not dist:
         # the value as a batch of Draws would hold it: numpy's, floored the same way
@@ -399,15 +469,13 @@ class TabStreams:
         pop, work, net = scenario.population, scenario.workload, scenario.network
 
         key = (seed, replication, 2, user, tab)
-        # a batch costs about as much to set up as twenty draws, and waits in memory until
-        # taken (with a million users, a whole batch of every tab's streams is most of the
-        # engine's memory): the busiest streams take batches of about four minutes of a busy
-        # tab (a refill of a few µs every 8 page views), a rare one a few at a time
-        self.think = stream(work.think_time, key, Source.THINK, batch=8)
-        self.burst = stream(work.burst_size, key, Source.BURST, floor=1, batch=8)
-        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8)
-        self.idle_gap = stream(pop.idle_gap, key, Source.IDLE_GAP, batch=4)
-        self.api_rtt = stream(net.rtt, key, Source.API_LATENCY, batch=16)
+        # the first batches are small, the busy streams' grow up to the run's cap (see Draws)
+        cap = batch_cap(scenario)
+        self.think = stream(work.think_time, key, Source.THINK, batch=8, cap=cap)
+        self.burst = stream(work.burst_size, key, Source.BURST, floor=1, batch=8, cap=cap)
+        self.idle_coin = Draws(None, key, Source.IDLE, floor=None, batch=8, cap=cap)
+        self.idle_gap = stream(pop.idle_gap, key, Source.IDLE_GAP, batch=4, cap=cap)
+        self.api_rtt = stream(net.rtt, key, Source.API_LATENCY, batch=16, cap=cap)
         # ``loss`` is made when first asked for: most runs lose nothing
         self._loss: Draws | None = None
         self._key = key
@@ -416,7 +484,7 @@ class TabStreams:
         self.moments: HostState | None = None
         self._rtt = net.rtt
         if net.rtt_correlation > 0:
-            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=16)
+            self.api_rtt = Draws(_NORMAL, key, Source.API_LATENCY, floor=None, batch=16, cap=cap)
 
     # made at its first use: a stream that is rarely drawn from costs nothing until then (with
     # a million users, an unused stream object is 100 MB). A property, not ``__getattr__``: a
@@ -588,30 +656,33 @@ class UserStreams:
         pop, net = scenario.population, scenario.network
 
         key = (seed, replication, 1, user)
+        cap = batch_cap(scenario)
         granted = net.auth_rtt or net.rtt
         self.moments = (host_state(net.rtt_correlation, net.rtt_correlation_time_s, seed, replication)
                         if net.rtt_correlation > 0 else None)
         if self.moments is not None:
-            self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8)
+            self.auth_rtt = Draws(_NORMAL, key, Source.AUTH_LATENCY, floor=None, batch=8, cap=cap)
             self.auth_rtt_refused = None
         elif net.auth_rtt_refused is None:
-            self.auth_rtt = stream(granted, key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt = stream(granted, key, Source.AUTH_LATENCY, batch=8, cap=cap)
             self.auth_rtt_refused = None
         else:
             # two views of one stream of uniforms, taken in step (see auth_round_trips): the n-th
             # call's granted and refused round trips are both its draw's quantile
-            self.auth_rtt = Draws(_AtQuantile.of(granted), key, Source.AUTH_LATENCY, batch=8)
-            self.auth_rtt_refused = Draws(_AtQuantile.of(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8)
+            self.auth_rtt = Draws(_AtQuantile.of(granted), key, Source.AUTH_LATENCY, batch=8, cap=cap)
+            self.auth_rtt_refused = Draws(_AtQuantile.of(net.auth_rtt_refused), key, Source.AUTH_LATENCY, batch=8,
+                                          cap=cap)
         # an answer leg of its own: a uniform (or, correlated, a normal factor) per call
         self._answer_legs = (None if net.auth_legs == "one_draw" else
                              Draws(_NORMAL if self.moments is not None else None, key, Source.ANSWER_LEG,
-                                   floor=None, batch=8))
+                                   floor=None, batch=8, cap=cap))
         # ``auth_loss`` and ``backoff`` are made when first asked for (see TabStreams.loss)
         self._auth_loss: Draws | None = None
         self._backoff: Draws | None = None
         # one draw a visit: a few at a time
-        self.visit_length = stream(pop.session_length, key, Source.VISIT, batch=4) if pop.session_length else None
-        self.away = stream(pop.away, key, Source.AWAY, batch=4) if pop.away else None
+        self.visit_length = (stream(pop.session_length, key, Source.VISIT, batch=4, cap=cap) if pop.session_length
+                             else None)
+        self.away = stream(pop.away, key, Source.AWAY, batch=4, cap=cap) if pop.away else None
         self._tabs: list[TabStreams] = []
         self._key = key  # shared with its streams
         self._scenario = scenario
@@ -620,17 +691,21 @@ class UserStreams:
         self._wake: Draws | None = None
 
     @property
+    def _cap(self) -> int:
+        return batch_cap(self._scenario)
+
+    @property
     def auth_loss(self) -> Draws:
         draws = self._auth_loss
         if draws is None:
-            draws = self._auth_loss = Draws(None, self._key, Source.AUTH_LOSS, floor=None, batch=8)
+            draws = self._auth_loss = Draws(None, self._key, Source.AUTH_LOSS, floor=None, batch=8, cap=self._cap)
         return draws
 
     @property
     def backoff(self) -> Draws:
         draws = self._backoff
         if draws is None:
-            draws = self._backoff = Draws(None, self._key, Source.BACKOFF, floor=None, batch=8)
+            draws = self._backoff = Draws(None, self._key, Source.BACKOFF, floor=None, batch=8, cap=self._cap)
         return draws
 
     @property
@@ -643,7 +718,7 @@ class UserStreams:
     def wake_phase(self) -> float:
         """A uniform draw in [0, 1) for the phase of a visit's wake-up grid (made on first use)."""
         if self._wake is None:
-            self._wake = Draws(None, self._key, Source.WAKE, floor=None, batch=8)
+            self._wake = Draws(None, self._key, Source.WAKE, floor=None, batch=8, cap=self._cap)
         return self._wake()
 
     def auth_round_trip(self, now: float) -> "AuthRoundTrip":
@@ -671,7 +746,7 @@ class UserStreams:
     def jitter(self) -> float:
         """A uniform draw in [0, 1) for a timer's random offset (its stream is made on first use)."""
         if self._jitter is None:
-            self._jitter = Draws(None, self._key, Source.JITTER, floor=None, batch=8)
+            self._jitter = Draws(None, self._key, Source.JITTER, floor=None, batch=8, cap=self._cap)
         return self._jitter()
 
     def service(self, part: str) -> float:
@@ -683,7 +758,7 @@ class UserStreams:
         draws = streams.get(part)
         if draws is None:
             draws = streams[part] = stream(getattr(self._scenario.auth, part), self._key,
-                                          SERVICE_SOURCES[part], batch=8)
+                                          SERVICE_SOURCES[part], batch=8, cap=self._cap)
         return draws()
 
     def tab(self, i: int) -> TabStreams:

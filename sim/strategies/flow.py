@@ -176,12 +176,12 @@ class Views:
     idle_probability: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
 class Send:
     held: Held
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
 class Renew:
     action: Action
     basis: Any
@@ -193,7 +193,7 @@ class Join:
     timeout_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
 class Refresh:
     basis: Any
     cookie: Any = LIVE

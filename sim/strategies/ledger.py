@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
 
 TokenKind = Literal["access", "refresh"]
+#: the running total each kind of mint adds to (a refresh mints two: no string made per mint)
+_MINTS = {"access": "access_mints", "refresh": "refresh_mints"}
 
 
 @dataclass(slots=True, eq=False)
@@ -154,10 +156,11 @@ class Ledger:
         """Sign a token and record it; counts a duplicate when (session, basis) was seen before."""
         token = Token(self._next_token_id(), kind, session.id, now, expires_at_s, parent, basis)
         self.tokens[token.id] = token
-        session.expires_at_s = max(session.expires_at_s, expires_at_s)
+        if expires_at_s > session.expires_at_s:  # (what max() keeps, NaN included)
+            session.expires_at_s = expires_at_s
         self._count_mint(token, session, cause)
         duplicate = False
-        if kind == "access" and basis is not None:
+        if basis is not None and kind == "access":
             duplicate = not self._first_basis(session.id, basis)
             if duplicate:
                 self.counters["duplicate_tokens"] += 1
@@ -176,7 +179,7 @@ class Ledger:
         return next(self._session_ids)
 
     def _count_mint(self, token: Token, session: Session, cause: str) -> None:
-        self.counters[f"{token.kind}_mints"] += 1
+        self.counters[_MINTS[token.kind]] += 1
         if token.kind == "access":
             session.newest_access = token.id
             if cause != "login":
@@ -271,7 +274,9 @@ class Ledger:
             if token.id in keep:
                 continue
             keep.add(token.id)
-            stack.extend(tokens[i] for i in reaches(token) if i in tokens and i not in keep)
+            for i in reaches(token):  # most reach nothing: no generator made per token
+                if i not in keep and i in tokens:
+                    stack.append(tokens[i])
         if len(keep) == len(tokens):
             return []
         gone = [token for token in tokens.values() if token.id not in keep]

@@ -383,9 +383,14 @@ class DualTokenServer(ServerPolicy):
         # a rotated token's pair (re-sent to a reuse), a deferred-commit access token's pair
         # (committed by its first use), the session's newest refresh token (replayed to its
         # parent) and the one its row holds (displaced by a concurrent write)
+        reads_session = self.parent_replay or self.rotation_store == "session_row"
+        if token.pair is None and not reads_session:
+            return token.successor or ()  # (asked of every token kept, at each pass: the usual answer, no list made)
         ids = list(token.successor or ())
         if token.pair is not None:
             ids.append(token.pair)
+        if not reads_session:
+            return ids
         session = ledger.sessions[token.session]
         if self.parent_replay and session.newest_refresh is not None:
             ids.append(session.newest_refresh)
