@@ -78,6 +78,16 @@ sharing the cores): peak of the process tree 1,768 MB (goal 2048 MB: met; 2.68 G
 largest process 909 MB, two workers of about 0.85-0.9 GB; wall 1,563 s (the command got about
 three quarters of one core), 1,153 CPU s (2.85 ms per user and variant; 2.55 before: the price of
 the smaller batches, mostly). 1M users would need about 8.6 GB per worker process.
+
+After a stream's batches grow with use up to a cap set from a memory budget (13 draws at 100,000
+users, none past about 175,000), a renewal's cheaper bookkeeping and a tab's one Pause effect (see
+``bench_engine.py``; outputs byte-identical): ``--users 100000 --workers 40``, alone on the host,
+load average 1.3-1.7: wall 513 s (goal 60 s: not met), peak of the process tree 1,786 MB (goal
+2048 MB: met), 919 CPU s (2.27 ms per user and variant, against 2.85 above at a higher load);
+1M users x 1.08 h x 4 variants projected at 9,099 CPU s (about 76 min on two idle cores) and
+about 7.8 GB per worker process. At this size the heap's pop was a fifth of a worker's time (a
+sampled profile of one worker for 20 s), against a twentieth at 2,000 users: the heap holds
+several hundred thousand events whose tuples lie all over memory.
 """
 
 from __future__ import annotations
