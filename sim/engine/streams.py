@@ -151,9 +151,9 @@ class _Lender:
 
     def integers(self, state: bytes, low: int, high: int, n: int):
         """``Generator.integers(low, high + 1, n, dtype=np.int64)`` drawn from the packed
-        ``state``, as a list or as packed doubles, and the state after; None when only numpy's call can say (its
-        fixed cost, about ten microseconds, is several times a batch's own work: a tab draws a
-        burst size per page view).
+        ``state`` (as a list of numbers, or as packed doubles), and the state after; None when
+        only numpy's call can say (its fixed cost, about ten microseconds, is several times a
+        batch's own work: a tab draws a burst size per page view).
 
         numpy draws each number with Lemire's method on a 32-bit draw when the range fits in 32
         bits (``buffered_bounded_lemire_uint32``): the 32-bit draws are the halves of the 64-bit
@@ -191,7 +191,7 @@ class _Lender:
         if low:
             whole += low
         # the high half of the last 64-bit draw waits when it was not taken
-        after = (bytes(self._core) + (_ONE_UINT32 if fresh % 2 else _NO_UINT32[:4]) + words[-1].tobytes())
+        after = bytes(self._core) + (_ONE_UINT32 if fresh % 2 else _NO_UINT32[:4]) + words[-1].tobytes()
         return head + whole.tobytes(), after
 
     def _few_integers(self, state: bytes, low: int, span: int, n: int):
