@@ -2,9 +2,9 @@
 
 A user's life is the shared flows of :mod:`sim.strategies.flow` (visits, tabs, page views, timers,
 requests, renewals); this module only interprets their effects: it keeps the clock (a calendar
-queue of timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs no extra
-layer), carries requests to the API and refresh and login calls through the auth tier (a finite
-pool of workers with a FIFO queue and a queue timeout), and records what happened.
+queue of timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs
+no extra layer), carries requests to the API and refresh and login calls through the auth tier (a
+finite pool of workers with a FIFO queue and a queue timeout), and records what happened.
 
 The event loop is written here rather than taken from SimPy because it runs one kind of event
 (resume a task, or call a callback) and the model's cost is dominated by that step: SimPy's
@@ -280,8 +280,9 @@ _ACQUIRE = _Acquire()
 
 def bucket_s(users: int) -> float:
     """The length of a bucket of the event queue (:meth:`Simulation.push`) for a run of
-    ``users``: a power of two (seconds), about as long as a few dozen of the population's events
-    take."""
+    ``users``: a power of two (seconds) in which the population has some tens of events (the
+    busier the population, the shorter), so that a bucket's heap stays small and few buckets are
+    empty."""
     return 2.0 ** min(max(round(math.log2(BUCKET_USER_S / max(users, 1))), -8), 8)
 
 
@@ -318,7 +319,7 @@ class Simulation:
         self.heap: list = []
         self._later: dict[int, list] = {}
         self._buckets: list[int] = []  # a heap of the later buckets' numbers
-        self._bucket_s = bucket_s(scenario.population.users)
+        self._bucket_s = bucket_s(scenario.population.users if users is None else len(users))
         self._bucket_end = 0.0  # where the current bucket ends
         self._seq = itertools.count()
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
