@@ -135,15 +135,26 @@ same script, the same load):
       simulation alone: 400 users less 200, PYTHONHASHSEED=0)
       on poisson: exact 1,959 million, naive 2,067 million
 
-At 2,000 users the poisson workload's exact engine spends more time per instruction than the
-naive model: the heap's pop is a sixth of its time, and each request reads a dozen small objects
-of its user (task, tab, visit, store, single-flight scope, view, token, session, streams) where
-the naive model keeps its state in two generator frames and a dict, so the goal (exact >= 1x on
-both workloads) holds on the baseline-like one and not reliably on poisson (rounds from 0.69x
-to 1.06x at the same load). Tried and measured, not kept (instructions, poisson, exact, 200
-users): the heap keyed by bare instants with a table of the callbacks due at each (float
-comparisons instead of tuples': +1.7%), and a request's state held on its task instead of a
-tuple per event (+0.7%).
+    the event queue a calendar queue (a small heap per          1.27x        3.09x     1.18x        2.88x
+      bucket of instants, the same order), the command         [1.26-1.38]  [2.86-3.30] [1.15-1.22] [2.54-3.09]
+      alone on this code (load 0.3-0.9); CPU (median) naive
+      12.03 and 7.43 s, exact 8.76 and 6.10 s, fast 3.64
+      and 2.63 s. Whole runs of the fast engine at 20,000
+      users (the baseline's dual_token, 8 workers), this
+      code against the last row's, in turn: 0.87x the CPU
+      (median of three pairs, 0.86-0.88; 34.5 against
+      39.7 s)
+
+Before the calendar queue, at 2,000 users the poisson workload's exact engine spent more time
+per instruction than the naive model: the heap's pop was a fifth of its time, and each request
+reads a dozen small objects of its user (task, tab, visit, store, single-flight scope, view,
+token, session, streams) where the naive model keeps its state in two generator frames and a
+dict, so the goal (exact >= 1x on both workloads) held on the baseline-like one and not reliably
+on poisson (rounds from 0.69x to 1.06x at the same load); with the calendar queue every round
+of the row above is over 1x on both. Tried and measured, not kept (instructions, poisson,
+exact, 200 users): the heap keyed by bare instants with a table of the callbacks due at each
+(float comparisons instead of tuples': +1.7%), and a request's state held on its task instead
+of a tuple per event (+0.7%).
 
 The baseline-like workload has no timer, so what helps the bundled baseline's silent-refresh
 variant (about a quarter less CPU) does not show here. Where its fast-engine time went before the

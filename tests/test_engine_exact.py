@@ -464,3 +464,37 @@ def test_a_run_leaves_objects_the_caller_froze_frozen_and_freezes_nothing_itself
         assert 0 < gc.get_freeze_count() <= frozen  # not released (a few may have died since)
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("users", [1, 3_000, 1_000_000])
+def test_the_event_queue_takes_events_by_instant_then_by_when_they_were_scheduled(make_scenario, users):
+    # instants on and around bucket boundaries, ties, events scheduled by events (some at the
+    # same instant), and some at or after the end of the run, which are never taken
+    import random
+
+    from sim.engine.model import Simulation, bucket_s
+
+    scenario = make_scenario(population={"users": users})
+    engine = Simulation(scenario, scenario.variant(scenario.names[0]), 0, 1, False)
+    width, end, rng = bucket_s(users), engine.end_s, random.Random(users)
+    scheduled, taken = [], []
+
+    def instant() -> float:
+        k = rng.randrange(int(end / width) + 3)
+        return rng.choice([k * width, k * width + width / 3, (k + 1) * width - 2 ** -30, rng.uniform(0, end + width)])
+
+    def schedule(t: float) -> None:
+        scheduled.append((t, len(scheduled)))
+        engine.at(t, fired, scheduled[-1])
+
+    def fired(event) -> None:
+        assert engine.now == event[0]
+        taken.append(event)
+        if rng.random() < 0.5:
+            schedule(engine.now + rng.choice([0.0, width / 2, width, 3 * width, rng.uniform(0, 60)]))
+
+    for _ in range(2_000):
+        schedule(instant())
+    engine.advance()
+    assert taken == sorted(e for e in scheduled if e[0] < end)
+    assert len(taken) > 2_000

@@ -1,10 +1,10 @@
 """The discrete-event engine: one strategy variant in one replication, in virtual time.
 
 A user's life is the shared flows of :mod:`sim.strategies.flow` (visits, tabs, page views, timers,
-requests, renewals); this module only interprets their effects: it keeps the clock (a heap of
-timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs no extra
-layer), carries requests to the API and refresh and login calls through the auth tier (a finite
-pool of workers with a FIFO queue and a queue timeout), and records what happened.
+requests, renewals); this module only interprets their effects: it keeps the clock (a calendar
+queue of timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs
+no extra layer), carries requests to the API and refresh and login calls through the auth tier (a
+finite pool of workers with a FIFO queue and a queue timeout), and records what happened.
 
 The event loop is written here rather than taken from SimPy because it runs one kind of event
 (resume a task, or call a callback) and the model's cost is dominated by that step: SimPy's
@@ -278,6 +278,18 @@ class _Acquire:
 _ACQUIRE = _Acquire()
 
 
+def bucket_s(users: int) -> float:
+    """The length of a bucket of the event queue (:meth:`Simulation.push`) for a run of
+    ``users``: a power of two (seconds) in which the population has some tens of events (the
+    busier the population, the shorter), so that a bucket's heap stays small and few buckets are
+    empty."""
+    return 2.0 ** min(max(round(math.log2(BUCKET_USER_S / max(users, 1))), -8), 8)
+
+
+#: a bucket's length times the population (seconds × users): see :func:`bucket_s`
+BUCKET_USER_S = 4096.0
+
+
 class Simulation:
     """One variant, one replication. :meth:`run` returns the filled :class:`Recorder`."""
 
@@ -302,7 +314,13 @@ class Simulation:
         self.seed = seed
         self.end_s = scenario.run.end_s
         self.now = 0.0
+        # the pending events, (instant, order, callback, argument): a heap of those of the
+        # current bucket of instants, lists of those of later buckets (see :meth:`push`)
         self.heap: list = []
+        self._later: dict[int, list] = {}
+        self._buckets: list[int] = []  # a heap of the later buckets' numbers
+        self._bucket_s = bucket_s(scenario.population.users if users is None else len(users))
+        self._bucket_end = 0.0  # where the current bucket ends
         self._seq = itertools.count()
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
@@ -355,7 +373,47 @@ class Simulation:
     # -- the loop ---------------------------------------------------------------------------
 
     def at(self, t: float, fn, arg) -> None:
-        heapq.heappush(self.heap, (t, next(self._seq), fn, arg))
+        self.push((t, next(self._seq), fn, arg))
+
+    def push(self, event: tuple) -> None:
+        """Schedule ``event``, ``(instant, order, callback, argument)``: the loop calls
+        ``callback(argument)`` at ``instant``, events of one instant in ``order``.
+
+        The events are kept by buckets of instants (a calendar queue): a heap of those in the
+        current bucket, a list for each later one, made a heap when the loop reaches it. A heap
+        of every pending event (a few per user) would be walked from root to leaf at each
+        event, across memory the size of the population's; the current bucket's is small. The
+        order is the same: every event of a bucket comes before any of a later one (a bucket's
+        length is a power of two, so where an instant falls is exact), and within one the heap
+        orders by (instant, order). An event at or after the end of the run is never taken."""
+        t = event[0]
+        if t < self._bucket_end:
+            heapq.heappush(self.heap, event)
+        elif t < self.end_s:
+            b = int(t / self._bucket_s)
+            later = self._later.get(b)
+            if later is None:
+                self._later[b] = [event]
+                heapq.heappush(self._buckets, b)
+            else:
+                later.append(event)
+
+    def advance(self) -> None:
+        """Take the events in order (:meth:`push`), calling each, until none is left before the
+        end of the run."""
+        heap, pop, later, buckets, width = self.heap, heapq.heappop, self._later, self._buckets, self._bucket_s
+        while True:
+            while heap:
+                t, _, fn, arg = pop(heap)
+                self.now = t
+                fn(arg)
+            if not buckets:
+                return
+            b = pop(buckets)
+            self.heap = heap = later.pop(b)
+            heapq.heapify(heap)
+            # (never past the end: an event there is not taken)
+            self._bucket_end = min((b + 1) * width, self.end_s)
 
     def run(self) -> Recorder:
         with _no_cyclic_gc():
@@ -380,15 +438,8 @@ class Simulation:
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
-        heap, pop, end = self.heap, heapq.heappop, self.end_s
-        while heap:
-            t, _, fn, arg = entry = pop(heap)
-            if t >= end:
-                heapq.heappush(heap, entry)  # what is left stays as it was
-                break
-            self.now = t
-            fn(arg)
-        self.now = end
+        self.advance()
+        self.now = end = self.end_s
         rec = self.rec
         rec.busy.add(0, end)
         rec.queued.add(0, end)
@@ -484,14 +535,14 @@ class Simulation:
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
+            self.push((wake, next(self._seq), self.step, task))
         return PENDING
 
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
         now = self.now
         task.wake = wake = (task.until if task.until > now else now) + effect.seconds
-        heapq.heappush(self.heap, (wake, next(self._seq), self.step, task))
+        self.push((wake, next(self._seq), self.step, task))
         return PENDING
 
     def _call(self, task, effect):
@@ -626,7 +677,7 @@ class Simulation:
         if self.in_order and not lost:
             user = task.tab.visit.user
             user.answers_due_s = max(user.answers_due_s, now + rtt + self.api_verify_s)
-        heapq.heappush(self.heap, (now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
+        self.push((now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
         return rtt
 
     def _arrive(self, arg) -> None:
@@ -647,7 +698,7 @@ class Simulation:
             else:
                 response = (_OK if outcome is _ATTEMPT_OK else
                             _EXPIRED if outcome is _ATTEMPT_EXPIRED else _UNAUTHORIZED)
-        heapq.heappush(self.heap, (done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
+        self.push((done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
 
     def _answered(self, arg) -> None:
         task, sent, sent_at, outcome, response, started = arg
@@ -1203,7 +1254,7 @@ class FastSimulation(Simulation):
         done = arrive + (rtt / 2 + self.api_verify_s)
         if done < self.end_s:
             self.rec.counts.count("attempt", "ok", now)
-        heapq.heappush(self.heap, (done, next(self._seq), self._answer_plain, (task, _OK)))
+        self.push((done, next(self._seq), self._answer_plain, (task, _OK)))
         return PENDING
 
 
@@ -1244,7 +1295,7 @@ class FastSimulation(Simulation):
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            heapq.heappush(self.heap, (wake, next(self._seq), then, call))
+            self.push((wake, next(self._seq), then, call))
 
     def _call_arrive(self, call: _RefreshCall) -> None:
         call.task.wake = _NEVER
