@@ -169,17 +169,19 @@ layers at each of its events (cProfile: 5.22 -> 4.87 million Python calls per ru
 some 60 events per user-hour, each event's Python work (tens of microseconds) is what remains;
 it needs the renewal path compiled or advanced over arrays of users.
 
-Whole numbers in batches of more than 24 (burst sizes, ``CountUniform``) drawn by numpy's own
-method (Lemire's, over the 32-bit halves of the raw draws) on numpy arrays, numpy's call only for
-a batch that meets a redraw: the same numbers and states as numpy's call. One refill of 96 or 256
-burst sizes, the two alternated in one process (load 0.4-1.1): 12.3-19.3 -> 11.2-17.9 us and
-14.1-25.9 -> 12.6-21.5 us, about 1.5 us (a tenth) less; shorter batches keep Python's integers,
-which stay the cheaper. numpy 2.4's calls cost about 2 us each on arrays this small, so the
-array path cannot go much lower, and the other fills' fixed cost (state in and out of the lender,
-the buffer's bytes: about 1.5 us) is already small. Whole runs of the fast engine, the baseline
-scaled, dual token, four alternated runs each, the whole process's CPU (median): 2,000 users
+Tried and measured, not kept (random-number refills): whole numbers in batches of more than 24
+(burst sizes, ``CountUniform``) drawn by numpy's own method (Lemire's, over the 32-bit halves of
+the raw draws) on numpy arrays instead of numpy's ``integers``, its call kept only for a batch
+that meets a redraw: the same numbers and states. One refill of 96 or 256 burst sizes, the two
+alternated in one process (load 0.4-1.1): 12.3-19.3 -> 11.2-17.9 us and 14.1-25.9 -> 12.6-21.5
+us, about 1.5 us less (numpy 2.4's calls cost about 2 us each on arrays this small, and the path
+needs six); shorter batches are cheaper with Python's integers, as now. Whole runs of the fast
+engine (the baseline scaled, dual token, four alternated runs each, CPU median): 2,000 users
 5.20 -> 4.69 s (ratio 0.86, runs 0.74-1.45, load 0.4-1.3), 20,000 users 42.6 -> 44.0 s (ratio
-1.04, runs 0.85-1.16, load 1.1-2.9): within the noise, results identical.
+1.04, runs 0.85-1.16, load 1.1-2.9): within the noise, and at 100,000 users no batch is longer
+than 13. Building a stream's buffer without the intermediate bytes was slower, and putting a
+state into the lender and taking it out costs about 0.6 us each: the other fills' fixed cost
+leaves little to take.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import struct
 import threading
 from array import array
 from enum import IntEnum
@@ -100,15 +99,8 @@ _HASHER = hashlib.blake2b(digest_size=32, person=b"refreshlab")
 
 _NO_UINT32 = bytes(8)
 
-_ONE_UINT32 = (1).to_bytes(4, "little")
-#: the longest batch of whole numbers the lender draws in Python's integers (:meth:`_Lender.integers`;
-#: measured, numpy's arrays are the faster from about thirty numbers on)
+#: the longest batch of whole numbers the lender draws itself (:meth:`_Lender.integers`)
 _LEMIRE_MOST = 24
-_DOUBLE = struct.Struct("<d")
-_TWO_TO_MINUS_32 = 2.0 ** -32
-#: the ranges (and lowest values) of whole numbers the lender draws itself: a word × range fits
-#: a double's 53 bits exactly
-_EXACT_SPAN = 2 ** 20
 
 
 class _Lender:
@@ -151,56 +143,28 @@ class _Lender:
 
     def integers(self, state: bytes, low: int, high: int, n: int):
         """``Generator.integers(low, high + 1, n, dtype=np.int64)`` drawn from the packed
-        ``state`` (as a list of numbers, or as packed doubles), and the state after; None when
-        only numpy's call can say (its fixed cost, about ten microseconds, is several times a
-        batch's own work: a tab draws a burst size per page view).
+        ``state`` (as a list of Python integers), and the state after; None when only numpy's
+        call can say (its fixed cost is ten times a batch's own work: a tab draws a burst size
+        per page view).
 
         numpy draws each number with Lemire's method on a 32-bit draw when the range fits in 32
-        bits (``buffered_bounded_lemire_uint32``): the 32-bit draws are the halves of the 64-bit
-        ones, low half first (the high one waits in ``uinteger`` with ``has_uint32`` set), the
-        number is ``low`` plus the high word of draw × (range + 1), and a draw whose low word
-        falls under ``(2**32 - range - 1) % (range + 1)`` is drawn again. Done here over the
-        whole batch at once from the raw 64-bit draws (a short batch in Python's integers, a
-        longer one in numpy's arrays); None (numpy's call) when a draw would be drawn again
-        (about one batch in a hundred million for small ranges), the range does not fit 32 bits
-        or, past :data:`_LEMIRE_MOST` numbers, the range or ``low`` is not under
-        :data:`_EXACT_SPAN`."""
+        bits: the 32-bit draws are the halves of the 64-bit ones, low half first (the high one
+        waits in ``uinteger`` with ``has_uint32`` set), the number is ``low`` plus the high word
+        of draw × (range + 1), and a draw whose low word falls under ``(2**32 - range - 1) %
+        (range + 1)`` is drawn again. Done here over the whole batch from the raw 64-bit draws;
+        None (numpy's call) when a draw would be drawn again (about one batch in a hundred
+        million for small ranges), the range does not fit, or the batch is longer than
+        :data:`_LEMIRE_MOST` (Python's arithmetic costs a third of a microsecond a number,
+        numpy's call about nine microseconds whatever the batch: measured, it is the faster from
+        about thirty numbers on)."""
         span = high - low
-        if self._core is None or not 0 < span < 0xFFFFFFFF or n <= 0:
+        if self._core is None or not 0 < span < 0xFFFFFFFF or not 0 < n <= _LEMIRE_MOST:
             return None
-        if n <= _LEMIRE_MOST:
-            return self._few_integers(state, low, span, n)
-        if not (span < _EXACT_SPAN and low < _EXACT_SPAN):
-            return None
-        m, threshold = span + 1, (0xFFFFFFFF - span) % (span + 1)
-        self.put(state)
-        head = b""
-        fresh = n
-        if state[32:36] != _NO_UINT32[:4]:  # the waiting half-word is the first 32-bit draw
-            product = int.from_bytes(state[36:], "little") * m
-            if product & 0xFFFFFFFF < threshold:
-                return None
-            head = _DOUBLE.pack((product >> 32) + low)
-            fresh -= 1
-        words = self.bits.random_raw((fresh + 1) // 2).view(np.uint32)  # low half first
-        # word × (range + 1) / 2**32 is exact in a double (under 2**53): its whole part is the
-        # number, its fraction the low word / 2**32, which says whether numpy draws again
-        frac, whole = np.modf(words[:fresh] * (m * _TWO_TO_MINUS_32))
-        if threshold and np.count_nonzero(frac < threshold * _TWO_TO_MINUS_32):
-            return None
-        if low:
-            whole += low
-        # the high half of the last 64-bit draw waits when it was not taken
-        after = bytes(self._core) + (_ONE_UINT32 if fresh % 2 else _NO_UINT32[:4]) + words[-1].tobytes()
-        return head + whole.tobytes(), after
-
-    def _few_integers(self, state: bytes, low: int, span: int, n: int):
-        """:meth:`integers` for a short batch, in Python's integers (the numbers as a list): for a
-        few dozen numbers its arithmetic costs less than numpy's calls on so small arrays (each
-        about two microseconds)."""
         waiting = state[32:36] != _NO_UINT32[:4]
         self.put(state)
         fresh = n - waiting
+        # a batch is a few dozen numbers: Python's integers do the arithmetic in a tenth of the
+        # time numpy's calls on so small arrays take
         raw = self.bits.random_raw((fresh + 1) // 2) if fresh > 0 else np.empty(0, np.uint64)
         words = raw.view(np.uint32).tolist()  # the 32-bit halves, low one first
         if waiting:
@@ -215,7 +179,7 @@ class _Lender:
             after = core + _NO_UINT32[:4] + state[36:]
         else:
             # the high half of the last 64-bit draw waits when it was not taken
-            after = core + (_ONE_UINT32 if fresh % 2 else _NO_UINT32[:4]) + words[-1].to_bytes(4, "little")
+            after = core + (1 if fresh % 2 else 0).to_bytes(4, "little") + words[-1].to_bytes(4, "little")
         return values, after
 
     def _put_slow(self, state: bytes) -> None:
@@ -274,11 +238,7 @@ def _filler(sample, floor: float | None):
         if drawn is None:
             return numpy_fill(lender, state, n)
         values, after = drawn
-        if below:
-            if type(values) is list:
-                return after, [v if v > floor else floor for v in values]
-            return after, np.maximum(np.frombuffer(values), floor).tobytes()
-        return after, values
+        return after, ([v if v > floor else floor for v in values] if below else values)
 
     return fill
 
