@@ -278,16 +278,16 @@ class _Acquire:
 _ACQUIRE = _Acquire()
 
 
+#: a bucket's length times the population (seconds × users): see :func:`bucket_s`
+BUCKET_USER_S = 4096.0
+
+
 def bucket_s(users: int) -> float:
     """The length of a bucket of the event queue (:meth:`Simulation.push`) for a run of
     ``users``: a power of two (seconds) in which the population has some tens of events (the
     busier the population, the shorter), so that a bucket's heap stays small and few buckets are
     empty."""
     return 2.0 ** min(max(round(math.log2(BUCKET_USER_S / max(users, 1))), -8), 8)
-
-
-#: a bucket's length times the population (seconds × users): see :func:`bucket_s`
-BUCKET_USER_S = 4096.0
 
 
 class Simulation:
