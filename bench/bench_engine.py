@@ -157,13 +157,14 @@ exact, 200 users): the heap keyed by bare instants with a table of the callbacks
 of a tuple per event (+0.7%).
 
 The baseline-like workload has no timer, so what helps the bundled baseline's silent-refresh
-variant (about a quarter less CPU) does not show here. Where its fast-engine time went before the
-last two rows (py-spy, share of the simulation): page views in bulk 37% (random-number refills 13%),
+variant (about a quarter less CPU) does not show here. Where its fast-engine time went before
+the rows "+ a batch's whole numbers computed in Python" and "+ a refresh call carried by
+callbacks" (py-spy, share of the simulation): page views in bulk 37% (random-number refills 13%),
 the renewal path on a 401 about 35% (the 401's two events, the refresh call's three through the
 auth tier with its mint, the retry's answer and the flow resuming), other resumes 13%, the event
 loop 6%, logins 3%. A refresh call whose worker is free already took its worker at once (no
 event to acquire or release one): booking the auth tier ahead saves events only for calls that
-queue, which this workload hardly has; what the last row removed is the call's three generator
+queue, which this workload hardly has; what the second removed is the call's three generator
 layers at each of its events (cProfile: 5.22 -> 4.87 million Python calls per run). The goal
 (fast >= 10x, aim 50x) is not met: at about 2 ms per user-hour and
 some 60 events per user-hour, each event's Python work (tens of microseconds) is what remains;
