@@ -176,12 +176,12 @@ class Views:
     idle_probability: float
 
 
-@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
+@dataclass(slots=True)  # not frozen: made per renewal, and a frozen one's __init__ costs more
 class Send:
     held: Held
 
 
-@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
+@dataclass(slots=True)  # not frozen: made per renewal, and a frozen one's __init__ costs more
 class Renew:
     action: Action
     basis: Any
@@ -193,7 +193,7 @@ class Join:
     timeout_s: float | None = None
 
 
-@dataclass(slots=True)  # not frozen: made per renewal (see Pause)
+@dataclass(slots=True)  # not frozen: made per renewal, and a frozen one's __init__ costs more
 class Refresh:
     basis: Any
     cookie: Any = LIVE
