@@ -1188,7 +1188,10 @@ class FastSimulation(Simulation):
         if not views:
             return False
         task.wake = t_next
-        self.at(t_next, self.resume, (task, True))
+        # stopped before the horizon and the end: at a view that is not plain, which asking
+        # again at t_next would find (nothing of the user's changes before the horizon), so the
+        # flow does that one itself
+        self.at(t_next, self.resume, (task, not (t_next < horizon and t_next < end)))
         return PENDING
 
     def _timer_acts(self, timer: Task, limit: float) -> float:

@@ -20,8 +20,9 @@ Effects, and what the driver sends back:
 - :class:`Spawn` — carry out ``effect`` concurrently for ``tab``; send back a handle;
   :class:`Await` — wait until every handle in ``handles`` is done; send back nothing;
 - :class:`Views` — the driver may carry out the tab's next page views in bulk while they are
-  plain (see :func:`plain_page_views`); send back True when it did (the flow then goes on at the
-  next page view), False to have the flow do the next page view itself;
+  plain (see :func:`plain_page_views`); send back True when it did (the flow then offers the
+  next page views again), False to have the flow do the next page view itself (also after views
+  in bulk that stopped at one that is not plain);
 - :class:`Request` — carry out one request (:func:`request_flow`) in the task's tab, recording it,
   with its ``cookie`` (see :class:`Cookies`); send back True when it succeeded;
 - :class:`Send` — send the request with ``held``; send back the :class:`Response`;
@@ -421,7 +422,8 @@ def plain_page_views(draws: Any, idle_probability: float, start_s: float, horizo
     same streams (``draws``' streams support ``cursor``/``seek``): ``view_done(t, rtts, top)`` carries
     its requests out and returns when the last one ends; then the pause. Views go on while the
     next one starts before ``horizon_s`` and ``end_s``. Returns (views done, when the next page
-    view starts); (0, ``start_s``) when the first one is not plain.
+    view starts: one that is not plain when that is before ``horizon_s`` and ``end_s``); (0,
+    ``start_s``) when the first one is not plain.
     """
     burst, rtt_draws, think, idle_coin, idle_gap = draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap
     # the busiest streams are read through cursors (``draws`` streams support ``cursor``/``seek``):
