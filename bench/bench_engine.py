@@ -145,6 +145,30 @@ same script, the same load):
       (median of three pairs, 0.86-0.88; 34.5 against
       39.7 s)
 
+    before (the command on the code before the row, just      1.20x        3.34x     0.87x        3.13x
+      after the row's, load 1.0-1.2)                           [1.14-1.32]  [3.17-3.39] [0.76-0.93] [2.22-3.18]
+    + page views in bulk that stop at one that is not plain   1.24x        2.93x     1.12x        3.10x
+      let the flow do that one, instead of being asked again   [0.94-1.50]  [2.72-3.29] [0.90-1.24] [2.46-3.10]
+      at its start (which found no plain view: calls to
+      start bulk views 13,220 -> 8,596 on baseline, of which
+      none 4,674 -> 50; 16,000 -> 10,000 on poisson, of
+      which none 6,000 -> 0); load 0.5-1.1. CPU (median)
+      naive 8.39 and 6.00 s, exact 6.84 and 5.35 s, fast
+      3.08 and 2.06 s. The exact engine's code is the same
+      in both lines: its ratio on poisson moved from 0.87x
+      to 1.12x with the host alone (the naive model took
+      4.85 s in one run and 6.00 s in the other). Counted
+      instructions (valgrind, the whole process at 500
+      users less a 1-user run, outputs the same): fast
+      engine 2,040 -> 1,968 million on baseline (-3.5%),
+      1,766 -> 1,675 million on poisson (-5.2%); the fast
+      engine alone, eight runs of each alternated at 2,000
+      users: CPU 0.985x on baseline, 0.90x on poisson. On
+      poisson at 500 users the exact engine takes 4,595
+      million instructions and the naive model 4,955
+      million (0.93x): fewer, but not by so much that a
+      noisy host cannot turn one run's CPU ratio under 1x
+
 Before the calendar queue, at 2,000 users the poisson workload's exact engine spent more time
 per instruction than the naive model: the heap's pop was a fifth of its time, and each request
 reads a dozen small objects of its user (task, tab, visit, store, single-flight scope, view,
@@ -169,6 +193,23 @@ layers at each of its events (cProfile: 5.22 -> 4.87 million Python calls per ru
 (fast >= 10x, aim 50x) is not met: at about 2 ms per user-hour and
 some 60 events per user-hour, each event's Python work (tens of microseconds) is what remains;
 it needs the renewal path compiled or advanced over arrays of users.
+
+What the renewal path costs, and so what 10x needs: the baseline-like workload with 2-hour
+access tokens (nothing renews) takes the fast engine 1.39 s of CPU against 2.55 s with 15-minute
+ones (the best of three runs each in one process): its 16,397 refresh calls cost about 70 us each
+(their 401s, the calls, the mints, the retries, the page views in bulk started again). The naive
+model takes 8.4-9.2 s, so with renewals free the fast engine would be at about 6x; 10x needs the
+plain page views (3.2 us a request) and the renewal path both about 2.5 times cheaper. Neither
+is one function: the profile is flat (the largest share of a 100,000-user run, py-spy, is the
+event loop's own 5.8%). Compiling the engine's modules as they are (the model, streams, flows,
+ledger, metrics and recorder; Cython 3.3 in pure-Python mode, annotations not taken as C types;
+the policies are pydantic models, which it cannot compile) gave the same CPU: 2.08-2.49 s
+against 2.10-2.19 s, three runs of each alternated. numba (0.68, tried outside the project): its ``Generator`` methods draw the same
+numbers as numpy's (lognormal, exponential, uniform and whole numbers, 50 seeds x 20,000 draws
+each, and the same states after), but a compiled function handed a ``Generator`` costs about
+15 us a call (numpy's own call for 13 lognormals about 2.4 us), and the first compile 2.7 s a
+process: a compiled inner loop would carry PCG64 and its transforms itself over the streams'
+packed states, and would pay off only over many views or users a call.
 
 Tried and measured, not kept (random-number refills): whole numbers in batches of more than 24
 (burst sizes, ``CountUniform``) drawn by numpy's own method (Lemire's, over the 32-bit halves of

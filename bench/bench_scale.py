@@ -62,6 +62,14 @@ CPU s in all; 1M x 1.08 h x 4 variants: 8,554 -> 8,523 CPU s, about 71 min on tw
 peak memory of the tree 893 and 888 MB: the 12% less CPU measured on the reactive-refresh
 workload of ``bench_engine.py`` does not show over these four variants at this host's noise.
 
+The ledger's forget pass (``Simulation.FORGET_GROWTH``, a pass when the tokens kept have grown
+by a quarter) takes 7.5% of a 100,000-user run of the baseline's dual_token (py-spy), spread
+over a dozen walks of the tokens, sessions and per-session records. Passes half as often
+(growth 2.0), the two runs at once, one process each (``simulate_one``, 40 workers): CPU 187.9
+-> 184.4 s (-1.9%, within this host's noise), peak RSS 930 -> 974 MB, the same output. Not
+kept: 44 MB a worker process (two in the compare) out of the 100,000-user compare's 250 MB of
+headroom under its 2 GB goal, for 2%.
+
 Memory, after a simulation worker stopped importing pandas and scipy (each job hands its counts
 back and the parent makes the tables, after the simulations; a built-in command loads no plugin
 command), a stream's packed state moved to the head of its draw buffer, buffers made at their
