@@ -70,6 +70,14 @@ over a dozen walks of the tokens, sessions and per-session records. Passes half 
 kept: 44 MB a worker process (two in the compare) out of the 100,000-user compare's 250 MB of
 headroom under its 2 GB goal, for 2%.
 
+Before and after page views in bulk that stop at one that is not plain let the flow do it (see
+``bench_engine.py``), this command (``--users 100000 --workers 40``) on each code in turn, alone
+on the host (load 0.1-1.5): wall 385 -> 353 s, CPU 692 -> 627 s (1.71 -> 1.54 ms per user and
+variant), peak of the process tree 1,796 and 1,799 MB; 1M users x 1.08 h x 4 variants
+projected at 6,860 -> 6,178 CPU s, about 57 -> 51 min on two idle cores. One run each, so the
+host's noise is in the 10%: on the 2,000-user baseline-like workload the change counts 3.5%
+fewer instructions.
+
 Memory, after a simulation worker stopped importing pandas and scipy (each job hands its counts
 back and the parent makes the tables, after the simulations; a built-in command loads no plugin
 command), a stream's packed state moved to the head of its draw buffer, buffers made at their
