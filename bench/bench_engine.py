@@ -196,20 +196,21 @@ it needs the renewal path compiled or advanced over arrays of users.
 
 What the renewal path costs, and so what 10x needs: the baseline-like workload with 2-hour
 access tokens (nothing renews) takes the fast engine 1.39 s of CPU against 2.55 s with 15-minute
-ones (the best of three runs each in one process): its 16,397 refresh calls cost about 70 us each
-(their 401s, the calls, the mints, the retries, the page views in bulk started again). The naive
-model takes 8.4-9.2 s, so with renewals free the fast engine would be at about 6x; 10x needs the
-plain page views (3.2 us a request) and the renewal path both about 2.5 times cheaper. Neither
-is one function: the profile is flat (the largest share of a 100,000-user run, py-spy, is the
-event loop's own 5.8%). Compiling the engine's modules as they are (the model, streams, flows,
-ledger, metrics and recorder; Cython 3.3 in pure-Python mode, annotations not taken as C types;
-the policies are pydantic models, which it cannot compile) gave the same CPU: 2.08-2.49 s
-against 2.10-2.19 s, three runs of each alternated. numba (0.68, tried outside the project): its ``Generator`` methods draw the same
-numbers as numpy's (lognormal, exponential, uniform and whole numbers, 50 seeds x 20,000 draws
-each, and the same states after), but a compiled function handed a ``Generator`` costs about
-15 us a call (numpy's own call for 13 lognormals about 2.4 us), and the first compile 2.7 s a
-process: a compiled inner loop would carry PCG64 and its transforms itself over the streams'
-packed states, and would pay off only over many views or users a call.
+ones (the best of three runs each in one process): its 16,397 refresh calls cost about 70 us
+each (their 401s, the calls, the mints, the retries, the page views in bulk started again). The
+naive model takes 8.4-9.2 s, so with renewals free the fast engine would be at about 6x; 10x
+needs the plain page views (3.2 us a request) and the renewal path both about 2.5 times cheaper.
+Neither is one function: the profile is flat (the largest share of a 100,000-user run, py-spy,
+is the event loop's own 5.8%). Compiling the engine's modules as they are (the model, streams,
+flows, ledger, metrics and recorder; Cython 3.3 in pure-Python mode, annotations not taken as C
+types; the policies are pydantic models, which it cannot compile) gave the same CPU: 2.08-2.49 s
+against 2.10-2.19 s, three runs of each alternated. numba (0.68, tried outside the project): its
+``Generator`` methods draw the same numbers as numpy's (lognormal, exponential, uniform and
+whole numbers, 50 seeds x 20,000 draws each, and the same states after), but a compiled function
+handed a ``Generator`` costs about 15 us a call (numpy's own call for 13 lognormals about 2.4
+us), and the first compile 2.7 s a process: a compiled inner loop would carry PCG64 and its
+transforms itself over the streams' packed states, and would pay off only over many views or
+users a call.
 
 The silent-refresh variant's timers (not in this workload): at 20,000 users of the bundled
 baseline, looking over a sleeping timer's ticks for the first that may act (``_timer_next``)
