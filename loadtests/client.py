@@ -435,7 +435,7 @@ class UserDriver:
         s = self.streams
         flow = user_flow(self.policy, s, [s.tab(i) for i in range(self.n_tabs)], self.arrival_s,
                          self.scenario.population.idle_probability, self.client_clock,
-                         self.scenario.population.tab_offsets_s(self.n_tabs))
+                         self.scenario.population.tab_offsets_s(self.n_tabs), bulk=False)
         self._run(_arriving_from_t0(flow, self.clock.now_s()), None)
 
     def stop(self) -> None:
