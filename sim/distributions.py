@@ -137,7 +137,7 @@ class Lognormal(_Dist):
 
     def sample(self, rng, size):
         # a stream draws a batch at a time: the parameters' arithmetic cost as much as the draws
-        return rng.lognormal(*_lognormal_parameters(self.mean_, self.sd), size)
+        return rng.lognormal(*lognormal_parameters(self.mean_, self.sd), size)
 
     def quantile(self, u):
         from scipy.special import ndtri
@@ -152,7 +152,7 @@ class Lognormal(_Dist):
 
 
 @functools.lru_cache(maxsize=64)
-def _lognormal_parameters(mean: float, sd: float) -> tuple[float, float]:
+def lognormal_parameters(mean: float, sd: float) -> tuple[float, float]:
     """numpy's (mean, sigma) of the logarithm, for a lognormal of ``mean`` and ``sd``."""
     sigma2 = math.log1p((sd / mean) ** 2)
     return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)

@@ -27,10 +27,12 @@ import itertools
 import math
 import sys
 import threading
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.engine.kernel import KERNEL as _KERNEL
 from sim.engine.recorder import Recorder
 from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
@@ -1020,6 +1022,9 @@ def _below(t: float) -> float:
     return t - (1e-6 + abs(t) * 1e-12) if math.isfinite(t) else t
 
 
+_NO_DRAWS = array("d")
+
+
 class FastSimulation(Simulation):
     """The same model, with plain requests carried out in one step.
 
@@ -1035,6 +1040,9 @@ class FastSimulation(Simulation):
     logins, the auth tier, lost or refused requests — runs exactly as in :class:`Simulation`;
     a refresh call's steps are callbacks at the same events instead of generator layers resumed
     at each. With ``keep_events`` (per-record output) nothing is skipped."""
+
+    #: the compiled loop over the page views that are plain without asking (None: the Python one)
+    kernel = None if _KERNEL is None else staticmethod(_KERNEL.sure_views)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -1183,8 +1191,14 @@ class FastSimulation(Simulation):
                         counts.requests_without_delay(t, zero)
             return done_max
 
-        views, t_next = plain_page_views(draws, effect.idle_probability, self.now, horizon, end, plain, view_done,
-                                         sure_sends, sure_arrives)
+        t_next, views = self.now, 0
+        if self.kernel is not None and at_once_below > t_next:
+            views, t_next = self._sure_views(draws, effect.idle_probability, t_next, min(horizon, end), sure_sends,
+                                             sure_arrives, at_once_below)
+        if t_next < horizon and t_next < end:
+            more, t_next = plain_page_views(draws, effect.idle_probability, t_next, horizon, end, plain, view_done,
+                                            sure_sends, sure_arrives)
+            views += more
         if not views:
             return False
         task.wake = t_next
@@ -1193,6 +1207,55 @@ class FastSimulation(Simulation):
         # flow does that one itself
         self.at(t_next, self.resume, (task, not (t_next < horizon and t_next < end)))
         return PENDING
+
+    def _sure_views(self, draws: TabStreams, idle_probability: float, t: float, stop_s: float, sure_sends: float,
+                    sure_arrives: float, at_once_below: float) -> tuple[int, float]:
+        """The page views from ``t`` that :func:`~sim.engine._kernel.sure_views` carries out (those
+        of :meth:`_views` that are plain without asking and count into the bins at once), its
+        streams' buffers refilled whenever it runs out of one: (views done, when the next starts)."""
+        kernel, views = self.kernel, 0
+        burst, rtt, think, coin, gap = draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap
+        bb, bi = burst.cursor()
+        rb, ri = rtt.cursor()
+        tb, ti = think.cursor()
+        cb, ci = coin.cursor() if idle_probability else (_NO_DRAWS, 0)
+        gb, gi = _NO_DRAWS, 0  # a gap stream is read only when a coin asks for a pause
+        counts = self.rec.counts
+        attempts_ok, requests_ok, lo, hi, verify = self._attempts_ok, self._requests_ok, counts.lo, counts.hi, self.api_verify_s
+        while True:
+            done, t, bi, ri, ti, ci, gi, in_window, need = kernel(
+                bb, bi, rb, ri, tb, ti, cb, ci, gb, gi, idle_probability, t, stop_s, sure_sends, sure_arrives, verify,
+                at_once_below, attempts_ok, requests_ok, lo, hi)
+            views += done
+            if in_window:
+                counts.latency.n += in_window
+                counts.latency.zeros += in_window
+            if need == _KERNEL.NEED_BURST:
+                burst.seek(bi)
+                bb, bi = burst.cursor()
+            elif need == _KERNEL.NEED_RTT:
+                rtt.seek(ri)
+                rb, ri = rtt.cursor(int(bb[bi]))
+            elif need == _KERNEL.NEED_THINK:
+                think.seek(ti)
+                tb, ti = think.cursor()
+            elif need == _KERNEL.NEED_COIN:
+                coin.seek(ci)
+                cb, ci = coin.cursor()
+            elif need == _KERNEL.NEED_GAP:
+                if gb is not _NO_DRAWS:
+                    gap.seek(gi)
+                gb, gi = gap.cursor()
+            else:
+                break
+        burst.seek(bi)
+        rtt.seek(ri)
+        think.seek(ti)
+        if idle_probability:
+            coin.seek(ci)
+        if gb is not _NO_DRAWS:
+            gap.seek(gi)
+        return views, t
 
     def _timer_acts(self, timer: Task, limit: float) -> float:
         """When the sleeping renewal timer ``timer`` may first do anything, looking over its

@@ -17,7 +17,9 @@ from enum import IntEnum
 
 import numpy as np
 
-from sim.distributions import Constant, CountConstant, CountUniform
+from sim.distributions import (Constant, CountConstant, CountUniform, Exponential, Lognormal, Normal, Uniform,
+                               lognormal_parameters)
+from sim.engine.kernel import KERNEL
 from sim.scenario import AllAtOnce, Diurnal, PoissonArrivals, Ramp, Scenario
 
 
@@ -210,16 +212,50 @@ _KINDS: dict[tuple, tuple] = {}
 
 
 def _kind(sample, source: int, floor: float | None, batch: int, cap: int) -> tuple:
-    """(sample, source, floor, batch, cap, fill): one tuple for every stream with these (the
-    distribution told apart by identity; a kind holds it, so its identity is not reused while
-    cached), with its :func:`_filler` decided once."""
+    """(sample, source, floor, batch, cap, fill, compiled): one tuple for every stream with these
+    (the distribution told apart by identity; a kind holds it, so its identity is not reused
+    while cached), with its :func:`_filler` and :func:`_compiled` decided once."""
     key = (id(sample), source, floor, batch, cap)
     kind = _KINDS.get(key)
     if kind is None:
         if len(_KINDS) >= 4096:  # scenarios come and go in a long process (a sweep, the tests)
             _KINDS.clear()
-        kind = _KINDS[key] = (sample, source, floor, batch, max(cap, batch), _filler(sample, floor))
+        kind = _KINDS[key] = (sample, source, floor, batch, max(cap, batch), _filler(sample, floor),
+                              _compiled(sample, floor))
     return kind
+
+
+def _compiled(sample, floor: float | None) -> tuple | None:
+    """The arguments after the batch's length with which the compiled kernel draws ``sample``
+    floored at ``floor`` (:func:`sim.engine._kernel.refill`: numpy's own C functions, so the
+    same draws as its ``Generator`` call); None where numpy's call draws (the kernel not built,
+    or a distribution it does not draw)."""
+    if KERNEL is None:
+        return None
+    kind = type(sample)
+    if kind is _Uniform:
+        drawn = (KERNEL.UNIFORM01, 0.0, 0.0)
+    elif kind is _Normal:
+        drawn = (KERNEL.STANDARD_NORMAL, 0.0, 0.0)
+    elif kind is Exponential:
+        drawn = (KERNEL.EXPONENTIAL, sample.mean_, 0.0)
+    elif kind is Uniform:
+        drawn = (KERNEL.UNIFORM, sample.low, sample.high - sample.low)
+    elif kind is Normal:
+        drawn = (KERNEL.NORMAL, sample.mean_, sample.sd)
+    elif kind is Lognormal:
+        drawn = (KERNEL.LOGNORMAL, *lognormal_parameters(sample.mean_, sample.sd))
+    elif kind is CountUniform and sample.high > sample.low:
+        drawn = (KERNEL.INTEGERS, sample.low, sample.high - sample.low)
+    else:
+        return None
+    return (*drawn, _clips(sample, floor), 0.0 if floor is None else float(floor))
+
+
+def _clips(sample, floor: float | None) -> bool:
+    """Whether draws of ``sample`` need flooring at ``floor`` (one that cannot be negative needs
+    none at 0)."""
+    return floor is not None and not (floor == 0.0 and getattr(sample, "never_negative", False))
 
 
 def _filler(sample, floor: float | None):
@@ -245,8 +281,7 @@ def _filler(sample, floor: float | None):
 
 def _numpy_filler(sample, floor: float | None):
     """:func:`_filler` by numpy's own call."""
-    # a draw that cannot be negative needs no floor at 0
-    clip = floor is not None and not (floor == 0.0 and getattr(sample, "never_negative", False))
+    clip = _clips(sample, floor)
     draw = sample.sample
 
     def fill(lender: _Lender, state: bytes, n: int):
@@ -336,14 +371,18 @@ class Draws:
         return self._buf[:_HEAD].tobytes() if len(self._buf) else None
 
     def _refill(self) -> None:
-        _, source, _, batch, cap, fill = self._kind
+        _, source, _, batch, cap, fill, compiled = self._kind
         buf, i = self._buf, self._i
         if len(buf):
-            state = buf[:_HEAD].tobytes()
+            state = None  # the one at the head of the buffer
             batch = min(max(batch, _GROWTH * (len(buf) - _HEAD)), cap)
         else:
             state = _initial_state((*self._key, source))
-        after, values = fill(_lender(), state, batch)
+        if compiled is not None:
+            self._buf = KERNEL.refill(buf, i, state, batch, *compiled)
+            self._i = _HEAD
+            return
+        after, values = fill(_lender(), buf[:_HEAD].tobytes() if state is None else state, batch)
         # the new state, the draws not taken yet, the new ones; an array grown in place keeps
         # room for more (up to 7 words, a sixteenth beyond), a slice of it is its exact size
         fresh = array("d", after + buf[i:].tobytes() if i < len(buf) else after)

@@ -1,0 +1,106 @@
+"""The compiled kernel (:mod:`sim.engine._kernel`) draws what numpy's ``Generator`` draws, and
+the fast engine gives the exact engine's answers with it and without it."""
+
+import os
+from array import array
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sim
+from sim.engine import kernel, streams
+from sim.engine.model import FastSimulation
+from tests.conftest import SCENARIOS
+from tests.test_engine_fast import assert_identical, both
+
+K = kernel.KERNEL
+compiled = pytest.mark.skipif(K is None, reason="the kernel is not compiled here (no C compiler at install)")
+
+# each kind with numpy's own call for the same parameters (``b`` a range, as the kernel takes it)
+NUMPY = {
+    "UNIFORM01": lambda g, a, b, n: g.random(n),
+    "STANDARD_NORMAL": lambda g, a, b, n: g.standard_normal(n),
+    "EXPONENTIAL": lambda g, a, b, n: g.exponential(a, n),
+    "UNIFORM": lambda g, a, b, n: g.uniform(a, a + b, n),
+    "NORMAL": lambda g, a, b, n: g.normal(a, b, n),
+    "LOGNORMAL": lambda g, a, b, n: g.lognormal(a, b, n),
+    "INTEGERS": lambda g, a, b, n: g.integers(int(a), int(a) + int(b) + 1, n, dtype=np.int64),
+}
+PARAMETERS = {
+    "UNIFORM01": st.just((0.0, 0.0)),
+    "STANDARD_NORMAL": st.just((0.0, 0.0)),
+    "EXPONENTIAL": st.tuples(st.floats(0, 1e4), st.just(0.0)),
+    "UNIFORM": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)),
+    "NORMAL": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)),
+    "LOGNORMAL": st.tuples(st.floats(-20, 5), st.floats(0, 3)),
+    # 32-bit ranges (Lemire's method on halves of 64-bit draws) and wider ones
+    "INTEGERS": st.tuples(st.integers(0, 1000).map(float),
+                          st.one_of(st.integers(1, 64), st.integers(1, 2**32 - 1), st.integers(2**32, 2**40)).map(float)),
+}
+
+
+@st.composite
+def batches(draw):
+    name = draw(st.sampled_from(sorted(NUMPY)))
+    a, b = draw(PARAMETERS[name])
+    return name, a, b
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(batch=batches(), key=st.integers(0, 2**32), waiting=st.booleans(), word=st.integers(0, 2**32 - 1),
+       kept=st.integers(0, 4), n=st.integers(1, 300), floor=st.one_of(st.none(), st.floats(-10, 10)))
+def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, word, kept, n, floor):
+    """A batch drawn by the kernel from a packed state (a 32-bit half waiting or not) is numpy's
+    call from that state, floored as numpy's ``maximum`` floors, with the same state after; the
+    draws of the old buffer not taken yet come first."""
+    name, a, b = batch
+    state = streams._initial_state((key,))[:32] + int(waiting).to_bytes(4, "little") + word.to_bytes(4, "little")
+    old = array("d", state) + array("d", [0.25 * j for j in range(3 + kept)])
+    got = K.refill(old, 8, None, n, getattr(K, name), a, b, floor is not None, floor or 0.0)
+    lender = streams._Lender()
+    lender.put(state)
+    expected = NUMPY[name](lender.gen, a, b, n).astype(float)
+    if floor is not None:
+        np.maximum(expected, floor, out=expected)
+    assert got[:5].tobytes() == lender.take()
+    assert got[5:].tolist() == old[8:].tolist() + expected.tolist()
+    # a stream's first batch: from the state given, nothing kept
+    first = K.refill(array("d"), 0, state, n, getattr(K, name), a, b, floor is not None, floor or 0.0)
+    assert first[5:].tolist() == expected.tolist()
+
+
+@pytest.fixture
+def without_kernel(monkeypatch):
+    """The fast engine and the streams as where the kernel could not be compiled."""
+    monkeypatch.setattr(FastSimulation, "kernel", None)
+    monkeypatch.setattr(streams, "_compiled", lambda sample, floor: None)
+    monkeypatch.setattr(streams, "_KINDS", {})
+
+
+@compiled
+@pytest.mark.parametrize("name", ["baseline", "multi_tab", "storm"])
+def test_fast_engine_gives_the_same_answers_without_the_kernel(name, request):
+    scenario = sim.load_scenario(SCENARIOS / f"{name}.toml")
+    scenario = scenario.replace(population={"users": min(scenario.population.users, 40)},
+                                run={"replications": 1, "duration_s": min(scenario.run.duration_s, 1800.0)})
+    with_kernel = sim.run(scenario, processes=1, engine="fast")
+    request.getfixturevalue("without_kernel")
+    exact, fast = both(scenario)
+    assert fast.summary["requests"].iloc[0] > 0
+    assert_identical(exact, fast)
+    assert_identical(with_kernel, fast)
+
+
+def test_a_kernel_built_before_its_source_changed_is_not_used(tmp_path):
+    source, built = tmp_path / "_kernel.pyx", tmp_path / "_kernel.so"
+    source.write_text("")
+    built.write_text("")
+    os.utime(source, (1_000, 1_000))
+    os.utime(built, (2_000, 2_000))
+    assert not kernel.stale(str(built), str(source))
+    os.utime(source, (3_000, 3_000))
+    assert kernel.stale(str(built), str(source))
+    assert not kernel.stale(str(built), str(tmp_path / "none.pyx"))  # an install without its source
