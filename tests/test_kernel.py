@@ -18,34 +18,29 @@ from tests.test_engine_fast import assert_identical, both
 K = kernel.KERNEL
 compiled = pytest.mark.skipif(K is None, reason="the kernel is not compiled here (no C compiler at install)")
 
-# each kind with numpy's own call for the same parameters (``b`` a range, as the kernel takes it)
-NUMPY = {
-    "UNIFORM01": lambda g, a, b, n: g.random(n),
-    "STANDARD_NORMAL": lambda g, a, b, n: g.standard_normal(n),
-    "EXPONENTIAL": lambda g, a, b, n: g.exponential(a, n),
-    "UNIFORM": lambda g, a, b, n: g.uniform(a, a + b, n),
-    "NORMAL": lambda g, a, b, n: g.normal(a, b, n),
-    "LOGNORMAL": lambda g, a, b, n: g.lognormal(a, b, n),
-    "INTEGERS": lambda g, a, b, n: g.integers(int(a), int(a) + int(b) + 1, n, dtype=np.int64),
-}
-PARAMETERS = {
-    "UNIFORM01": st.just((0.0, 0.0)),
-    "STANDARD_NORMAL": st.just((0.0, 0.0)),
-    "EXPONENTIAL": st.tuples(st.floats(0, 1e4), st.just(0.0)),
-    "UNIFORM": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)),
-    "NORMAL": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)),
-    "LOGNORMAL": st.tuples(st.floats(-20, 5), st.floats(0, 3)),
+# each kind with numpy's own call for its parameters: the kernel's (a, b), b a range where numpy
+# takes the high end (it subtracts, as :func:`sim.engine.streams._compiled` does)
+BATCHES = {
+    "UNIFORM01": st.just((0.0, 0.0, lambda g, n: g.random(n))),
+    "STANDARD_NORMAL": st.just((0.0, 0.0, lambda g, n: g.standard_normal(n))),
+    "EXPONENTIAL": st.floats(0, 1e4).map(lambda a: (a, 0.0, lambda g, n: g.exponential(a, n))),
+    "UNIFORM": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)).map(
+        lambda p: (p[0], (p[0] + p[1]) - p[0], lambda g, n: g.uniform(p[0], p[0] + p[1], n))),
+    "NORMAL": st.tuples(st.floats(-1e3, 1e3), st.floats(0, 1e3)).map(
+        lambda p: (p[0], p[1], lambda g, n: g.normal(p[0], p[1], n))),
+    "LOGNORMAL": st.tuples(st.floats(-20, 5), st.floats(0, 3)).map(
+        lambda p: (p[0], p[1], lambda g, n: g.lognormal(p[0], p[1], n))),
     # 32-bit ranges (Lemire's method on halves of 64-bit draws) and wider ones
-    "INTEGERS": st.tuples(st.integers(0, 1000).map(float),
-                          st.one_of(st.integers(1, 64), st.integers(1, 2**32 - 1), st.integers(2**32, 2**40)).map(float)),
+    "INTEGERS": st.tuples(st.integers(0, 1000), st.one_of(st.integers(1, 64), st.integers(1, 2**32 - 1),
+                                                         st.integers(2**32, 2**40))).map(
+        lambda p: (float(p[0]), float(p[1]), lambda g, n: g.integers(p[0], p[0] + p[1] + 1, n, dtype=np.int64))),
 }
 
 
 @st.composite
 def batches(draw):
-    name = draw(st.sampled_from(sorted(NUMPY)))
-    a, b = draw(PARAMETERS[name])
-    return name, a, b
+    name = draw(st.sampled_from(sorted(BATCHES)))
+    return (name, *draw(BATCHES[name]))
 
 
 @compiled
@@ -56,13 +51,13 @@ def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, wor
     """A batch drawn by the kernel from a packed state (a 32-bit half waiting or not) is numpy's
     call from that state, floored as numpy's ``maximum`` floors, with the same state after; the
     draws of the old buffer not taken yet come first."""
-    name, a, b = batch
+    name, a, b, call = batch
     state = streams._initial_state((key,))[:32] + int(waiting).to_bytes(4, "little") + word.to_bytes(4, "little")
     old = array("d", state) + array("d", [0.25 * j for j in range(3 + kept)])
     got = K.refill(old, 8, None, n, getattr(K, name), a, b, floor is not None, floor or 0.0)
     lender = streams._Lender()
     lender.put(state)
-    expected = NUMPY[name](lender.gen, a, b, n).astype(float)
+    expected = call(lender.gen, n).astype(float)
     if floor is not None:
         np.maximum(expected, floor, out=expected)
     assert got[:5].tobytes() == lender.take()
@@ -75,7 +70,7 @@ def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, wor
 @pytest.fixture
 def without_kernel(monkeypatch):
     """The fast engine and the streams as where the kernel could not be compiled."""
-    monkeypatch.setattr(FastSimulation, "kernel", None)
+    monkeypatch.setattr(FastSimulation, "sure_views", None)
     monkeypatch.setattr(streams, "_compiled", lambda sample, floor: None)
     monkeypatch.setattr(streams, "_KINDS", {})
 

@@ -22,6 +22,8 @@ from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport (random_exponential, random_lognormal, random_normal,
                                            random_standard_normal, random_standard_uniform, random_uniform)
 
+cdef array DOUBLES = array("d")  # an empty buffer of doubles, a template for new ones
+
 cdef extern from "numpy/random/distributions.h":
     void random_bounded_uint64_fill(bitgen_t *bitgen_state, uint64_t off, uint64_t rng, Py_ssize_t cnt,
                                     bint use_masked, uint64_t *out) nogil
@@ -43,62 +45,50 @@ cdef extern from *:
 
 # -- page views ---------------------------------------------------------------------------------
 
-#: what :func:`sure_views` stopped for: the next view is not one it carries out (or the run's
-#: stop came), or a stream's buffer ran out before the next view (refill it and call again)
-STOPPED, NEED_BURST, NEED_RTT, NEED_THINK, NEED_COIN, NEED_GAP = 0, 1, 2, 3, 4, 5
-
-
-def sure_views(const double[:] bursts, Py_ssize_t bi, const double[:] rtts, Py_ssize_t ri,
-               const double[:] thinks, Py_ssize_t ti, const double[:] coins, Py_ssize_t ci,
-               const double[:] gaps, Py_ssize_t gi, double idle_probability, double t, double stop_s,
+def sure_views(burst, rtt, think, coin, gap, double idle_probability, double t, double stop_s,
                double sure_sends_before_s, double sure_arrives_before_s, double verify_s, double at_once_below_s,
-               long long[:] attempts_ok, long long[:] requests_ok, double lo_s, double hi_s):
-    """Page views from ``t`` while each one starts before ``sure_sends_before_s``, its requests
-    all arrive before ``sure_arrives_before_s`` and its last one ends before ``at_once_below_s``
-    (so that every request counts as none added latency: see ``FastSimulation._views``), and the
-    next starts before ``stop_s``; each view's requests counted into the per-second bins. A
-    view's draws are its burst size, that many round trips, its idle coin (with
-    ``idle_probability``) and a gap when the coin says so, and its think time, read from the
-    buffers at the indices given (``gaps`` may be empty until a coin asks for one).
+               long long[:] attempts_ok, long long[:] requests_ok, latency, double lo_s, double hi_s):
+    """Page views of one tab from ``t`` while each one starts before ``sure_sends_before_s``, its
+    requests all arrive before ``sure_arrives_before_s`` and its last one ends before
+    ``at_once_below_s`` (so that every request counts as none added latency: see
+    ``FastSimulation._views``), and the next starts before ``stop_s``: each view's requests
+    counted into the per-second bins, and into ``latency`` (a sketch's count of zeros) inside
+    the window ``[lo_s, hi_s)``. A view's draws are its burst size, that many round trips, its
+    idle coin (with ``idle_probability``; else ``coin`` and ``gap`` are not read) and a gap
+    when the coin says so, and its think time, from the tab's streams (read through their
+    ``cursor`` and ``seek``, as :func:`~sim.strategies.flow.plain_page_views` reads them).
 
-    Returns (views done, when the next one starts, the indices of the next draws of each stream
-    in the order above, requests counted inside the window ``[lo_s, hi_s)``, and what it stopped
-    for: :data:`STOPPED` or the stream to refill before calling again)."""
+    Returns (views done, when the next one starts)."""
+    cdef array bb, rb, tb, cb = DOUBLES, gb = DOUBLES
+    cdef Py_ssize_t bi, ri, ti, ci = 0, gi = 0, bl, rl, tl, cl = 0, gl = 0
     cdef Py_ssize_t views = 0, in_window = 0, n, k, second
-    cdef int need = STOPPED
     cdef double top, h, done, pause
+    cdef bint gaps_read = False
+    bb, bi = burst.cursor()
+    rb, ri = rtt.cursor()
+    tb, ti = think.cursor()
+    bl, rl, tl = len(bb), len(rb), len(tb)
+    if idle_probability:
+        cb, ci = coin.cursor()
+        cl = len(cb)
     while True:
-        if bi >= bursts.shape[0]:
-            need = NEED_BURST
-            break
-        n = <Py_ssize_t>bursts[bi]
-        if ri + n > rtts.shape[0]:
-            need = NEED_RTT
-            break
-        top = rtts[ri]
+        if bi >= bl:
+            burst.seek(bi)
+            bb, bi = burst.cursor()
+            bl = len(bb)
+        n = <Py_ssize_t>bb.data.as_doubles[bi]
+        if ri + n > rl:
+            rtt.seek(ri)
+            rb, ri = rtt.cursor(n)
+            rl = len(rb)
+        top = rb.data.as_doubles[ri]
         for k in range(ri + 1, ri + n):
-            if rtts[k] > top:
-                top = rtts[k]
+            if rb.data.as_doubles[k] > top:
+                top = rb.data.as_doubles[k]
         h = top / 2
         done = (t + h) + (h + verify_s)
         if not (t < sure_sends_before_s and t + h < sure_arrives_before_s and done < at_once_below_s):
             break
-        # every draw the view takes must be at hand before any is taken
-        if ti >= thinks.shape[0]:
-            need = NEED_THINK
-            break
-        pause = 0.0
-        if idle_probability:
-            if ci >= coins.shape[0]:
-                need = NEED_COIN
-                break
-            if coins[ci] < idle_probability:
-                if gi >= gaps.shape[0]:
-                    need = NEED_GAP
-                    break
-                pause = gaps[gi]
-                gi += 1
-            ci += 1
         bi += 1
         ri += n
         second = <Py_ssize_t>t
@@ -106,12 +96,41 @@ def sure_views(const double[:] bursts, Py_ssize_t bi, const double[:] rtts, Py_s
         requests_ok[second] += n
         if lo_s <= t < hi_s:
             in_window += n
-        t = done + (pause + thinks[ti])
+        pause = 0.0
+        if idle_probability:
+            if ci >= cl:
+                coin.seek(ci)
+                cb, ci = coin.cursor()
+                cl = len(cb)
+            ci += 1
+            if cb.data.as_doubles[ci - 1] < idle_probability:
+                if gi >= gl:
+                    if gaps_read:
+                        gap.seek(gi)
+                    gb, gi = gap.cursor()
+                    gl, gaps_read = len(gb), True
+                gi += 1
+                pause = gb.data.as_doubles[gi - 1]
+        if ti >= tl:
+            think.seek(ti)
+            tb, ti = think.cursor()
+            tl = len(tb)
         ti += 1
+        t = done + (pause + tb.data.as_doubles[ti - 1])
         views += 1
         if not t < stop_s:
             break
-    return views, t, bi, ri, ti, ci, gi, in_window, need
+    burst.seek(bi)
+    rtt.seek(ri)
+    think.seek(ti)
+    if idle_probability:
+        coin.seek(ci)
+    if gaps_read:
+        gap.seek(gi)
+    if in_window:
+        latency.n += in_window
+        latency.zeros += in_window
+    return views, t
 
 
 # -- a stream's batch of draws --------------------------------------------------------------------
@@ -123,7 +142,6 @@ UNIFORM01, STANDARD_NORMAL, EXPONENTIAL, UNIFORM, NORMAL, LOGNORMAL, INTEGERS = 
 
 #: words (8 bytes) of a stream's buffer before its draws: its packed state (``streams._HEAD``)
 cdef Py_ssize_t HEAD = 5
-cdef array DOUBLES = array("d")
 cdef bitgen_t PCG64_CALLS  # numpy's PCG64 functions, each draw made on a state of our own
 _BIT_GENERATOR = np.random.PCG64(0)  # kept: PCG64_CALLS points into it
 PCG64_CALLS = (<bitgen_t *>PyCapsule_GetPointer(_BIT_GENERATOR.capsule, "BitGenerator"))[0]

@@ -27,7 +27,6 @@ import itertools
 import math
 import sys
 import threading
-from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -1022,9 +1021,6 @@ def _below(t: float) -> float:
     return t - (1e-6 + abs(t) * 1e-12) if math.isfinite(t) else t
 
 
-_NO_DRAWS = array("d")
-
-
 class FastSimulation(Simulation):
     """The same model, with plain requests carried out in one step.
 
@@ -1042,7 +1038,7 @@ class FastSimulation(Simulation):
     at each. With ``keep_events`` (per-record output) nothing is skipped."""
 
     #: the compiled loop over the page views that are plain without asking (None: the Python one)
-    kernel = None if _KERNEL is None else staticmethod(_KERNEL.sure_views)
+    sure_views = None if _KERNEL is None else staticmethod(_KERNEL.sure_views)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -1112,20 +1108,50 @@ class FastSimulation(Simulation):
         if timers:
             for timer in timers:
                 horizon = self._timer_acts(timer, horizon)
-        client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
+        client, server, ledger, loss_p = self.client, self.server, self.ledger, self.loss_p
         token = ledger.tokens[sent.id]
+        skew, end = tab.visit.user.skew_s, self.end_s
+        if loss_p:
+            sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
+        else:
+            # the policies' pure answers, with a margin for the rounding of the engine's sums
+            sure_sends = _below(min(client.sends_until_s(view), client.pages_until_s(view)) - skew)
+            sure_arrives = _below(server.plain_until_s(ledger, token, self.leeway_s))
+        counts = self.rec.counts
+        # below this instant a view whose last request ends in the run counts as none added
+        # latency at once (see :data:`_EXACT_BELOW_S`)
+        at_once_below = min(end, _EXACT_BELOW_S) if self._attempts_ok is not None and not loss_p else -math.inf
+        draws, t_next, views = tab.draws, self.now, 0
+        if self.sure_views is not None and at_once_below > t_next:
+            views, t_next = self.sure_views(
+                draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap, effect.idle_probability,
+                t_next, min(horizon, end), sure_sends, sure_arrives, self.api_verify_s, at_once_below,
+                self._attempts_ok, self._requests_ok, counts.latency, counts.lo, counts.hi)
+        if t_next < horizon and t_next < end:
+            more, t_next = self._asked_views(tab, view, sent, token, effect.idle_probability, t_next, horizon,
+                                             sure_sends, sure_arrives, at_once_below)
+            views += more
+        if not views:
+            return False
+        task.wake = t_next
+        # stopped before the horizon and the end: at a view that is not plain, which asking
+        # again at t_next would find (nothing of the user's changes before the horizon), so the
+        # flow does that one itself
+        self.at(t_next, self.resume, (task, not (t_next < horizon and t_next < end)))
+        return PENDING
+
+    def _asked_views(self, tab: Tab, view: TabView, sent: Held, token: Token, idle_probability: float, start: float,
+                     horizon: float, sure_sends: float, sure_arrives: float, at_once_below: float) -> tuple[int, float]:
+        """:meth:`_views`' page views from ``start`` in Python
+        (:func:`~sim.strategies.flow.plain_page_views`): those the compiled kernel does not carry
+        out, or all where it is not built. Returns (views done, when the next one starts)."""
+        client, server, ledger, leeway, loss_p = self.client, self.server, self.ledger, self.leeway_s, self.loss_p
         skew, verify, end = tab.visit.user.skew_s, self.api_verify_s, self.end_s
         draws = tab.draws
         loss = draws.loss if loss_p else None
         counts = self.rec.counts
         send = Action.SEND
         done_ = Action.DONE
-        if loss_p:
-            sure_sends, sure_arrives = -math.inf, -math.inf  # every view asks its loss draws
-        else:
-            # the policies' pure answers, with a margin for the rounding of the engine's sums
-            sure_sends = _below(min(client.sends_until_s(view), client.pages_until_s(view)) - skew)
-            sure_arrives = _below(server.plain_until_s(ledger, token, leeway))
 
         def plain(t, rtts, top):
             clock = t + skew
@@ -1137,12 +1163,8 @@ class FastSimulation(Simulation):
                 return False
             return server.plain_at(ledger, token, t + top / 2, leeway)
 
-        attempts_ok, requests_ok = counts.bins_of("attempt", "ok"), counts.bins_of("request", "ok")
+        attempts_ok, requests_ok = self._attempts_ok, self._requests_ok
         latency, lo, hi = counts.latency, counts.lo, counts.hi
-
-        # below this instant a view whose last request ends in the run counts as none added
-        # latency at once (see :data:`_EXACT_BELOW_S`)
-        at_once_below = min(end, _EXACT_BELOW_S) if attempts_ok is not None and not loss_p else -math.inf
 
         def view_done(t, rtts, top):
             # the arithmetic of the event-by-event engine; rounding is monotonic, so the request
@@ -1191,71 +1213,8 @@ class FastSimulation(Simulation):
                         counts.requests_without_delay(t, zero)
             return done_max
 
-        t_next, views = self.now, 0
-        if self.kernel is not None and at_once_below > t_next:
-            views, t_next = self._sure_views(draws, effect.idle_probability, t_next, min(horizon, end), sure_sends,
-                                             sure_arrives, at_once_below)
-        if t_next < horizon and t_next < end:
-            more, t_next = plain_page_views(draws, effect.idle_probability, t_next, horizon, end, plain, view_done,
-                                            sure_sends, sure_arrives)
-            views += more
-        if not views:
-            return False
-        task.wake = t_next
-        # stopped before the horizon and the end: at a view that is not plain, which asking
-        # again at t_next would find (nothing of the user's changes before the horizon), so the
-        # flow does that one itself
-        self.at(t_next, self.resume, (task, not (t_next < horizon and t_next < end)))
-        return PENDING
-
-    def _sure_views(self, draws: TabStreams, idle_probability: float, t: float, stop_s: float, sure_sends: float,
-                    sure_arrives: float, at_once_below: float) -> tuple[int, float]:
-        """The page views from ``t`` that :func:`~sim.engine._kernel.sure_views` carries out (those
-        of :meth:`_views` that are plain without asking and count into the bins at once), its
-        streams' buffers refilled whenever it runs out of one: (views done, when the next starts)."""
-        kernel, views = self.kernel, 0
-        burst, rtt, think, coin, gap = draws.burst, draws.api_rtt, draws.think, draws.idle_coin, draws.idle_gap
-        bb, bi = burst.cursor()
-        rb, ri = rtt.cursor()
-        tb, ti = think.cursor()
-        cb, ci = coin.cursor() if idle_probability else (_NO_DRAWS, 0)
-        gb, gi = _NO_DRAWS, 0  # a gap stream is read only when a coin asks for a pause
-        counts = self.rec.counts
-        attempts_ok, requests_ok, lo, hi, verify = self._attempts_ok, self._requests_ok, counts.lo, counts.hi, self.api_verify_s
-        while True:
-            done, t, bi, ri, ti, ci, gi, in_window, need = kernel(
-                bb, bi, rb, ri, tb, ti, cb, ci, gb, gi, idle_probability, t, stop_s, sure_sends, sure_arrives, verify,
-                at_once_below, attempts_ok, requests_ok, lo, hi)
-            views += done
-            if in_window:
-                counts.latency.n += in_window
-                counts.latency.zeros += in_window
-            if need == _KERNEL.NEED_BURST:
-                burst.seek(bi)
-                bb, bi = burst.cursor()
-            elif need == _KERNEL.NEED_RTT:
-                rtt.seek(ri)
-                rb, ri = rtt.cursor(int(bb[bi]))
-            elif need == _KERNEL.NEED_THINK:
-                think.seek(ti)
-                tb, ti = think.cursor()
-            elif need == _KERNEL.NEED_COIN:
-                coin.seek(ci)
-                cb, ci = coin.cursor()
-            elif need == _KERNEL.NEED_GAP:
-                if gb is not _NO_DRAWS:
-                    gap.seek(gi)
-                gb, gi = gap.cursor()
-            else:
-                break
-        burst.seek(bi)
-        rtt.seek(ri)
-        think.seek(ti)
-        if idle_probability:
-            coin.seek(ci)
-        if gb is not _NO_DRAWS:
-            gap.seek(gi)
-        return views, t
+        return plain_page_views(draws, idle_probability, start, horizon, end, plain, view_done, sure_sends,
+                                sure_arrives)
 
     def _timer_acts(self, timer: Task, limit: float) -> float:
         """When the sleeping renewal timer ``timer`` may first do anything, looking over its
