@@ -1,6 +1,6 @@
-"""The compiled part of the package: :mod:`sim.engine._kernel` (Cython, loaded by :mod:`sim.engine.kernel`). Where it cannot be
-compiled (no C compiler), the package installs without it and the engine does the same work in
-Python: the same answers, more slowly."""
+"""The compiled part of the package: :mod:`sim.engine._kernel` (Cython; :mod:`sim.engine.kernel`
+loads it). Where it cannot be compiled (no C compiler), the package installs without it and the
+engine does the same work in Python: the same answers, more slowly."""
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext

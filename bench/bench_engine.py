@@ -169,6 +169,25 @@ same script, the same load):
       million (0.93x): fewer, but not by so much that a
       noisy host cannot turn one run's CPU ratio under 1x
 
+    before (the command on the code before the row, just      1.40x        3.56x     0.91x        2.52x
+      before the row's, load 0.9-1.1)                          [1.35-1.42]  [3.03-3.73] [0.76-1.18] [1.72-2.69]
+    + a compiled kernel (Cython, sim/engine/_kernel.pyx):     1.22x        4.32x     1.06x        5.04x
+      the page views that are plain without asking carried     [1.18-1.39]  [3.94-4.42] [0.68-1.13] [3.08-5.90]
+      out over the tab's streams' buffers, refilling them as
+      it goes, and every stream's batch drawn by numpy's own
+      C distributions on the stream's PCG64 state (no
+      Generator call, no state put into a lender and taken
+      out); load 0.7-1.1. CPU (median) naive 10.03 -> 8.42 s
+      and 5.03 -> 4.17 s (it draws from the same streams:
+      its refills got cheaper too, so the ratios understate
+      the change), exact 7.18 -> 6.80 s and 5.31 -> 5.35 s,
+      fast 3.05 -> 2.04 s and 2.08 -> 1.03 s. Counted
+      instructions (valgrind, the whole process at 500 users
+      less a 1-user run, outputs the same): fast engine
+      1,971 -> 1,466 million on baseline (-26%), 1,653 -> 733
+      million on poisson (-56%). The exact engine's ratio on
+      poisson still swings across 1x from round to round
+
 Before the calendar queue, at 2,000 users the poisson workload's exact engine spent more time
 per instruction than the naive model: the heap's pop was a fifth of its time, and each request
 reads a dozen small objects of its user (task, tab, visit, store, single-flight scope, view,
@@ -211,6 +230,16 @@ handed a ``Generator`` costs about 15 us a call (numpy's own call for 13 lognorm
 us), and the first compile 2.7 s a process: a compiled inner loop would carry PCG64 and its
 transforms itself over the streams' packed states, and would pay off only over many views or
 users a call.
+
+The compiled kernel (the last row) does what the paragraph above asked of a compiled loop, for
+the plain page views and the draws: it calls numpy's own C distributions (``c_distributions``,
+linked from numpy's ``npyrandom`` library) with numpy's PCG64 functions on a state of its own
+copied from the stream's buffer, so the draws are numpy's by construction (a test checks every
+kind against numpy's ``Generator`` calls, states included). Where the fast engine's time goes
+after it (py-spy, 2,000 users, baseline-like workload): the renewal path about 60% (the 401, the
+refresh call's three events and its mint, the retry, the flows resuming), page views in bulk
+17% (the kernel's own loop a small part of it: most of it is setting each bulk run up), refills
+5%. The renewal path is Python objects and events; 10x needs it compiled too.
 
 The silent-refresh variant's timers (not in this workload): at 20,000 users of the bundled
 baseline, looking over a sleeping timer's ticks for the first that may act (``_timer_next``)
