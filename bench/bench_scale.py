@@ -111,6 +111,16 @@ alone on the host, load average 0.7-1.5: wall 453 s (goal 60 s: not met), peak o
 tree 1,796 MB (goal 2048 MB: met), 782 CPU s (1.93 ms per user and variant, against 2.27 above);
 1M users x 1.08 h x 4 variants projected at 7,711 CPU s (about 64 min on two idle cores) and
 about 7.8 GB per worker process.
+
+Before and after the fast engine's compiled kernel (plain page views over the streams' buffers,
+batches of draws by numpy's C distributions; see ``bench_engine.py``; outputs byte-identical),
+this command on each code in turn, alone on the host (load 0.9-1.7): wall 330 -> 242 s (goal
+60 s: not met), CPU 597 -> 421 s (1.48 -> 1.03 ms per user and variant), peak of the process
+tree 1,804 and 1,797 MB (goal 2048 MB: met); 1M users x 1.08 h x 4 variants projected at 5,926
+-> 4,117 CPU s, about 49 -> 34 min on two idle cores, about 7.8 GB per worker process. In a
+100,000-user run of the baseline's dual_token (py-spy, after), page views in bulk take 16% (the
+kernel included), refills 7% (at 13 draws a batch a stream is refilled every few views), the
+forget pass 10%; the renewal path and the event loop most of the rest.
 """
 
 from __future__ import annotations
