@@ -466,17 +466,31 @@ def test_a_run_leaves_objects_the_caller_froze_frozen_and_freezes_nothing_itself
         gc.unfreeze()
 
 
+def event_queues():
+    """Every event queue the engine may run on: the Python calendar queue, and the compiled one
+    where it is built."""
+    from sim.engine.kernel import KERNEL
+    from sim.engine.model import CalendarQueue
+
+    queues = [("calendar", lambda end, width: CalendarQueue(end, width))]
+    if KERNEL is not None:
+        queues.append(("compiled", lambda end, width: KERNEL.EventQueue(end)))
+    return queues
+
+
+@pytest.mark.parametrize("make_queue", [q for _, q in event_queues()], ids=[name for name, _ in event_queues()])
 @pytest.mark.parametrize("users", [1, 3_000, 1_000_000])
-def test_the_event_queue_takes_events_by_instant_then_by_when_they_were_scheduled(make_scenario, users):
+def test_the_event_queue_takes_events_by_instant_then_by_when_they_were_scheduled(make_scenario, users, make_queue):
     # instants on and around bucket boundaries, ties, events scheduled by events (some at the
     # same instant), and some at or after the end of the run, which are never taken
     import random
+    from types import SimpleNamespace
 
-    from sim.engine.model import Simulation, bucket_s
+    from sim.engine.model import bucket_s
 
-    scenario = make_scenario(population={"users": users})
-    engine = Simulation(scenario, scenario.variant(scenario.names[0]), 0, 1, False)
-    width, end, rng = bucket_s(users), engine.end_s, random.Random(users)
+    end = make_scenario().run.end_s
+    width, rng = bucket_s(users), random.Random(users)
+    queue, owner = make_queue(end, width), SimpleNamespace(now=0.0)
     scheduled, taken = [], []
 
     def instant() -> float:
@@ -485,16 +499,39 @@ def test_the_event_queue_takes_events_by_instant_then_by_when_they_were_schedule
 
     def schedule(t: float) -> None:
         scheduled.append((t, len(scheduled)))
-        engine.at(t, fired, scheduled[-1])
+        queue.at(t, fired, scheduled[-1])
 
     def fired(event) -> None:
-        assert engine.now == event[0]
+        assert owner.now == event[0]
         taken.append(event)
         if rng.random() < 0.5:
-            schedule(engine.now + rng.choice([0.0, width / 2, width, 3 * width, rng.uniform(0, 60)]))
+            schedule(owner.now + rng.choice([0.0, width / 2, width, 3 * width, rng.uniform(0, 60)]))
 
     for _ in range(2_000):
         schedule(instant())
-    engine.advance()
+    queue.run(owner)
     assert taken == sorted(e for e in scheduled if e[0] < end)
     assert len(taken) > 2_000
+
+
+def test_the_compiled_event_queue_lets_go_of_its_events_when_a_call_raises():
+    import sys
+    from types import SimpleNamespace
+
+    from sim.engine.kernel import KERNEL
+
+    if KERNEL is None:
+        pytest.skip("the kernel is not compiled here")
+    queue, argument = KERNEL.EventQueue(100.0), object()
+    held = sys.getrefcount(argument)
+
+    def fail(_):
+        raise RuntimeError("a failing event")
+
+    queue.at(1.0, fail, None)
+    for t in (2.0, 3.0, 200.0):  # the last one past the end: never held
+        queue.at(t, print, argument)
+    assert len(queue) == 3 and sys.getrefcount(argument) == held + 2
+    with pytest.raises(RuntimeError):
+        queue.run(SimpleNamespace(now=0.0))
+    assert len(queue) == 0 and sys.getrefcount(argument) == held

@@ -1,5 +1,6 @@
 """The compiled kernel (:mod:`sim.engine._kernel`) draws what numpy's ``Generator`` draws, and
-the fast engine gives the exact engine's answers with it and without it."""
+the engines give the same answers with it and without it (its event queue:
+``tests/test_engine_exact.py``)."""
 
 import os
 from array import array
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim
-from sim.engine import kernel, streams
+from sim.engine import kernel, model, streams
 from sim.engine.model import FastSimulation
 from tests.conftest import SCENARIOS
 from tests.test_engine_fast import assert_identical, both
@@ -69,7 +70,8 @@ def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, wor
 
 @pytest.fixture
 def without_kernel(monkeypatch):
-    """The fast engine and the streams as where the kernel could not be compiled."""
+    """The engine and the streams as where the kernel could not be compiled."""
+    monkeypatch.setattr(model, "_KERNEL", None)  # the Python event queue
     monkeypatch.setattr(FastSimulation, "sure_views", None)
     monkeypatch.setattr(streams, "_compiled", lambda sample, floor: None)
     monkeypatch.setattr(streams, "_KINDS", {})
@@ -99,3 +101,20 @@ def test_a_kernel_built_before_its_source_changed_is_not_used(tmp_path):
     os.utime(source, (3_000, 3_000))
     assert kernel.stale(str(built), str(source))
     assert not kernel.stale(str(built), str(tmp_path / "none.pyx"))  # an install without its source
+
+
+@compiled
+def test_a_kernel_that_reads_numpys_state_otherwise_is_not_used():
+    """The check made before the kernel is used: its draws from a known state are numpy's; a
+    kernel that read the state's words in another order (a numpy without native 128-bit
+    integers lays them out so) would draw other numbers, and is refused."""
+    from types import SimpleNamespace
+
+    assert kernel.draws_as_numpy(K)
+
+    def swapped(buf, i, state, *rest):
+        if state is not None:  # the 128-bit words' halves the other way round
+            state = state[8:16] + state[:8] + state[24:32] + state[16:24] + state[32:]
+        return K.refill(buf, i, state, *rest)
+
+    assert not kernel.draws_as_numpy(SimpleNamespace(refill=swapped, INTEGERS=K.INTEGERS, UNIFORM01=K.UNIFORM01))

@@ -1,17 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The fast engine's compiled inner loops (``setup.py`` builds this module; where it cannot, the
+"""The engine's compiled inner loops (``setup.py`` builds this module; where it cannot, the
 engine's Python code does the same work, to the same answers, more slowly):
 
+- :class:`EventQueue`, the pending events of a run (``sim.engine.model.CalendarQueue``'s order);
 - :func:`sure_views`, the page views of one tab that are plain without asking (the loop of
   :func:`~sim.strategies.flow.plain_page_views`, for its commonest case);
 - :func:`refill`, a stream's next batch of draws (:meth:`~sim.engine.streams.Draws._refill`)
   by numpy's own C functions, on the stream's PCG64 state, without a ``Generator`` call.
 
-Both do the same IEEE arithmetic in the same order as the Python code they stand for (the build
+Each does the same IEEE arithmetic in the same order as the Python code it stands for (the build
 turns off floating-point contraction), so the answers are identical; the test suite checks it.
 """
 
 from cpython.array cimport array, clone
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -41,6 +44,118 @@ cdef extern from *:
         rl_pcg64_core *core
         int has_uint32
         uint32_t uinteger
+
+
+# -- the event queue -----------------------------------------------------------------------------
+
+cdef struct Event:
+    double t
+    unsigned long long order
+    PyObject *fn
+    PyObject *arg
+
+
+cdef inline bint earlier(Event *a, Event *b) noexcept nogil:
+    return a.t < b.t or (a.t == b.t and a.order < b.order)
+
+
+cdef class EventQueue:
+    """The pending events of a run: :meth:`run` calls ``fn(arg)`` at each event's instant
+    (setting its owner's ``now``), events of one instant in the order they were scheduled
+    (:meth:`at`); an event at or after ``end_s`` is never taken. One binary heap of C structs
+    (instant, order, two references): no tuple or float object per event, and a pop compares
+    doubles in one block of memory."""
+
+    cdef Event *events
+    cdef Py_ssize_t n, size
+    cdef unsigned long long order
+    cdef readonly double end_s
+
+    def __cinit__(self, double end_s):
+        self.size = 1024
+        self.events = <Event *>PyMem_Malloc(self.size * sizeof(Event))
+        if self.events is NULL:
+            raise MemoryError()
+        self.n = 0
+        self.order = 0
+        self.end_s = end_s
+
+    def __dealloc__(self):
+        self._clear()
+        PyMem_Free(self.events)
+
+    cdef void _clear(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            Py_DECREF(<object>self.events[i].fn)
+            Py_DECREF(<object>self.events[i].arg)
+        self.n = 0
+
+    def __len__(self):
+        return self.n
+
+    def at(self, double t, fn, arg):
+        """Schedule ``fn(arg)`` at instant ``t``, after every event scheduled for ``t`` before."""
+        cdef Event event
+        cdef Event *events
+        cdef Py_ssize_t i, parent
+        if not t < self.end_s:
+            return
+        if self.n == self.size:
+            events = <Event *>PyMem_Realloc(self.events, 2 * self.size * sizeof(Event))
+            if events is NULL:
+                raise MemoryError()
+            self.events, self.size = events, 2 * self.size
+        event.t, event.order = t, self.order
+        event.fn, event.arg = <PyObject *>fn, <PyObject *>arg
+        Py_INCREF(fn)
+        Py_INCREF(arg)
+        self.order += 1
+        events = self.events
+        i = self.n
+        self.n += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not earlier(&event, &events[parent]):
+                break
+            events[i] = events[parent]
+            i = parent
+        events[i] = event
+
+    def run(self, owner):
+        """Take the events in order, setting ``owner.now`` to each one's instant and calling it,
+        until none is left (those still pending when a call raises are let go)."""
+        cdef Event first, last
+        cdef Event *events
+        cdef Py_ssize_t i, child, n
+        try:
+            while self.n:
+                events = self.events
+                first = events[0]
+                self.n -= 1
+                n = self.n
+                if n:
+                    last = events[n]
+                    i = 0
+                    while True:
+                        child = 2 * i + 1
+                        if child >= n:
+                            break
+                        if child + 1 < n and earlier(&events[child + 1], &events[child]):
+                            child += 1
+                        if not earlier(&events[child], &last):
+                            break
+                        events[i] = events[child]
+                        i = child
+                    events[i] = last
+                fn = <object>first.fn
+                arg = <object>first.arg
+                Py_DECREF(fn)  # the queue's references, now held by ``fn`` and ``arg``
+                Py_DECREF(arg)
+                owner.now = first.t
+                fn(arg)
+        finally:
+            self._clear()
 
 
 # -- page views ---------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """The discrete-event engine: one strategy variant in one replication, in virtual time.
 
 A user's life is the shared flows of :mod:`sim.strategies.flow` (visits, tabs, page views, timers,
-requests, renewals); this module only interprets their effects: it keeps the clock (a calendar
-queue of timed callbacks), runs each flow as a *task* (a stack of generators, so a sub-flow costs
-no extra layer), carries requests to the API and refresh and login calls through the auth tier (a
-finite pool of workers with a FIFO queue and a queue timeout), and records what happened.
+requests, renewals); this module only interprets their effects: it keeps the clock (a queue of
+timed callbacks, :func:`event_queue`), runs each flow as a *task* (a stack of generators, so a
+sub-flow costs no extra layer), carries requests to the API and refresh and login calls through
+the auth tier (a finite pool of workers with a FIFO queue and a queue timeout), and records what
+happened.
 
 The event loop is written here rather than taken from SimPy because it runs one kind of event
 (resume a task, or call a callback) and the model's cost is dominated by that step: SimPy's
 general events, callbacks and process objects cost several times more per step than the model
-itself. Ties are broken first-scheduled, first-run, as in SimPy.
+itself. Ties are broken first-scheduled, first-run, as in SimPy. The queue, the plain page views
+and the random streams' refills run compiled where the package was built with its kernel
+(:mod:`sim.engine.kernel`), in Python otherwise: the same answers either way.
 
 :class:`FastSimulation` (``engine = "fast"``) is the same engine with plain page views — every
 request of the burst sends a token that stays valid with margin, nothing in flight, nothing to
@@ -284,11 +287,74 @@ BUCKET_USER_S = 4096.0
 
 
 def bucket_s(users: int) -> float:
-    """The length of a bucket of the event queue (:meth:`Simulation.push`) for a run of
+    """The length of a bucket of the event queue (:class:`CalendarQueue`) for a run of
     ``users``: a power of two (seconds) in which the population has some tens of events (the
     busier the population, the shorter), so that a bucket's heap stays small and few buckets are
     empty."""
     return 2.0 ** min(max(round(math.log2(BUCKET_USER_S / max(users, 1))), -8), 8)
+
+
+class CalendarQueue:
+    """The pending events, ``(instant, order, callback, argument)``: :meth:`run` calls
+    ``callback(argument)`` at ``instant`` (setting its owner's ``now``), events of one instant in
+    the order they were scheduled (:meth:`at`). An event at or after ``end_s`` is never taken.
+    The compiled :class:`sim.engine._kernel.EventQueue` keeps the same order in one heap of C
+    structs; this is the engine's queue where it is not built.
+
+    The events are kept by buckets of instants (a calendar queue): a heap of those in the
+    current bucket, a list for each later one, made a heap when the loop reaches it. A heap of
+    every pending event (a few per user) would be walked from root to leaf at each event, across
+    memory the size of the population's; the current bucket's is small. The order is the same:
+    every event of a bucket comes before any of a later one (a bucket's length, ``width_s``, is a
+    power of two, so where an instant falls is exact), and within one the heap orders by
+    (instant, order)."""
+
+    def __init__(self, end_s: float, width_s: float) -> None:
+        self.end_s, self.width_s = end_s, width_s
+        self.heap: list = []  # the current bucket's
+        self._later: dict[int, list] = {}
+        self._buckets: list[int] = []  # a heap of the later buckets' numbers
+        self._bucket_end = 0.0  # where the current bucket ends
+        self._seq = itertools.count()
+
+    def at(self, t: float, fn, arg) -> None:
+        """Schedule ``fn(arg)`` at instant ``t``, after every event scheduled for ``t`` before."""
+        event = (t, next(self._seq), fn, arg)
+        if t < self._bucket_end:
+            heapq.heappush(self.heap, event)
+        elif t < self.end_s:
+            b = int(t / self.width_s)
+            later = self._later.get(b)
+            if later is None:
+                self._later[b] = [event]
+                heapq.heappush(self._buckets, b)
+            else:
+                later.append(event)
+
+    def run(self, owner) -> None:
+        """Take the events in order, setting ``owner.now`` to each one's instant and calling it,
+        until none is left."""
+        heap, pop, later, buckets, width = self.heap, heapq.heappop, self._later, self._buckets, self.width_s
+        while True:
+            while heap:
+                t, _, fn, arg = pop(heap)
+                owner.now = t
+                fn(arg)
+            if not buckets:
+                return
+            b = pop(buckets)
+            self.heap = heap = later.pop(b)
+            heapq.heapify(heap)
+            # (never past the end: an event there is not taken)
+            self._bucket_end = min((b + 1) * width, self.end_s)
+
+
+def event_queue(end_s: float, users: int):
+    """The engine's queue of pending events for a run of ``users`` ending at ``end_s``: the
+    compiled one where it is built, else :class:`CalendarQueue` (the same order)."""
+    if _KERNEL is not None:
+        return _KERNEL.EventQueue(end_s)
+    return CalendarQueue(end_s, bucket_s(users))
 
 
 class Simulation:
@@ -315,14 +381,9 @@ class Simulation:
         self.seed = seed
         self.end_s = scenario.run.end_s
         self.now = 0.0
-        # the pending events, (instant, order, callback, argument): a heap of those of the
-        # current bucket of instants, lists of those of later buckets (see :meth:`push`)
-        self.heap: list = []
-        self._later: dict[int, list] = {}
-        self._buckets: list[int] = []  # a heap of the later buckets' numbers
-        self._bucket_s = bucket_s(scenario.population.users if users is None else len(users))
-        self._bucket_end = 0.0  # where the current bucket ends
-        self._seq = itertools.count()
+        #: the pending events (:func:`event_queue`); ``at(t, fn, arg)`` schedules ``fn(arg)`` at ``t``
+        self.queue = event_queue(self.end_s, scenario.population.users if users is None else len(users))
+        self.at = self.queue.at
         self.rec = Recorder(variant.name, replication, keep_events, scenario.run.warmup_s, scenario.run.duration_s)
         self.events = keep_events
         self.ledger = Ledger(observer=self.rec)
@@ -373,48 +434,10 @@ class Simulation:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def at(self, t: float, fn, arg) -> None:
-        self.push((t, next(self._seq), fn, arg))
-
-    def push(self, event: tuple) -> None:
-        """Schedule ``event``, ``(instant, order, callback, argument)``: the loop calls
-        ``callback(argument)`` at ``instant``, events of one instant in ``order``.
-
-        The events are kept by buckets of instants (a calendar queue): a heap of those in the
-        current bucket, a list for each later one, made a heap when the loop reaches it. A heap
-        of every pending event (a few per user) would be walked from root to leaf at each
-        event, across memory the size of the population's; the current bucket's is small. The
-        order is the same: every event of a bucket comes before any of a later one (a bucket's
-        length is a power of two, so where an instant falls is exact), and within one the heap
-        orders by (instant, order). An event at or after the end of the run is never taken."""
-        t = event[0]
-        if t < self._bucket_end:
-            heapq.heappush(self.heap, event)
-        elif t < self.end_s:
-            b = int(t / self._bucket_s)
-            later = self._later.get(b)
-            if later is None:
-                self._later[b] = [event]
-                heapq.heappush(self._buckets, b)
-            else:
-                later.append(event)
-
     def advance(self) -> None:
-        """Take the events in order (:meth:`push`), calling each, until none is left before the
+        """Take the events in order (:attr:`queue`), calling each, until none is left before the
         end of the run."""
-        heap, pop, later, buckets, width = self.heap, heapq.heappop, self._later, self._buckets, self._bucket_s
-        while True:
-            while heap:
-                t, _, fn, arg = pop(heap)
-                self.now = t
-                fn(arg)
-            if not buckets:
-                return
-            b = pop(buckets)
-            self.heap = heap = later.pop(b)
-            heapq.heapify(heap)
-            # (never past the end: an event there is not taken)
-            self._bucket_end = min((b + 1) * width, self.end_s)
+        self.queue.run(self)
 
     def run(self) -> Recorder:
         with _no_cyclic_gc():
@@ -483,7 +506,7 @@ class Simulation:
 
     def step(self, task: Task, value=None) -> None:
         """Run ``task`` from where it waits, sending it ``value``, until it waits again or ends.
-        A task woken with nothing to send is pushed as ``(..., self.step, task)``: one call
+        A task woken with nothing to send is scheduled as ``at(t, self.step, task)``: one call
         fewer than through :meth:`resume`."""
         task.wake = _NEVER  # it runs
         stack, handlers = task.stack, self.handlers
@@ -536,14 +559,14 @@ class Simulation:
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            self.push((wake, next(self._seq), self.step, task))
+            self.at(wake, self.step, task)
         return PENDING
 
     def _pause(self, task, effect):
         # after waiting for requests carried out in bulk (fast engine), count from their end
         now = self.now
         task.wake = wake = (task.until if task.until > now else now) + effect.seconds
-        self.push((wake, next(self._seq), self.step, task))
+        self.at(wake, self.step, task)
         return PENDING
 
     def _call(self, task, effect):
@@ -678,7 +701,7 @@ class Simulation:
         if self.in_order and not lost:
             user = task.tab.visit.user
             user.answers_due_s = max(user.answers_due_s, now + rtt + self.api_verify_s)
-        self.push((now + rtt / 2, next(self._seq), self._arrive, (task, sent, now, rtt, lost, started)))
+        self.at(now + rtt / 2, self._arrive, (task, sent, now, rtt, lost, started))
         return rtt
 
     def _arrive(self, arg) -> None:
@@ -699,7 +722,7 @@ class Simulation:
             else:
                 response = (_OK if outcome is _ATTEMPT_OK else
                             _EXPIRED if outcome is _ATTEMPT_EXPIRED else _UNAUTHORIZED)
-        self.push((done, next(self._seq), self._answered, (task, sent, sent_at, outcome, response, started)))
+        self.at(done, self._answered, (task, sent, sent_at, outcome, response, started))
 
     def _answered(self, arg) -> None:
         task, sent, sent_at, outcome, response, started = arg
@@ -1279,7 +1302,7 @@ class FastSimulation(Simulation):
         done = arrive + (rtt / 2 + self.api_verify_s)
         if done < self.end_s:
             self.rec.counts.count("attempt", "ok", now)
-        self.push((done, next(self._seq), self._answer_plain, (task, _OK)))
+        self.at(done, self._answer_plain, (task, _OK))
         return PENDING
 
 
@@ -1320,7 +1343,7 @@ class FastSimulation(Simulation):
         task.timer = task.timer_grid = None
         task.wake = wake = self.now + seconds
         if seconds != math.inf:
-            self.push((wake, next(self._seq), then, call))
+            self.at(wake, then, call)
 
     def _call_arrive(self, call: _RefreshCall) -> None:
         call.task.wake = _NEVER
