@@ -1115,7 +1115,8 @@ class FastSimulation(Simulation):
         instant anything else of this user can happen: none of its other tasks (visit, tabs,
         timers, requests) runs before then, and other users touch nothing of its own (only the
         auth tier, which plain requests do not use), so what the views do is what they would
-        do event by event."""
+        do event by event. The compiled kernel's :attr:`sure_views` carries out those that are
+        plain without asking, :meth:`_asked_views` the rest."""
         tab = task.tab
         view = tab.view()
         sent = view.held
