@@ -25,9 +25,14 @@ class OptionalBuildExt(build_ext):
 def extensions():
     import os
 
-    import numpy as np
-    from Cython.Build import cythonize
     from setuptools import Extension
+
+    try:  # pip's isolated build has both (pyproject.toml); a build without isolation may not
+        import numpy as np
+        from Cython.Build import cythonize
+    except ImportError as error:
+        print(f"sim.engine._kernel not compiled ({error}); the engine runs without it")
+        return []
 
     random = os.path.join(os.path.dirname(np.__file__), "random")
     kernel = Extension(
