@@ -245,10 +245,13 @@ for the event queue, the plain page views and the draws: it calls numpy's own C 
 linked from numpy's ``npyrandom`` library) with numpy's PCG64 functions on a state of its own
 copied from the stream's buffer, so the draws are numpy's by construction (a test checks every
 kind against numpy's ``Generator`` calls, states included). Where the fast engine's time goes
-after it (py-spy, 2,000 users, baseline-like workload): the renewal path about 60% (the 401, the
-refresh call's three events and its mint, the retry, the flows resuming), page views in bulk
-17% (the kernel's own loop a small part of it: most of it is setting each bulk run up), refills
-5%. The renewal path is Python objects and events; 10x needs it compiled too.
+after both rows (py-spy, 2,000 users, baseline-like workload): the renewal path about 65% (the
+401 and its request flow 14%, the refresh call's events 12-16% each with its mint and its
+records, the retry's answer 11%, burst requests spawned 7%), page views in bulk 14% (the
+kernel's own loop a small part of it: most of it is setting each bulk run up), the forget pass
+7%, refills 4%; by function, no share over 8% (the tasks' step loop 7.6%, counting into the
+bins 6.4%, frozen dataclasses' __init__ 4.6%). The renewal path is Python objects and events;
+10x needs it compiled too.
 
 The silent-refresh variant's timers (not in this workload): at 20,000 users of the bundled
 baseline, looking over a sleeping timer's ticks for the first that may act (``_timer_next``)
