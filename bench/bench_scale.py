@@ -106,11 +106,11 @@ sampled profile of one worker for 20 s), against a twentieth at 2,000 users: the
 several hundred thousand events whose tuples lie all over memory.
 
 After the event queue became a calendar queue (a small heap per bucket of instants, see
-``sim.engine.model.Simulation.push``; outputs byte-identical): ``--users 100000 --workers 40``,
-alone on the host, load average 0.7-1.5: wall 453 s (goal 60 s: not met), peak of the process
-tree 1,796 MB (goal 2048 MB: met), 782 CPU s (1.93 ms per user and variant, against 2.27 above);
-1M users x 1.08 h x 4 variants projected at 7,711 CPU s (about 64 min on two idle cores) and
-about 7.8 GB per worker process.
+``sim.engine.model.CalendarQueue``, now the compiled queue's fallback; outputs byte-identical):
+``--users 100000 --workers 40``, alone on the host, load average 0.7-1.5: wall 453 s (goal 60 s:
+not met), peak of the process tree 1,796 MB (goal 2048 MB: met), 782 CPU s (1.93 ms per user and
+variant, against 2.27 above); 1M users x 1.08 h x 4 variants projected at 7,711 CPU s (about 64 min
+on two idle cores) and about 7.8 GB per worker process.
 
 Before and after the fast engine's compiled kernel (plain page views over the streams' buffers,
 batches of draws by numpy's C distributions; see ``bench_engine.py``; outputs byte-identical),
