@@ -219,7 +219,8 @@ class Task:
         user.tasks.append(self)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (hashed as before): made per mint, and a frozen one's __init__ costs several times more
+@dataclass(slots=True, unsafe_hash=True)
 class _HeldToken(Held):
     """What a simulated client holds of an access token, with the token itself: while any client
     (or call in flight) holds it, the ledger keeps it (:meth:`Simulation._forget`)."""

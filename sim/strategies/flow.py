@@ -105,7 +105,8 @@ class LoginCause(StrEnum):
     LAPSED = "lapsed"
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (hashed as before): made per visit and timer tick, and a frozen one's __init__ costs several times more
+@dataclass(slots=True, unsafe_hash=True)
 class Sleep:
     seconds: float
     #: a renewal timer's sleep until its next tick (the timer's phase starts at this instant, by
@@ -241,7 +242,8 @@ class WakePhase:
     [0, 1) from the user's own stream."""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (hashed as before): made per timer renewal, and a frozen one's __init__ costs several times more
+@dataclass(slots=True, unsafe_hash=True)
 class Call:
     """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""
 

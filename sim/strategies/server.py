@@ -25,7 +25,8 @@ from sim.strategies.ledger import Ledger, Session, Token
 from sim.units import Duration
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (hashed as before): made per refresh, and a frozen one's __init__ costs several times more
+@dataclass(slots=True, unsafe_hash=True)
 class Grant:
     """Tokens handed to a client: an access token and, for dual-token servers, a refresh token."""
 
@@ -64,7 +65,8 @@ EXPIRED = Verdict("expired")
 INVALID = Verdict("invalid")
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (hashed as before): made per refresh, and a frozen one's __init__ costs several times more
+@dataclass(slots=True, unsafe_hash=True)
 class PendingRefresh:
     """A refresh between :meth:`~ServerPolicy.begin_refresh` and :meth:`~ServerPolicy.finish_refresh`."""
 
