@@ -56,6 +56,7 @@ _OK, _UNAUTHORIZED, _EXPIRED, _LOST = Response(200), Response(401), Response(401
 _VERDICT = {o.value: o for o in AttemptOutcome}
 # enum members as module names where the engine asks per request (see sim.strategies.client)
 _ATTEMPT_OK, _ATTEMPT_EXPIRED, _SEND = AttemptOutcome.OK, AttemptOutcome.EXPIRED, Action.SEND
+_DONE, _NOTHING, _REFRESH_OK, _REFRESH_LOST = Action.DONE, Action.NOTHING, RefreshOutcome.OK, RefreshOutcome.LOST
 _NEVER = -math.inf  # a task's wake while it runs or waits on others
 
 
@@ -1090,7 +1091,7 @@ class FastSimulation(Simulation):
             return None
         client, now = self.client, self.now
         clock = now + tab.visit.user.skew_s
-        if client.before_send(view, clock) is not Action.SEND:
+        if client.before_send(view, clock) is not _SEND:
             return None
         draws = tab.draws
         rtt = draws.api_rtt.peek(1)[0]
@@ -1099,7 +1100,7 @@ class FastSimulation(Simulation):
         arrive = now + rtt / 2
         if not self.server.plain_at(self.ledger, self.ledger.tokens[sent.id], arrive, self.leeway_s):
             return None
-        if client.on_response(view, sent, _OK, 1, clock) is not Action.DONE:
+        if client.on_response(view, sent, _OK, 1, clock) is not _DONE:
             return None
         draws.api_rtt.skip(1)
         if self.loss_p:
@@ -1175,14 +1176,14 @@ class FastSimulation(Simulation):
         draws = tab.draws
         loss = draws.loss if loss_p else None
         counts = self.rec.counts
-        send = Action.SEND
-        done_ = Action.DONE
+        send = _SEND
+        done_ = _DONE
 
         def plain(t, rtts, top):
             clock = t + skew
             if client.before_send(view, clock) is not send or client.on_response(view, sent, _OK, 1, clock) is not done_:
                 return False
-            if client.before_page(view, clock) is not Action.NOTHING:
+            if client.before_page(view, clock) is not _NOTHING:
                 return False
             if loss_p and min(loss.peek(len(rtts))) < loss_p:
                 return False
@@ -1253,7 +1254,7 @@ class FastSimulation(Simulation):
         """The first tick of the sleeping timer ``timer`` (from its wake on) that may act or
         that is at ``limit`` or later (:meth:`_timer_acts`)."""
         client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
-        w, nothing = timer.wake, Action.NOTHING
+        w, nothing = timer.wake, _NOTHING
         for _ in range(10_000):
             if not w < limit:
                 return w
@@ -1303,7 +1304,10 @@ class FastSimulation(Simulation):
         task.rtt = rtt
         done = arrive + (rtt / 2 + self.api_verify_s)
         if done < self.end_s:
-            self.rec.counts.count("attempt", "ok", now)
+            if self._attempts_ok is not None:  # straight into the bins (Counts.bins_of)
+                self._attempts_ok[int(now)] += 1
+            else:
+                self.rec.counts.count("attempt", "ok", now)
         self.at(done, self._answer_plain, (task, _OK))
         return PENDING
 
@@ -1324,11 +1328,12 @@ class FastSimulation(Simulation):
             return self._refresh(task, effect)
         call = _RefreshCall()
         call.task, call.tab, call.token, call.stale, call.basis = task, tab, token, stale, effect.basis
-        call.done = done = Signal()
         now = self.now
+        call.done = None  # what those who joined the call wait for: only a single-flight scope's
         if self.client.single_flight:
             flight = tab.flight
-            flight.inflight, flight.since, flight.owner = done, now, tab
+            call.done = flight.inflight = Signal()
+            flight.since, flight.owner = now, tab
         user = visit.user
         task.presented = token.id
         _presented(visit, token.id)
@@ -1389,7 +1394,7 @@ class FastSimulation(Simulation):
 
     def _call_lost(self, call: _RefreshCall) -> None:
         call.task.wake = _NEVER
-        self._call_end(call, RefreshOutcome.LOST)
+        self._call_end(call, _REFRESH_LOST)
 
     def _call_answered(self, call: _RefreshCall) -> None:
         call.task.wake = _NEVER
@@ -1404,27 +1409,28 @@ class FastSimulation(Simulation):
 
     def _call_outcome(self, call: _RefreshCall) -> None:
         result = call.pending
-        self._call_end(call, result if isinstance(result, RefreshOutcome) else
-                       RefreshOutcome.OK if isinstance(result, Grant) else RefreshOutcome(result.reason))
+        self._call_end(call, _REFRESH_OK if type(result) is Grant else
+                       result if isinstance(result, RefreshOutcome) else RefreshOutcome(result.reason))
 
     def _call_end(self, call: _RefreshCall, outcome) -> None:
         tab, token, now = call.tab, call.token, self.now
         visit = tab.visit
         self.rec.record(now, "refresh_end", outcome, visit.user.index, tab.index, visit.session, token.id, call.basis,
                         latency_ms=(now - call.sent_at) * 1000.0)
-        if outcome is RefreshOutcome.OK:
+        if outcome is _REFRESH_OK:
             result = call.pending
             visit.written = self.client.store_write(now, tab, tab.store.held, visit.jar)
             tab.store.held = held(result.access)
             visit.jar, dropped = jar_write(self.client, visit.jar, token, result.refresh)
             if dropped is not None:
                 self._drop(visit, dropped)
-        if self.client.releases_lock(outcome):
-            flight, done = tab.flight, call.done
+        done = call.done
+        if done is not None and self.client.releases_lock(outcome):
+            flight = tab.flight
             if flight.inflight is done:
                 flight.inflight = None
             if done.waiters:
-                self._fire(done, outcome == RefreshOutcome.OK)
+                self._fire(done, outcome == _REFRESH_OK)
         self.step(call.task, outcome)
 
     def _answer_plain(self, arg) -> None:

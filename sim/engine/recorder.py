@@ -66,9 +66,12 @@ class Recorder(LedgerObserver):
         if token.kind == "access":
             # valid from issue to expiry (cut at the run's end); one expiring as another is
             # issued does not overlap it
-            valid = [e for e in self._valid.get(token.session, ()) if e > now]
-            valid.append(min(token.expires_at_s, self.end_s))
-            self._valid[token.session] = valid
+            expiry = min(token.expires_at_s, self.end_s)
+            valid = self._valid.get(token.session)
+            if valid is None or (len(valid) == 1 and valid[0] <= now):  # (most often: its one token had expired)
+                self._valid[token.session] = valid = [expiry]
+            else:
+                valid = self._valid[token.session] = [e for e in valid if e > now] + [expiry]
             if len(valid) > self.valid_max:
                 self.valid_max = len(valid)
 

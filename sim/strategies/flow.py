@@ -278,7 +278,8 @@ class TabDraws(Protocol):
 
 RENEW = (Action.REFRESH, Action.WAIT)
 # members bound to module names where a flow or helper asks per request (see sim.strategies.client)
-_SEND, _DONE, _ADOPT = Action.SEND, Action.DONE, Action.ADOPT
+_SEND, _DONE, _ADOPT, _WAIT = Action.SEND, Action.DONE, Action.ADOPT, Action.WAIT
+_REFRESHED, _UNAVAILABLE = RefreshOutcome.OK, RefreshOutcome.UNAVAILABLE
 _REQUEST = Request()
 _SPAWN_REQUEST = Spawn(_REQUEST)
 _COOKIES = Cookies()
@@ -591,7 +592,7 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     A waiter whose store did not get a new token from the refresh it joined (a cross-tab lock
     with per-tab storage: the other tab's token is not its own) takes its own turn. A refused
     refresh means a new login; the requests waiting for it fail."""
-    while action is Action.WAIT and tab().refreshing:
+    while action is _WAIT and tab().refreshing:
         before = tab().held
         joined = yield Join(policy.lock_timeout_s)
         if joined is None:  # the lock was held too long: take an own turn, or give up
@@ -607,7 +608,7 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
     call = Refresh(basis, cookie)
     outcome = yield call
     for _ in range(policy.unavailable_retries):
-        if outcome != RefreshOutcome.UNAVAILABLE:
+        if outcome != _UNAVAILABLE:
             break
         yield Backoff()  # the driver waits policy.retry_delay_s(the Retry-After, its own draw)
         outcome = yield call
@@ -621,7 +622,7 @@ def renew_flow(policy: ClientPolicy, action: Action, basis: Any, tab: Callable[[
             return False  # signed out: the login page comes with the next need of a token
     if outcome in SESSION_LOST:
         yield Login(lapsed=outcome == RefreshOutcome.EXPIRED)
-    return outcome == RefreshOutcome.OK
+    return outcome == _REFRESHED
 
 
 def recover_flow(policy: ClientPolicy, refused: RefreshOutcome, basis: Any, tab: Callable[[], TabView]) -> Flow:
