@@ -68,7 +68,11 @@ over a dozen walks of the tokens, sessions and per-session records. Passes half 
 (growth 2.0), the two runs at once, one process each (``simulate_one``, 40 workers): CPU 187.9
 -> 184.4 s (-1.9%, within this host's noise), peak RSS 930 -> 974 MB, the same output. Not
 kept: 44 MB a worker process (two in the compare) out of the 100,000-user compare's 250 MB of
-headroom under its 2 GB goal, for 2%.
+headroom under its 2 GB goal, for 2%. Counted later without the host's noise (valgrind, the
+2,000-user baseline-like workload of ``bench_engine.py``, fast engine, whole process): growth 1.5
+-2.8% instructions, 2.0 -4.8%, and a pass that walks the tokens once (no list of the held ones,
+no stack entry for a token that reaches nothing) -1%. Kept: growth 1.5 and the one walk (see
+below).
 
 Before and after page views in bulk that stop at one that is not plain let the flow do it (see
 ``bench_engine.py``), this command (``--users 100000 --workers 40``) on each code in turn, alone

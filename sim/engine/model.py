@@ -369,7 +369,7 @@ class Simulation:
     #: how much the tokens kept grow between two passes: a pass walks every token kept, so its
     #: cost per mint is about ``growth / (growth - 1)`` looks (a microsecond or two each); the
     #: ledger holds up to ``growth`` times the live tokens (2: half of its memory dead tokens)
-    FORGET_GROWTH = 1.25
+    FORGET_GROWTH = 1.5
 
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
                  users=None):

@@ -267,16 +267,17 @@ class Ledger:
         ``held`` is called once per token, from a loop over :attr:`tokens`' values (a driver that
         counts references counts the loop's own)."""
         tokens = self.tokens
-        stack = [token for token in tokens.values() if held(token)]
         keep: set[int] = set()
-        while stack:
-            token = stack.pop()
-            if token.id in keep:
-                continue
-            keep.add(token.id)
-            for i in reaches(token):  # most reach nothing: no generator made per token
-                if i not in keep and i in tokens:
-                    stack.append(tokens[i])
+        reached: list[int] = []
+        for token in tokens.values():
+            if held(token):
+                keep.add(token.id)
+                reached.extend(reaches(token))  # most reach nothing
+        while reached:
+            i = reached.pop()
+            if i not in keep and i in tokens:
+                keep.add(i)
+                reached.extend(reaches(tokens[i]))
         if len(keep) == len(tokens):
             return []
         gone = [token for token in tokens.values() if token.id not in keep]
