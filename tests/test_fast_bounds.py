@@ -43,6 +43,22 @@ def test_a_client_sends_and_is_done_until_it_says(client, expires, back, refresh
     assert client.on_response(view, view.held, Response(200), 1, now) is Action.DONE
 
 
+TIMERS = [TimerClient(check_interval_s=60, threshold_s=t, compare=c, whole_seconds=w, timer_phase=phase)
+          for t in (0.0, 30.0, 299.5) for c in ("le", "lt") for w in (False, True) for phase in ("fixed", "poll")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(client=st.sampled_from(CLIENTS + TIMERS), expires=times, back=st.floats(min_value=0.0, max_value=5e3),
+       refreshing=st.booleans())
+def test_a_timer_does_nothing_until_it_says(client, expires, back, refreshing):
+    view = TabView(Held(1, expires), refreshing)
+    now = _below(client.timer_quiet_until_s(view)) - back
+    if math.isfinite(now):
+        assert client.on_timer(view, now) is Action.NOTHING
+    assert client.timer_quiet_until_s(TabView(None, refreshing)) == math.inf  # a timer with no token does nothing
+    assert client.on_timer(TabView(None, refreshing), expires) is Action.NOTHING
+
+
 def test_a_tab_without_a_token_is_never_sure_to_send():
     for client in CLIENTS:
         assert client.sends_until_s(TabView(None)) == -math.inf

@@ -1255,11 +1255,12 @@ class FastSimulation(Simulation):
         that is at ``limit`` or later (:meth:`_timer_acts`)."""
         client, view, skew, origin = self.client, timer.tab.view(), timer.user.skew_s, timer.timer
         w, nothing = timer.wake, _NOTHING
+        quiet_until = _below(client.timer_quiet_until_s(view))  # (with a margin for rounding)
         for _ in range(10_000):
             if not w < limit:
                 return w
             clock = w + skew
-            if client.on_timer(view, clock) is not nothing:
+            if not clock < quiet_until and client.on_timer(view, clock) is not nothing:
                 return w
             w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), timer.timer_grid) - clock, 0.0)
         return w

@@ -218,9 +218,7 @@ class ClientPolicy(Model):
             return math.inf
         if tab.held is None:
             return -math.inf
-        if self.whole_seconds:
-            return math.floor(tab.held.expires_at_s) - self.page_refresh_s - 1.0
-        return tab.held.expires_at_s - self.page_refresh_s
+        return self.due_from_s(tab.held, self.page_refresh_s)
 
     #: seconds between timer ticks; None means the policy has no timer
     @property
@@ -317,6 +315,12 @@ class ClientPolicy(Model):
         """A timer tick (only when :attr:`timer_interval_s` is set). Returns NOTHING, REFRESH or WAIT."""
         return _NOTHING
 
+    def timer_quiet_until_s(self, tab: TabView) -> float:
+        """Until when, by the client's clock, :meth:`on_timer` keeps answering NOTHING for what
+        ``tab`` holds (a pure answer, as :meth:`sends_until_s`): an engine that looks ahead over
+        a sleeping timer's ticks need not ask the ticks before it."""
+        return math.inf
+
     def renew(self, tab: TabView) -> Action:
         """A renewal is needed: join the one in flight if single-flight allows, else start one."""
         return _WAIT if self.single_flight and tab.refreshing else _REFRESH
@@ -327,6 +331,13 @@ class ClientPolicy(Model):
         if self.whole_seconds:
             return math.floor(held.expires_at_s) - math.floor(now)
         return held.expires_at_s - now
+
+    def due_from_s(self, held: Held, threshold_s: float) -> float:
+        """An instant (client clock) before which :meth:`due` says no for ``held`` and
+        ``threshold_s`` (exact in real arithmetic; with ``whole_seconds`` a second early)."""
+        if self.whole_seconds:  # due once floor(exp) - floor(now) reaches the threshold
+            return math.floor(held.expires_at_s) - threshold_s - 1.0
+        return held.expires_at_s - threshold_s
 
     def due(self, held: Held, now: float, threshold_s: float) -> bool:
         """Whether ``held`` needs renewing at ``now``: its remaining life compared with
@@ -357,11 +368,7 @@ class ProactiveClient(ClientPolicy):
         return _SEND
 
     def sends_until_s(self, tab):
-        if tab.held is None:
-            return -math.inf
-        if self.whole_seconds:  # due once floor(exp) - floor(now) reaches the threshold
-            return math.floor(tab.held.expires_at_s) - self.threshold_s - 1.0
-        return tab.held.expires_at_s - self.threshold_s
+        return -math.inf if tab.held is None else self.due_from_s(tab.held, self.threshold_s)
 
 
 class TimerClient(ClientPolicy):
@@ -417,6 +424,9 @@ class TimerClient(ClientPolicy):
         if tab.held is not None and self.due(tab.held, now, self.threshold_s):
             return self.renew(tab)
         return _NOTHING
+
+    def timer_quiet_until_s(self, tab):
+        return math.inf if tab.held is None else self.due_from_s(tab.held, self.threshold_s)
 
     def sends_until_s(self, tab):
         return math.inf if tab.held is not None else -math.inf
