@@ -197,6 +197,32 @@ same script, the same load):
       million (-30%); fast engine 1,463 -> 1,387 million on
       baseline (-5%), 727 -> 662 million on poisson (-9%)
 
+    before (the command on the code before the row, just      1.47x        4.14x     1.26x        4.61x
+      after the row's, load 1.0-1.3)                           [1.44-1.50]  [4.04-4.42] [1.25-1.34] [4.60-4.84]
+    + the value types and effects made per renewal (a held     1.61x        5.42x     1.16x        5.20x
+      token and its grant, a pending refresh, a tab's view,    [1.56-1.71]  [5.18-5.50] [1.12-1.44] [4.99-5.33]
+      a sleep, a call) not frozen: a frozen dataclass's
+      __init__ sets each field through object.__setattr__,
+      several times the cost; a sure retry's attempt
+      counted into its bin; no signal made for a refresh
+      call no one can join (no single-flight scope); an
+      access token's mint keeps its session's valid tokens
+      without a list made per mint; hot enum members read
+      as module names; the ledger's forget pass walking its
+      tokens once, and run when they have grown by half, not
+      a quarter (see bench_scale.py); load 1.1-1.4. CPU
+      (median) naive 5.94 and 3.32 s before, 6.62 and 3.32 s
+      after; exact 4.03 -> 4.06 s and 2.59 -> 2.77 s (the same
+      within the noise: its instructions moved 1.6%); fast
+      1.42 -> 1.26 s and 0.70 -> 0.64 s. Counted instructions
+      (valgrind, the whole process at 500 users, of which a
+      1-user run is about 2,480 million, PYTHONHASHSEED=0,
+      outputs the same): fast engine 3,901 -> 3,752 million
+      on baseline (about -10% of the simulation's), 3,179 ->
+      3,092 million on poisson (-10%); exact engine 5,644 ->
+      5,578 million on poisson (-2%). The frozen dataclasses
+      alone were 93 million of the 149
+
 Before the calendar queue, at 2,000 users the poisson workload's exact engine spent more time
 per instruction than the naive model: the heap's pop was a fifth of its time, and each request
 reads a dozen small objects of its user (task, tab, visit, store, single-flight scope, view,
@@ -262,8 +288,11 @@ takes 12% of that variant's time (py-spy), about 8 ticks a look. Tried and not k
 the ticks already looked over for the next look with the same wake and view: on_timer calls the
 same (169,250 at 2,000 users), instructions 0.1% fewer (400 users): a timer that sleeps already
 moves its wake to the first tick that may act, so a look is rarely repeated. A pure answer of
-the policy (until when no tick acts) would spare the on_timer calls, about 5% of that variant,
-but not the ticks themselves: their sums must be made tick by tick for the same instants.
+the policy (until when no tick acts) spares the on_timer calls but not the ticks themselves: their
+sums must be made tick by tick for the same instants. Kept, as ``timer_quiet_until_s`` (a test
+checks it against ``on_timer``): the bundled baseline's silent_refresh variant at 1,000 users
+(``simulate_one``, fast engine, valgrind, the whole process, PYTHONHASHSEED=0, the same output)
+5,197 -> 4,868 million instructions, about -12% of the simulation's.
 
 Tried and measured, not kept (random-number refills): whole numbers in batches of more than 24
 (burst sizes, ``CountUniform``) drawn by numpy's own method (Lemire's, over the 32-bit halves of

@@ -131,6 +131,20 @@ on the host (load 1.0-1.4): wall 223 s, CPU 377 s (0.92 ms per user and variant)
 process tree 1,748 MB (a pending event is a 32-byte struct, not a tuple and a float); 1M users x
 1.08 h x 4 variants projected at 3,680 CPU s, about 31 min on two idle cores, about 7.6 GB per
 worker process.
+
+Before and after the value types made per renewal stopped being frozen dataclasses, the forget
+pass walked its tokens once and ran at half again the tokens kept, and the timers' ticks were
+looked over without asking each one (``timer_quiet_until_s``; see ``bench_engine.py``; outputs
+byte-identical), this command on each code, two runs each, alone on the host (load 0.4-1.6):
+wall 188 and 204 -> 166 and 155 s (goal 60 s: not met), CPU 316 and 347 -> 292 and 270 s (0.77
+and 0.85 -> 0.71 and 0.66 ms per user and variant), peak of the process tree 1,758-1,771 MB
+before and 1,763-1,767 MB after (goal 2048 MB: met); 1M users x 1.08 h x 4 variants projected
+at 3,085-3,402 -> 2,633-2,860 CPU s, about 26-28 -> 22-24 min on two idle cores, 7.7 GB per
+worker process. The same code with the forget pass at growth 2.0 instead of 1.5, once: wall
+173 s, CPU 298 s, peak 1,821 MB: not kept. Four variants on two cores leave one core idle for
+a while: at 20,000 users (``simulate_one``, this code) the variants take 11.9, 9.8, 8.5 and 13.2
+CPU s in the scenario's order, so the last one started (silent_refresh, the costliest) ends
+about 3.4 s after the other worker's last: the wall is about 15% over an even split.
 """
 
 from __future__ import annotations
