@@ -43,8 +43,8 @@ def test_a_client_sends_and_is_done_until_it_says(client, expires, back, refresh
     assert client.on_response(view, view.held, Response(200), 1, now) is Action.DONE
 
 
-TIMERS = [TimerClient(check_interval_s=60, threshold_s=t, compare=c, whole_seconds=w, timer_phase=phase)
-          for t in (0.0, 30.0, 299.5) for c in ("le", "lt") for w in (False, True) for phase in ("fixed", "poll")]
+TIMERS = [TimerClient(check_interval_s=60, threshold_s=t, compare=c, whole_seconds=w)
+          for t in (0.0, 30.0, 299.5) for c in ("le", "lt") for w in (False, True)]
 
 
 @settings(max_examples=60, deadline=None)

@@ -220,7 +220,7 @@ class Task:
         user.tasks.append(self)
 
 
-# not frozen (hashed as before): made per mint, and a frozen one's __init__ costs several times more
+# not frozen: made per mint, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class _HeldToken(Held):
     """What a simulated client holds of an access token, with the token itself: while any client

@@ -42,7 +42,7 @@ class Action(StrEnum):
 _SEND, _DONE, _NOTHING, _REFRESH, _WAIT = Action.SEND, Action.DONE, Action.NOTHING, Action.REFRESH, Action.WAIT
 
 
-# not frozen (hashed as before): made per renewal, and a frozen one's __init__ costs several times more
+# not frozen: made per renewal, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class Held:
     """What a client knows of the access token it holds: an opaque id and the ``exp`` claim
@@ -52,7 +52,7 @@ class Held:
     expires_at_s: float
 
 
-# not frozen (hashed as before): made whenever a tab's token changes, and a frozen one's __init__ costs several times more
+# not frozen: made when a tab's token changes, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class TabView:
     """A tab as its policy sees it: the token it would send, and whether a refresh that it may

@@ -105,7 +105,7 @@ class LoginCause(StrEnum):
     LAPSED = "lapsed"
 
 
-# not frozen (hashed as before): made per visit and timer tick, and a frozen one's __init__ costs several times more
+# not frozen: made per visit and timer tick, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class Sleep:
     seconds: float
@@ -242,7 +242,7 @@ class WakePhase:
     [0, 1) from the user's own stream."""
 
 
-# not frozen (hashed as before): made per timer renewal, and a frozen one's __init__ costs several times more
+# not frozen: made per timer renewal, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class Call:
     """Carry out the sub-flow ``flow`` in the same task; send back what it returns."""

@@ -25,7 +25,7 @@ from sim.strategies.ledger import Ledger, Session, Token
 from sim.units import Duration
 
 
-# not frozen (hashed as before): made per refresh, and a frozen one's __init__ costs several times more
+# not frozen: made per refresh, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class Grant:
     """Tokens handed to a client: an access token and, for dual-token servers, a refresh token."""
@@ -65,7 +65,7 @@ EXPIRED = Verdict("expired")
 INVALID = Verdict("invalid")
 
 
-# not frozen (hashed as before): made per refresh, and a frozen one's __init__ costs several times more
+# not frozen: made per refresh, and a frozen dataclass's __init__ costs several times more
 @dataclass(slots=True, unsafe_hash=True)
 class PendingRefresh:
     """A refresh between :meth:`~ServerPolicy.begin_refresh` and :meth:`~ServerPolicy.finish_refresh`."""
