@@ -200,7 +200,7 @@ same script, the same load):
     before (the command on the code before the row, just      1.47x        4.14x     1.26x        4.61x
       after the row's, load 1.0-1.3)                           [1.44-1.50]  [4.04-4.42] [1.25-1.34] [4.60-4.84]
     + the value types and effects made per renewal (a held     1.61x        5.42x     1.16x        5.20x
-      token and its grant, a pending refresh, a tab's view,    [1.56-1.71]  [5.18-5.50] [1.12-1.44] [4.99-5.33]
+      token, a grant, a pending refresh, a tab's view,         [1.56-1.71]  [5.18-5.50] [1.12-1.44] [4.99-5.33]
       a sleep, a call) not frozen: a frozen dataclass's
       __init__ sets each field through object.__setattr__,
       several times the cost; a sure retry's attempt
