@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import sim
 from sim.engine import kernel, model, streams
 from sim.engine.model import FastSimulation
+from sim.strategies.client import Held, TabView, TimerClient
 from tests.conftest import SCENARIOS
 from tests.test_engine_fast import assert_identical, both
 
@@ -66,6 +67,38 @@ def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, wor
     # a stream's first batch: from the state given, nothing kept
     first = K.refill(array("d"), 0, state, n, getattr(K, name), a, b, floor is not None, floor or 0.0)
     assert first[5:].tolist() == expected.tolist()
+
+
+def python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget):
+    """The ticks :func:`sim.engine._kernel.quiet_ticks` walks over, by the policy's own hooks."""
+    walked = 0
+    while walked < budget and w < limit:
+        clock = w + skew
+        if not clock < quiet_until:
+            break
+        w = w + max(client.wake_s(client.next_tick_s(view, clock, origin), grid_phase) - clock, 0.0)
+        walked += 1
+    return w, walked
+
+
+@compiled
+@settings(max_examples=400, deadline=None)
+@given(phase=st.sampled_from(K.TIMER_PHASES if K is not None else ["rearm"]), whole=st.booleans(),
+       interval=st.sampled_from([0.25, 5.0, 30.0, 60.0, 61.3]), threshold=st.sampled_from([0.0, 60.0, 299.5, 300.0]),
+       wake_up=st.sampled_from([0.0, 1.0, 60.0]), grid_phase=st.one_of(st.none(), st.floats(0, 100)),
+       expires=st.one_of(st.none(), st.floats(0, 2e5)), skew=st.floats(-300, 300), origin=st.floats(0, 1e5),
+       w=st.floats(0, 1e5), span=st.floats(0, 2e4), quiet=st.floats(-100, 2e4), budget=st.integers(0, 500))
+def test_compiled_quiet_ticks_are_the_timers_own(phase, whole, interval, threshold, wake_up, grid_phase, expires,
+                                                  skew, origin, w, span, quiet, budget):
+    """The kernel's walk over a sleeping timer's quiet ticks lands where the policy's
+    ``next_tick_s`` and ``wake_s``, tick by tick, land, after as many ticks, to the bit."""
+    client = TimerClient(check_interval_s=interval, threshold_s=threshold, timer_phase=phase, whole_seconds=whole,
+                         wake_up_s=wake_up)
+    view = TabView(None if expires is None else Held(1, expires))
+    limit, quiet_until = w + span, w + skew + quiet
+    got = K.quiet_ticks(w, limit, skew, quiet_until, origin, K.TIMER_PHASES.index(phase), interval, threshold,
+                        whole, wake_up, expires, grid_phase, budget)
+    assert got == python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget)
 
 
 @pytest.fixture
