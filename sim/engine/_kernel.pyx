@@ -5,6 +5,8 @@ engine's Python code does the same work, to the same answers, more slowly):
 - :class:`EventQueue`, the pending events of a run (``sim.engine.model.CalendarQueue``'s order);
 - :func:`sure_views`, the page views of one tab that are plain without asking (the loop of
   :func:`~sim.strategies.flow.plain_page_views`, for its commonest case);
+- :func:`quiet_ticks`, a sleeping renewal timer's ticks that cannot act (the loop of
+  ``FastSimulation._timer_next`` before the policy's ``timer_quiet_until_s``);
 - :func:`refill`, a stream's next batch of draws (:meth:`~sim.engine.streams.Draws._refill`)
   by numpy's own C functions, on the stream's PCG64 state, without a ``Generator`` call.
 
