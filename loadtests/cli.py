@@ -1122,8 +1122,8 @@ def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[floa
     moments, whose scores spread wider than the run's, and a mean product then reads above 1 —
     a correlation of 1 would make the simulation's calls sent together take identical round
     trips, where what decides a race between them is how unlike they are. Round trips are real
-    time, unscaled, and so is τ. None with fewer than ``MIN_PAIRS`` pairs sent together (or no
-    correlation to speak of)."""
+    time, unscaled, and so is τ. None with fewer than ``MIN_PAIRS`` pairs sent together, or no
+    correlation to speak of (none to tell when every round trip took the same time)."""
     from scipy.special import ndtri
 
     rows = events.loc[(events["event"] == "attempt") & events["latency_ms"].notna(), ["t_s", "latency_ms"]]
@@ -1132,7 +1132,10 @@ def rtt_correlation(events: pd.DataFrame, time_scale: float = 1.0) -> tuple[floa
     rows = rows.sort_values("t_s")
     wall = rows["t_s"].to_numpy(float) / time_scale
     score = ndtri((rows["latency_ms"].rank(method="average").to_numpy() - 0.5) / len(rows))
-    score = score / np.sqrt(np.mean(score ** 2))
+    spread = np.sqrt(np.mean(score ** 2))
+    if not spread > 0:  # every round trip the same (a constant one needs no correlation)
+        return None
+    score = score / spread
     near = [0.0, 0]
     far = [0.0, 0.0, 0]
     for k in range(1, len(wall)):

@@ -1,5 +1,7 @@
 """Exact event logs on constant inputs: fixed think time, fixed latency, known instants."""
 
+import warnings
+
 import pytest
 
 import sim
@@ -387,6 +389,9 @@ def test_validate_tells_the_simulation_how_alike_round_trips_sent_together_were(
     scaled = attempts(0.6, 0.5).assign(t_s=lambda d: d["t_s"] * 40)
     assert rtt_correlation(scaled, time_scale=40)[1] == pytest.approx(0.5, rel=0.35)
     assert rtt_correlation(attempts(0.6, 0.5, n=40)) is None  # too few pairs to tell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no 0/0 on the way)
+        assert rtt_correlation(attempts(0.6, 0.5).assign(latency_ms=25.0)) is None  # all alike: nothing to tell
     # near 1 it is how unlike calls sent together are that decides races between them: read off
     # their differences, it is never 1 (identical round trips), whatever else the run's scores do
     busy = attempts(0.97, 0.5)
