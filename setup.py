@@ -1,19 +1,20 @@
-"""The compiled part of the package: :mod:`sim.engine._kernel` (Cython; :mod:`sim.engine.kernel`
-loads it). Where it cannot be compiled (no C compiler), the package installs without it and the
-engine does the same work in Python: the same answers, more slowly."""
+"""The compiled part of the package: :mod:`sim.engine._kernel` and :mod:`sim.strategies._ticks`
+(Cython; :mod:`sim.engine.kernel` loads them). Where they cannot be compiled (no C compiler), the
+package installs without them and the engine does the same work in Python: the same answers, more
+slowly."""
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 
 class OptionalBuildExt(build_ext):
-    """Build the kernel if this machine can; say so and go on without it if not."""
+    """Build the compiled modules if this machine can; say so and go on without them if not."""
 
     def run(self):
         try:
             super().run()
         except Exception as error:  # no compiler, no Python headers
-            self.warn(f"sim.engine._kernel not compiled ({error}); the engine runs without it")
+            self.warn(f"the compiled modules not built ({error}); the engine runs without them")
 
     def build_extension(self, ext):
         try:
@@ -31,7 +32,7 @@ def extensions():
         import numpy as np
         from Cython.Build import cythonize
     except ImportError as error:
-        print(f"sim.engine._kernel not compiled ({error}); the engine runs without it")
+        print(f"the compiled modules not built ({error}); the engine runs without them")
         return []
 
     random = os.path.join(os.path.dirname(np.__file__), "random")
@@ -44,7 +45,10 @@ def extensions():
         extra_compile_args=["-O2", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
-    return cythonize([kernel], quiet=True)
+    # a timer's ticks (sim/strategies/ticks.py as it is, typed by _ticks.pxd beside it), under
+    # its own name: the plain module stays importable, and sim.engine.kernel checks the two agree
+    ticks = Extension("sim.strategies._ticks", ["sim/strategies/ticks.py"], extra_compile_args=["-O2", "-ffp-contract=off"])
+    return cythonize([kernel, ticks], quiet=True, compiler_directives={"language_level": 3})
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -293,10 +293,12 @@ sums must be made tick by tick for the same instants. Kept, as ``timer_quiet_unt
 checks it against ``on_timer``): the bundled baseline's silent_refresh variant at 1,000 users
 (``simulate_one``, fast engine, valgrind, the whole process, PYTHONHASHSEED=0, the same output)
 5,197 -> 4,868 million instructions, about -12% of the simulation's. Then the ticks before that
-instant walked by the compiled kernel (``quiet_ticks``: ``TimerClient``'s ``next_tick_s`` and
-``wake_s`` arithmetic in the same IEEE order, checked tick for tick against the policy's hooks),
-the same count: 4,846 -> 4,362 million, about -20% of the simulation's; the Python loop now only
-asks ``on_timer`` at the ticks from that instant on. ``simulate_one`` of that variant at 20,000
+instant walked in one call (``sim.strategies.ticks.quiet_ticks``, with the arithmetic of
+``TimerClient.next_tick_s`` and ``wake_s``, which the policy's hooks now call too), compiled from
+that same file (``sim.strategies._ticks``), the same count: 4,846 -> 4,408 million, about -19% of
+the simulation's; the Python loop now only asks ``on_timer`` at the ticks from that instant on. A
+copy of the arithmetic written in the kernel's Cython counted 4,362 million: 1% fewer, for a
+timer rule written twice. ``simulate_one`` of that variant at 20,000
 users (8 auth workers): 13.2 -> 10.8 CPU s; the other three variants are unchanged (11.9, 9.4 and
 8.0 s), so the reactive dual_token variant is now the costliest.
 

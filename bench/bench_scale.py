@@ -146,7 +146,7 @@ a while: at 20,000 users (``simulate_one``, this code) the variants take 11.9, 9
 CPU s in the scenario's order, so the last one started (silent_refresh, the costliest) ends
 about 3.4 s after the other worker's last: the wall is about 15% over an even split.
 
-After a sleeping timer's quiet ticks were walked by the compiled kernel (see ``bench_engine.py``;
+After a sleeping timer's quiet ticks were walked by compiled code (see ``bench_engine.py``;
 outputs byte-identical), this command on each code, alone on the host (load 0.4-1.6): wall 153 ->
 143 s (goal 60 s: not met), CPU 266 -> 254 s (0.65 -> 0.62 ms per user and variant), peak of the
 process tree 1,774 and 1,777 MB (goal 2048 MB: met); 1M users x 1.08 h x 4 variants projected

@@ -1,5 +1,6 @@
-"""The compiled kernel (:mod:`sim.engine._kernel`) draws what numpy's ``Generator`` draws, and
-the engines give the same answers with it and without it (its event queue:
+"""The compiled kernel (:mod:`sim.engine._kernel`) draws what numpy's ``Generator`` draws, a
+timer's compiled ticks (:mod:`sim.strategies._ticks`) are the policy's, and the engines give the
+same answers with them and without them (its event queue:
 ``tests/test_engine_exact.py``)."""
 
 import os
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 import sim
 from sim.engine import kernel, model, streams
 from sim.engine.model import FastSimulation
+from sim.strategies import ticks
 from sim.strategies.client import Held, TabView, TimerClient
 from tests.conftest import SCENARIOS
 from tests.test_engine_fast import assert_identical, both
@@ -81,30 +83,32 @@ def python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_p
     return w, walked
 
 
-@compiled
 @settings(max_examples=400, deadline=None)
-@given(phase=st.sampled_from(K.TIMER_PHASES if K is not None else ["rearm"]), whole=st.booleans(),
+@given(phase=st.sampled_from(sorted(ticks.PHASES)), whole=st.booleans(),
        interval=st.sampled_from([0.25, 5.0, 30.0, 60.0, 61.3]), threshold=st.sampled_from([0.0, 60.0, 299.5, 300.0]),
        wake_up=st.sampled_from([0.0, 1.0, 60.0]), grid_phase=st.one_of(st.none(), st.floats(0, 100)),
        expires=st.one_of(st.none(), st.floats(0, 2e5)), skew=st.floats(-300, 300), origin=st.floats(0, 1e5),
        w=st.floats(0, 1e5), span=st.floats(0, 2e4), quiet=st.floats(-100, 2e4), budget=st.integers(0, 500))
-def test_compiled_quiet_ticks_are_the_timers_own(phase, whole, interval, threshold, wake_up, grid_phase, expires,
-                                                  skew, origin, w, span, quiet, budget):
-    """The kernel's walk over a sleeping timer's quiet ticks lands where the policy's
-    ``next_tick_s`` and ``wake_s``, tick by tick, land, after as many ticks, to the bit."""
+def test_quiet_ticks_are_the_timers_own_compiled_or_not(phase, whole, interval, threshold, wake_up, grid_phase, expires,
+                                                        skew, origin, w, span, quiet, budget):
+    """The walk over a sleeping timer's quiet ticks lands where the policy's ``next_tick_s`` and
+    ``wake_s``, tick by tick, land, after as many ticks, to the bit: as plain Python and as the
+    compiled module the engine uses (where it was built)."""
     client = TimerClient(check_interval_s=interval, threshold_s=threshold, timer_phase=phase, whole_seconds=whole,
                          wake_up_s=wake_up)
     view = TabView(None if expires is None else Held(1, expires))
     limit, quiet_until = w + span, w + skew + quiet
-    got = K.quiet_ticks(w, limit, skew, quiet_until, origin, K.TIMER_PHASES.index(phase), interval, threshold,
-                        whole, wake_up, expires, grid_phase, budget)
-    assert got == python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget)
+    expected = python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget)
+    for walk in {ticks.quiet_ticks, kernel.QUIET_TICKS}:
+        assert walk(w, limit, skew, quiet_until, origin, ticks.PHASES[phase], interval, threshold, whole, wake_up,
+                    expires, grid_phase, budget) == expected
 
 
 @pytest.fixture
 def without_kernel(monkeypatch):
     """The engine and the streams as where the kernel could not be compiled."""
     monkeypatch.setattr(model, "_KERNEL", None)  # the Python event queue
+    monkeypatch.setattr(model, "_QUIET_TICKS", ticks.quiet_ticks)
     monkeypatch.setattr(FastSimulation, "sure_views", None)
     monkeypatch.setattr(streams, "_compiled", lambda sample, floor: None)
     monkeypatch.setattr(streams, "_KINDS", {})

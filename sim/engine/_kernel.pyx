@@ -5,8 +5,6 @@ engine's Python code does the same work, to the same answers, more slowly):
 - :class:`EventQueue`, the pending events of a run (``sim.engine.model.CalendarQueue``'s order);
 - :func:`sure_views`, the page views of one tab that are plain without asking (the loop of
   :func:`~sim.strategies.flow.plain_page_views`, for its commonest case);
-- :func:`quiet_ticks`, a sleeping renewal timer's ticks that cannot act (the loop of
-  ``FastSimulation._timer_next`` before the policy's ``timer_quiet_until_s``);
 - :func:`refill`, a stream's next batch of draws (:meth:`~sim.engine.streams.Draws._refill`)
   by numpy's own C functions, on the stream's PCG64 state, without a ``Generator`` call.
 
@@ -18,7 +16,6 @@ from cpython.array cimport array, clone
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint32_t, uint64_t
-from libc.math cimport ceil, floor
 from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -249,60 +246,6 @@ def sure_views(burst, rtt, think, coin, gap, double idle_probability, double t, 
         latency.n += in_window
         latency.zeros += in_window
     return views, t
-
-
-# -- a sleeping timer's ticks ----------------------------------------------------------------------
-
-#: ``TimerClient.timer_phase`` as :func:`quiet_ticks` takes it
-TIMER_PHASES = ("rearm", "fixed", "poll", "exp")
-
-cdef double SAME_INSTANT = 1e-9  # sim.strategies.client._SAME_INSTANT
-
-
-def quiet_ticks(double w, double limit_s, double skew_s, double quiet_until_s, double origin_s, int phase,
-                double interval_s, double threshold_s, bint whole_seconds, double wake_up_s, expires_at_s,
-                grid_phase_s, Py_ssize_t budget):
-    """The loop of ``FastSimulation._timer_next`` over a sleeping timer's ticks whose client
-    clock (``w + skew_s``) is before ``quiet_until_s``, where ``on_timer`` is not asked: from the
-    tick at ``w`` (server time), each next one at ``w + max(wake_s(next_tick_s(...)) - clock,
-    0)``, with :class:`~sim.strategies.client.TimerClient`'s ``next_tick_s`` for ``phase`` (an
-    index of :data:`TIMER_PHASES`) and ``wake_s``'s grid (``wake_up_s``, ``grid_phase_s``),
-    for a tab holding a token that expires at ``expires_at_s`` (None: none), in the same IEEE
-    arithmetic. Stops at the first tick at or after ``limit_s``, or whose clock is not before
-    ``quiet_until_s``, or after ``budget`` ticks.
-
-    Returns (that tick's instant, the ticks walked over)."""
-    cdef double clock, tick, k, exp = 0.0, grid_phase = 0.0, step
-    cdef bint held = expires_at_s is not None
-    cdef bint hidden = grid_phase_s is not None and wake_up_s > 0
-    cdef Py_ssize_t n = 0
-    if held:
-        exp = floor(<double>expires_at_s) if whole_seconds else <double>expires_at_s
-    if hidden:
-        grid_phase = grid_phase_s
-    while n < budget and w < limit_s:
-        clock = w + skew_s
-        if not clock < quiet_until_s:
-            break
-        if phase == 0:  # rearm
-            tick = clock + interval_s
-        elif phase == 3:  # exp
-            tick = clock + interval_s
-            if held and (exp - threshold_s) - clock > SAME_INSTANT * interval_s:
-                tick = exp - threshold_s
-        else:  # fixed, poll
-            k = floor((clock - origin_s) / interval_s + SAME_INSTANT) + 1
-            if phase == 2 and held:
-                k = max(k, ceil((exp - threshold_s - origin_s) / interval_s - SAME_INSTANT))
-            tick = origin_s + k * interval_s
-        if hidden:
-            tick = grid_phase + ceil((tick - grid_phase) / wake_up_s - SAME_INSTANT) * wake_up_s
-        step = tick - clock
-        if 0.0 > step:
-            step = 0.0
-        w = w + step
-        n += 1
-    return w, n
 
 
 # -- a stream's batch of draws --------------------------------------------------------------------

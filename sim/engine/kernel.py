@@ -1,8 +1,9 @@
-"""The compiled inner loops (:mod:`sim.engine._kernel`, built by ``setup.py``): :data:`KERNEL` is
-the module when the package carries it compiled from the source beside it, else None — no C
-compiler at install, the source changed since it was built (rebuild with ``pip install -e .``),
-or a numpy whose random state it cannot read — and the engine then does the same work in Python,
-to the same answers, more slowly."""
+"""The compiled inner loops (built by ``setup.py``): :data:`KERNEL` is :mod:`sim.engine._kernel`
+when the package carries it compiled from the source beside it, else None — no C compiler at
+install, the source changed since it was built (rebuild with ``pip install -e .``), or a numpy
+whose random state it cannot read — and the engine then does the same work in Python, to the same
+answers, more slowly. :data:`QUIET_TICKS` is :func:`sim.strategies.ticks.quiet_ticks`, compiled
+(``sim.strategies._ticks``) on the same terms."""
 
 from __future__ import annotations
 
@@ -35,20 +36,34 @@ def draws_as_numpy(kernel) -> bool:
     return drawn[5:].tolist() == expected
 
 
-def _load():
+def _compiled(name: str, *sources: str):
+    """The compiled module ``name``, or None where it was not built or was built before one of
+    its ``sources`` (paths beside it) last changed."""
+    import importlib
+
     try:
-        from sim.engine import _kernel
+        module = importlib.import_module(name)
     except ImportError:
         return None
-    if stale(_kernel.__file__, os.path.join(os.path.dirname(__file__), "_kernel.pyx")):
-        warnings.warn(f"{_kernel.__file__} is older than its source and is not used until rebuilt "
-                      "(pip install -e .)", RuntimeWarning, stacklevel=2)
+    if any(stale(module.__file__, os.path.join(os.path.dirname(module.__file__), source)) for source in sources):
+        warnings.warn(f"{module.__file__} is older than its source and is not used until rebuilt "
+                      "(pip install -e .)", RuntimeWarning, stacklevel=3)
         return None
-    if not draws_as_numpy(_kernel):
-        warnings.warn(f"{_kernel.__file__} does not draw numpy's numbers with this numpy build; not used",
+    return module
+
+
+def _load():
+    kernel = _compiled("sim.engine._kernel", "_kernel.pyx")
+    if kernel is not None and not draws_as_numpy(kernel):
+        warnings.warn(f"{kernel.__file__} does not draw numpy's numbers with this numpy build; not used",
                       RuntimeWarning, stacklevel=2)
         return None
-    return _kernel
+    return kernel
 
 
 KERNEL = _load()
+
+#: :func:`sim.strategies.ticks.quiet_ticks`, compiled where ``setup.py`` built it, else itself
+QUIET_TICKS = getattr(_compiled("sim.strategies._ticks", "ticks.py", "_ticks.pxd"), "quiet_ticks", None)
+if QUIET_TICKS is None:
+    from sim.strategies.ticks import quiet_ticks as QUIET_TICKS

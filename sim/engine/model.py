@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.engine.kernel import KERNEL as _KERNEL
+from sim.engine.kernel import KERNEL as _KERNEL, QUIET_TICKS as _QUIET_TICKS
 from sim.engine.recorder import Recorder
 from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
+from sim.strategies import ticks
 from sim.strategies.client import Action, Held, Response, StoreWrite, TabView, TimerClient
 from sim.strategies.flow import (
     LIVE, LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Cookies, Jitter, Join, Login,
@@ -1082,10 +1083,10 @@ class FastSimulation(Simulation):
             self.handlers[Views] = super()._views
         self.handlers[Refresh] = self._refresh_fast
         client = self.client
-        #: a timer's next_tick_s and wake_s as numbers, for the compiled loop over its quiet ticks
-        self._tick_rule = None if _KERNEL is None or type(client) is not TimerClient else (
-            _KERNEL.TIMER_PHASES.index(client.timer_phase), client.check_interval_s, client.threshold_s,
-            client.whole_seconds, client.wake_up_s)
+        #: a timer's next_tick_s and wake_s as the numbers of sim.strategies.ticks, for its quiet ticks
+        self._tick_rule = None if type(client) is not TimerClient else (
+            ticks.PHASES[client.timer_phase], client.check_interval_s, client.threshold_s, client.whole_seconds,
+            client.wake_up_s)
 
     def _plain(self, tab: Tab) -> float | None:
         """Carry out a plain request of ``tab`` now, returning when it ends; None (nothing
@@ -1262,10 +1263,10 @@ class FastSimulation(Simulation):
         w, nothing = timer.wake, _NOTHING
         quiet_until = _below(client.timer_quiet_until_s(view))  # (with a margin for rounding)
         budget = 10_000
-        if self._tick_rule is not None:  # the ticks before quiet_until, compiled
+        if self._tick_rule is not None:  # the ticks before quiet_until, in one call (compiled where built)
             expires = None if view.held is None else view.held.expires_at_s
-            w, walked = _KERNEL.quiet_ticks(w, limit, skew, quiet_until, origin, *self._tick_rule, expires,
-                                            timer.timer_grid, budget)
+            w, walked = _QUIET_TICKS(w, limit, skew, quiet_until, origin, *self._tick_rule, expires,
+                                     timer.timer_grid, budget)
             budget -= walked
         for _ in range(budget):
             if not w < limit:

@@ -15,11 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from sim.model import Model
+from sim.strategies import ticks
 from sim.units import Duration
-
-
-#: relative slack under which two instants a timer computes count as the same one
-_SAME_INSTANT = 1e-9
 
 
 class Action(StrEnum):
@@ -237,7 +234,7 @@ class ClientPolicy(Model):
         grid = self.wake_up_s
         if grid_phase_s is None or grid <= 0:
             return tick_s
-        return grid_phase_s + math.ceil((tick_s - grid_phase_s) / grid - _SAME_INSTANT) * grid
+        return ticks.on_grid(tick_s, grid_phase_s, grid)
 
     def renews_again(self, basis: Any, tried: Any) -> bool:
         """Whether a timer tick may renew the token ``basis`` when the timer's last renewal,
@@ -395,24 +392,10 @@ class TimerClient(ClientPolicy):
         return self.check_interval_s
 
     def next_tick_s(self, tab, now, origin_s):
-        interval = self.check_interval_s
-        if self.timer_phase == "rearm":
-            return now + interval
-        # a tick that is due within rounding of ``now`` is the one being served, not the next:
-        # sleeping the difference would not move the clock
-        if self.timer_phase in ("fixed", "poll"):
-            k = math.floor((now - origin_s) / interval + _SAME_INSTANT) + 1
-            if self.timer_phase == "poll" and tab.held is not None:
-                # skip the polls that cannot renew: the first one at or after exp - threshold
-                exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
-                k = max(k, math.ceil((exp - self.threshold_s - origin_s) / interval - _SAME_INSTANT))
-            return origin_s + k * interval
-        if tab.held is not None:
-            exp = math.floor(tab.held.expires_at_s) if self.whole_seconds else tab.held.expires_at_s
-            tick = exp - self.threshold_s
-            if tick - now > _SAME_INSTANT * interval:
-                return tick
-        return now + interval
+        held = tab.held
+        exp = 0.0 if held is None else ticks.floor(held.expires_at_s) if self.whole_seconds else held.expires_at_s
+        return ticks.next_tick(ticks.PHASES[self.timer_phase], now, origin_s, self.check_interval_s, self.threshold_s,
+                               exp, held is not None)
 
     def rearmed_s(self, origin_s, now):
         return now if self.timer_phase == "poll" else origin_s
