@@ -298,9 +298,11 @@ instant walked in one call (``sim.strategies.ticks.quiet_ticks``, with the arith
 that same file (``sim.strategies._ticks``), the same count: 4,846 -> 4,408 million, about -19% of
 the simulation's; the Python loop now only asks ``on_timer`` at the ticks from that instant on. A
 copy of the arithmetic written in the kernel's Cython counted 4,362 million: 1% fewer, for a
-timer rule written twice. ``simulate_one`` of that variant at 20,000
-users (8 auth workers): 13.2 -> 10.8 CPU s; the other three variants are unchanged (11.9, 9.4 and
-8.0 s), so the reactive dual_token variant is now the costliest.
+timer rule written twice. In CPU time the gain is smaller than in instructions (the ticks were
+cheap, cache-friendly work; what remains waits on memory): ``simulate_one`` of that variant at
+20,000 users (8 auth workers), two runs of each code alternated, 11.7 and 12.9 -> 11.0 and 11.6 CPU
+s, about as much as the reactive dual_token variant (11.9 s; single-flight 9.4 s, sliding 8.0 s);
+at 100,000 users (``bench_scale.py --strategy silent_refresh --processes 1``) 78 -> 75 s.
 
 Tried and measured, not kept (random-number refills): whole numbers in batches of more than 24
 (burst sizes, ``CountUniform``) drawn by numpy's own method (Lemire's, over the 32-bit halves of

@@ -146,16 +146,18 @@ a while: at 20,000 users (``simulate_one``, this code) the variants take 11.9, 9
 CPU s in the scenario's order, so the last one started (silent_refresh, the costliest) ends
 about 3.4 s after the other worker's last: the wall is about 15% over an even split.
 
-After a sleeping timer's quiet ticks were walked by compiled code (see ``bench_engine.py``;
-outputs byte-identical), this command on each code, alone on the host (load 0.4-1.6): wall 153 ->
-143 s (goal 60 s: not met), CPU 266 -> 254 s (0.65 -> 0.62 ms per user and variant), peak of the
-process tree 1,774 and 1,777 MB (goal 2048 MB: met); 1M users x 1.08 h x 4 variants projected
-at 2,606 -> 2,489 CPU s, about 22 -> 21 min on two idle cores. Starting the costliest variants
-first (each variant's cost measured on a 500-user sample in the parent, the least of two rounds,
-about 2 s) was tried and not kept: with the four variants now within 1.5x of each other, at
-20,000 users (``sim.run``, two processes, two runs each alternated) it took 26.9 and 27.3 s
-against 26.4 and 25.8 s in the scenario's order, the samples' time eating what the better balance
-saved, and at 100,000 users 141 and 145 s against 143 s.
+After a sleeping timer's quiet ticks were walked by compiled code (see ``bench_engine.py``; outputs
+byte-identical), this command on each code, three runs each, alone on the host (load 0.4-2.0): wall
+153, 166 and 157 s -> 146, 159 and 154 s (goal 60 s: not met), CPU 266, 291 and 267 s -> 257, 280
+and 265 s (0.65-0.71 -> 0.62-0.69 ms per user and variant), peak of the process tree 1,763-1,774 MB
+before and 1,768-1,781 MB after (goal 2048 MB: met); 1M users x 1.08 h x 4 variants projected at
+about 2,600 CPU s, 22 min on two idle cores, either way: the gain (the silent_refresh variant alone
+at 100,000 users, 78 -> 75 s) is within this host's noise over the four variants. Starting the
+costliest variants first (each variant's cost measured on a 500-user sample in the parent, the
+least of two rounds, about 2 s) was tried and not kept: with the four variants now within 1.5x of
+each other, at 20,000 users (``sim.run``, two processes, two runs each alternated) it took 26.9 and
+27.3 s against 26.4 and 25.8 s in the scenario's order, the samples' time eating what the better
+balance saved, and at 100,000 users 141 and 145 s against 143 s.
 """
 
 from __future__ import annotations
