@@ -100,8 +100,7 @@ def test_quiet_ticks_are_the_timers_own_compiled_or_not(phase, whole, interval, 
     limit, quiet_until = w + span, w + skew + quiet
     expected = python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget)
     for walk in {ticks.quiet_ticks, kernel.QUIET_TICKS}:
-        assert walk(w, limit, skew, quiet_until, origin, ticks.PHASES[phase], interval, threshold, whole, wake_up,
-                    expires, grid_phase, budget) == expected
+        assert walk(w, limit, skew, quiet_until, origin, *client.tick_rule, expires, grid_phase, budget) == expected
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ from sim.engine.kernel import KERNEL as _KERNEL, QUIET_TICKS as _QUIET_TICKS
 from sim.engine.recorder import Recorder
 from sim.engine.streams import Source, TabStreams, UserStreams, arrival_times, generator, user_traits
 from sim.scenario import Scenario, Variant
-from sim.strategies import ticks
 from sim.strategies.client import Action, Held, Response, StoreWrite, TabView, TimerClient
 from sim.strategies.flow import (
     LIVE, LOGIN_RETRY_S, Adopt, AttemptOutcome, Backoff, Await, Call, Clear, Close, Cookies, Jitter, Join, Login,
@@ -1082,11 +1081,8 @@ class FastSimulation(Simulation):
         else:
             self.handlers[Views] = super()._views
         self.handlers[Refresh] = self._refresh_fast
-        client = self.client
-        #: a timer's next_tick_s and wake_s as the numbers of sim.strategies.ticks, for its quiet ticks
-        self._tick_rule = None if type(client) is not TimerClient else (
-            ticks.PHASES[client.timer_phase], client.check_interval_s, client.threshold_s, client.whole_seconds,
-            client.wake_up_s)
+        #: a timer's next_tick_s and wake_s as numbers, for the walk over its quiet ticks
+        self._tick_rule = self.client.tick_rule if type(self.client) is TimerClient else None
 
     def _plain(self, tab: Tab) -> float | None:
         """Carry out a plain request of ``tab`` now, returning when it ends; None (nothing

@@ -391,6 +391,13 @@ class TimerClient(ClientPolicy):
     def timer_interval_s(self):
         return self.check_interval_s
 
+    @property
+    def tick_rule(self) -> tuple:
+        """:meth:`next_tick_s` and :meth:`wake_s` as the numbers :func:`sim.strategies.ticks.quiet_ticks`
+        takes after its instants: phase, interval, threshold, whole seconds, wake-up grid."""
+        return (ticks.PHASES[self.timer_phase], self.check_interval_s, self.threshold_s, self.whole_seconds,
+                self.wake_up_s)
+
     def next_tick_s(self, tab, now, origin_s):
         held = tab.held
         exp = 0.0 if held is None else ticks.floor(held.expires_at_s) if self.whole_seconds else held.expires_at_s
