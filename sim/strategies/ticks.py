@@ -5,7 +5,7 @@ and :func:`quiet_ticks` walks a sleeping timer's ticks that cannot act with the 
 fast engine's look-ahead). ``setup.py`` also compiles this file as it is (Cython, with the C
 types of ``_ticks.pxd``) into ``sim.strategies._ticks``, which the engine uses where it was built:
 the same IEEE operations in the same order (floating-point contraction off), so the same instants
-to the bit, at a twentieth of the time a tick. Plain Python: no annotations (the ``.pxd`` types
+to the bit, in about a fourteenth of the time a tick. Plain Python: no annotations (the ``.pxd`` types
 the compiled twin), whole numbers kept as floats (``x // 1.0`` is ``math.floor(x)``)."""
 
 #: instants this close, relative to the interval or grid, are one instant (rounding)
