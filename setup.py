@@ -14,7 +14,7 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as error:  # no compiler, no Python headers
-            self.warn(f"the compiled modules not built ({error}); the engine runs without them")
+            self.warn(f"the compiled modules were not built ({error}); the engine runs without them")
 
     def build_extension(self, ext):
         try:
@@ -32,7 +32,7 @@ def extensions():
         import numpy as np
         from Cython.Build import cythonize
     except ImportError as error:
-        print(f"the compiled modules not built ({error}); the engine runs without them")
+        print(f"the compiled modules were not built ({error}); the engine runs without them")
         return []
 
     random = os.path.join(os.path.dirname(np.__file__), "random")
@@ -46,7 +46,8 @@ def extensions():
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     # a timer's ticks (sim/strategies/ticks.py as it is, typed by _ticks.pxd beside it), under
-    # its own name: the plain module stays importable, and sim.engine.kernel checks the two agree
+    # its own name: the plain module stays importable, and sim.engine.kernel does not use the
+    # compiled one once it is older than either file
     ticks = Extension("sim.strategies._ticks", ["sim/strategies/ticks.py"], extra_compile_args=["-O2", "-ffp-contract=off"])
     return cythonize([kernel, ticks], quiet=True, compiler_directives={"language_level": 3})
 

@@ -232,9 +232,7 @@ class ClientPolicy(Model):
         (``grid_phase_s`` None), in a hidden one at the next instant of the ``wake_up`` grid
         ``grid_phase_s + k * wake_up``."""
         grid = self.wake_up_s
-        if grid_phase_s is None or grid <= 0:
-            return tick_s
-        return ticks.on_grid(tick_s, grid_phase_s, grid)
+        return ticks.grid_wake(tick_s, grid_phase_s, grid) if ticks.on_grid(grid_phase_s, grid) else tick_s
 
     def renews_again(self, basis: Any, tried: Any) -> bool:
         """Whether a timer tick may renew the token ``basis`` when the timer's last renewal,
@@ -400,7 +398,7 @@ class TimerClient(ClientPolicy):
 
     def next_tick_s(self, tab, now, origin_s):
         held = tab.held
-        exp = 0.0 if held is None else ticks.floor(held.expires_at_s) if self.whole_seconds else held.expires_at_s
+        exp = 0.0 if held is None else ticks.counted_exp(held.expires_at_s, self.whole_seconds)
         return ticks.next_tick(ticks.PHASES[self.timer_phase], now, origin_s, self.check_interval_s, self.threshold_s,
                                exp, held is not None)
 

@@ -1,6 +1,6 @@
 """When a renewal timer ticks, as arithmetic on numbers, written once:
 :class:`~sim.strategies.client.TimerClient`'s ``next_tick_s`` and
-:meth:`~sim.strategies.client.ClientPolicy.wake_s` are :func:`next_tick` and :func:`on_grid`,
+:meth:`~sim.strategies.client.ClientPolicy.wake_s` are :func:`next_tick` and :func:`grid_wake`,
 and :func:`quiet_ticks` walks a sleeping timer's ticks that cannot act with the same two (the
 fast engine's look-ahead). ``setup.py`` also compiles this file as it is (Cython, with the C
 types of ``_ticks.pxd``) into ``sim.strategies._ticks``, which the engine uses where it was built:
@@ -43,7 +43,18 @@ def next_tick(phase, now, origin, interval, threshold, exp, held):
     return origin + k * interval
 
 
-def on_grid(tick, grid_phase, grid):
+def counted_exp(expires_at, whole_seconds):
+    """A token's ``exp`` as the timer counts it: cut to whole seconds where the policy counts them."""
+    return floor(expires_at) if whole_seconds else expires_at
+
+
+def on_grid(grid_phase, grid):
+    """Whether a tab's ticks wait for the wake-up grid (a hidden tab, ``grid_phase`` its phase,
+    and a grid of ``grid`` seconds); else they run when due."""
+    return grid_phase is not None and grid > 0
+
+
+def grid_wake(tick, grid_phase, grid):
     """The first instant of the wake-up grid ``grid_phase + k * grid`` at or after ``tick``."""
     return grid_phase + ceil((tick - grid_phase) / grid - SAME_INSTANT) * grid
 
@@ -54,14 +65,12 @@ def quiet_ticks(w, limit, skew, quiet_until, origin, phase, interval, threshold,
     (the policy's ``timer_quiet_until_s``: no tick there acts), walked from the tick at ``w``
     (server time): each next one at ``w + max(tick - clock, 0)``, ``tick`` the policy's
     :func:`next_tick` put on the wake-up grid (``wake_up``, ``grid_phase``; None: a visible tab)
-    by :func:`on_grid`, for a tab holding a token that expires at ``expires_at`` (None: none).
+    by :func:`grid_wake`, for a tab holding a token that expires at ``expires_at`` (None: none).
     Stops at the first tick at or after ``limit``, or whose clock is not before ``quiet_until``,
     or after ``budget`` ticks. Returns (that tick's instant, the ticks walked over)."""
     held = expires_at is not None
-    exp = 0.0
-    if held:
-        exp = floor(expires_at) if whole_seconds else expires_at
-    hidden = grid_phase is not None and wake_up > 0
+    exp = counted_exp(expires_at, whole_seconds) if held else 0.0
+    hidden = on_grid(grid_phase, wake_up)
     grid_at = grid_phase if hidden else 0.0
     walked = 0
     while walked < budget and w < limit:
@@ -70,7 +79,7 @@ def quiet_ticks(w, limit, skew, quiet_until, origin, phase, interval, threshold,
             break
         tick = next_tick(phase, clock, origin, interval, threshold, exp, held)
         if hidden:
-            tick = on_grid(tick, grid_at, wake_up)
+            tick = grid_wake(tick, grid_at, wake_up)
         w = w + max(tick - clock, 0.0)
         walked += 1
     return w, walked
