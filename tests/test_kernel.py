@@ -72,7 +72,7 @@ def test_compiled_draws_are_numpys_with_its_state_after(batch, key, waiting, wor
 
 
 def python_quiet_ticks(client, w, limit, skew, quiet_until, origin, view, grid_phase, budget):
-    """The ticks :func:`sim.engine._kernel.quiet_ticks` walks over, by the policy's own hooks."""
+    """The ticks :func:`sim.strategies.ticks.quiet_ticks` walks over, by the policy's own hooks."""
     walked = 0
     while walked < budget and w < limit:
         clock = w + skew
