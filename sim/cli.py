@@ -20,7 +20,9 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sim import cli_planning
@@ -229,30 +231,34 @@ LOG_EVERY_S = 5.0
 
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator:
-    """A progress callback ``(done, total)``; drawn on a terminal, and only once a run has
-    taken longer than a second; elsewhere (logs, CI) written as ``description: done/total`` lines."""
+    """A progress callback ``(done, total)`` (``done`` may count a share of the work under way),
+    None when not ``enabled``; drawn on a terminal, with the time left, and only once a run has
+    taken longer than a second; elsewhere (logs, CI) written as ``description: done/total
+    (percent)`` lines."""
     if not enabled:
-        yield lambda done, total: None
+        yield None
         return
     if not err_console.is_terminal:
-        # logs and CI: a plain line when progress is made, at most one per LOG_EVERY_S
-        last = {"done": 0, "at": float("-inf")}
+        # logs and CI: a plain line when the numbers shown move, at most one per LOG_EVERY_S
+        last = {"line": None, "at": float("-inf")}
 
-        def log(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done > last["done"] and (now - last["at"] >= LOG_EVERY_S or done >= total):
-                last.update(done=done, at=now)
-                print(f"{description}: {done}/{total}", file=sys.stderr, flush=True)
+        def log(done: float, total: int) -> None:
+            now, line = time.monotonic(), f"{description}: {int(done)}/{total} ({done / total:.0%})"
+            if last["line"] is None:
+                last["line"] = line  # nothing done yet: nothing to say
+            elif line != last["line"] and (now - last["at"] >= LOG_EVERY_S or done >= total):
+                last.update(line=line, at=now)
+                print(line, file=sys.stderr, flush=True)
 
         yield log
         return
     started = time.monotonic()
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err_console, transient=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
     task = bar.add_task(description, total=None)
     state = {"shown": False}
 
-    def update(done: int, total: int) -> None:
+    def update(done: float, total: int) -> None:
         if not state["shown"] and time.monotonic() - started > 1.0:
             bar.start()
             state["shown"] = True

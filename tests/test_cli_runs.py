@@ -1,5 +1,6 @@
 """The console script running simulations: run folders, gates, JSON, sweeps, interruption."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -51,9 +52,11 @@ def test_run_writes_a_complete_folder_and_strict_json(cli, tmp_path):
     assert len(pd.read_parquet(out / "events.parquet")) > 0
     resolved = tomllib.loads((out / "scenario.resolved.toml").read_text())
     assert resolved["run"]["replications"] == 2 and resolved["strategies"][0]["server"]["access_ttl"] == "5m"
-    # the resolved scenario reproduces the run exactly
+    # the resolved scenario reproduces the run exactly (this time following its progress, as
+    # the command does when it prints no JSON: its events change nothing)
     code, _, err = cli("run", out / "scenario.resolved.toml", "--out", tmp_path / "again", "--events")
     assert code == 0, err
+    assert re.search(r"^simulating: (\d+)/\1 \(100%\)$", err, re.M), err
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "summary.csv"), pd.read_csv(out / "summary.csv"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

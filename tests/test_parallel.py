@@ -34,6 +34,20 @@ def test_worker_processes_give_the_answer_of_one_process(small):
     assert_same(sim.run(small, processes=2), sim.run(small, processes=1))
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_progress_counts_the_share_of_each_simulation_under_way(small, processes):
+    heard = []
+    result = sim.run(small, processes=processes, progress=lambda done, total: heard.append((done, total)))
+    jobs = len(small.names) * small.run.replications
+    done = [d for d, total in heard]
+    assert {total for _, total in heard} == {jobs}
+    assert done[0] == 0 and done[-1] == jobs and done == sorted(done)
+    # a hundredth of a simulation at a time, not only whole ones as they finish
+    assert len(heard) > 50 * jobs and any(0 < d % 1 < 1 for d in done)
+    # following it changes nothing: its looks are events of their own that touch no state
+    assert_same(result, sim.run(small, processes=processes))
+
+
 def test_small_runs_stay_in_process_and_big_ones_use_every_core(small):
     jobs = [Job(small, name, 0, 1) for name in small.names]
     with runner_for(jobs) as runner:

@@ -48,10 +48,11 @@ def instance_users(scenario: Scenario, seed: int, replication: int, instance: in
 
 
 def simulate_instance(scenario: Scenario, name: str, replication: int, seed: int, events: bool, instance: int | None,
-                      engine: str = DEFAULT_ENGINE):
+                      engine: str = DEFAULT_ENGINE, progress: Callable[[float], None] | None = None):
     """The users of one auth-tier instance (:func:`instance_users`; every user for ``instance``
     None), one variant, one replication: (:class:`~sim.metrics.Counts`, events or None), made
-    into tables by :func:`assemble` (merged with the other instances' first).
+    into tables by :func:`assemble` (merged with the other instances' first). ``progress(share)``
+    hears how much of the scenario's time has been simulated, a hundred times a run.
 
     Exact, not an approximation: users of different instances share nothing (each instance has
     its own workers and queue, sessions belong to one user, and every draw a user takes comes
@@ -59,7 +60,7 @@ def simulate_instance(scenario: Scenario, name: str, replication: int, seed: int
     do beside the others."""
     variant = scenario.variant(name)
     users = None if instance is None else instance_users(scenario, seed, replication, instance)
-    rec = ENGINES[engine](scenario, variant, replication, seed, events, users=users).run()
+    rec = ENGINES[engine](scenario, variant, replication, seed, events, users=users, progress=progress).run()
     return rec.counts, rec.events()
 
 
@@ -143,7 +144,7 @@ def run(
     strategies: Iterable[str] | None = None,
     processes: int | None = None,
     cluster=None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[float, int], None] | None = None,
     engine: str | None = None,
 ) -> RunResult:
     """Simulate every strategy variant (or those named in ``strategies``) of ``scenario``.
@@ -153,7 +154,9 @@ def run(
     per core for big runs; 1 runs in this process), or on the Dask scheduler ``cluster`` (an
     address such as ``"tcp://10.0.0.5:8786"`` or a ``distributed.Client``). Where they run never
     changes the result. A worker that dies raises :class:`~sim.engine.dispatch.WorkerLost`.
-    ``progress(done, total)`` is called as simulations finish. ``engine``: ``"fast"`` (the
+    ``progress(done, total)`` hears how many of the ``total`` simulations are done, counting
+    those under way by the share of their scenario time simulated so far (a Dask cluster's only
+    as they finish). ``engine``: ``"fast"`` (the
     default) or ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
     from sim.engine.dispatch import runner_for
@@ -170,14 +173,20 @@ def run(
     jobs = jobs_of(scenario, names, events=events, engine=engine)
     report = progress or (lambda done, total: None)
     report(0, len(jobs))
-    outputs = {}
-    with runner_for(jobs, processes=processes, cluster=cluster) as runner:
+    outputs, under_way = {}, {}
+
+    def moved(job, share: float) -> None:
+        under_way[job.id] = share
+        report(len(outputs) + sum(under_way.values()), len(jobs))
+
+    with runner_for(jobs, processes=processes, cluster=cluster, progress=moved if progress else None) as runner:
         for job in jobs:
             runner.submit(job)
         while runner.pending:
             job, out = runner.next_done()
+            under_way.pop(job.id, None)
             outputs[job.key] = out
-            report(len(outputs), len(jobs))
+            report(len(outputs) + sum(under_way.values()), len(jobs))
     result = assemble(scenario, names, outputs)
     result.meta["engine"] = engine or DEFAULT_ENGINE
     return result

@@ -3,7 +3,9 @@ cluster. Every job is one (scenario, variant, replication) simulation, a pure fu
 inputs, so where it runs never changes its answer.
 
 A runner is used as a context manager: ``submit`` jobs, then ``next_done`` blocks until one of
-them has finished and returns it with its output. A worker process that dies fails the run at
+them has finished and returns it with its output; a runner made with ``progress`` also hears, while
+it waits, how far the jobs under way have come (in this process and in worker processes, not
+from a Dask cluster). A worker process that dies fails the run at
 once with :class:`WorkerLost` instead of leaving it waiting for an answer that will never come;
 leaving the runner (normally, on an error or on Ctrl-C) stops every worker it started.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import multiprocessing
 import os
 import signal
@@ -20,7 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from sim.scenario import Scenario
 
@@ -56,26 +59,38 @@ class Job:
         return self.strategy, self.replication, self.instance
 
 
-def execute(job: Job):
+#: ``progress(job, share)``: the job under way has simulated ``share`` of its scenario time
+Progress = Callable[[Job, float], None]
+
+
+def execute(job: Job, progress: Callable[[float], None] | None = None):
     """Run one job (in whichever process it landed): the output of
     :func:`sim.engine.simulate_instance` (its counts, not yet tables: see
-    :func:`sim.engine.assemble`), for every user or one instance's."""
+    :func:`sim.engine.assemble`), for every user or one instance's; ``progress(share)`` hears
+    how far it has come."""
     from sim.engine import simulate_instance
 
     options = {"engine": job.engine} if job.engine is not None else {}
     return simulate_instance(job.scenario, job.strategy, job.replication, job.seed, job.events, job.instance,
-                             **options)
+                             progress=progress, **options)
+
+
+#: in a worker process of a runner that follows progress: where its jobs say how far they have come
+_PROGRESS_QUEUE = None
 
 
 def _execute_in_worker(job: Job):
-    return job.id, execute(job)
+    queue = _PROGRESS_QUEUE
+    return job.id, execute(job, None if queue is None else lambda share: queue.put((job.id, share)))
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(progress_queue) -> None:
+    global _PROGRESS_QUEUE
     # Ctrl-C at a terminal reaches the whole process group: the parent stops the workers, which
     # must not die on their own first (that would look like a lost worker)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _PROGRESS_QUEUE = progress_queue
 
 
 @contextlib.contextmanager
@@ -108,9 +123,10 @@ class Runner:
     #: where, for messages ("this process", "2 processes", "tcp://…")
     where: str = "this process"
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self._next_id = 0
         self._jobs: dict[int, Job] = {}
+        self.progress = progress
 
     def submit(self, job: Job) -> Job:
         self._next_id += 1
@@ -150,8 +166,8 @@ class Runner:
 class InProcess(Runner):
     """Runs each job in this process when its result is asked for, in submission order."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, progress: Progress | None = None) -> None:
+        super().__init__(progress)
         self._queue: deque[Job] = deque()
 
     def _start(self, job: Job) -> None:
@@ -159,19 +175,25 @@ class InProcess(Runner):
 
     def _wait_one(self) -> tuple[int, Any]:
         job = self._queue.popleft()
-        return job.id, execute(job)
+        return job.id, execute(job, None if self.progress is None else functools.partial(self.progress, job))
 
 
 class Processes(Runner):
     """Worker processes on this machine (started with ``spawn``, so they import a script's
     ``__main__`` module again: keep a script's calls under ``if __name__ == "__main__":``)."""
 
-    def __init__(self, processes: int) -> None:
-        super().__init__()
+    #: seconds between two looks at the workers' progress while waiting for a job to finish
+    PROGRESS_EVERY_S = 0.5
+
+    def __init__(self, processes: int, progress: Progress | None = None) -> None:
+        super().__init__(progress)
         self.slots = processes
         self.where = f"{processes} worker processes"
-        self._pool = cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_ignore_interrupts)
+        context = multiprocessing.get_context("spawn")
+        # the workers' progress comes through a pipe of its own, read while waiting
+        self._progress_queue = context.SimpleQueue() if progress is not None else None
+        self._pool = cf.ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
+                                            initargs=(self._progress_queue,))
         self._futures: dict[cf.Future, int] = {}
 
     def _start(self, job: Job) -> None:
@@ -179,7 +201,16 @@ class Processes(Runner):
             self._futures[self._pool.submit(_execute_in_worker, job)] = job.id
 
     def _wait_one(self) -> tuple[int, Any]:
-        done, _ = cf.wait(list(self._futures), return_when=cf.FIRST_COMPLETED)
+        queue = self._progress_queue
+        while True:
+            done, _ = cf.wait(list(self._futures), timeout=None if queue is None else self.PROGRESS_EVERY_S,
+                              return_when=cf.FIRST_COMPLETED)
+            while queue is not None and not queue.empty():
+                job_id, share = queue.get()
+                if job_id in self._jobs:
+                    self.progress(self._jobs[job_id], share)
+            if done:
+                break
         future = next(iter(done))
         del self._futures[future]
         try:
@@ -212,6 +243,8 @@ class Processes(Runner):
         if manager is not None:
             manager.join(timeout=30)
         self._futures.clear()
+        if self._progress_queue is not None:
+            self._progress_queue.close()
 
 
 class Dask(Runner):
@@ -291,10 +324,12 @@ def job_size(job: Job) -> float:
     return job.scenario.population.users * job.scenario.run.end_s / share
 
 
-def runner_for(jobs: list[Job] | None = None, *, processes: int | None = None, cluster: Any = None) -> Runner:
+def runner_for(jobs: list[Job] | None = None, *, processes: int | None = None, cluster: Any = None,
+               progress: Progress | None = None) -> Runner:
     """The runner a command should use: a Dask one for ``cluster``; else ``processes`` worker
     processes (default: one per core when the jobs are big enough to repay starting them, never
-    more than the jobs); 1 runs everything in this process."""
+    more than the jobs); 1 runs everything in this process. ``progress``: see the module's
+    docstring (a Dask runner tells only of jobs done)."""
     if cluster is not None:
         return Dask(cluster)
     if processes is None:
@@ -303,4 +338,4 @@ def runner_for(jobs: list[Job] | None = None, *, processes: int | None = None, c
         processes = cores if total > SMALL_RUN_USER_SECONDS else 1
     if jobs is not None:
         processes = min(processes, max(len(jobs), 1))
-    return Processes(processes) if processes > 1 else InProcess()
+    return Processes(processes, progress) if processes > 1 else InProcess(progress)

@@ -31,6 +31,7 @@ import math
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -370,11 +371,15 @@ class Simulation:
     #: cost per mint is about ``growth / (growth - 1)`` looks (a microsecond or two each); the
     #: ledger holds up to ``growth`` times the live tokens (2: half of its memory dead tokens)
     FORGET_GROWTH = 1.5
+    #: how many times a run tells its ``progress`` callback how far it has come
+    PROGRESS_STEPS = 100
 
     def __init__(self, scenario: Scenario, variant: Variant, replication: int, seed: int, keep_events: bool,
-                 users=None):
+                 users=None, progress: Callable[[float], None] | None = None):
         # ``users``: the indices of the users to simulate (those of one auth-tier instance), all by default
         self.users = users
+        #: called with the share of the run's scenario time simulated so far (0.01, 0.02, ...)
+        self.progress = progress
         self.scenario = scenario
         self.variant = variant
         self.client = variant.client
@@ -464,6 +469,8 @@ class Simulation:
         del arrivals, tabs, skews  # every user's (a job of one auth-tier instance runs some): not needed now
         if self.FORGET_EVERY_S is not None:
             self.at(self.FORGET_EVERY_S, self._forget, None)
+        if self.progress is not None:
+            self.at(self.end_s / self.PROGRESS_STEPS, self._progress, 1)
         self.advance()
         self.now = end = self.end_s
         rec = self.rec
@@ -473,6 +480,12 @@ class Simulation:
         rec.counts.auth_queue_s = np.asarray(rec.queued.bins)
         rec.counts.valid_tokens_per_session_max = rec.valid_max
         return rec
+
+    def _progress(self, step: int) -> None:
+        # an event of its own that changes nothing: the model's events keep their order
+        self.progress(step / self.PROGRESS_STEPS)
+        if step + 1 < self.PROGRESS_STEPS:
+            self.at(self.end_s * (step + 1) / self.PROGRESS_STEPS, self._progress, step + 1)
 
     def _forget(self, _) -> None:
         """Drop from the ledger (and from the recorder's per-session state) the tokens no one can
