@@ -77,7 +77,7 @@ def sweep(
     load, queue wait and failures move with users, workers, lifetimes; the table is also saved as
     sweep.csv."""
     from sim.cli import (check_gates, check_work, default_out, emit_json, fail, gates_exit, gates_table, out_console,
-                         read_gates, read_scenario)
+                         progress_bar, read_gates, read_scenario)
     from sim.engine.dispatch import WorkerLost
     from sim.scenario import parse_setting, sweep_settings
     from sim.sweep import Point, SweepFolderError, finish, run_sweep
@@ -104,8 +104,9 @@ def sweep(
         say(f"[{done}/{total}] {point.label}: {'already in ' if reused else 'wrote '}{out / point.folder}")
 
     try:
-        results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
-                            on_point=on_point, engine=engine.value)
+        with progress_bar("simulating", enabled=not as_json) as update:
+            results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
+                                on_point=on_point, engine=engine.value, progress=update)
         finish(out, points, results, scenario_path.name, report)
     except SweepFolderError as exc:
         raise fail(str(exc)) from None

@@ -102,12 +102,15 @@ def run_sweep(
     cluster: Any = None,
     on_point: Callable[[Point, RunResult, bool, int, int], None] | None = None,
     engine: str | None = None,
+    progress: Callable[[float, int], None] | None = None,
 ) -> list[RunResult]:
     """Run every point not already in ``out`` (all their simulations in parallel) and write each
     point's run folder as soon as it is complete. ``on_point(point, result, reused, done,
-    total)`` is called for every point, reused ones first. Returns the runs in point order."""
+    total)`` is called for every point, reused ones first; ``progress(done, total)`` as the
+    simulations to run advance (as :func:`sim.engine.run` calls it). Returns the runs in point
+    order."""
     from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
-    from sim.engine.dispatch import runner_for
+    from sim.engine.dispatch import JobsDone, runner_for
 
     done = prepare(out, points, source)
     report = on_point or (lambda *a: None)
@@ -120,11 +123,14 @@ def run_sweep(
         missing[job.tag] += 1
     outputs: dict[int, dict] = {i: {} for i in todo}
     if jobs:
-        with runner_for(jobs, processes=processes, cluster=cluster) as runner:
+        tally = JobsDone(progress, len(jobs)) if progress is not None else None
+        with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
             for job in jobs:
                 runner.submit(job)
             while runner.pending:
                 job, output = runner.next_done()
+                if tally is not None:
+                    tally.finished(job)
                 i = job.tag
                 outputs[i][job.key] = output
                 missing[i] -= 1

@@ -34,7 +34,9 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(cli, tmp_path, how
     proc = subprocess.Popen(sweep_cmd(SCENARIOS / "smoke.toml", out), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        first = proc.stderr.readline()  # the run reports its first finished point
+        first = proc.stderr.readline()  # the run reports its progress, then its first finished point
+        while first.startswith("simulating: "):
+            first = proc.stderr.readline()
         assert first.startswith("[1/4] "), first + proc.stderr.read()
         os.killpg(proc.pid, how)
         _, err = proc.communicate(timeout=60)
@@ -55,6 +57,9 @@ def test_a_sweep_killed_mid_way_resumes_with_every_point_once(cli, tmp_path, how
     assert code == 0, err
     reused = [line for line in err.splitlines() if "already in" in line]
     assert len(reused) == len(written)
+    # the progress of the simulations it ran: the other points' only
+    variants = len(sim.load_scenario(SCENARIOS / "smoke.toml").names)
+    assert f"simulating: {variants * (4 - len(written))}/{variants * (4 - len(written))} (100%)" in err, err
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == POINTS  # each once, no partial folder left
     assert {name: (out / name / "summary.csv").stat().st_mtime_ns for name in written} == kept, "not recomputed"
     assert json.loads((out / "sweep.json").read_text())["complete"] is True

@@ -159,7 +159,7 @@ def run(
     as they finish). ``engine``: ``"fast"`` (the
     default) or ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
-    from sim.engine.dispatch import runner_for
+    from sim.engine.dispatch import JobsDone, runner_for
 
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -171,22 +171,16 @@ def run(
     for name in names:
         scenario.variant(name)
     jobs = jobs_of(scenario, names, events=events, engine=engine)
-    report = progress or (lambda done, total: None)
-    report(0, len(jobs))
-    outputs, under_way = {}, {}
-
-    def moved(job, share: float) -> None:
-        under_way[job.id] = share
-        report(len(outputs) + sum(under_way.values()), len(jobs))
-
-    with runner_for(jobs, processes=processes, cluster=cluster, progress=moved if progress else None) as runner:
+    tally = JobsDone(progress, len(jobs)) if progress is not None else None
+    outputs = {}
+    with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
         for job in jobs:
             runner.submit(job)
         while runner.pending:
             job, out = runner.next_done()
-            under_way.pop(job.id, None)
             outputs[job.key] = out
-            report(len(outputs) + sum(under_way.values()), len(jobs))
+            if tally is not None:
+                tally.finished(job)
     result = assemble(scenario, names, outputs)
     result.meta["engine"] = engine or DEFAULT_ENGINE
     return result

@@ -63,6 +63,26 @@ class Job:
 Progress = Callable[[Job, float], None]
 
 
+class JobsDone:
+    """A command's ``progress(done, total)`` over ``total`` jobs: the jobs finished, plus the
+    share of each one under way. Give :meth:`moved` to the runner, call :meth:`finished` with
+    each job it returns."""
+
+    def __init__(self, progress: Callable[[float, int], None], total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.under_way: dict[int, float] = {}
+        progress(0, total)
+
+    def moved(self, job: Job, share: float) -> None:
+        self.under_way[job.id] = share
+        self.progress(self.done + sum(self.under_way.values()), self.total)
+
+    def finished(self, job: Job) -> None:
+        self.under_way.pop(job.id, None)
+        self.done += 1
+        self.progress(self.done + sum(self.under_way.values()), self.total)
+
+
 def execute(job: Job, progress: Callable[[float], None] | None = None):
     """Run one job (in whichever process it landed): the output of
     :func:`sim.engine.simulate_instance` (its counts, not yet tables: see
