@@ -231,12 +231,11 @@ LOG_EVERY_S = 5.0
 
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator:
-    """A progress callback ``(done, total)`` (``done`` may count a share of the work under way),
-    None when not ``enabled``; drawn on a terminal, with the time left, and only once a run has
-    taken longer than a second; elsewhere (logs, CI) written as ``description: done/total
-    (percent)`` lines."""
+    """A progress callback ``(done, total)`` (``done`` may count a share of the work under way);
+    drawn on a terminal, with the time left, and only once a run has taken longer than a second;
+    elsewhere (logs, CI) written as ``description: done/total (percent)`` lines."""
     if not enabled:
-        yield None
+        yield lambda done, total: None
         return
     if not err_console.is_terminal:
         # logs and CI: a plain line when the numbers shown move, at most one per LOG_EVERY_S
@@ -282,8 +281,8 @@ def simulate(scenario: Scenario, seed, replications, events, quiet=False, proces
                force=force, processes=processes, events=bool(events))
     with progress_bar("simulating", enabled=not quiet) as update:
         try:
-            return run(scenario, seed=seed, replications=replications, events=events, progress=update,
-                       processes=processes, cluster=cluster, engine=engine)
+            return run(scenario, seed=seed, replications=replications, events=events,
+                       progress=None if quiet else update, processes=processes, cluster=cluster, engine=engine)
         except WorkerLost as exc:
             raise fail(f"{exc}; no run folder was written", 1) from None
 

@@ -106,7 +106,7 @@ def sweep(
     try:
         with progress_bar("simulating", enabled=not as_json) as update:
             results = run_sweep(points, out, source=scenario_path.name, processes=processes, cluster=cluster,
-                                on_point=on_point, engine=engine.value, progress=update)
+                                on_point=on_point, engine=engine.value, progress=None if as_json else update)
         finish(out, points, results, scenario_path.name, report)
     except SweepFolderError as exc:
         raise fail(str(exc)) from None
