@@ -158,6 +158,17 @@ least of two rounds, about 2 s) was tried and not kept: with the four variants n
 each other, at 20,000 users (``sim.run``, two processes, two runs each alternated) it took 26.9 and
 27.3 s against 26.4 and 25.8 s in the scenario's order, the samples' time eating what the better
 balance saved, and at 100,000 users 141 and 145 s against 143 s.
+
+Where the wall time of one such compare went (the command in one process with each job's end
+stamped, load 1.2-1.6): the four simulations took 78 s (dual_token), 64 s (single-flight), 65 s
+(sliding) and 77 s (silent_refresh) on their workers; in the scenario's order the worker that ran
+single-flight then sliding was idle for the last 26 s, when silent_refresh ended at 155 s; the
+tables took 1 s after it and the report 3 s. An even split would have ended the simulations at
+about 142 s. Then, with every run following its progress (a no-op event per hundredth of the
+scenario's time, the workers' shares sent through a queue the parent reads while it waits), this
+command once, load 0.9-1.5: wall 140 s, CPU 246 s (0.60 ms per user and variant), peak of the
+process tree 1,767 MB; 1M users x 1.08 h x 4 variants projected at 2,402 CPU s, about 20 min on
+two idle cores, 7.7 GB per worker process.
 """
 
 from __future__ import annotations
