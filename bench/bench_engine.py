@@ -258,7 +258,17 @@ Neither is one function: the profile is flat (the largest share of a 100,000-use
 is the event loop's own 5.8%). Compiling the engine's modules as they are (the model, streams,
 flows, ledger, metrics and recorder; Cython 3.3 in pure-Python mode, annotations not taken as C
 types; the policies are pydantic models, which it cannot compile) gave the same CPU: 2.08-2.49 s
-against 2.10-2.19 s, three runs of each alternated. numba (0.68, tried outside the project): its
+against 2.10-2.19 s, three runs of each alternated. Again later, on the code of the last rows
+(2,000 users, fast engine, one process, runs alternated with the plain code, load under 1): the
+same modules compiled by Cython as they are, 1.16-1.20 s against 1.16-1.20 s; by mypyc (2.4,
+which takes annotations as types: the engine's own classes become C structs where a function's
+arguments are annotated with them), the model alone 1.22-1.31 s against 1.18 s, the six modules
+together 1.08 s against 1.18 s (about 9% less), and that only after changes that mypyc's rules
+ask of the code (no ``__slots__``, no subclass of ``functools.partial``, values checked against
+their annotations at run time). The time is in attribute reads and calls on objects that the
+compiled code still sees as Python objects (tokens, views, effects, policies, streams): only a
+core whose state is typed throughout, with the policies' rules in typed objects, would be
+compiled to C operations. numba (0.68, tried outside the project): its
 ``Generator`` methods draw the same numbers as numpy's (lognormal, exponential, uniform and
 whole numbers, 50 seeds x 20,000 draws each, and the same states after), but a compiled function
 handed a ``Generator`` costs about 15 us a call (numpy's own call for 13 lognormals about 2.4

@@ -169,6 +169,14 @@ scenario's time, the workers' shares sent through a queue the parent reads while
 command once, load 0.9-1.5: wall 140 s, CPU 246 s (0.60 ms per user and variant), peak of the
 process tree 1,767 MB; 1M users x 1.08 h x 4 variants projected at 2,402 CPU s, about 20 min on
 two idle cores, 7.7 GB per worker process.
+
+The million-user run itself, not projected: this command with ``--users 1000000 --workers 400``,
+alone on the host (load 0.7-1.5), the same code: wall 1,761 s (29 min; goal one minute: not met),
+CPU 3,136 s (0.78 ms per user and variant, against 0.60 at 100,000 users; likely memory: each event
+reaches objects spread over 7.5 GB, not profiled), peak of the process tree 15,468 MB (two worker
+processes of 7.0-7.9 GB each; the machine has 24 GB), the four variants about 10-17 min each on
+their workers (from the workers' memory, sampled every 2 min). The projection from 100,000 users
+(2,402 CPU s) was a quarter short. As at 100,000 users, one worker sat idle for the last 4-5 min.
 """
 
 from __future__ import annotations
