@@ -260,29 +260,29 @@ flows, ledger, metrics and recorder; Cython 3.3 in pure-Python mode, annotations
 types; the policies are pydantic models, which it cannot compile) gave the same CPU: 2.08-2.49 s
 against 2.10-2.19 s, three runs of each alternated. Again later, on the code of the last rows
 (2,000 users, fast engine, one process, runs alternated with the plain code, load under 1): the
-same modules compiled by Cython as they are, 1.16-1.20 s against 1.16-1.20 s; by mypyc (2.4,
-which takes annotations as types: the engine's own classes become C structs where a function's
-arguments are annotated with them), the model alone 1.22-1.31 s against 1.18 s, the six modules
-together 1.08 s against 1.18 s (about 9% less), and that only after changes that mypyc's rules
-ask of the code (no ``__slots__``, no subclass of ``functools.partial``, values checked against
-their annotations at run time). The time is in attribute reads and calls on objects that the
-compiled code still sees as Python objects (tokens, views, effects, policies, streams): only a
-core whose state is typed throughout, with the policies' rules in typed objects, would be
-compiled to C operations. What such a core would still pay if the rules stayed in the pydantic
-policies: one refresh call's decisions and writes alone — the 401's ``authorize``, ``on_response``,
-``begin_refresh``, ``finish_refresh`` with its mint and the recorder's hook, ``store_write``,
-``jar_write``, the retry's ``plain_at`` and ``on_response``, with their views and held tokens —
-called in a loop on this workload's dual_token policies cost 9.0 us a call, 12.7 us with its two
-records (100,000 calls, two runs each), against 58 us for the whole path in the engine (29 minutes
-of this workload with 15-minute and with 2-hour tokens, the difference over the 5,543 refresh
-calls, the least of three runs each): the other four fifths are the engine's events and tasks,
-the flows' generators and effects, and the counting. numba (0.68, tried outside the project): its
-``Generator`` methods draw the same numbers as numpy's (lognormal, exponential, uniform and
-whole numbers, 50 seeds x 20,000 draws each, and the same states after), but a compiled function
-handed a ``Generator`` costs about 15 us a call (numpy's own call for 13 lognormals about 2.4
-us), and the first compile 2.7 s a process: a compiled inner loop would carry PCG64 and its
-transforms itself over the streams' packed states, and would pay off only over many views or
-users a call.
+model, streams, flows, ledger and recorder compiled by Cython as they are, 1.18-1.20 s against
+1.16-1.17 s; by mypyc (2.4, which takes annotations as types: the engine's own classes become C
+structs where a function's arguments are annotated with them), the model alone 1.22-1.31 s against
+1.18 s, the six modules together 1.08 s against 1.18 s (about 9% less), and that only after changes
+that mypyc's rules ask of the code (no ``__slots__``, no subclass of ``functools.partial``, values
+checked against their annotations at run time; its output then differed, not looked into). The time
+is in attribute reads and calls on objects that the compiled code still sees as Python objects
+(tokens, views, effects, policies, streams): only a core whose state is typed throughout, with the
+policies' rules in typed objects, would be compiled to C operations. What such a core would still
+pay if the rules stayed in the pydantic policies: one refresh call's decisions and writes alone —
+the 401's ``authorize``, ``on_response``, ``begin_refresh``, ``finish_refresh`` with its mint and
+the recorder's hook, ``store_write``, ``jar_write``, the retry's ``plain_at`` and ``on_response``,
+with their views and held tokens — called in a loop on this workload's dual_token policies cost 9.0
+us a call, 12.7 us with its two records (100,000 calls, two runs each), against 58 us for the whole
+path in the engine (29 minutes of this workload with 15-minute and with 2-hour tokens, the
+difference over the 5,543 refresh calls, the least of three runs each): the other four fifths are
+the engine's events and tasks, the flows' generators and effects, and the counting. numba (0.68,
+tried outside the project): its ``Generator`` methods draw the same numbers as numpy's (lognormal,
+exponential, uniform and whole numbers, 50 seeds x 20,000 draws each, and the same states after),
+but a compiled function handed a ``Generator`` costs about 15 us a call (numpy's own call for 13
+lognormals about 2.4 us), and the first compile 2.7 s a process: a compiled inner loop would carry
+PCG64 and its transforms itself over the streams' packed states, and would pay off only over many
+views or users a call.
 
 The compiled kernel (the last two rows) does what the paragraph above asked of a compiled loop,
 for the event queue, the plain page views and the draws: it calls numpy's own C distributions (``c_distributions``,
