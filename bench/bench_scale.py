@@ -179,6 +179,14 @@ reaches objects spread over 7.5 GB, not profiled), peak of the process tree 15,4
 processes of 7.0-7.9 GB each; the machine has 24 GB), the four variants about 10-17 min each on
 their workers (from the workers' memory, sampled every 2 min). The projection from 100,000 users
 (2,402 CPU s) was a quarter short. As at 100,000 users, one worker sat idle for the last 4-5 min.
+
+Then the simulations started longest first (``sim.engine.dispatch.longest_first``: each variant
+timed on a 500-user sample in the parent, about 0.9 s for the four; outputs byte-identical). On
+this code the four variants differ more than when that was tried above: their samples cost 50, 44,
+37 and 47 (dual_token, single-flight, sliding, silent_refresh), so in the scenario's order the
+costliest two run one after the other on one worker. The 100,000-user compare (``refreshlab
+compare`` of this scaled scenario, the two codes alternated, alone on the host, load 1.5-1.9): wall
+140, 136 and 137 s in the scenario's order, 125, 128 and 127 s longest first (goal 60 s: not met).
 """
 
 from __future__ import annotations

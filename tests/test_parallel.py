@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 import sim
-from sim.engine.dispatch import InProcess, Job, Processes, WorkerLost, runner_for
+from sim.engine import dispatch
+from sim.engine.dispatch import InProcess, Job, Processes, WorkerLost, longest_first, runner_for
 from tests.conftest import ROOT, SCENARIOS
 
 psutil = pytest.importorskip("psutil")
@@ -55,6 +56,30 @@ def test_small_runs_stay_in_process_and_big_ones_use_every_core(small):
     big = small.replace(population={"users": 100_000})
     with runner_for([Job(big, name, 0, 1) for name in big.names], processes=2) as runner:
         assert isinstance(runner, Processes) and runner.slots == 2
+
+
+def test_the_longest_simulations_start_first(small):
+    jobs = [Job(small, name, r, 1) for r in range(2) for name in small.names]
+    rank = {name: i for i, name in enumerate(small.names)}  # the last variant the dearest
+    order = longest_first(jobs, 2, cost=lambda job: rank[job.strategy])
+    assert [(j.strategy, j.replication) for j in order] == [(n, r) for n in reversed(small.names) for r in range(2)]
+    # a worker per job, or one worker: nothing to gain, nothing moved
+    assert longest_first(jobs, len(jobs), cost=lambda job: rank[job.strategy]) == jobs
+    assert longest_first(jobs, 1, cost=lambda job: rank[job.strategy]) == jobs
+    # small simulations are not timed: an unlucky order of them costs little
+    assert longest_first(jobs, 2) == jobs
+
+
+def test_the_order_is_measured_once_per_variant_and_changes_no_answer(small, monkeypatch):
+    timed = []
+    measure = dispatch.pilot_seconds
+    monkeypatch.setattr(dispatch, "ORDER_USER_SECONDS", 0)
+    monkeypatch.setattr(dispatch, "pilot_seconds", lambda job: timed.append(job.strategy) or measure(job))
+    result = sim.run(small, processes=2)
+    assert sorted(timed) == sorted(small.names)  # a sample per variant, not per replication
+    assert all(measure(Job(small, name, 0, 1)) > 0 for name in small.names)
+    monkeypatch.setattr(dispatch, "ORDER_USER_SECONDS", float("inf"))
+    assert_same(result, sim.run(small, processes=2))
 
 
 @pytest.mark.slow  # starts a LocalCluster's scheduler and worker process

@@ -153,13 +153,15 @@ def run(
     simulations run in parallel: ``processes`` worker processes on this machine (default: one
     per core for big runs; 1 runs in this process), or on the Dask scheduler ``cluster`` (an
     address such as ``"tcp://10.0.0.5:8786"`` or a ``distributed.Client``). Where they run never
-    changes the result. A worker that dies raises :class:`~sim.engine.dispatch.WorkerLost`.
+    changes the result; with more simulations than workers, big ones start longest first
+    (:func:`~sim.engine.dispatch.longest_first`). A worker that dies raises
+    :class:`~sim.engine.dispatch.WorkerLost`.
     ``progress(done, total)`` hears how many of the ``total`` simulations are done, counting
     those under way by the share of their scenario time simulated so far (a Dask cluster's only
     as they finish). ``engine``: ``"fast"`` (the
     default) or ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
-    from sim.engine.dispatch import JobsDone, runner_for
+    from sim.engine.dispatch import JobsDone, longest_first, runner_for
 
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -174,7 +176,7 @@ def run(
     tally = JobsDone(progress, len(jobs)) if progress is not None else None
     outputs = {}
     with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
-        for job in jobs:
+        for job in longest_first(jobs, runner.slots):
             runner.submit(job)
         while runner.pending:
             job, out = runner.next_done()
