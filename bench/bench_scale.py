@@ -12,9 +12,9 @@ is the sum of the resident sets of the command and its worker processes, sampled
 Printed: wall seconds, peak memory of the process tree, CPU seconds of the tree, simulated
 user-hours per CPU second, the goal met or not where there is one (the four variants of 100,000
 users in at most 60 s and 2 GB, of 1,000,000 users in a minute), and the extrapolation:
-``--project-users`` users x the scenario's hours x its four variants. The same command is also run
-on the bundled 1,000 users (``--small-users``) so that what does not grow with users (start-up,
-imports, the report) is taken out: CPU and memory per user are the differences between the two runs
+``--project-users`` users x the scenario's hours x its four variants (when more than ``--users``).
+The same command is also run on the bundled 1,000 users (``--small-users``) so that what does not
+grow with users (start-up, imports, the report) is taken out: CPU and memory per user are the differences between the two runs
 over the difference in users (the projection assumes time per user flat in the population: about so
 up to 100,000 users since the engine stopped the cyclic garbage collector, but at 1,000,000 users
 it was measured 30% higher, see the end), the CPU spread over this machine's cores, the memory per
@@ -300,6 +300,8 @@ def main() -> None:
           f"{per_user_cpu_s * 1e3:.2f} ms per user and variant beyond the fixed costs, "
           f"{user_hours / r['cpu_s']:,.0f} simulated user-hours per CPU second in all")
     n = args.project_users
+    if n <= args.users:  # measured, not projected
+        return
     cpu_needed = per_user_cpu_s * n * variants
     print(f"  projected, {n:,} users x {hours:.2f} h x {variants} variants: {cpu_needed:,.0f} CPU s, "
           f"about {cpu_needed / processes / 60:,.0f} min on {processes} idle cores; memory about "
