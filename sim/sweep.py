@@ -104,13 +104,14 @@ def run_sweep(
     engine: str | None = None,
     progress: Callable[[float, int], None] | None = None,
 ) -> list[RunResult]:
-    """Run every point not already in ``out`` (all their simulations in parallel) and write each
-    point's run folder as soon as it is complete. ``on_point(point, result, reused, done,
+    """Run every point not already in ``out`` (all their simulations in parallel, the biggest
+    points first: :func:`~sim.engine.dispatch.longest_first`) and write each point's run folder
+    as soon as it is complete. ``on_point(point, result, reused, done,
     total)`` is called for every point, reused ones first; ``progress(done, total)`` as the
     simulations to run advance (as :func:`sim.engine.run` calls it). Returns the runs in point
     order."""
     from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
-    from sim.engine.dispatch import JobsDone, runner_for
+    from sim.engine.dispatch import JobsDone, longest_first, runner_for
 
     done = prepare(out, points, source)
     report = on_point or (lambda *a: None)
@@ -125,7 +126,7 @@ def run_sweep(
     if jobs:
         tally = JobsDone(progress, len(jobs)) if progress is not None else None
         with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
-            for job in jobs:
+            for job in longest_first(jobs, runner.slots, group=lambda job: job.tag):
                 runner.submit(job)
             while runner.pending:
                 job, output = runner.next_done()

@@ -70,6 +70,13 @@ def test_the_longest_simulations_start_first(small):
     assert longest_first(jobs, 2) == jobs
 
 
+def test_a_sweep_points_jobs_stay_together_the_biggest_point_first(small):
+    bigger = small.replace(population={"users": 2 * small.population.users})
+    jobs = [Job(scenario, name, 0, 1, tag=i) for i, scenario in enumerate([small, bigger]) for name in small.names]
+    order = longest_first(jobs, 2, group=lambda job: job.tag)
+    assert [(j.tag, j.strategy) for j in order] == [(1, name) for name in small.names] + [(0, name) for name in small.names]
+
+
 def test_the_order_is_measured_once_per_variant_and_changes_no_answer(small, monkeypatch):
     timed = []
     measure = dispatch.pilot_seconds

@@ -153,7 +153,7 @@ def run(
     simulations run in parallel: ``processes`` worker processes on this machine (default: one
     per core for big runs; 1 runs in this process), or on the Dask scheduler ``cluster`` (an
     address such as ``"tcp://10.0.0.5:8786"`` or a ``distributed.Client``). Where they run never
-    changes the result; with more simulations than workers, big ones start longest first
+    changes the result; with more simulations than workers, they start longest first
     (:func:`~sim.engine.dispatch.longest_first`). A worker that dies raises
     :class:`~sim.engine.dispatch.WorkerLost`.
     ``progress(done, total)`` hears how many of the ``total`` simulations are done, counting

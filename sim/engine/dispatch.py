@@ -344,40 +344,48 @@ def job_size(job: Job) -> float:
     return job.scenario.population.users * job.scenario.run.end_s / share
 
 
-#: a run's simulations are started longest first when each is at least this big (simulated
-#: user-seconds, :func:`job_size`; the baseline at about 13,000 users): below it an unlucky order
-#: costs a few seconds
+#: a simulation at least this big (simulated user-seconds, :func:`job_size`; the baseline at about
+#: 13,000 users) is timed on a sample before it is put in order: below it an unlucky order costs
+#: a few seconds, and its size alone is its cost
 ORDER_USER_SECONDS = 50_000_000
-#: the sample a variant is timed on to order the simulations: this share of its users, at
-#: least ``PILOT_USERS`` of them
+#: the sample a variant is timed on: this share of its users, at least ``PILOT_USERS`` of them
 PILOT_SHARE = 0.005
 PILOT_USERS = 100
 
 
-def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | None = None) -> list[Job]:
+def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | None = None,
+                  group: Callable[[Job], Hashable] | None = None) -> list[Job]:
     """``jobs`` in the order to start them on ``slots`` workers: the longest first, so that a
     run does not end on one worker working through long simulations while the others stand idle
     (the bundled baseline's four variants at 100,000 users on two workers, in the scenario's
     order: the two dearest ran one after the other on one worker). The order never changes a
-    result: outputs are assembled by key.
+    result: outputs are assembled by key. Nothing moves with a worker per job, or one worker.
 
-    ``cost(job)``: how long a job takes, in any unit; by default measured, not guessed from its
-    policies (:func:`pilot_seconds`: each variant simulated on a sample of its users, here), and
-    only where it pays: more jobs than workers, each at least :data:`ORDER_USER_SECONDS`."""
+    ``cost(job)``: how long a job takes, in any unit. By default its size (:func:`job_size`),
+    and for a big one (at least :data:`ORDER_USER_SECONDS`) its size times what its variant was
+    measured to cost, not guessed from its policies (:func:`pilot_seconds`: each variant
+    simulated on a sample of its users, here). ``group(job)``: jobs that are used together (a
+    sweep point, written once all of its jobs are done) stay together, the dearest group first,
+    so that groups still finish one by one."""
     if slots < 2 or len(jobs) <= slots:
         return list(jobs)
     if cost is None:
-        if min(job_size(job) for job in jobs) < ORDER_USER_SECONDS:
-            return list(jobs)
         measured: dict[tuple, float] = {}
+        for job in jobs:
+            key = (id(job.scenario), job.strategy, job.engine)
+            if key not in measured and job_size(job) >= ORDER_USER_SECONDS:
+                measured[key] = pilot_seconds(job)
+        typical = sum(measured.values()) / len(measured) if measured else 1.0
 
         def cost(job: Job) -> float:
-            key = (id(job.scenario), job.strategy, job.engine)
-            if key not in measured:
-                measured[key] = pilot_seconds(job)
-            return measured[key] * job_size(job)
+            return job_size(job) * measured.get((id(job.scenario), job.strategy, job.engine), typical)
 
-    return sorted(jobs, key=lambda job: -cost(job))
+    costs = [cost(job) for job in jobs]
+    groups = [None if group is None else group(job) for job in jobs]
+    totals: dict[Hashable, float] = {}
+    for g, c in zip(groups, costs):
+        totals[g] = totals.get(g, 0.0) + c
+    return [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: (-totals[groups[i]], -costs[i]))]
 
 
 def pilot_seconds(job: Job) -> float:
