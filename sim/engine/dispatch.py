@@ -348,9 +348,9 @@ def job_size(job: Job) -> float:
 #: 13,000 users) is timed on a sample before it is put in order: below it an unlucky order costs
 #: a few seconds, and its size alone is its cost
 ORDER_USER_SECONDS = 50_000_000
-#: the sample a variant is timed on: this share of its users, at least ``PILOT_USERS`` of them
-PILOT_SHARE = 0.005
-PILOT_USERS = 100
+#: the users of the sample a big simulation's variant is timed on (enough to rank variants; the
+#: time per user hardly depends on the population)
+PILOT_USERS = 500
 
 
 def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | None = None,
@@ -390,11 +390,11 @@ def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | No
 
 def pilot_seconds(job: Job) -> float:
     """CPU seconds per simulated user-second of ``job``'s variant, measured in this process on a
-    sample of its population (:data:`PILOT_SHARE`, at least :data:`PILOT_USERS` users) with
-    the auth tier scaled with it, one replication, no records kept."""
+    sample of its population (:data:`PILOT_USERS` users) with the auth tier scaled with it, one
+    replication, no records kept."""
     scenario = job.scenario
     users = scenario.population.users
-    sample = min(users, max(PILOT_USERS, round(users * PILOT_SHARE)))
+    sample = min(users, PILOT_USERS)
     workers = scenario.auth.workers * scenario.auth.instances * sample / users
     small = scenario.replace(population={"users": sample}, run={"replications": 1},
                              auth={"workers": max(1, round(workers)), "instances": 1})
