@@ -3,6 +3,7 @@ process; a worker that dies fails the run at once and leaves nothing running."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -80,12 +81,16 @@ def test_a_sweep_points_jobs_stay_together_the_biggest_point_first(small):
 def test_the_order_is_measured_once_per_variant_and_changes_no_answer(small, monkeypatch):
     timed = []
     measure = dispatch.pilot_seconds
-    monkeypatch.setattr(dispatch, "ORDER_USER_SECONDS", 0)
     monkeypatch.setattr(dispatch, "pilot_seconds", lambda job: timed.append(job.strategy) or measure(job))
+    # a population not many times the sample's (a week of 200 users): not timed, the sample
+    # would cost as much as the simulation
+    week = small.replace(run={"duration_s": 7 * 86400.0})
+    assert longest_first([Job(week, name, 0, 1) for name in small.names], 2) and not timed
+    monkeypatch.setattr(dispatch, "PILOT_RATIO", 0)
     result = sim.run(small, processes=2)
     assert sorted(timed) == sorted(small.names)  # a sample per variant, not per replication
     assert all(measure(Job(small, name, 0, 1)) > 0 for name in small.names)
-    monkeypatch.setattr(dispatch, "ORDER_USER_SECONDS", float("inf"))
+    monkeypatch.setattr(dispatch, "PILOT_RATIO", math.inf)
     assert_same(result, sim.run(small, processes=2))
 
 

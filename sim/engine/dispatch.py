@@ -338,19 +338,23 @@ class Dask(Runner):
 SMALL_RUN_USER_SECONDS = 5_000_000
 
 
+def job_users(job: Job) -> float:
+    """The users a job simulates: all of its scenario's, or one auth-tier instance's share."""
+    share = job.scenario.auth.instances if job.instance is not None else 1
+    return job.scenario.population.users / share
+
+
 def job_size(job: Job) -> float:
     """Simulated user-seconds: what a job costs, roughly."""
-    share = job.scenario.auth.instances if job.instance is not None else 1
-    return job.scenario.population.users * job.scenario.run.end_s / share
+    return job_users(job) * job.scenario.run.end_s
 
 
-#: a simulation at least this big (simulated user-seconds, :func:`job_size`; the baseline at about
-#: 13,000 users) is timed on a sample before it is put in order: below it an unlucky order costs
-#: a few seconds, and its size alone is its cost
-ORDER_USER_SECONDS = 50_000_000
 #: the users of the sample a big simulation's variant is timed on (enough to rank variants; the
 #: time per user hardly depends on the population)
 PILOT_USERS = 500
+#: a simulation is timed on a sample only when it has this many times the sample's users: the
+#: sample then costs a twentieth of it at most
+PILOT_RATIO = 20
 
 
 def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | None = None,
@@ -362,18 +366,18 @@ def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | No
     result: outputs are assembled by key. Nothing moves with a worker per job, or one worker.
 
     ``cost(job)``: how long a job takes, in any unit. By default its size (:func:`job_size`),
-    and for a big one (at least :data:`ORDER_USER_SECONDS`) its size times what its variant was
-    measured to cost, not guessed from its policies (:func:`pilot_seconds`: each variant
-    simulated on a sample of its users, here). ``group(job)``: jobs that are used together (a
-    sweep point, written once all of its jobs are done) stay together, the dearest group first,
-    so that groups still finish one by one."""
+    and for a big one (:data:`PILOT_RATIO` times :data:`PILOT_USERS` users or more) its size
+    times what its variant was measured to cost, not guessed from its policies
+    (:func:`pilot_seconds`: each variant simulated on a sample of its users, here).
+    ``group(job)``: jobs that are used together (a sweep point, written once all of its jobs are
+    done) stay together, the dearest group first, so that groups still finish one by one."""
     if slots < 2 or len(jobs) <= slots:
         return list(jobs)
     if cost is None:
         measured: dict[tuple, float] = {}
         for job in jobs:
             key = (id(job.scenario), job.strategy, job.engine)
-            if key not in measured and job_size(job) >= ORDER_USER_SECONDS:
+            if key not in measured and job_users(job) >= PILOT_RATIO * PILOT_USERS:
                 measured[key] = pilot_seconds(job)
         typical = sum(measured.values()) / len(measured) if measured else 1.0
 
