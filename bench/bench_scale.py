@@ -187,9 +187,10 @@ this code the four variants differ more than when that was tried above: their sa
 costliest two run one after the other on one worker. The 100,000-user compare (``refreshlab
 compare`` of this scaled scenario, the two codes alternated, alone on the host, load 1.5-1.9): wall
 140, 136 and 137 s in the scenario's order, 125, 128 and 127 s longest first (goal 60 s: not met).
-This script on that code, once, load 1.1-1.8: wall 131 s, CPU 250 s (0.61 ms per user and
-variant), peak of the process tree 1,824 MB (1,767-1,769 MB before: the parent now imports the
-engine and simulates the samples itself; goal 2,048 MB: met).
+Then each sample run twice and the least taken (one run each misranked the variants in 5 of 10
+tries; about 2 s for the four). This script before and after that, load 0.6-1.8: wall 131 and 131
+s, CPU 250 and 250 s (0.61 ms per user and variant), peak of the process tree 1,824 and 1,778 MB
+(goal 2,048 MB: met).
 """
 
 from __future__ import annotations
