@@ -106,10 +106,9 @@ def run_sweep(
 ) -> list[RunResult]:
     """Run every point not already in ``out`` (all their simulations in parallel, the biggest
     points first: :func:`~sim.engine.dispatch.longest_first`) and write each point's run folder
-    as soon as it is complete. ``on_point(point, result, reused, done,
-    total)`` is called for every point, reused ones first; ``progress(done, total)`` as the
-    simulations to run advance (as :func:`sim.engine.run` calls it). Returns the runs in point
-    order."""
+    as soon as it is complete. ``on_point(point, result, reused, done, total)`` is called for
+    every point, reused ones first; ``progress(done, total)`` as the simulations to run advance
+    (as :func:`sim.engine.run` calls it). Returns the runs in point order."""
     from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
     from sim.engine.dispatch import JobsDone, longest_first, runner_for
 
