@@ -14,12 +14,12 @@ user-hours per CPU second, the goal met or not where there is one (the four vari
 users in at most 60 s and 2 GB, of 1,000,000 users in a minute), and the extrapolation:
 ``--project-users`` users x the scenario's hours x its four variants (when more than ``--users``).
 The same command is also run on the bundled 1,000 users (``--small-users``) so that what does not
-grow with users (start-up, imports, the report) is taken out: CPU and memory per user are the differences between the two runs
-over the difference in users (the projection assumes time per user flat in the population: about so
-up to 100,000 users since the engine stopped the cyclic garbage collector, but at 1,000,000 users
-it was measured 30% higher, see the end), the CPU spread over this machine's cores, the memory per
-worker process. The machine is shared: the load average before and after is printed with the
-numbers.
+grow with users (start-up, imports, the report) is taken out: CPU and memory per user are the
+differences between the two runs over the difference in users (the projection assumes time per
+user flat in the population: about so up to 100,000 users since the engine stopped the cyclic
+garbage collector, but at 1,000,000 users it was measured 30% higher, see the end), the CPU spread
+over this machine's cores, the memory per worker process. The machine is shared: the load average
+before and after is printed with the numbers.
 
 ``--strategy NAME`` keeps one variant of the four (the projection is then of that variant alone);
 ``--processes N`` is passed to the command (1: everything in one process, whose memory is then

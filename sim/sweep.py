@@ -110,7 +110,7 @@ def run_sweep(
     every point, reused ones first; ``progress(done, total)`` as the simulations to run advance
     (as :func:`sim.engine.run` calls it). Returns the runs in point order."""
     from sim.engine import DEFAULT_ENGINE, assemble, jobs_of
-    from sim.engine.dispatch import JobsDone, longest_first, runner_for
+    from sim.engine.dispatch import JobsDone, runner_for
 
     done = prepare(out, points, source)
     report = on_point or (lambda *a: None)
@@ -125,8 +125,7 @@ def run_sweep(
     if jobs:
         tally = JobsDone(progress, len(jobs)) if progress is not None else None
         with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
-            for job in longest_first(jobs, runner.slots, group=lambda job: job.tag):
-                runner.submit(job)
+            runner.submit_all(jobs, group=lambda job: job.tag)
             while runner.pending:
                 job, output = runner.next_done()
                 if tally is not None:

@@ -161,7 +161,7 @@ def run(
     as they finish). ``engine``: ``"fast"`` (the
     default) or ``"exact"``, with identical results (:data:`ENGINES`). Returns a :class:`RunResult`.
     """
-    from sim.engine.dispatch import JobsDone, longest_first, runner_for
+    from sim.engine.dispatch import JobsDone, runner_for
 
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -176,8 +176,7 @@ def run(
     tally = JobsDone(progress, len(jobs)) if progress is not None else None
     outputs = {}
     with runner_for(jobs, processes=processes, cluster=cluster, progress=tally and tally.moved) as runner:
-        for job in longest_first(jobs, runner.slots):
-            runner.submit(job)
+        runner.submit_all(jobs)
         while runner.pending:
             job, out = runner.next_done()
             outputs[job.key] = out

@@ -155,6 +155,12 @@ class Runner:
         self._start(job)
         return job
 
+    def submit_all(self, jobs: list[Job], group: Callable[[Job], Hashable] | None = None) -> None:
+        """Submit ``jobs`` in the order that ends them soonest on this runner's workers:
+        :func:`longest_first`, with its ``group``."""
+        for job in longest_first(jobs, self.slots, group=group):
+            self.submit(job)
+
     @property
     def pending(self) -> int:
         return len(self._jobs)
