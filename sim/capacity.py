@@ -211,12 +211,8 @@ def capacity(
 
     slo = parse_slo(slo) if isinstance(slo, str) else slo
     users = parse_users(users) if isinstance(users, str) else sorted(set(int(u) for u in users))
-    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
-    if overrides:
-        scenario = scenario.replace(run=overrides)
-    names = list(strategies) if strategies is not None else scenario.names
-    for name in names:
-        scenario.variant(name)
+    scenario = scenario.with_run(seed, replications)
+    names = scenario.chosen(strategies)
     reps = scenario.run.replications
     searches = [Search(name, n, max_workers) for name in names for n in users]
     # per variant, the searches in order of population: each starts from the one before's answer

@@ -87,11 +87,10 @@ def sweep(
         combos = sweep_settings([parse_setting(text) for text in settings])
     except ValueError as exc:
         raise fail(f"--set: {exc}") from None
-    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
     points = []
     for combo in combos:  # every point checked before any runs
         scenario = read_scenario(scenario_path, combo, strict=strict, quiet=len(points) > 0)
-        points.append(Point(combo, scenario.replace(run=overrides) if overrides else scenario))
+        points.append(Point(combo, scenario.with_run(seed, replications)))
     for point in points:  # every point's work estimated before any runs
         check_work(point.scenario, force=force, processes=processes, what=f"sweep point {point.label}")
     gates = read_gates(points[0].scenario, fail_on, gate_on)

@@ -12,7 +12,7 @@ import re
 import tomllib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import tomli_w
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -348,6 +348,20 @@ class Scenario(Model):
     @property
     def names(self) -> list[str]:
         return [v.name for v in self.strategies]
+
+    def chosen(self, strategies: Iterable[str] | None = None) -> list[str]:
+        """The names in ``strategies`` (every variant's by default), each checked to be one of
+        this scenario's: ``KeyError`` listing them otherwise."""
+        names = list(strategies) if strategies is not None else self.names
+        for name in names:
+            self.variant(name)
+        return names
+
+    def with_run(self, seed: int | None = None, replications: int | None = None) -> "Scenario":
+        """A copy with the run's ``seed`` and ``replications`` where they are given (``None``
+        keeps the scenario's), as ``--seed`` and ``--replications`` set them."""
+        overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
+        return self.replace(run=overrides) if overrides else self
 
     def replace(self, **sections: Any) -> "Scenario":
         """A copy with some sections or fields changed, validated again, e.g.

@@ -166,12 +166,8 @@ def run(
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
-    overrides = {k: v for k, v in (("seed", seed), ("replications", replications)) if v is not None}
-    if overrides:
-        scenario = scenario.replace(run=overrides)
-    names = list(strategies) if strategies is not None else scenario.names
-    for name in names:
-        scenario.variant(name)
+    scenario = scenario.with_run(seed, replications)
+    names = scenario.chosen(strategies)
     jobs = jobs_of(scenario, names, events=events, engine=engine)
     tally = JobsDone(progress, len(jobs)) if progress is not None else None
     outputs = {}
