@@ -300,6 +300,21 @@ return read from ``PyIter_Send``, no StopIteration raised and caught): instructi
 as above) 3,132 -> 3,056 million for the exact engine on poisson (-2.4%), 1,390 -> 1,342 million
 for the fast engine on baseline (-3.4%), for a second copy of the loop.
 
+What 10x asks of the renewal path, on the code of the last row (``--users 2000``, one process,
+three rounds, each model with 15-minute and with 10-hour access tokens, which renew nothing; load
+under 1; CPU seconds): the naive model takes 5.67-5.90 s, of which its 16,397 renewals about
+0.25 s (5.39-5.64 s with nothing renewed: some 15 us a renewal, SimPy events and counters); the
+fast engine takes 1.25-1.46 s, of which 0.38-0.40 s with nothing renewed, so about 57 us a
+renewal. 10x is at most 0.58 s: its renewals would have to cost 12 us each at the most, less than
+the naive model's own, while carrying what the naive model leaves out (the policies' decisions,
+the ledger's mints, the records). Those alone, called in a loop on this workload's policies (the
+calls listed two paragraphs above), cost 8.6-9.0 us a renewal, 12.5 us with their two records. So
+with the rules as Python objects, 10x holds only if the rest of the renewal path (its events,
+tasks, flows and counts, some 45 us now) costs nothing: it needs a core whose state and rules are
+typed and compiled together (the flows' effects, the tasks, the ledger's tokens, the policies'
+rules as C structures), not the engine's Python around them made cheaper; compiling the modules
+as they are gave 0-9% (above).
+
 The silent-refresh variant's timers (not in this workload): at 20,000 users of the bundled
 baseline, looking over a sleeping timer's ticks for the first that may act (``_timer_next``)
 takes 12% of that variant's time (py-spy), about 8 ticks a look. Tried and not kept: keeping
