@@ -380,15 +380,17 @@ def longest_first(jobs: list[Job], slots: int, cost: Callable[[Job], float] | No
     if slots < 2 or len(jobs) <= slots:
         return list(jobs)
     if cost is None:
+        def variant(job: Job) -> tuple:  # what a sample measures: the replications share it
+            return id(job.scenario), job.strategy, job.engine
+
         measured: dict[tuple, float] = {}
         for job in jobs:
-            key = (id(job.scenario), job.strategy, job.engine)
-            if key not in measured and job_users(job) >= PILOT_RATIO * PILOT_USERS:
-                measured[key] = pilot_seconds(job)
+            if variant(job) not in measured and job_users(job) >= PILOT_RATIO * PILOT_USERS:
+                measured[variant(job)] = pilot_seconds(job)
         typical = sum(measured.values()) / len(measured) if measured else 1.0
 
         def cost(job: Job) -> float:
-            return job_size(job) * measured.get((id(job.scenario), job.strategy, job.engine), typical)
+            return job_size(job) * measured.get(variant(job), typical)
 
     costs = [cost(job) for job in jobs]
     groups = [None if group is None else group(job) for job in jobs]
